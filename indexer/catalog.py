@@ -1,0 +1,117 @@
+"""The SQL catalog: typed SQLAlchemy 2.0 models for images, jobs and the index's model.
+
+The catalog is the source of truth. An image row with status `indexed` owns one vector,
+stored here (float32 bytes) and mirrored in FAISS under the row's primary key; a row's
+vector never changes (a changed file gets a new row), so FAISS can always be reconciled with
+the catalog by comparing id sets.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT on PostgreSQL; INTEGER on SQLite so the key is the rowid (with AUTOINCREMENT, never reused).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ImageStatus(str, enum.Enum):
+    INDEXED = "indexed"  # embedded; its vector is in FAISS
+    DUPLICATE = "duplicate"  # same bytes as `duplicate_of`, which holds the vector
+    FAILED = "failed"  # could not be read; `error` says why
+
+
+class JobState(str, enum.Enum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class ImageRecord(Base):
+    __tablename__ = "images"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    duplicate_of: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("images.id", ondelete="SET NULL"), index=True
+    )
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    job_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("jobs.id", ondelete="SET NULL"))
+    missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def vector(self) -> np.ndarray:
+        return np.frombuffer(self.embedding, dtype=np.float32)
+
+
+class JobRecord(Base):
+    __tablename__ = "jobs"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    roots: Mapped[str] = mapped_column(Text)  # JSON list of absolute paths
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    files_seen: Mapped[int] = mapped_column(Integer, default=0)
+    added: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    missing: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IndexInfo(Base):
+    """One row: the model whose vectors the catalog and index hold."""
+
+    __tablename__ = "index_info"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    architecture: Mapped[str] = mapped_column(String(128))
+    pretrained: Mapped[str] = mapped_column(String(256))
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    embed_dim: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,106 @@
+"""The `loupe` command line. Every command exits 0 on success, non-zero with a one-line reason."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .errors import LoupeError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loupe", description="Loupe: image similarity and reverse-image search.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    index = commands.add_parser("index", help="index image files and folders (recursive, incremental, resumable)")
+    index.add_argument("paths", nargs="+", metavar="PATH")
+    index.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default 32)")
+    index.add_argument("--workers", type=_non_negative_int, default=None,
+                       help="decoding processes (default: cores - 1; 0 decodes in the main process)")
+    index.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    search = commands.add_parser("search", help="search by text or by image")
+    search.add_argument("text", nargs="?", metavar="TEXT")
+    search.add_argument("--image", type=Path, metavar="FILE", help="search with this picture instead of text")
+    search.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10, max 200)")
+    search.add_argument("--offset", type=_non_negative_int, default=0)
+    search.add_argument("--device", default=None)
+    search.add_argument("--json", action="store_true", help="print results as JSON")
+
+    remove = commands.add_parser("remove", help="remove images (by path, folder or id) from the index and catalog")
+    remove.add_argument("targets", nargs="*", metavar="PATH|ID")
+    remove.add_argument("--missing", action="store_true", help="also remove every image whose file has vanished")
+    remove.add_argument("--json", action="store_true")
+
+    status = commands.add_parser("status", help="counts, model identity, index type, device, database")
+    status.add_argument("--json", action="store_true")
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", help="apply catalog migrations")
+
+    demo = commands.add_parser("demo", help="index the bundled sample photographs and run sample searches")
+    demo.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; returns the exit status (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # open_clip and huggingface_hub log at WARNING/ERROR for conditions Loupe reports itself.
+        for noisy in ("root", "huggingface_hub", "open_clip"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    from . import commands
+    from .settings import Settings
+
+    try:
+        settings = Settings.from_env(environ)
+        handler = getattr(commands, f"cmd_{args.command}")
+        return handler(settings, args, sys.stdout) or 0
+    except LoupeError as err:
+        print(f"loupe: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("loupe: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def print_json(obj, out) -> None:
+    json.dump(obj, out, indent=2, sort_keys=False)
+    out.write("\n")
+
+
+def elapsed_ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000

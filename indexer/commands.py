@@ -1,0 +1,201 @@
+"""What each `loupe` command does, given the settings and parsed arguments."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TextIO
+
+from sqlalchemy import select
+
+from .catalog import ImageRecord
+from .cli import print_json
+from .errors import ConfigError, LoupeError, NotIndexedError
+from .settings import Settings, redact_url
+
+MAX_K = 200
+
+
+def load_embedder(settings: Settings, device: str | None = None):
+    from .embedder import ModelSpec, create_embedder
+
+    spec = ModelSpec(settings.model, settings.pretrained, device or settings.device)
+    return create_embedder(spec, settings.models_dir)
+
+
+def open_library(settings: Settings):
+    from .library import Library
+
+    return Library.open(settings)
+
+
+def cmd_index(settings: Settings, args, out: TextIO) -> int:
+    from .jobs import IndexJob, IndexOptions, default_workers
+
+    for path in args.paths:
+        if not Path(path).exists():
+            raise LoupeError(f"no such file or folder: {path}")
+    library = open_library(settings)
+    embedder = load_embedder(settings, args.device)
+    options = IndexOptions(
+        batch_size=args.batch_size,
+        workers=default_workers() if args.workers is None else args.workers,
+        progress=not args.no_progress,
+    )
+    summary = IndexJob(library, embedder, options).run(args.paths)
+    if args.json:
+        print_json(summary.as_dict(), out)
+    else:
+        print(f"loupe: {summary.line()}", file=out)
+        if summary.missing:
+            print(f"loupe: {summary.missing} indexed files have vanished; `loupe remove --missing` removes them", file=out)
+        if summary.files_seen == 0:
+            print("loupe: no image files found (JPEG, PNG, WebP, GIF, BMP, TIFF)", file=out)
+    return 0
+
+
+def cmd_search(settings: Settings, args, out: TextIO) -> int:
+    if (args.text is None) == (args.image is None):
+        raise ConfigError("give either TEXT or --image FILE")
+    if args.text is not None and not args.text.strip():
+        raise ConfigError("the search text is empty")
+    k = min(args.k, MAX_K)
+    library = open_library(settings)
+    if library.stored_identity() is None:
+        raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
+    embedder = load_embedder(settings, args.device)
+    library.bind_model(embedder.identity)
+    t0 = time.perf_counter()
+    if args.image is not None:
+        from .images import load_image_file
+
+        query = embedder.encode_images([load_image_file(args.image, draft_size=embedder.image_size).image])
+    else:
+        query = embedder.encode_texts([args.text])
+    page = library.search(query, k=k, offset=args.offset, started=t0)
+    if args.json:
+        print_json(page.as_dict(), out)
+        return 0
+    if not embedder.identity.semantic:
+        print("note: untrained model weights (LOUPE_PRETRAINED=none): results are not semantic", file=out)
+    if not page.results:
+        print("no results", file=out)
+    for rank, result in enumerate(page.results, start=args.offset + 1):
+        print(f"{rank:4d}  {result.score:7.4f}  {result.path}  ({result.width}x{result.height}, id {result.id})", file=out)
+    return 0
+
+
+def cmd_remove(settings: Settings, args, out: TextIO) -> int:
+    from .lock import write_lock
+
+    if not args.targets and not args.missing:
+        raise ConfigError("name the images to remove (PATH or ID), or use --missing")
+    library = open_library(settings)
+    with write_lock(settings.home):
+        library.sync_store()
+        with library.sessions.begin() as session:
+            records = _resolve_targets(session, args.targets)
+            if args.missing:
+                records += session.scalars(select(ImageRecord).where(ImageRecord.missing_since.is_not(None))).all()
+            unique = list({r.id: r for r in records}.values())
+            removed_paths = [r.path for r in unique]
+            delta = library.remove(unique, session)
+        library.apply(delta)
+        library.sync_store()
+        library.save_index()
+    if args.json:
+        print_json({"removed": len(removed_paths), "paths": removed_paths}, out)
+    else:
+        print(f"loupe: removed {len(removed_paths)} images", file=out)
+    return 0
+
+
+def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
+    """Rows for each target (id, file path or folder); any target matching nothing is an error."""
+    found: list[ImageRecord] = []
+    for target in targets:
+        if target.isdigit():
+            rows = session.scalars(select(ImageRecord).where(ImageRecord.id == int(target))).all()
+        else:
+            path = os.path.abspath(target)
+            prefix = path.rstrip(os.sep) + os.sep
+            rows = session.scalars(
+                select(ImageRecord).where(
+                    (ImageRecord.path == path) | ImageRecord.path.startswith(prefix, autoescape=True)
+                )
+            ).all()
+        if not rows:
+            raise NotIndexedError(f"nothing indexed matches {target}; nothing was removed")
+        found += rows
+    return found
+
+
+def cmd_status(settings: Settings, args, out: TextIO) -> int:
+    from .embedder import resolve_device
+
+    library = open_library(settings)
+    stored = library.stored_identity()
+    store = library.store
+    job = library.last_job()
+    report = {
+        "images": library.counts(),
+        "failures": [{"path": p, "error": e} for p, e in library.recent_failures()],
+        "model": {
+            "configured": {"architecture": settings.model, "pretrained": settings.pretrained},
+            "index": stored.as_dict() if stored else None,
+        },
+        "index": {**store.describe(), "path": str(settings.index_path)},
+        "device": resolve_device(settings.device),
+        "database": redact_url(settings.database_url),
+        "home": str(settings.home),
+        "last_job": None
+        if job is None
+        else {
+            "id": job.id,
+            "state": job.state,
+            "added": job.added,
+            "duplicates": job.duplicates,
+            "skipped": job.skipped,
+            "failed": job.failed,
+            "missing": job.missing,
+            "seconds": round(job.seconds, 2),
+        },
+    }
+    if args.json:
+        print_json(report, out)
+        return 0
+    counts = report["images"]
+    print(f"images:   {counts['indexed']} indexed, {counts['duplicate']} duplicates, "
+          f"{counts['failed']} failed, {counts['missing']} missing", file=out)
+    print(f"model:    {stored.describe() if stored else 'none yet'} "
+          f"(configured: {settings.model}/{settings.pretrained})", file=out)
+    print(f"index:    {store.spec.factory}, {len(store)} vectors, {store.device} ({settings.index_path})", file=out)
+    print(f"device:   {report['device']}", file=out)
+    print(f"database: {report['database']}", file=out)
+    if job is not None:
+        print(f"last job: #{job.id} {job.state}, {job.added} added, {job.failed} failed, {job.seconds:.1f} s", file=out)
+    for failure in report["failures"]:
+        print(f"failed:   {failure['path']}: {failure['error']}", file=out)
+    return 0
+
+
+def cmd_db(settings: Settings, args, out: TextIO) -> int:
+    from .database import current_and_head, make_engine, upgrade
+
+    if settings.is_sqlite:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)
+        current, _ = current_and_head(engine)
+    finally:
+        engine.dispose()
+    print(f"loupe: database {redact_url(settings.database_url)} is at schema {current}", file=out)
+    return 0
+
+
+def cmd_demo(settings: Settings, args, out: TextIO) -> int:
+    from .demo import run_demo
+
+    return run_demo(settings, out, progress=not args.no_progress)

@@ -1,0 +1,251 @@
+"""The CLIP embedder: open_clip image and text towers giving L2-normalised float32 vectors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+# Squash keeps the whole picture (no centre crop): borders matter for reverse lookup.
+RESIZE_MODE = "squash"
+UNTRAINED_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to run, and where. `pretrained` is a tag, a checkpoint path or `none`."""
+
+    architecture: str
+    pretrained: str
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What an index's vectors mean: the architecture and the exact weights."""
+
+    architecture: str
+    pretrained: str  # tag, "none", or "file"
+    checkpoint_sha256: str | None
+    embed_dim: int
+
+    @property
+    def semantic(self) -> bool:
+        """False for untrained weights: their nearest neighbours are not meaningful."""
+        return self.pretrained != "none"
+
+    def same_weights(self, other: "ModelIdentity") -> bool:
+        return (self.architecture, self.pretrained, self.checkpoint_sha256) == (
+            other.architecture,
+            other.pretrained,
+            other.checkpoint_sha256,
+        )
+
+    def describe(self) -> str:
+        if self.pretrained == "file":
+            return f"{self.architecture} (checkpoint sha256 {self.checkpoint_sha256[:12]})"
+        if self.pretrained == "none":
+            return f"{self.architecture} (untrained, seed {UNTRAINED_SEED}, sha256 {self.checkpoint_sha256[:12]})"
+        return f"{self.architecture}/{self.pretrained}"
+
+    def as_dict(self) -> dict:
+        return {
+            "architecture": self.architecture,
+            "pretrained": self.pretrained,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "embed_dim": self.embed_dim,
+            "semantic": self.semantic,
+        }
+
+
+def resolve_device(requested: str) -> str:
+    """`auto` becomes `cuda` when torch sees a GPU, else `cpu`; an unusable request is an error."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"LOUPE_DEVICE={requested} but torch sees no CUDA GPU; use auto or cpu")
+    return requested
+
+
+class ClipEmbedder:
+    """Encodes images and texts with one open_clip model on one device."""
+
+    def __init__(self, model, preprocess: Callable, tokenizer: Callable, device: str, identity: ModelIdentity):
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.identity = identity
+        self.dtype = next(model.parameters()).dtype
+
+    @property
+    def dim(self) -> int:
+        return self.identity.embed_dim
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.preprocess_cfg["size"]
+        return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+    def encode_batch(self, pixels) -> np.ndarray:
+        """Embed a preprocessed batch tensor (N, 3, H, W)."""
+        import torch
+
+        with torch.inference_mode():
+            batch = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
+            return _normalised(self.model.encode_image(batch))
+
+    def encode_images(self, images: Sequence) -> np.ndarray:
+        """Embed RGB PIL images."""
+        import torch
+
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_batch(torch.stack([self.preprocess(img) for img in images]))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            return _normalised(self.model.encode_text(tokens))
+
+
+def _normalised(features) -> np.ndarray:
+    vectors = features.float().cpu().numpy()
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def create_embedder(spec: ModelSpec, models_dir: Path) -> ClipEmbedder:
+    """Build the embedder for `spec`, loading (or, for `none`, creating once) its weights."""
+    import open_clip
+
+    if spec.architecture not in open_clip.list_models():
+        raise ConfigError(
+            f"unknown model architecture {spec.architecture!r} (LOUPE_MODEL); "
+            f"see open_clip.list_models(), e.g. ViT-B-32"
+        )
+    device = resolve_device(spec.device)
+    precision = "fp16" if device.startswith("cuda") else "fp32"
+    checkpoint, identity_pretrained, sha = _resolve_weights(spec, models_dir)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.architecture,
+            pretrained=str(checkpoint) if checkpoint else spec.pretrained,
+            precision=precision,
+            device=device,
+            image_resize_mode=RESIZE_MODE,
+            cache_dir=str(models_dir),
+            require_pretrained=True,
+        )
+    except Exception as err:
+        raise WeightsUnavailableError(_weights_remedy(spec, err)) from err
+    model.eval()
+    identity = ModelIdentity(
+        architecture=spec.architecture,
+        pretrained=identity_pretrained,
+        checkpoint_sha256=sha,
+        embed_dim=int(model.visual.output_dim),
+    )
+    tokenizer = open_clip.get_tokenizer(spec.architecture)
+    return ClipEmbedder(model, preprocess, tokenizer, device, identity)
+
+
+def _resolve_weights(spec: ModelSpec, models_dir: Path) -> tuple[Path | None, str, str | None]:
+    """(checkpoint file or None for a hub tag, identity's pretrained field, sha256)."""
+    import open_clip
+
+    if spec.pretrained.lower() == "none":
+        path = untrained_checkpoint(spec.architecture, models_dir)
+        return path, "none", file_sha256(path)
+    candidate = Path(spec.pretrained).expanduser()
+    if candidate.is_file():
+        return candidate.absolute(), "file", file_sha256(candidate)
+    if os.sep in spec.pretrained or spec.pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+        raise ConfigError(f"LOUPE_PRETRAINED={spec.pretrained} is not an existing checkpoint file")
+    tags = open_clip.list_pretrained_tags_by_model(spec.architecture)
+    if spec.pretrained not in tags:
+        known = ", ".join(tags) or "none published"
+        raise ConfigError(
+            f"{spec.architecture} has no pretrained tag {spec.pretrained!r} (known: {known}); "
+            "LOUPE_PRETRAINED also takes a checkpoint path or none"
+        )
+    return None, spec.pretrained, None
+
+
+def _weights_remedy(spec: ModelSpec, err: Exception) -> str:
+    reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    return (
+        f"cannot load weights {spec.pretrained!r} for {spec.architecture}: {reason}. "
+        "Remedies: connect to the network once so open_clip can download them into LOUPE_HOME/models, "
+        "set LOUPE_PRETRAINED to a local checkpoint file, "
+        "or set LOUPE_PRETRAINED=none for untrained weights (results are then not semantic)"
+    )
+
+
+def untrained_checkpoint(architecture: str, models_dir: Path) -> Path:
+    """The seeded untrained weights for `architecture`, created once and then reused.
+
+    Every process loads the same file, so their vectors agree. The file is written to a
+    temporary name and renamed, so concurrent first runs cannot see a partial file.
+    """
+    import open_clip
+    import torch
+
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", architecture)
+    path = models_dir / f"{safe_name}-untrained-seed{UNTRAINED_SEED}.pt"
+    if path.is_file():
+        return path
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(UNTRAINED_SEED)
+        model = open_clip.create_model(architecture, pretrained=None)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(model.state_dict(), tmp)
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, cached beside it in a small sidecar keyed by size and mtime."""
+    stat = path.stat()
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    sidecar = path.with_name(path.name + ".sha256.json")
+    try:
+        cached = json.loads(sidecar.read_text())
+        if cached.get("key") == key:
+            return cached["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    try:
+        sidecar.write_text(json.dumps({"key": key, "sha256": sha}))
+    except OSError:  # a read-only checkpoint folder just means no cache
+        pass
+    return sha
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())

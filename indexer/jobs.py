@@ -1,0 +1,407 @@
+"""Bulk indexing: scan ▸ decode (worker processes) ▸ embed (batched) ▸ write (one transaction
+per batch), resumable after a crash at any point.
+
+Each batch is committed to the catalog, vectors included, before FAISS is touched, so a
+killed job loses at most the batch in flight; the next run skips every committed file and
+the index is reconciled with the catalog when it is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, TextIO
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .catalog import ImageRecord, ImageStatus, JobRecord, JobState, utcnow
+from .embedder import ClipEmbedder
+from .errors import ImageReadError, LoupeError
+from .images import DecodeLimits, decode_image, iter_image_files, read_file
+from .library import IndexDelta, Library
+from .lock import write_lock
+
+
+def default_workers() -> int:
+    """Decode workers: one per spare core, at least one, at most eight."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    batch_size: int = 32
+    workers: int = field(default_factory=default_workers)
+    limits: DecodeLimits = DecodeLimits()
+    checkpoint_seconds: float = 60.0  # how often the FAISS file is saved during a job
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    job_id: int
+    files_seen: int
+    added: int
+    changed: int
+    duplicates: int
+    unchanged: int
+    failed: int
+    missing: int
+    seconds: float
+
+    @property
+    def embedded(self) -> int:
+        return self.added + self.changed
+
+    def line(self) -> str:
+        rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"indexed {self.added} new, {self.changed} changed, {self.duplicates} duplicates, "
+            f"{self.unchanged} unchanged, {self.failed} failed, {self.missing} missing "
+            f"in {self.seconds:.1f} s ({rate:.1f} images/s)"
+        )
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "embedded": self.embedded}
+
+
+# -- reading (runs in DataLoader worker processes) -------------------------------------------
+@dataclass(frozen=True)
+class ReadItem:
+    """One file after reading: facts for the catalog, and pixels unless it failed."""
+
+    path: str
+    size: int = 0
+    mtime_ns: int = 0
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    pixels: object = None  # torch tensor (3, H, W)
+    error: str | None = None
+
+
+class ImageFileDataset:
+    """Map-style dataset: index → ReadItem (decode errors become items, never exceptions)."""
+
+    def __init__(self, paths: Sequence[str], preprocess: Callable, limits: DecodeLimits, draft_size: int):
+        self.paths = list(paths)
+        self.preprocess = preprocess
+        self.limits = limits
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> ReadItem:
+        path = self.paths[i]
+        try:
+            raw = read_file(Path(path), self.limits)
+        except ImageReadError as err:
+            return ReadItem(path, error=str(err))
+        try:
+            decoded = decode_image(raw.data, self.limits, self.draft_size)
+            pixels = self.preprocess(decoded.image)
+        except ImageReadError as err:
+            return ReadItem(path, raw.size, raw.mtime_ns, error=str(err))
+        except Exception as err:  # a transform failing on an odd image must not stop the job
+            return ReadItem(path, raw.size, raw.mtime_ns, error=f"cannot preprocess: {err}")
+        return ReadItem(
+            path, raw.size, raw.mtime_ns, decoded.sha256, decoded.width, decoded.height, decoded.format, pixels
+        )
+
+
+def _collate(items: list[ReadItem]) -> list[ReadItem]:
+    return items
+
+
+def _worker_init(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def iter_read_batches(dataset: ImageFileDataset, batch_size: int, workers: int):
+    """Batches of ReadItems, decoded by `workers` processes ahead of the consumer."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+    )
+    yield from loader
+
+
+# -- planning ----------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    todo: list[str]  # new or changed files to read
+    unchanged: int
+    missing_ids: list[int]
+    returned_ids: list[int]  # rows flagged missing whose file is back unchanged
+    files_seen: int
+
+
+def plan_job(session: Session, roots: Sequence[Path], exclude: Path | None) -> Plan:
+    """Compare the files under `roots` with the catalog by size and mtime."""
+    known: dict[str, tuple[int, int, bool]] = {}
+    for root in roots:
+        query = select(ImageRecord.path, ImageRecord.size_bytes, ImageRecord.mtime_ns, ImageRecord.missing_since)
+        if root.is_dir():
+            prefix = str(root).rstrip(os.sep) + os.sep
+            query = query.where(ImageRecord.path.startswith(prefix, autoescape=True))
+        else:
+            query = query.where(ImageRecord.path == str(root))
+        for row in session.execute(query):
+            known[row.path] = (row.size_bytes, row.mtime_ns, row.missing_since is not None)
+    todo: list[str] = []
+    seen: set[str] = set()
+    unchanged = 0
+    returned: list[str] = []
+    for path in iter_image_files(roots, exclude=exclude):
+        key = str(path)
+        if key in seen:
+            continue
+        seen.add(key)
+        entry = known.get(key)
+        try:
+            stat = path.stat()
+        except OSError:
+            todo.append(key)  # the reader records why it cannot be read
+            continue
+        if entry is not None and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+            unchanged += 1
+            if entry[2]:
+                returned.append(key)
+        else:
+            todo.append(key)
+    vanished = [p for p in known if p not in seen]
+    return Plan(
+        todo=todo,
+        unchanged=unchanged,
+        missing_ids=_ids_of(session, vanished),
+        returned_ids=_ids_of(session, returned),
+        files_seen=len(seen),
+    )
+
+
+def _ids_of(session: Session, paths: list[str]) -> list[int]:
+    ids: list[int] = []
+    for start in range(0, len(paths), 1000):
+        chunk = paths[start : start + 1000]
+        ids += session.scalars(select(ImageRecord.id).where(ImageRecord.path.in_(chunk))).all()
+    return ids
+
+
+# -- the job -------------------------------------------------------------------------------------
+class IndexJob:
+    """One run of `loupe index`: owns the job row, its counters and the batch writer."""
+
+    def __init__(self, library: Library, embedder: ClipEmbedder, options: IndexOptions):
+        self.library = library
+        self.embedder = embedder
+        self.options = options
+        self.counts = dict(added=0, changed=0, duplicates=0, unchanged=0, failed=0, missing=0, files_seen=0)
+        self.job_id: int | None = None
+
+    def run(self, paths: Sequence[str | Path], progress_stream: TextIO | None = None) -> JobSummary:
+        roots = [Path(os.path.abspath(p)) for p in paths]
+        for root in roots:
+            if not root.exists():
+                raise LoupeError(f"no such file or folder: {root}")
+        self.library.bind_model(self.embedder.identity)
+        started = time.perf_counter()
+        with write_lock(self.library.settings.home):
+            self.library.sync_store()
+            self._start_job(roots)
+            try:
+                self._index(roots, progress_stream)
+            except BaseException as err:
+                self._finish(JobState.INTERRUPTED if isinstance(err, KeyboardInterrupt) else JobState.FAILED,
+                             time.perf_counter() - started, error=str(err) or type(err).__name__)
+                self.library.sync_store()
+                raise
+            self.library.sync_store()
+            seconds = time.perf_counter() - started
+            self._finish(JobState.FINISHED, seconds)
+        return JobSummary(job_id=self.job_id, seconds=seconds, **self.counts)
+
+    def _start_job(self, roots: Sequence[Path]) -> None:
+        with self.library.sessions.begin() as session:
+            # Holding the lock, any job still marked running died without finishing.
+            session.execute(
+                update(JobRecord)
+                .where(JobRecord.state == JobState.RUNNING)
+                .values(state=JobState.INTERRUPTED, finished_at=utcnow())
+            )
+            job = JobRecord(roots=json.dumps([str(r) for r in roots]), state=JobState.RUNNING, pid=os.getpid())
+            session.add(job)
+            session.flush()
+            self.job_id = job.id
+
+    def _finish(self, state: JobState, seconds: float, error: str | None = None) -> None:
+        with self.library.sessions.begin() as session:
+            job = session.get(JobRecord, self.job_id)
+            job.state = state
+            job.seconds = seconds
+            job.finished_at = utcnow()
+            job.error = error
+            self._store_counts(job)
+
+    def _store_counts(self, job: JobRecord) -> None:
+        for name in ("added", "duplicates", "failed", "missing", "files_seen"):
+            setattr(job, name, self.counts[name])
+        job.skipped = self.counts["unchanged"]
+
+    def _index(self, roots: Sequence[Path], progress_stream: TextIO | None) -> None:
+        from tqdm import tqdm
+
+        with self.library.sessions.begin() as session:
+            plan = plan_job(session, roots, exclude=self.library.settings.home)
+            now = utcnow()
+            if plan.missing_ids:
+                session.execute(
+                    update(ImageRecord)
+                    .where(ImageRecord.id.in_(plan.missing_ids), ImageRecord.missing_since.is_(None))
+                    .values(missing_since=now)
+                )
+            if plan.returned_ids:
+                session.execute(
+                    update(ImageRecord).where(ImageRecord.id.in_(plan.returned_ids)).values(missing_since=None)
+                )
+        self.counts.update(unchanged=plan.unchanged, missing=len(plan.missing_ids), files_seen=plan.files_seen)
+        dataset = ImageFileDataset(
+            plan.todo, self.embedder.preprocess, self.options.limits, draft_size=self.embedder.image_size
+        )
+        bar = tqdm(
+            total=len(plan.todo),
+            unit="img",
+            desc="indexing",
+            file=progress_stream or sys.stderr,
+            disable=not self.options.progress or not plan.todo,
+            dynamic_ncols=True,
+        )
+        last_save = time.monotonic()
+        workers = self.options.workers if len(plan.todo) > self.options.batch_size else 0
+        with bar:
+            for batch in iter_read_batches(dataset, self.options.batch_size, workers):
+                self._write_batch(batch)
+                bar.update(len(batch))
+                if time.monotonic() - last_save >= self.options.checkpoint_seconds:
+                    self.library.save_index()
+                    last_save = time.monotonic()
+
+    def _write_batch(self, batch: list[ReadItem]) -> None:
+        """Embed the batch's new pictures and commit the batch in one transaction."""
+        with self.library.sessions.begin() as session:
+            existing = _rows_by_path(session, [item.path for item in batch])
+            unchanged = {item.path for item in batch if _same_content(item, existing.get(item.path))}
+            replaced_ids = {existing[item.path].id for item in batch if item.path in existing} - {
+                existing[path].id for path in unchanged
+            }
+            ok = [item for item in batch if item.error is None and item.path not in unchanged]
+            canonical = {
+                sha: row
+                for sha, row in _indexed_by_hash(session, {item.sha256 for item in ok}).items()
+                if row.id not in replaced_ids
+            }
+            vectors = self._embed(_new_content(ok, canonical))
+            delta = IndexDelta()
+            for item in batch:
+                old = existing.get(item.path)
+                if item.path in unchanged:
+                    old.size_bytes, old.mtime_ns, old.missing_since = item.size, item.mtime_ns, None
+                    self.counts["unchanged"] += 1
+                else:
+                    delta.merge(self._replace(session, item, old, canonical, vectors))
+            self._store_counts(session.get(JobRecord, self.job_id))
+        self.library.apply(delta)
+
+    def _embed(self, items: list[ReadItem]) -> dict[str, np.ndarray]:
+        if not items:
+            return {}
+        import torch
+
+        matrix = self.embedder.encode_batch(torch.stack([item.pixels for item in items]))
+        return {item.sha256: vector for item, vector in zip(items, matrix)}
+
+    def _replace(self, session: Session, item: ReadItem, old: ImageRecord | None,
+                 canonical: dict[str, ImageRecord], vectors: dict[str, np.ndarray]) -> IndexDelta:
+        """Record `item` as a new row (indexed, duplicate or failed), retiring `old` first."""
+        delta = IndexDelta()
+        replaced = old is not None and old.status != ImageStatus.FAILED
+        if old is not None:
+            delta.merge(self.library.retire(session, old))
+        record = ImageRecord(
+            path=item.path,
+            size_bytes=item.size,
+            mtime_ns=item.mtime_ns,
+            job_id=self.job_id,
+            content_hash=item.sha256,
+            width=item.width,
+            height=item.height,
+            format=item.format,
+        )
+        source = canonical.get(item.sha256) if item.sha256 else None
+        if item.error is not None:
+            record.status, record.error = ImageStatus.FAILED, item.error
+            self.counts["failed"] += 1
+        elif source is not None:
+            record.status, record.duplicate_of = ImageStatus.DUPLICATE, source.id
+            self.counts["duplicates"] += 1
+        else:
+            record.status, record.embedding = ImageStatus.INDEXED, vectors[item.sha256].tobytes()
+            self.counts["changed" if replaced else "added"] += 1
+        session.add(record)
+        session.flush()
+        if record.status == ImageStatus.INDEXED:
+            canonical[item.sha256] = record  # later copies in this batch point here
+            delta.add(record.id, vectors[item.sha256])
+        return delta
+
+
+def _same_content(item: ReadItem, old: ImageRecord | None) -> bool:
+    """The file was touched (size or mtime) but its bytes are what the catalog holds."""
+    return (
+        old is not None
+        and item.error is None
+        and old.status != ImageStatus.FAILED
+        and old.content_hash == item.sha256
+    )
+
+
+def _new_content(ok: list[ReadItem], canonical: dict[str, ImageRecord]) -> list[ReadItem]:
+    """One item per distinct content that the index does not hold yet."""
+    picked: dict[str, ReadItem] = {}
+    for item in ok:
+        if item.sha256 not in canonical:
+            picked.setdefault(item.sha256, item)
+    return list(picked.values())
+
+
+def _rows_by_path(session: Session, paths: list[str]) -> dict[str, ImageRecord]:
+    rows = session.scalars(select(ImageRecord).where(ImageRecord.path.in_(paths))).all()
+    return {row.path: row for row in rows}
+
+
+def _indexed_by_hash(session: Session, hashes: set[str]) -> dict[str, ImageRecord]:
+    if not hashes:
+        return {}
+    rows = session.scalars(
+        select(ImageRecord)
+        .where(ImageRecord.content_hash.in_(hashes), ImageRecord.status == ImageStatus.INDEXED)
+        .order_by(ImageRecord.id)
+    ).all()
+    found: dict[str, ImageRecord] = {}
+    for row in rows:
+        found.setdefault(row.content_hash, row)
+    return found

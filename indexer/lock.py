@@ -1,0 +1,32 @@
+"""A per-home write lock, so that one process at a time changes the catalog and index."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from .errors import JobLockedError
+
+
+@contextmanager
+def write_lock(home: Path) -> Iterator[None]:
+    """Hold `home/write.lock` (an advisory flock, released by the OS if the process dies)."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "write.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise JobLockedError(
+                f"another Loupe process (pid {holder}) is changing the index in {home}; wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)

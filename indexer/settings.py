@@ -1,0 +1,79 @@
+"""Loupe's settings, read from the environment when a command starts (never at import)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+def default_home(environ: Mapping[str, str]) -> Path:
+    """`$XDG_DATA_HOME/loupe`, falling back to `~/.local/share/loupe`."""
+    xdg = environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path(environ.get("HOME", str(Path.home()))) / ".local" / "share"
+    return base / "loupe"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where Loupe keeps its data and which model and device it uses."""
+
+    home: Path
+    database_url: str
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    device: str = "auto"
+    api_token: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        home = Path(env.get("LOUPE_HOME") or default_home(env)).expanduser().absolute()
+        database_url = env.get("LOUPE_DATABASE_URL") or f"sqlite:///{home / 'loupe.db'}"
+        device = (env.get("LOUPE_DEVICE") or "auto").strip().lower()
+        if not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):
+            raise ConfigError(f"LOUPE_DEVICE={device!r} is not one of auto, cpu, cuda, cuda:N")
+        return cls(
+            home=home,
+            database_url=database_url,
+            model=(env.get("LOUPE_MODEL") or DEFAULT_MODEL).strip(),
+            pretrained=(env.get("LOUPE_PRETRAINED") or DEFAULT_PRETRAINED).strip(),
+            device=device,
+            api_token=env.get("LOUPE_API_TOKEN") or None,
+        )
+
+    def with_overrides(self, **changes) -> "Settings":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def index_path(self) -> Path:
+        return self.home / "index.faiss"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, number = device.partition(":")
+    return prefix == "cuda" and number.isdigit()
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password hidden, for printing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported as it is, minus nothing secret
+        return url.split("@")[-1]

@@ -1,0 +1,260 @@
+"""The FAISS vector store: inner product over L2-normalised vectors, ids = catalog keys."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EXACT_LIMIT = 50_000  # below this many vectors an exact flat index is fast enough
+COMPRESS_LIMIT = 2_000_000  # beyond this, scalar quantisation keeps memory in check
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """A FAISS index type: its factory string and how many probes to search with."""
+
+    factory: str
+    nprobe: int = 1
+
+    @property
+    def exact(self) -> bool:
+        return self.factory == "Flat"
+
+    @property
+    def needs_training(self) -> bool:
+        return not self.exact
+
+
+def choose_index_spec(count: int, dim: int, exact_limit: int = EXACT_LIMIT) -> IndexSpec:
+    """The index type for `count` vectors of `dim` dimensions (a pure function).
+
+    Exact `Flat` while small; beyond `exact_limit`, an inverted file with about 4·√n lists
+    (at least 39 training points per list are available), searched with enough probes for a
+    recall@10 near 0.95+ on CLIP-like data; past `COMPRESS_LIMIT`, 8-bit scalar quantisation
+    (4x smaller) instead of raw vectors.
+    """
+    if count < 0 or dim <= 0:
+        raise ValueError(f"bad index size: count={count}, dim={dim}")
+    if count < exact_limit:
+        return IndexSpec("Flat")
+    nlist = _round_to_power_of_two(4 * math.sqrt(count))
+    nlist = max(16, min(nlist, count // 39))
+    nprobe = max(8, nlist // 16)
+    codec = "SQ8" if count >= COMPRESS_LIMIT else "Flat"
+    return IndexSpec(f"IVF{nlist},{codec}", nprobe=nprobe)
+
+
+def _round_to_power_of_two(value: float) -> int:
+    return 1 << max(0, round(math.log2(max(1.0, value))))
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+
+
+class VectorStore:
+    """A FAISS index addressed by int64 ids, safe to search from several threads.
+
+    Writes (add, remove) take a lock; searches take it too, since FAISS indexes are not
+    safe to search while being modified. The CPU index is the master copy (it is what is
+    written and saved); when FAISS sees GPUs, searches run on a GPU clone that is refreshed
+    after writes.
+    """
+
+    def __init__(self, index, spec: IndexSpec, dim: int, use_gpu: bool | None = None):
+        self._index = index
+        self.spec = spec
+        self.dim = dim
+        self._lock = threading.RLock()
+        self.use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
+        self._gpu_index = None
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def create(cls, dim: int, spec: IndexSpec | None = None, training: np.ndarray | None = None) -> "VectorStore":
+        """An empty store; approximate types are trained on `training` vectors first."""
+        import faiss
+
+        spec = spec or IndexSpec("Flat")
+        inner = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+        if spec.needs_training:
+            if training is None or len(training) == 0:
+                raise ValueError(f"index type {spec.factory} needs training vectors")
+            inner.train(_as_matrix(training, dim))
+        _set_nprobe(inner, spec.nprobe)
+        return cls(faiss.IndexIDMap2(inner), spec, dim)
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> "VectorStore":
+        """A store holding `vectors` under `ids`; approximate types train on a seeded sample."""
+        dim = vectors.shape[1]
+        training = None
+        if spec.needs_training:
+            rng = np.random.default_rng(seed)
+            size = min(len(vectors), 256 * _nlist(spec))
+            training = vectors[np.sort(rng.choice(len(vectors), size=size, replace=False))]
+        store = cls.create(dim, spec, training)
+        store.add(ids, vectors)
+        return store
+
+    @classmethod
+    def load(cls, path: Path) -> "VectorStore":
+        import faiss
+
+        index = faiss.read_index(str(path))
+        spec = IndexSpec(_factory_of(index), nprobe=_get_nprobe(index))
+        return cls(index, spec, index.d)
+
+    # -- reads --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def ids(self) -> np.ndarray:
+        import faiss
+
+        with self._lock:
+            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """The `k` best hits for each query row, best first."""
+        queries = _as_matrix(queries, self.dim)
+        with self._lock:
+            k = min(k, len(self))
+            if k <= 0:
+                return [[] for _ in range(len(queries))]
+            scores, ids = self._searcher().search(queries, k)
+        return [
+            [Hit(int(i), float(s)) for s, i in zip(row_s, row_i) if i >= 0]
+            for row_s, row_i in zip(scores, ids)
+        ]
+
+    def _searcher(self):
+        if not self.use_gpu:
+            return self._index
+        if self._gpu_index is None:
+            import faiss
+
+            try:
+                self._gpu_index = faiss.index_cpu_to_all_gpus(self._index)
+            except Exception as err:  # e.g. a type without a GPU implementation
+                log.warning("FAISS GPU unavailable for %s (%s); searching on the CPU", self.spec.factory, err)
+                self.use_gpu = False
+                return self._index
+        return self._gpu_index
+
+    @property
+    def device(self) -> str:
+        return "gpu" if self.use_gpu else "cpu"
+
+    def reconstruct(self, id_: int) -> np.ndarray:
+        with self._lock:
+            return self._index.reconstruct(int(id_))
+
+    # -- writes -------------------------------------------------------------------------
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return
+        with self._lock:
+            self._index.add_with_ids(_as_matrix(vectors, self.dim), ids)
+            self._gpu_index = None
+
+    def remove(self, ids) -> int:
+        import faiss
+
+        ids = np.ascontiguousarray(list(ids), dtype=np.int64)
+        if len(ids) == 0:
+            return 0
+        with self._lock:
+            self._gpu_index = None
+            return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a temporary file in the same folder, fsync, rename, fsync folder."""
+        import faiss
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with self._lock:
+                faiss.write_index(self._index, str(tmp))
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def describe(self) -> dict:
+        return {
+            "type": self.spec.factory,
+            "nprobe": self.spec.nprobe,
+            "vectors": len(self),
+            "dim": self.dim,
+            "device": self.device,
+        }
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use (0 with the faiss-cpu build)."""
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get else 0
+
+
+def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise ValueError(f"expected vectors of dimension {dim}, got shape {matrix.shape}")
+    return matrix
+
+
+def _nlist(spec: IndexSpec) -> int:
+    head = spec.factory.split(",")[0]
+    return int(head[3:]) if head.startswith("IVF") else 1
+
+
+def _set_nprobe(index, nprobe: int) -> None:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = nprobe
+
+
+def _get_nprobe(index) -> int:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    return int(ivf.nprobe) if ivf is not None else 1
+
+
+def _factory_of(index) -> str:
+    """The factory string of a loaded index (wrapped in an IDMap2)."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    if isinstance(inner, faiss.IndexFlat):
+        return "Flat"
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None:
+        codec = "SQ8" if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFScalarQuantizer) else "Flat"
+        return f"IVF{ivf.nlist},{codec}"
+    return type(inner).__name__

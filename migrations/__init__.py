@@ -1,0 +1,1 @@
+"""Alembic migrations of Loupe's catalog (run with `loupe db upgrade`)."""
