@@ -50,8 +50,8 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
         print(f"loupe: {summary.line()}", file=out)
         if summary.missing:
             print(f"loupe: {summary.missing} indexed files have vanished; `loupe remove --missing` removes them", file=out)
-        if summary.files_seen == 0:
-            print("loupe: no image files found (JPEG, PNG, WebP, GIF, BMP, TIFF)", file=out)
+    if summary.files_seen == 0:
+        raise NotIndexedError(f"no image files (JPEG, PNG, WebP, GIF, BMP, TIFF) under {' '.join(args.paths)}")
     return 0
 
 

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageReadError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-_PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")
+_PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # MPO files open as JPEG
 # EXIF orientations 5-8 swap width and height.
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
@@ -41,13 +41,14 @@ class DecodedImage:
 
 
 def iter_image_files(paths: Iterable[Path], exclude: Path | None = None) -> Iterator[Path]:
-    """Yield absolute paths of image files under `paths`, sorted, folders walked recursively.
+    """Yield absolute paths of image files under `paths`, folders walked recursively in a
+    stable order (each folder's files by name, then its subfolders by name).
 
     A path named explicitly is yielded whatever its suffix; inside folders only image suffixes
     count, hidden files and folders are skipped, symlinked folders are not followed, and
     anything under `exclude` (Loupe's own data folder) is left out.
     """
-    excluded = exclude.absolute() if exclude else None
+    excluded = Path(os.path.abspath(exclude)) if exclude else None
     for given in paths:
         root = Path(os.path.abspath(given))
         if root.is_file():
@@ -102,7 +103,9 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
     """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Loupe's own pixel cap is checked below, before any pixel is decoded; Pillow's
+            # warning is redundant (its hard error, at 2x MAX_IMAGE_PIXELS, still applies).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
             fmt = img.format or "unknown"
             width, height = img.size
@@ -123,7 +126,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
             rgb = to_rgb(img)
     except ImageReadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
         raise ImageReadError(f"refused as a decompression bomb: {err}") from err
     except UnidentifiedImageError as err:
         raise ImageReadError("not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF)") from err

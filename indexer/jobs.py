@@ -101,9 +101,13 @@ class ImageFileDataset:
     def __getitem__(self, i: int) -> ReadItem:
         path = self.paths[i]
         try:
+            stat = os.stat(path)
+        except OSError as err:
+            return ReadItem(path, error=f"cannot read file: {err.strerror or err}")
+        try:
             raw = read_file(Path(path), self.limits)
         except ImageReadError as err:
-            return ReadItem(path, error=str(err))
+            return ReadItem(path, stat.st_size, stat.st_mtime_ns, error=str(err))
         try:
             decoded = decode_image(raw.data, self.limits, self.draft_size)
             pixels = self.preprocess(decoded.image)

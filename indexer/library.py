@@ -99,6 +99,7 @@ class Library:
         self.settings = settings
         self.sessions = sessions
         self._store: VectorStore | None = None
+        self._unsaved = False  # the in-memory index has changes the file lacks
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -216,8 +217,8 @@ class Library:
             log.info("rebuilding index as %s for %d vectors", wanted.factory, len(store))
             store = self.rebuild_store()
             changed = True
-        if changed or not self.settings.index_path.exists():
-            store.save(self.settings.index_path)
+        if changed or self._unsaved or not self.settings.index_path.exists():
+            self.save_index()
         return store
 
     def apply(self, delta: IndexDelta) -> None:
@@ -227,9 +228,11 @@ class Library:
             store.remove(delta.remove_ids)
         if delta.add_ids:
             store.add(np.array(delta.add_ids, dtype=np.int64), np.stack(delta.add_vectors))
+        self._unsaved = self._unsaved or bool(delta.remove_ids or delta.add_ids)
 
     def save_index(self) -> None:
         self.store.save(self.settings.index_path)
+        self._unsaved = False
 
     # -- catalog changes --------------------------------------------------------------------
     @staticmethod

@@ -13,14 +13,18 @@ from .errors import JobLockedError
 
 @contextmanager
 def write_lock(home: Path) -> Iterator[None]:
-    """Hold `home/write.lock` (an advisory flock, released by the OS if the process dies)."""
+    """Hold `home/write.lock`, released by the OS if the process dies.
+
+    A POSIX record lock (`lockf`), not `flock`: forked children such as decode workers do not
+    inherit it, so a killed job's orphaned workers cannot keep the next job out.
+    """
     home.mkdir(parents=True, exist_ok=True)
     path = home / "write.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise JobLockedError(
                 f"another Loupe process (pid {holder}) is changing the index in {home}; wait for it to finish"

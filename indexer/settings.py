@@ -34,7 +34,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
-        home = Path(env.get("LOUPE_HOME") or default_home(env)).expanduser().absolute()
+        home = Path(os.path.abspath(Path(env.get("LOUPE_HOME") or default_home(env)).expanduser()))
         database_url = env.get("LOUPE_DATABASE_URL") or f"sqlite:///{home / 'loupe.db'}"
         device = (env.get("LOUPE_DEVICE") or "auto").strip().lower()
         if not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):

@@ -165,8 +165,11 @@ class VectorStore:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return
+        matrix = _as_matrix(vectors, self.dim)
+        if len(matrix) != len(ids):
+            raise ValueError(f"{len(ids)} ids for {len(matrix)} vectors")
         with self._lock:
-            self._index.add_with_ids(_as_matrix(vectors, self.dim), ids)
+            self._index.add_with_ids(matrix, ids)
             self._gpu_index = None
 
     def remove(self, ids) -> int:

@@ -1,0 +1,59 @@
+"""Assertions shared by the tests."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+
+from sqlalchemy import select
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `loupe ARGS` in-process; returns (exit status, stdout, stderr)."""
+    from indexer.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(args, environ=env)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_json(args: list[str], env: dict[str, str]) -> dict:
+    code, out, err = run_cli([*args, "--json"], env)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def catalog_rows(settings):
+    from indexer.catalog import ImageRecord
+    from indexer.database import make_engine
+
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.duplicate_of,
+                       ImageRecord.content_hash, ImageRecord.error, ImageRecord.missing_since)
+            ).all()
+    finally:
+        engine.dispose()
+
+
+def assert_index_matches_catalog(settings) -> set[int]:
+    """The saved FAISS file holds exactly the catalog's indexed ids, each once, and every
+    path is catalogued once. Returns the indexed ids."""
+    from indexer.vectorstore import VectorStore
+
+    rows = catalog_rows(settings)
+    paths = [r.path for r in rows]
+    assert len(paths) == len(set(paths)), "a path is catalogued twice"
+    indexed = {r.id for r in rows if r.status == "indexed"}
+    store = VectorStore.load(settings.index_path)
+    ids = store.ids().tolist()
+    assert len(ids) == len(set(ids)), "an id is in the index twice"
+    assert set(ids) == indexed
+    for r in rows:
+        if r.status == "duplicate":
+            assert r.duplicate_of in indexed
+    return indexed

@@ -1,0 +1,162 @@
+"""The `loupe` command line: exit codes, one-line errors, status and JSON output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import assert_index_matches_catalog, run_cli, run_json
+from indexer.settings import Settings
+
+
+def _one_line_error(err: str) -> str:
+    assert err.startswith("loupe: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_missing_path_fails_with_one_line(env, tmp_path):
+    code, _, err = run_cli(["index", str(tmp_path / "nope")], env)
+    assert code == 1 and "no such file or folder" in _one_line_error(err)
+
+
+def test_folder_without_images_fails(env, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no pictures here")
+    code, _, err = run_cli(["index", str(empty), "--no-progress"], env)
+    assert code == 1 and "no image files" in _one_line_error(err)
+
+
+def test_search_before_indexing_says_what_to_do(env):
+    code, _, err = run_cli(["search", "a cat"], env)
+    assert code == 1 and "loupe index" in _one_line_error(err)
+
+
+def test_search_needs_text_or_image(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    for args in (["search"], ["search", "a cat", "--image", "x.jpg"], ["search", "  "]):
+        code, _, err = run_cli(args, env)
+        assert code == 1, args
+        _one_line_error(err)
+
+
+def test_search_with_unreadable_image_fails_cleanly(env, photos, tmp_path):
+    run_json(["index", str(photos), "--no-progress"], env)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    code, _, err = run_cli(["search", "--image", str(broken)], env)
+    assert code == 1 and "image" in _one_line_error(err)
+    code, _, err = run_cli(["search", "--image", str(tmp_path / "absent.jpg")], env)
+    assert code == 1
+    _one_line_error(err)
+
+
+def test_human_search_output_lists_paths(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    target = next(photos.rglob("chelsea-0.*"))
+    code, out, _ = run_cli(["search", "--image", str(target), "-k", "2"], env)
+    assert code == 0
+    assert "not semantic" in out  # untrained weights are announced
+    first = [line for line in out.splitlines() if line.strip().startswith("1 ")][0]
+    assert str(target) in first
+
+
+def test_unreachable_database_fails_with_one_line(env, photos):
+    broken = {**env, "LOUPE_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/nothing"}
+    for args in (["status"], ["index", str(photos)], ["db", "upgrade"]):
+        code, _, err = run_cli(args, broken)
+        assert code == 1 and "cannot use the database" in _one_line_error(err), args
+        assert "127.0.0.1:1" in err
+
+
+def test_bad_settings_fail_with_one_line(env, photos):
+    cases = [
+        ({"LOUPE_DEVICE": "tpu"}, "LOUPE_DEVICE"),
+        ({"LOUPE_MODEL": "No-Such-Model"}, "unknown model architecture"),
+        ({"LOUPE_PRETRAINED": "/no/such/checkpoint.pt"}, "not an existing checkpoint"),
+        ({"LOUPE_MODEL": "ViT-B-32", "LOUPE_PRETRAINED": "made-up-tag"}, "no pretrained tag"),
+        ({"LOUPE_DATABASE_URL": "notadatabase://x"}, "database"),
+    ]
+    for overrides, needle in cases:
+        code, _, err = run_cli(["index", str(photos), "--no-progress"], {**env, **overrides})
+        assert code == 1 and needle in _one_line_error(err), (overrides, err)
+
+
+def test_unavailable_weights_name_the_remedies(env, photos, monkeypatch):
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights: no network")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", offline)
+    code, _, err = run_cli(["index", str(photos)], {**env, "LOUPE_MODEL": "ViT-B-32", "LOUPE_PRETRAINED": "openai"})
+    _one_line_error(err)
+    assert code == 1 and "LOUPE_PRETRAINED=none" in err and "checkpoint" in err
+
+
+def test_checkpoint_file_weights_are_identified_by_hash(env, photos, embedder, tmp_path):
+    import torch
+
+    checkpoint = tmp_path / "weights.pt"
+    torch.save(embedder.model.state_dict(), checkpoint)
+    file_env = {**env, "LOUPE_PRETRAINED": str(checkpoint)}
+    run_json(["index", str(photos), "--no-progress"], file_env)
+    model = run_json(["status"], file_env)["model"]["index"]
+    assert model["pretrained"] == "file" and len(model["checkpoint_sha256"]) == 64
+    assert model["semantic"] is True
+
+
+def test_status_reports_counts_model_index_device_database(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    status = run_json(["status"], env)
+    assert status["images"] == {"indexed": 24, "duplicate": 0, "failed": 0, "missing": 0}
+    assert status["model"]["index"]["architecture"] == env["LOUPE_MODEL"]
+    assert status["model"]["index"]["semantic"] is False
+    assert status["index"]["type"] == "Flat" and status["index"]["vectors"] == 24
+    assert status["device"] == "cpu"
+    assert status["database"].startswith("sqlite:///")
+    assert status["last_job"]["state"] == "finished"
+    code, out, _ = run_cli(["status"], env)
+    assert code == 0 and "24 indexed" in out and "Flat" in out
+
+
+def test_database_password_is_not_printed(env):
+    secret = {**env, "LOUPE_DATABASE_URL": "postgresql+psycopg://user:s3cret@127.0.0.1:1/db"}
+    code, out, err = run_cli(["status"], secret)
+    assert code == 1 and "s3cret" not in out + err
+
+
+def test_second_writer_is_refused_while_one_holds_the_lock(env, photos):
+    settings = Settings.from_env(env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from indexer.lock import write_lock\n"
+         "with write_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)",
+         str(settings.home)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run_cli(["index", str(photos), "--no-progress"], env)
+        assert code == 1 and "another Loupe process" in _one_line_error(err)
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert run_json(["index", str(photos), "--no-progress"], env)["added"] == 24
+    assert len(assert_index_matches_catalog(settings)) == 24
+
+
+def test_db_upgrade_is_idempotent(env):
+    for _ in range(2):
+        code, out, _ = run_cli(["db", "upgrade"], env)
+        assert code == 0 and "schema 0001" in out
+
+
+def test_usage_errors_exit_2(env):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(["index", "--batch-size", "0", "x"], env)
+    assert exc.value.code == 2

@@ -1,0 +1,186 @@
+"""The bulk indexing job through the CLI, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import assert_index_matches_catalog, catalog_rows, run_cli, run_json
+from indexer.settings import Settings
+
+
+def test_index_then_search_finds_each_photo_first(any_db_env, photos):
+    summary = run_json(["index", str(photos), "--workers", "1", "--batch-size", "5", "--no-progress"], any_db_env)
+    assert summary["files_seen"] == 24
+    assert summary["added"] == 24 and summary["failed"] == 0 and summary["duplicates"] == 0
+    settings = Settings.from_env(any_db_env)
+    indexed = assert_index_matches_catalog(settings)
+    assert len(indexed) == 24
+    for path in sorted(photos.rglob("*-0.*")):
+        page = run_json(["search", "--image", str(path), "-k", "3"], any_db_env)
+        first = page["results"][0]
+        assert first["path"] == str(path)
+        assert first["score"] == pytest.approx(1.0, abs=1e-4)
+        assert set(first) >= {"id", "path", "score", "width", "height", "thumb_url", "file_url"}
+        assert page["total"] == 24
+
+
+def test_rerun_embeds_nothing(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    again = run_json(["index", str(photos), "--no-progress"], env)
+    assert again["embedded"] == 0 and again["unchanged"] == 24 and again["added"] == 0
+    assert_index_matches_catalog(Settings.from_env(env))
+
+
+def test_changed_file_is_reembedded_under_a_new_id(env, photos, photo_arrays):
+    run_json(["index", str(photos), "--no-progress"], env)
+    settings = Settings.from_env(env)
+    target = next(photos.rglob("astronaut-0.*"))
+    old_id = next(r.id for r in catalog_rows(settings) if r.path == str(target))
+    Image.fromarray(photo_arrays["astronaut"][::-1]).save(target, format="PNG" if target.suffix == ".png" else "JPEG")
+    summary = run_json(["index", str(photos), "--no-progress"], env)
+    assert summary["changed"] == 1 and summary["embedded"] == 1 and summary["unchanged"] == 23
+    ids = assert_index_matches_catalog(settings)
+    new_id = next(r.id for r in catalog_rows(settings) if r.path == str(target))
+    assert new_id != old_id and old_id not in ids and new_id in ids
+    page = run_json(["search", "--image", str(target), "-k", "1"], env)
+    assert page["results"][0]["id"] == new_id
+
+
+def test_touched_but_identical_file_is_not_reembedded(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    target = next(photos.rglob("coffee-0.*"))
+    os.utime(target, ns=(1_000_000_000, 1_000_000_000))
+    summary = run_json(["index", str(photos), "--no-progress"], env)
+    assert summary["embedded"] == 0 and summary["unchanged"] == 24
+
+
+def test_duplicate_content_is_embedded_once(env, photos, tmp_path):
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    original = next(photos.rglob("chelsea-0.*"))
+    shutil.copy(original, copies / "cat-copy-1.jpg")
+    shutil.copy(original, copies / "cat-copy-2.jpg")
+    summary = run_json(["index", str(photos), str(copies), "--no-progress"], env)
+    assert summary["added"] == 24 and summary["duplicates"] == 2
+    settings = Settings.from_env(env)
+    rows = {r.path: r for r in catalog_rows(settings)}
+    canonical = rows[str(original)]
+    assert rows[str(copies / "cat-copy-1.jpg")].duplicate_of == canonical.id
+    assert len(assert_index_matches_catalog(settings)) == 24
+
+
+def test_removing_the_original_promotes_a_duplicate(env, photos, tmp_path):
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    original = next(photos.rglob("rocket-0.*"))
+    shutil.copy(original, copies / "rocket-copy.jpg")
+    run_json(["index", str(photos), str(copies), "--no-progress"], env)
+    removed = run_json(["remove", str(original)], env)
+    assert removed["removed"] == 1
+    settings = Settings.from_env(env)
+    assert_index_matches_catalog(settings)
+    page = run_json(["search", "--image", str(copies / "rocket-copy.jpg"), "-k", "1"], env)
+    assert page["results"][0]["path"] == str(copies / "rocket-copy.jpg")
+    assert page["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_unreadable_files_are_recorded_and_do_not_stop_the_job(env, photos):
+    bad = photos / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.png").write_text("this is not an image")
+    jpeg = next(photos.rglob("*.jpg")).read_bytes()
+    (bad / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    Image.new("1", (30000, 30000)).save(bad / "bomb.png")
+    summary = run_json(["index", str(photos), "--no-progress"], env)
+    assert summary["failed"] == 4 and summary["added"] == 24
+    rows = {os.path.basename(r.path): r for r in catalog_rows(Settings.from_env(env)) if r.status == "failed"}
+    assert set(rows) == {"empty.jpg", "text.png", "truncated.jpg", "bomb.png"}
+    assert "empty" in rows["empty.jpg"].error
+    assert "pixel" in rows["bomb.png"].error
+    status = run_json(["status"], env)
+    assert status["images"]["failed"] == 4
+    assert {f["path"] for f in status["failures"]} == {r.path for r in rows.values()}
+    # unchanged broken files are not retried; the rest of the index is intact
+    again = run_json(["index", str(photos), "--no-progress"], env)
+    assert again["embedded"] == 0 and again["failed"] == 0 and again["unchanged"] == 28
+    assert len(assert_index_matches_catalog(Settings.from_env(env))) == 24
+
+
+def test_vanished_files_are_reported_then_removable(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    gone = sorted(photos.rglob("camera-*"))
+    for path in gone:
+        path.unlink()
+    summary = run_json(["index", str(photos), "--no-progress"], env)
+    assert summary["missing"] == 3
+    code, out, _ = run_cli(["index", str(photos), "--no-progress"], env)
+    assert code == 0 and "remove --missing" in out
+    assert run_json(["status"], env)["images"]["missing"] == 3
+    removed = run_json(["remove", "--missing"], env)
+    assert sorted(removed["paths"]) == sorted(map(str, gone))
+    assert len(assert_index_matches_catalog(Settings.from_env(env))) == 21
+
+
+def test_remove_by_id_and_folder(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    settings = Settings.from_env(env)
+    some_id = min(r.id for r in catalog_rows(settings))
+    assert run_json(["remove", str(some_id)], env)["removed"] == 1
+    assert run_json(["remove", str(photos / "b")], env)["removed"] == 12
+    assert len(assert_index_matches_catalog(settings)) == 11
+    code, _, err = run_cli(["remove", "999999"], env)
+    assert code == 1 and "nothing indexed matches 999999" in err
+    assert len(assert_index_matches_catalog(settings)) == 11
+
+
+def test_text_search_returns_ranked_results(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    page = run_json(["search", "a cat on a chair", "-k", "5"], env)
+    scores = [r["score"] for r in page["results"]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    second = run_json(["search", "a cat on a chair", "-k", "5", "--offset", "5"], env)
+    assert {r["id"] for r in second["results"]}.isdisjoint({r["id"] for r in page["results"]})
+    assert second["results"][0]["score"] <= scores[-1]
+
+
+def test_model_mismatch_is_refused_and_index_kept(env, photos, tmp_path):
+    run_json(["index", str(photos), "--no-progress"], env)
+    other = tmp_path / "other.pt"
+    import torch
+
+    from indexer.embedder import untrained_checkpoint
+
+    state = torch.load(untrained_checkpoint(env["LOUPE_MODEL"], Settings.from_env(env).models_dir))
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, other)
+    mismatched = {**env, "LOUPE_PRETRAINED": str(other)}
+    for args in (["search", "a cat"], ["index", str(photos), "--no-progress"]):
+        code, _, err = run_cli(args, mismatched)
+        assert code == 1
+        assert err.count("\n") == 1 and "was built with" in err and "LOUPE_PRETRAINED" in err
+    assert len(assert_index_matches_catalog(Settings.from_env(env))) == 24
+
+
+def test_index_spec_switches_to_ivf_when_large(env, tmp_path, monkeypatch, photo_arrays):
+    """Past the exact limit the index is rebuilt as IVF from stored vectors, same ids."""
+    import indexer.library as library_module
+    from indexer.vectorstore import choose_index_spec
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    base = photo_arrays["astronaut"][::4, ::4].astype(int)
+    for i in range(60):
+        noisy = np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(folder / f"n{i}.png")
+    monkeypatch.setattr(library_module, "choose_index_spec", lambda n, d: choose_index_spec(n, d, exact_limit=40))
+    run_json(["index", str(folder), "--no-progress"], env)
+    status = run_json(["status"], env)
+    assert status["index"]["type"].startswith("IVF") and status["index"]["vectors"] == 60
+    assert len(assert_index_matches_catalog(Settings.from_env(env))) == 60
