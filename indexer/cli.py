@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .errors import LoupeError
 
@@ -17,7 +17,11 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+# An extra command: (help text, function adding its arguments, handler(settings, args, out) -> int).
+ExtraCommand = tuple[str, Callable[[argparse.ArgumentParser], None], Callable]
+
+
+def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loupe", description="Loupe: image similarity and reverse-image search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,12 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="index the bundled sample photographs and run sample searches")
     demo.add_argument("--no-progress", action="store_true")
+    for name, (help_text, configure, _) in (extra or {}).items():
+        configure(commands.add_parser(name, help=help_text))
     return parser
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Run one command; returns the exit status (the console script exits with it)."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+         extra: Mapping[str, ExtraCommand] | None = None) -> int:
+    """Run one command; returns the exit status (the console script exits with it).
+
+    `extra` adds commands from other packages (the `serve` command comes from `searchapp`,
+    so that `indexer` itself never imports Flask)."""
+    args = build_parser(extra).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         # open_clip and huggingface_hub log at WARNING/ERROR for conditions Loupe reports itself.
@@ -69,7 +79,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     try:
         settings = Settings.from_env(environ)
-        handler = getattr(commands, f"cmd_{args.command}")
+        handler = extra[args.command][2] if extra and args.command in extra else getattr(commands, f"cmd_{args.command}")
         return handler(settings, args, sys.stdout) or 0
     except LoupeError as err:
         print(f"loupe: error: {err}", file=sys.stderr)

@@ -217,7 +217,9 @@ class IndexJob:
         self.counts = dict(added=0, changed=0, duplicates=0, unchanged=0, failed=0, missing=0, files_seen=0)
         self.job_id: int | None = None
 
-    def run(self, paths: Sequence[str | Path], progress_stream: TextIO | None = None) -> JobSummary:
+    def run(self, paths: Sequence[str | Path], progress_stream: TextIO | None = None,
+            on_started: Callable[[int], None] | None = None) -> JobSummary:
+        """Index `paths`; `on_started(job_id)` is called once the job is recorded."""
         roots = [Path(os.path.abspath(p)) for p in paths]
         for root in roots:
             if not root.exists():
@@ -227,6 +229,8 @@ class IndexJob:
         with write_lock(self.library.settings.home):
             self.library.sync_store()
             self._start_job(roots)
+            if on_started is not None:
+                on_started(self.job_id)
             try:
                 self._index(roots, progress_stream)
             except BaseException as err:
@@ -262,8 +266,9 @@ class IndexJob:
             self._store_counts(job)
 
     def _store_counts(self, job: JobRecord) -> None:
-        for name in ("added", "duplicates", "failed", "missing", "files_seen"):
+        for name in ("duplicates", "failed", "missing", "files_seen"):
             setattr(job, name, self.counts[name])
+        job.added = self.counts["added"] + self.counts["changed"]  # images embedded by this job
         job.skipped = self.counts["unchanged"]
 
     def _index(self, roots: Sequence[Path], progress_stream: TextIO | None) -> None:

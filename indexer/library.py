@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .catalog import ImageRecord, ImageStatus, IndexInfo, JobRecord
 from .database import open_database
 from .embedder import ModelIdentity
-from .errors import ModelMismatchError
+from .errors import ModelMismatchError, NotIndexedError
 from .settings import Settings
 from .vectorstore import VectorStore, choose_index_spec
 
@@ -100,6 +100,7 @@ class Library:
         self.sessions = sessions
         self._store: VectorStore | None = None
         self._unsaved = False  # the in-memory index has changes the file lacks
+        self._file_seen: tuple | None = None  # the index file's stat when last loaded or saved
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -150,11 +151,31 @@ class Library:
     def _load_store(self) -> VectorStore:
         path = self.settings.index_path
         dim = self._dim()
+        self._file_seen = self._index_file_stat()
         store = VectorStore.load(path) if path.exists() else None
         if store is None or (dim is not None and store.dim != dim):
             return self.rebuild_store()
         self._reconcile(store)
         return store
+
+    def _index_file_stat(self) -> tuple | None:
+        try:
+            st = self.settings.index_path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def refresh(self) -> bool:
+        """Reload the index if another process saved a new one (e.g. a finished bulk job).
+
+        The new index is loaded and reconciled before it replaces the old one, so searches
+        never see a half-loaded index. Returns True if it reloaded.
+        """
+        if self._store is None or self._index_file_stat() == self._file_seen:
+            return False
+        fresh = self._load_store()
+        self._store = fresh
+        return True
 
     def _dim(self) -> int | None:
         identity = self.stored_identity()
@@ -233,6 +254,7 @@ class Library:
     def save_index(self) -> None:
         self.store.save(self.settings.index_path)
         self._unsaved = False
+        self._file_seen = self._index_file_stat()
 
     # -- catalog changes --------------------------------------------------------------------
     @staticmethod
@@ -315,3 +337,24 @@ class Library:
     def image(self, id_: int) -> ImageRecord | None:
         with self.sessions() as session:
             return session.get(ImageRecord, id_)
+
+    def image_by_path(self, path: str) -> ImageRecord | None:
+        with self.sessions() as session:
+            return session.scalars(select(ImageRecord).where(ImageRecord.path == path)).first()
+
+    @staticmethod
+    def record(session: Session, id_: int) -> ImageRecord:
+        record = session.get(ImageRecord, id_)
+        if record is None:
+            raise NotIndexedError(f"no image with id {id_}")
+        return record
+
+    def vector_of(self, id_: int) -> np.ndarray:
+        """The stored vector of an image (a duplicate's is its original's)."""
+        with self.sessions() as session:
+            record = self.record(session, id_)
+            if record.status == ImageStatus.DUPLICATE and record.duplicate_of is not None:
+                record = self.record(session, record.duplicate_of)
+            if record.embedding is None:
+                raise NotIndexedError(f"image {id_} has no vector ({record.status}: {record.error or 'not embedded'})")
+            return record.vector()

@@ -160,3 +160,16 @@ def test_usage_errors_exit_2(env):
     with pytest.raises(SystemExit) as exc:
         run_cli(["index", "--batch-size", "0", "x"], env)
     assert exc.value.code == 2
+
+
+def test_indexer_never_imports_flask():
+    code = (
+        "import sys, pkgutil, importlib, indexer\n"
+        "for m in pkgutil.walk_packages(indexer.__path__, 'indexer.'): importlib.import_module(m.name)\n"
+        "from indexer.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert not [m for m in sys.modules if m == 'flask' or m.startswith('flask.') or m.startswith('searchapp')], 'flask imported'\n"
+        "assert 'torch' not in sys.modules, 'torch imported at import time'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,220 @@
+"""The JSON API (see DESIGN.md's HTTP contract and /api/openapi.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request, url_for
+
+from indexer.catalog import ImageRecord, JobRecord
+
+from .errors import ApiError
+from .openapi import openapi_document
+from .security import require_token
+from .services import service
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+MAX_K = 200
+DEFAULT_K = 20
+MAX_OFFSET = 10_000
+RESTORE_MODES = ("auto", "off")
+
+
+def _param(name: str, default=None):
+    """A parameter from the query string, the form, or a JSON body, in that order."""
+    if name in request.args:
+        return request.args[name]
+    if name in request.form:
+        return request.form[name]
+    body = request.get_json(silent=True) if request.is_json else None
+    if isinstance(body, dict) and name in body:
+        return body[name]
+    return default
+
+
+def _int_param(name: str, default: int, low: int, high: int) -> int:
+    raw = _param(name, default)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_parameter", f"{name} must be an integer, not {raw!r}") from None
+    if not low <= value <= high:
+        raise ApiError(400, "bad_parameter", f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _page_params() -> tuple[int, int, float | None]:
+    k = _int_param("k", DEFAULT_K, 1, MAX_K)
+    offset = _int_param("offset", 0, 0, MAX_OFFSET)
+    raw = _param("min_score")
+    try:
+        min_score = None if raw in (None, "") else float(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_parameter", f"min_score must be a number, not {raw!r}") from None
+    return k, offset, min_score
+
+
+def _results(page, min_score: float | None, **extra) -> dict:
+    body = page.as_dict()
+    if min_score is not None:
+        body["results"] = [r for r in body["results"] if r["score"] >= min_score]
+    body.update(extra)
+    return body
+
+
+@bp.get("/health")
+def health():
+    return jsonify(service().health())
+
+
+@bp.get("/search")
+def search_text():
+    text = (request.args.get("q") or "").strip()
+    if not text:
+        raise ApiError(400, "missing_query", "give the search text as ?q=...")
+    if len(text) > 1000:
+        raise ApiError(400, "bad_parameter", "the search text is longer than 1000 characters")
+    k, offset, min_score = _page_params()
+    return jsonify(_results(service().search_text(text, k, offset), min_score))
+
+
+@bp.post("/search/image")
+def search_image():
+    k, offset, min_score = _page_params()
+    restore = str(_param("restore", "auto"))
+    if restore not in RESTORE_MODES:
+        raise ApiError(400, "bad_parameter", f"restore must be one of {', '.join(RESTORE_MODES)}, not {restore!r}")
+    restoration = {"requested": restore, "detected": [], "applied": [], "ms": 0.0}
+    upload = request.files.get("image")
+    if upload is not None:
+        data = upload.read()
+        if not data:
+            raise ApiError(400, "bad_image", "the uploaded image is empty")
+        page = service().search_upload(data, k, offset)
+    else:
+        image_id = _param("image_id")
+        if image_id is None:
+            raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
+        page = service().search_image_id(_as_id(image_id), k, offset)
+    return jsonify(_results(page, min_score, restoration=restoration))
+
+
+@bp.post("/generate")
+def generate():
+    raise ApiError(501, "not_implemented", "generating similar images is not available in this version of Loupe yet")
+
+
+@bp.get("/images/<int:image_id>")
+def image_metadata(image_id: int):
+    record = service().library.image(image_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no image with id {image_id}")
+    return jsonify(image_json(record))
+
+
+@bp.post("/images")
+@require_token
+def add_image():
+    upload = request.files.get("image")
+    if upload is None:
+        raise ApiError(400, "missing_image", "send the picture as a multipart 'image' file")
+    data = upload.read()
+    if not data:
+        raise ApiError(400, "bad_image", "the uploaded image is empty")
+    image_id = service().add_upload(data, upload.filename or "")
+    response = jsonify(image_json(service().library.image(image_id)))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.image_metadata", image_id=image_id)
+    return response
+
+
+@bp.delete("/images/<int:image_id>")
+@require_token
+def delete_image(image_id: int):
+    service().remove_image(image_id)
+    return jsonify(removed=image_id)
+
+
+@bp.post("/jobs")
+@require_token
+def start_job():
+    body = request.get_json(silent=True)
+    paths = body.get("paths") if isinstance(body, dict) else None
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+        raise ApiError(400, "bad_parameter", 'send JSON {"paths": ["/folder", ...]} with absolute server paths')
+    if not all(Path(p).is_absolute() for p in paths):
+        raise ApiError(400, "bad_parameter", "job paths must be absolute paths on the server")
+    job_id = service().jobs.start([Path(p) for p in paths])
+    response = jsonify(job_json(_job(job_id)))
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.job_status", job_id=job_id)
+    return response
+
+
+@bp.get("/jobs/<int:job_id>")
+def job_status(job_id: int):
+    return jsonify(job_json(_job(job_id)))
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document())
+
+
+def _job(job_id: int) -> JobRecord:
+    with service().library.sessions() as session:
+        job = session.get(JobRecord, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job with id {job_id}")
+    return job
+
+
+def _as_id(raw) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_parameter", f"image_id must be an integer, not {raw!r}") from None
+    if value < 1:
+        raise ApiError(400, "bad_parameter", "image_id must be positive")
+    return value
+
+
+def image_json(record: ImageRecord) -> dict:
+    return {
+        "id": record.id,
+        "path": record.path,
+        "status": record.status,
+        "width": record.width,
+        "height": record.height,
+        "format": record.format,
+        "size_bytes": record.size_bytes,
+        "content_hash": record.content_hash,
+        "duplicate_of": record.duplicate_of,
+        "error": record.error,
+        "missing": record.missing_since is not None,
+        "indexed_at": record.indexed_at.isoformat() if record.indexed_at else None,
+        "thumb_url": f"/images/{record.id}/thumb",
+        "file_url": f"/images/{record.id}/file",
+    }
+
+
+def job_json(job: JobRecord) -> dict:
+    done = job.added + job.duplicates + job.failed + job.skipped
+    return {
+        "id": job.id,
+        "state": job.state,
+        "roots": json.loads(job.roots),
+        "files_seen": job.files_seen,
+        "added": job.added,
+        "duplicates": job.duplicates,
+        "skipped": job.skipped,
+        "failed": job.failed,
+        "missing": job.missing,
+        "progress": round(done / job.files_seen, 4) if job.files_seen else 0.0,
+        "seconds": round(job.seconds, 3),
+        "error": job.error,
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }

@@ -1,0 +1,68 @@
+"""JSON errors for the API: `{"error": code, "message": text}` with a 4xx/5xx status."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from indexer import errors as loupe_errors
+
+log = logging.getLogger(__name__)
+
+STATUS_OF = {
+    loupe_errors.ImageReadError: 400,
+    loupe_errors.ConfigError: 400,
+    loupe_errors.NotIndexedError: 404,
+    loupe_errors.ModelMismatchError: 409,
+    loupe_errors.JobLockedError: 409,
+    loupe_errors.WeightsUnavailableError: 503,
+    loupe_errors.DatabaseError: 503,
+}
+
+
+class ApiError(Exception):
+    """An error raised by a view: a code, a message and an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str):
+    response = jsonify(error=code, message=message)
+    response.status_code = status
+    return response
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        return error_response(err.status, err.code, err.message)
+
+    @app.errorhandler(loupe_errors.LoupeError)
+    def loupe_error(err: loupe_errors.LoupeError):
+        status = next((s for cls, s in STATUS_OF.items() if isinstance(err, cls)), 400)
+        return error_response(status, err.code, str(err))
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        if not _wants_json():
+            return err
+        code = (err.name or "error").lower().replace(" ", "_")
+        messages = {
+            413: f"the upload is larger than {app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MB",
+            404: f"no such endpoint: {request.method} {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+        }
+        return error_response(err.code or 500, code, messages.get(err.code, err.description or err.name))
+
+    @app.errorhandler(Exception)
+    def unexpected(err: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "the server failed to answer this request; see its log")

@@ -1,0 +1,234 @@
+"""The OpenAPI 3.1 description of the JSON API (checked against real responses in tests)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(code): _json(_ref("Error"), "error") for code in codes}
+
+
+PAGE_PARAMS = [
+    {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {"name": "min_score", "in": "query", "schema": {"type": "number"}},
+]
+ID_PARAM = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+JOB_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+BEARER = [{"bearer": []}]
+NULLABLE_INT = {"type": ["integer", "null"]}
+NULLABLE_STR = {"type": ["string", "null"]}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+    },
+    "Result": {
+        "type": "object",
+        "required": ["id", "path", "score", "width", "height", "thumb_url", "file_url"],
+        "properties": {
+            "id": {"type": "integer"},
+            "path": {"type": "string"},
+            "score": {"type": "number"},
+            "width": NULLABLE_INT,
+            "height": NULLABLE_INT,
+            "thumb_url": {"type": "string"},
+            "file_url": {"type": "string"},
+        },
+    },
+    "Results": {
+        "type": "object",
+        "required": ["results", "total", "took_ms"],
+        "properties": {
+            "results": {"type": "array", "items": _ref("Result")},
+            "total": {"type": "integer"},
+            "took_ms": {"type": "number"},
+        },
+    },
+    "ImageResults": {
+        "allOf": [
+            _ref("Results"),
+            {
+                "type": "object",
+                "required": ["restoration"],
+                "properties": {
+                    "restoration": {
+                        "type": "object",
+                        "required": ["requested", "detected", "applied"],
+                        "properties": {
+                            "requested": {"type": "string"},
+                            "detected": {"type": "array"},
+                            "applied": {"type": "array"},
+                            "ms": {"type": "number"},
+                        },
+                    }
+                },
+            },
+        ]
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "images", "model", "index", "device"],
+        "properties": {
+            "status": {"const": "ok"},
+            "images": {"type": "integer"},
+            "model": {
+                "type": "object",
+                "required": ["architecture", "pretrained", "semantic"],
+                "properties": {
+                    "architecture": {"type": "string"},
+                    "pretrained": {"type": "string"},
+                    "checkpoint_sha256": NULLABLE_STR,
+                    "embed_dim": NULLABLE_INT,
+                    "semantic": {"type": "boolean"},
+                },
+            },
+            "index": {"type": "object", "required": ["type", "vectors"]},
+            "device": {"type": "string"},
+        },
+    },
+    "Image": {
+        "type": "object",
+        "required": ["id", "path", "status", "width", "height", "thumb_url", "file_url"],
+        "properties": {
+            "id": {"type": "integer"},
+            "path": {"type": "string"},
+            "status": {"enum": ["indexed", "duplicate", "failed"]},
+            "width": NULLABLE_INT,
+            "height": NULLABLE_INT,
+            "format": NULLABLE_STR,
+            "size_bytes": {"type": "integer"},
+            "content_hash": NULLABLE_STR,
+            "duplicate_of": NULLABLE_INT,
+            "error": NULLABLE_STR,
+            "missing": {"type": "boolean"},
+            "indexed_at": NULLABLE_STR,
+            "thumb_url": {"type": "string"},
+            "file_url": {"type": "string"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "state", "roots", "files_seen", "added", "failed", "progress"],
+        "properties": {
+            "id": {"type": "integer"},
+            "state": {"enum": ["running", "finished", "failed", "interrupted"]},
+            "roots": {"type": "array", "items": {"type": "string"}},
+            "files_seen": {"type": "integer"},
+            "added": {"type": "integer"},
+            "duplicates": {"type": "integer"},
+            "skipped": {"type": "integer"},
+            "failed": {"type": "integer"},
+            "missing": {"type": "integer"},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "seconds": {"type": "number"},
+            "error": NULLABLE_STR,
+            "started_at": NULLABLE_STR,
+            "finished_at": NULLABLE_STR,
+        },
+    },
+}
+
+IMAGE_BODY = {
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "image": {"type": "string", "format": "binary"},
+                "k": {"type": "integer"},
+                "offset": {"type": "integer"},
+                "restore": {"type": "string"},
+            },
+        }
+    },
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "required": ["image_id"],
+            "properties": {"image_id": {"type": "integer"}, "k": {"type": "integer"}, "offset": {"type": "integer"}},
+        }
+    },
+}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Loupe API", "version": "1"},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": {
+            "/api/health": {"get": {"responses": {"200": _json(_ref("Health"), "service state")}}},
+            "/api/search": {
+                "get": {
+                    "parameters": [{"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
+                                   *PAGE_PARAMS],
+                    "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 404, 409, 503)},
+                }
+            },
+            "/api/search/image": {
+                "post": {
+                    "parameters": PAGE_PARAMS,
+                    "requestBody": {"required": True, "content": IMAGE_BODY},
+                    "responses": {"200": _json(_ref("ImageResults"), "best first"),
+                                  **_errors(400, 404, 409, 413, 503)},
+                }
+            },
+            "/api/generate": {"post": {"responses": _errors(400, 501)}},
+            "/api/images": {
+                "post": {
+                    "security": BEARER,
+                    "requestBody": {"required": True, "content": {"multipart/form-data": IMAGE_BODY["multipart/form-data"]}},
+                    "responses": {"201": _json(_ref("Image"), "the indexed image (or the original it duplicates)"),
+                                  **_errors(400, 401, 403, 409, 413)},
+                }
+            },
+            "/api/images/{image_id}": {
+                "get": {"parameters": [ID_PARAM],
+                        "responses": {"200": _json(_ref("Image"), "metadata"), **_errors(404)}},
+                "delete": {
+                    "security": BEARER,
+                    "parameters": [ID_PARAM],
+                    "responses": {
+                        "200": _json({"type": "object", "required": ["removed"],
+                                      "properties": {"removed": {"type": "integer"}}}, "removed"),
+                        **_errors(401, 403, 404, 409),
+                    },
+                },
+            },
+            "/api/jobs": {
+                "post": {
+                    "security": BEARER,
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["paths"],
+                        "properties": {"paths": {"type": "array", "items": {"type": "string"}}}}}}},
+                    "responses": {"202": _json(_ref("Job"), "started"), **_errors(400, 401, 403, 409)},
+                }
+            },
+            "/api/jobs/{job_id}": {
+                "get": {"parameters": [JOB_PARAM], "responses": {"200": _json(_ref("Job"), "state"), **_errors(404)}}
+            },
+            "/images/{image_id}/file": {
+                "get": {"parameters": [ID_PARAM], "responses": {"200": {"description": "the image bytes"},
+                                                                **_errors(404)}}
+            },
+            "/images/{image_id}/thumb": {
+                "get": {"parameters": [ID_PARAM], "responses": {"200": {"description": "a JPEG thumbnail"},
+                                                                **_errors(404)}}
+            },
+        },
+    }

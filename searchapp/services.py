@@ -1,0 +1,157 @@
+"""The per-application search service: catalog, index and model, loaded lazily once and
+shared by all request threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from flask import Flask, current_app
+
+from indexer.commands import load_embedder, open_library
+from indexer.embedder import resolve_device
+from indexer.errors import JobLockedError, NotIndexedError
+from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image
+from indexer.library import Library, SearchPage
+from indexer.settings import Settings
+from indexer.thumbnails import remove_thumbnail
+
+from .jobs import JobRunner
+
+EXTENSION = "loupe"
+
+
+class SearchService:
+    """Everything a request needs, created on first use (never at import or app creation)."""
+
+    def __init__(self, settings: Settings, upload_limits: DecodeLimits):
+        self.settings = settings
+        self.upload_limits = upload_limits
+        self._init_lock = threading.Lock()
+        self._model_lock = threading.Lock()  # one model call at a time: no thread oversubscription
+        self.write_lock = threading.Lock()  # one writer (add, remove, job) in this process
+        self._library: Library | None = None
+        self._embedder = None
+        self.jobs = JobRunner(self)
+
+    # -- lazily loaded parts -----------------------------------------------------------------
+    @property
+    def library(self) -> Library:
+        if self._library is None:
+            with self._init_lock:
+                if self._library is None:
+                    self._library = open_library(self.settings)
+        return self._library
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            with self._init_lock:
+                if self._embedder is None:
+                    self._embedder = load_embedder(self.settings)
+        return self._embedder
+
+    def searchable_library(self) -> Library:
+        """The library, bound to the model, with the newest index another process saved."""
+        library = self.library
+        if library.stored_identity() is None:
+            raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` or POST /api/jobs")
+        library.bind_model(self.embedder.identity)
+        if not self.write_lock.locked():
+            with self._init_lock:
+                library.refresh()
+        return library
+
+    # -- queries -------------------------------------------------------------------------------
+    def search_text(self, text: str, k: int, offset: int) -> SearchPage:
+        library = self.searchable_library()
+        t0 = time.perf_counter()
+        with self._model_lock:
+            query = self.embedder.encode_texts([text])
+        return library.search(query, k, offset, started=t0)
+
+    def search_upload(self, data: bytes, k: int, offset: int) -> SearchPage:
+        library = self.searchable_library()
+        t0 = time.perf_counter()
+        decoded = decode_image(data, self.upload_limits, draft_size=self.embedder.image_size)
+        with self._model_lock:
+            query = self.embedder.encode_images([decoded.image])
+        return library.search(query, k, offset, started=t0)
+
+    def search_image_id(self, image_id: int, k: int, offset: int) -> SearchPage:
+        """More like an indexed image (its stored vector), the image itself left out."""
+        library = self.searchable_library()
+        t0 = time.perf_counter()
+        vector = library.vector_of(image_id)
+        page = library.search(vector, k + 1, offset, started=t0)
+        results = tuple(r for r in page.results if r.id != image_id)[:k]
+        return SearchPage(results, max(page.total - 1, 0), (time.perf_counter() - t0) * 1000)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def add_upload(self, data: bytes, filename: str) -> int:
+        """Store an uploaded picture under LOUPE_HOME/uploads and index it; returns its id."""
+        from indexer.images import content_hash
+
+        decoded = decode_image(data, self.upload_limits)
+        suffix = Path(filename or "").suffix.lower()
+        if suffix not in IMAGE_SUFFIXES:
+            suffix = "." + decoded.format.lower().replace("jpeg", "jpg")
+        folder = self.settings.home / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{content_hash(data)}{suffix}"
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        self.jobs.run_now([path])
+        record = self.library.image_by_path(str(path))
+        return record.duplicate_of or record.id
+
+    def remove_image(self, image_id: int) -> None:
+        from indexer.lock import write_lock
+
+        if not self.write_lock.acquire(blocking=False):
+            raise JobLockedError("an indexing job is running in this server; try again when it ends")
+        try:
+            library = self.library
+            with write_lock(self.settings.home):
+                library.sync_store()
+                with library.sessions.begin() as session:
+                    record = library.record(session, image_id)
+                    delta = library.remove([record], session)
+                library.apply(delta)
+                library.save_index()
+            remove_thumbnail(self.settings.home, image_id)
+        finally:
+            self.write_lock.release()
+
+    # -- facts -----------------------------------------------------------------------------------
+    def health(self) -> dict:
+        library = self.library
+        identity = library.stored_identity()
+        index = {"type": None, "vectors": 0}
+        if identity is not None:
+            index = library.store.describe()
+        model = identity.as_dict() if identity else {
+            "architecture": self.settings.model, "pretrained": self.settings.pretrained,
+            "checkpoint_sha256": None, "embed_dim": None,
+            "semantic": self.settings.pretrained.lower() != "none",
+        }
+        return {
+            "status": "ok",
+            "images": library.counts()["indexed"],
+            "model": model,
+            "index": index,
+            "device": resolve_device(self.settings.device),
+        }
+
+
+def init_app(app: Flask) -> None:
+    settings = app.config.get("LOUPE_SETTINGS") or Settings.from_env()
+    limits = DecodeLimits(max_file_bytes=app.config["MAX_CONTENT_LENGTH"], max_pixels=app.config["MAX_UPLOAD_PIXELS"])
+    app.extensions[EXTENSION] = SearchService(settings, limits)
+
+
+def service() -> SearchService:
+    return current_app.extensions[EXTENSION]

@@ -1,0 +1,316 @@
+// Loupe's search page: text search as you type, photo search by drop / paste / picker,
+// a paged results grid, and a detail view with "more like this" and "generate similar".
+"use strict";
+
+(() => {
+  const PAGE = 24;
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    form: $("search-form"), q: $("q"), file: $("file"), pick: $("pick"), pick2: $("pick2"),
+    dropzone: $("dropzone"), query: $("query"), queryImage: $("query-image"), queryTitle: $("query-title"),
+    queryMeta: $("query-meta"), clearQuery: $("clear-query"), state: $("state"), results: $("results"),
+    more: $("more"), moreButton: $("more-button"), detail: $("detail"), detailImage: $("detail-image"),
+    detailTitle: $("detail-title"), detailMeta: $("detail-meta"), detailNote: $("detail-note"),
+    moreLike: $("more-like-this"), generate: $("generate-similar"), openOriginal: $("open-original"),
+    detailClose: $("detail-close"),
+  };
+
+  // The current query: {kind: "text", text} | {kind: "upload", file, url} | {kind: "similar", id, thumb, name}
+  let query = null;
+  let offset = 0;
+  let total = 0;
+  let loading = false;
+  let generation = 0; // bumps on every new query, so late answers to old ones are ignored
+  let controller = null;
+  let detailId = null;
+  let debounce = null;
+
+  function setState(text, kind = "") {
+    els.state.textContent = text;
+    els.state.className = "state" + (kind ? " " + kind : "");
+  }
+
+  function baseName(path) {
+    return path.split(/[\\/]/).pop();
+  }
+
+  async function errorMessage(response) {
+    try {
+      const body = await response.json();
+      return body.message || body.error || response.statusText;
+    } catch (_) {
+      return `${response.status} ${response.statusText}`;
+    }
+  }
+
+  function request(q, from) {
+    const params = new URLSearchParams({ k: PAGE, offset: from });
+    if (q.kind === "text") {
+      params.set("q", q.text);
+      return fetch(`/api/search?${params}`, { signal: controller.signal });
+    }
+    if (q.kind === "upload") {
+      const form = new FormData();
+      form.append("image", q.file, q.file.name || "pasted-image");
+      return fetch(`/api/search/image?${params}`, { method: "POST", body: form, signal: controller.signal });
+    }
+    return fetch(`/api/search/image?${params}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_id: q.id }),
+      signal: controller.signal,
+    });
+  }
+
+  async function run(q) {
+    generation += 1;
+    if (controller) controller.abort();
+    controller = new AbortController();
+    query = q;
+    offset = 0;
+    total = 0;
+    els.results.replaceChildren();
+    els.more.hidden = true;
+    if (!q) {
+      setState("Type a few words or drop a photo to search.");
+      return;
+    }
+    await loadPage();
+  }
+
+  async function loadPage() {
+    if (!query || loading) return;
+    const mine = generation;
+    loading = true;
+    setState(offset ? "Loading more…" : "Searching…", "loading");
+    try {
+      const response = await request(query, offset);
+      if (mine !== generation) return;
+      if (!response.ok) {
+        setState(await errorMessage(response), "error");
+        return;
+      }
+      const page = await response.json();
+      if (mine !== generation) return;
+      total = page.total;
+      render(page.results, offset === 0);
+      offset += page.results.length;
+      const more = page.results.length === PAGE && offset < total;
+      els.more.hidden = !more;
+      if (offset === 0) {
+        setState(query.kind === "text" ? `No pictures match “${query.text}”.` : "No similar pictures found.");
+      } else {
+        setState(`Showing ${offset} of ${total} pictures, best match first (${Math.round(page.took_ms)} ms).`);
+      }
+    } catch (err) {
+      if (err.name !== "AbortError" && mine === generation) {
+        setState("Loupe could not be reached. Check that the server is running, then try again.", "error");
+      }
+    } finally {
+      if (mine === generation) loading = false;
+    }
+  }
+
+  function render(results, first) {
+    const fragment = document.createDocumentFragment();
+    results.forEach((result, i) => {
+      const item = document.createElement("li");
+      const card = document.createElement("button");
+      card.type = "button";
+      card.className = "card" + (first && i === 0 ? " first" : "");
+      card.dataset.id = result.id;
+      card.setAttribute("aria-label", `${baseName(result.path)}, score ${result.score.toFixed(3)}`);
+      const img = document.createElement("img");
+      img.src = result.thumb_url;
+      img.alt = baseName(result.path);
+      img.loading = "lazy";
+      img.width = 320;
+      img.height = 240;
+      const caption = document.createElement("span");
+      caption.className = "caption";
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = baseName(result.path);
+      name.title = result.path;
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = result.score.toFixed(3);
+      caption.append(name, score);
+      card.append(img, caption);
+      card.addEventListener("click", () => openDetail(result.id));
+      item.append(card);
+      fragment.append(item);
+    });
+    els.results.append(fragment);
+  }
+
+  function showQueryPanel(src, title, meta) {
+    els.queryImage.src = src;
+    els.queryTitle.textContent = title;
+    els.queryMeta.textContent = meta;
+    els.query.hidden = false;
+  }
+
+  function clearQueryPanel() {
+    if (query && query.kind === "upload") URL.revokeObjectURL(query.url);
+    els.query.hidden = true;
+    els.queryImage.removeAttribute("src");
+  }
+
+  function searchText(text) {
+    clearQueryPanel();
+    const trimmed = text.trim();
+    const url = new URL(window.location);
+    if (trimmed) url.searchParams.set("q", trimmed); else url.searchParams.delete("q");
+    history.replaceState(null, "", url);
+    run(trimmed ? { kind: "text", text: trimmed } : null);
+  }
+
+  function searchFile(file) {
+    if (!file) return;
+    if (!file.type.startsWith("image/")) {
+      setState(`“${file.name}” is not an image. Drop a JPEG, PNG, WebP, GIF, BMP or TIFF file.`, "error");
+      return;
+    }
+    clearQueryPanel();
+    const url = URL.createObjectURL(file);
+    els.q.value = "";
+    showQueryPanel(url, file.name || "Pasted image", `${Math.round(file.size / 1024)} KB · searching for this picture`);
+    run({ kind: "upload", file, url });
+  }
+
+  function searchSimilar(id, thumb, name) {
+    clearQueryPanel();
+    els.q.value = "";
+    showQueryPanel(thumb, `More like ${name}`, "pictures similar to this one");
+    run({ kind: "similar", id, thumb, name });
+  }
+
+  async function openDetail(id) {
+    detailId = id;
+    els.detailNote.textContent = "";
+    els.detailMeta.replaceChildren();
+    els.detailTitle.textContent = "Loading…";
+    els.detailImage.removeAttribute("src");
+    if (!els.detail.open) els.detail.showModal();
+    const response = await fetch(`/api/images/${id}`);
+    if (detailId !== id) return;
+    if (!response.ok) {
+      els.detailTitle.textContent = "Not available";
+      els.detailNote.textContent = await errorMessage(response);
+      return;
+    }
+    const image = await response.json();
+    els.detailTitle.textContent = baseName(image.path);
+    els.detailImage.src = image.file_url;
+    els.detailImage.alt = baseName(image.path);
+    els.openOriginal.href = image.file_url;
+    const facts = [
+      ["Path", image.path],
+      ["Size", image.width && image.height ? `${image.width} × ${image.height} px` : "unknown"],
+      ["Format", image.format || "unknown"],
+      ["File", `${(image.size_bytes / 1024).toFixed(0)} KB`],
+      ["Indexed", image.indexed_at ? new Date(image.indexed_at).toLocaleString() : "—"],
+      ["Id", String(image.id)],
+    ];
+    if (image.missing) facts.push(["Note", "the file has vanished from disk"]);
+    for (const [term, value] of facts) {
+      const dt = document.createElement("dt");
+      dt.textContent = term;
+      const dd = document.createElement("dd");
+      dd.textContent = value;
+      els.detailMeta.append(dt, dd);
+    }
+    els.moreLike.dataset.thumb = image.thumb_url;
+    els.moreLike.dataset.name = baseName(image.path);
+    els.moreLike.focus();
+  }
+
+  async function generateSimilar() {
+    els.detailNote.textContent = "Generating…";
+    const response = await fetch("/api/generate", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_id: detailId, n: 4 }),
+    });
+    els.detailNote.textContent = response.ok ? "Started." : await errorMessage(response);
+  }
+
+  // -- wiring ----------------------------------------------------------------------------------
+  els.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    clearTimeout(debounce);
+    searchText(els.q.value);
+  });
+  els.q.addEventListener("input", () => {
+    clearTimeout(debounce);
+    debounce = setTimeout(() => searchText(els.q.value), 250);
+  });
+  const pickFile = () => els.file.click();
+  els.pick.addEventListener("click", pickFile);
+  els.pick2.addEventListener("click", pickFile);
+  els.file.addEventListener("change", () => {
+    searchFile(els.file.files[0]);
+    els.file.value = "";
+  });
+  els.dropzone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      pickFile();
+    }
+  });
+  let dragDepth = 0;
+  window.addEventListener("dragenter", (event) => {
+    if (event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files")) {
+      dragDepth += 1;
+      document.body.classList.add("dragging");
+    }
+  });
+  window.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (!dragDepth) document.body.classList.remove("dragging");
+  });
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dragDepth = 0;
+    document.body.classList.remove("dragging");
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) searchFile(file);
+  });
+  document.addEventListener("paste", (event) => {
+    const items = Array.from((event.clipboardData && event.clipboardData.items) || []);
+    const item = items.find((it) => it.kind === "file" && it.type.startsWith("image/"));
+    if (item) {
+      event.preventDefault();
+      searchFile(item.getAsFile());
+    }
+  });
+  els.clearQuery.addEventListener("click", () => {
+    clearQueryPanel();
+    run(null);
+    els.q.focus();
+  });
+  els.moreButton.addEventListener("click", loadPage);
+  if ("IntersectionObserver" in window) {
+    new IntersectionObserver((entries) => {
+      if (entries.some((e) => e.isIntersecting) && !els.more.hidden) loadPage();
+    }, { rootMargin: "400px" }).observe(els.more);
+  }
+  els.moreLike.addEventListener("click", () => {
+    const { thumb, name } = els.moreLike.dataset;
+    els.detail.close();
+    searchSimilar(detailId, thumb, name);
+  });
+  els.generate.addEventListener("click", generateSimilar);
+  els.detailClose.addEventListener("click", () => els.detail.close());
+  els.detail.addEventListener("click", (event) => {
+    if (event.target === els.detail) els.detail.close(); // a click on the backdrop
+  });
+
+  const initial = new URL(window.location).searchParams.get("q");
+  if (initial) {
+    els.q.value = initial;
+    searchText(initial);
+  }
+})();

@@ -1,0 +1,285 @@
+"""The JSON API through Flask's test client: every endpoint, its errors, and the OpenAPI
+description checked against the real responses."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import jsonschema
+import pytest
+from PIL import Image
+
+from helpers import assert_index_matches_catalog, run_json
+from searchapp import create_app
+from searchapp.openapi import openapi_document
+
+
+@pytest.fixture
+def indexed(env, photos):
+    run_json(["index", str(photos), "--no-progress"], env)
+    return env
+
+
+def make_app(settings, **config):
+    return create_app({"TESTING": True, "LOUPE_SETTINGS": settings, **config})
+
+
+@pytest.fixture
+def app(indexed, settings):
+    return make_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def check_schema(response, path: str, method: str = "get"):
+    """Validate a response body against the OpenAPI document's schema for it."""
+    doc = openapi_document()
+    spec = doc["paths"][path][method]["responses"][str(response.status_code)]
+    schema = {**spec["content"]["application/json"]["schema"], "components": doc["components"]}
+    jsonschema.validate(response.get_json(), schema)
+    return response.get_json()
+
+
+def upload(path_or_bytes, name="query.jpg", **fields):
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    return {"image": (io.BytesIO(data), name), **{k: str(v) for k, v in fields.items()}}
+
+
+def test_create_app_loads_nothing_until_asked(settings):
+    app = make_app(settings)
+    service = app.extensions["loupe"]
+    assert service._library is None and service._embedder is None
+
+
+def test_health(client, env):
+    body = check_schema(client.get("/api/health"), "/api/health")
+    assert body["status"] == "ok" and body["images"] == 24 and body["device"] == "cpu"
+    assert body["model"]["architecture"] == env["LOUPE_MODEL"] and body["model"]["semantic"] is False
+    assert body["index"]["type"] == "Flat"
+
+
+def test_text_search_pages(client):
+    first = check_schema(client.get("/api/search?q=a+cat&k=5"), "/api/search")
+    assert len(first["results"]) == 5 and first["total"] == 24
+    second = check_schema(client.get("/api/search?q=a+cat&k=5&offset=5"), "/api/search")
+    assert {r["id"] for r in first["results"]}.isdisjoint(r["id"] for r in second["results"])
+    everything = client.get("/api/search?q=a+cat&k=200").get_json()
+    assert len(everything["results"]) == 24
+    some = client.get("/api/search?q=a+cat&k=200&min_score=2").get_json()
+    assert some["results"] == []
+
+
+@pytest.mark.parametrize("query, message", [
+    ("", "q="), ("q=x&k=0", "between 1 and 200"), ("q=x&k=201", "between 1 and 200"),
+    ("q=x&k=ten", "integer"), ("q=x&offset=-1", "offset"), ("q=x&min_score=high", "min_score"),
+])
+def test_text_search_bad_parameters(client, query, message):
+    response = client.get(f"/api/search?{query}")
+    assert response.status_code == 400 and message in check_schema(response, "/api/search")["message"]
+
+
+def test_upload_finds_its_original_first(client, photos):
+    original = next(photos.rglob("coffee-0.*"))
+    response = client.post("/api/search/image?k=3", data=upload(original), content_type="multipart/form-data")
+    body = check_schema(response, "/api/search/image", "post")
+    assert body["results"][0]["path"] == str(original)
+    assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert body["restoration"]["requested"] == "auto"
+
+
+def test_more_like_this_by_image_id(client, photos):
+    first = client.get("/api/search?q=x&k=1").get_json()["results"][0]
+    response = client.post("/api/search/image", json={"image_id": first["id"], "k": 5})
+    body = check_schema(response, "/api/search/image", "post")
+    assert len(body["results"]) == 5 and first["id"] not in {r["id"] for r in body["results"]}
+
+
+@pytest.mark.parametrize("data, json, status, code", [
+    (None, {}, 400, "missing_image"),
+    (None, {"image_id": "seven"}, 400, "bad_parameter"),
+    (None, {"image_id": 999999}, 404, "not_indexed"),
+    ({"image": (io.BytesIO(b""), "empty.jpg")}, None, 400, "bad_image"),
+    ({"image": (io.BytesIO(b"<svg xmlns='http://www.w3.org/2000/svg'/>"), "x.png")}, None, 400, "bad_image"),
+    ({"image": (io.BytesIO(b"\xff\xd8\xff\xe0\x00\x10JFIF"), "cut.jpg")}, None, 400, "bad_image"),
+])
+def test_image_search_errors(client, data, json, status, code):
+    if data is not None:
+        response = client.post("/api/search/image", data=data, content_type="multipart/form-data")
+    else:
+        response = client.post("/api/search/image", json=json)
+    assert response.status_code == status
+    assert check_schema(response, "/api/search/image", "post")["error"] == code
+
+
+def test_upload_too_large_is_413(indexed, settings):
+    client = make_app(settings, MAX_CONTENT_LENGTH=10_000).test_client()
+    big = io.BytesIO()
+    Image.effect_noise((200, 200), 80).convert("RGB").save(big, "PNG")
+    response = client.post("/api/search/image", data={"image": (io.BytesIO(big.getvalue()), "big.png")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 413 and response.get_json()["error"] == "request_entity_too_large"
+
+
+def test_decompression_bomb_upload_is_400(indexed, settings):
+    client = make_app(settings, MAX_UPLOAD_PIXELS=1_000_000).test_client()
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, "PNG")
+    response = client.post("/api/search/image", data={"image": (io.BytesIO(bomb.getvalue()), "bomb.png")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 400 and "pixel" in response.get_json()["message"]
+
+
+def test_bad_restore_mode(client, photos):
+    response = client.post("/api/search/image", data=upload(next(photos.rglob("*-0.jpg")), restore="magic"),
+                           content_type="multipart/form-data")
+    assert response.status_code == 400 and "restore" in response.get_json()["message"]
+
+
+def test_image_metadata_file_and_thumbnail(client, photos):
+    result = client.get("/api/search?q=x&k=1").get_json()["results"][0]
+    meta = check_schema(client.get(f"/api/images/{result['id']}"), "/api/images/{image_id}")
+    assert meta["path"] == result["path"] and meta["status"] == "indexed"
+    file = client.get(result["file_url"])
+    assert file.status_code == 200 and file.mimetype.startswith("image/")
+    with open(result["path"], "rb") as fh:
+        assert file.data == fh.read()
+    thumb = client.get(result["thumb_url"])
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+    assert "immutable" in thumb.headers["Cache-Control"]
+    assert max(Image.open(io.BytesIO(thumb.data)).size) <= 320
+    again = client.get(result["thumb_url"], headers={"If-None-Match": thumb.headers["ETag"]})
+    assert again.status_code == 304
+    assert client.get("/api/images/999999").status_code == 404
+    assert client.get("/images/999999/file").status_code == 404
+
+
+def test_no_request_path_reaches_the_file_system(client):
+    for url in ("/images/..%2F..%2Fetc%2Fpasswd/file", "/images/%2Fetc%2Fpasswd/file", "/images/-1/file",
+                "/static/..%2F..%2Fpyproject.toml", "/images/1/../../../etc/passwd"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert b"root:" not in response.data
+
+
+def test_generate_is_501_for_now(client):
+    response = client.post("/api/generate", json={"image_id": 1})
+    assert response.status_code == 501 and check_schema(response, "/api/generate", "post")["error"] == "not_implemented"
+
+
+def test_unknown_endpoint_and_method_are_json(client):
+    assert client.get("/api/nope").get_json()["error"] == "not_found"
+    response = client.get("/api/jobs")
+    assert response.status_code == 405 and response.get_json()["error"] == "method_not_allowed"
+
+
+def test_add_and_delete_images(client, settings, photo_arrays, tmp_path):
+    new = io.BytesIO()
+    Image.fromarray(photo_arrays["astronaut"][::-1, ::-1]).save(new, "PNG")
+    response = client.post("/api/images", data={"image": (io.BytesIO(new.getvalue()), "flipped.png")},
+                           content_type="multipart/form-data")
+    body = check_schema(response, "/api/images", "post")
+    assert response.status_code == 201 and body["status"] == "indexed"
+    search = client.post("/api/search/image?k=1", data={"image": (io.BytesIO(new.getvalue()), "q.png")},
+                         content_type="multipart/form-data").get_json()
+    assert search["results"][0]["id"] == body["id"]
+    again = client.post("/api/images", data={"image": (io.BytesIO(new.getvalue()), "same.png")},
+                        content_type="multipart/form-data")
+    assert again.status_code == 201 and again.get_json()["id"] == body["id"]
+    deleted = client.delete(f"/api/images/{body['id']}")
+    assert check_schema(deleted, "/api/images/{image_id}", "delete") == {"removed": body["id"]}
+    assert client.get(f"/api/images/{body['id']}").status_code == 404
+    assert client.delete(f"/api/images/{body['id']}").status_code == 404
+    assert len(assert_index_matches_catalog(settings)) == 24
+
+
+def test_bulk_job_through_the_api(client, settings, photo_arrays, tmp_path):
+    folder = tmp_path / "more"
+    folder.mkdir()
+    for i, pixels in enumerate(photo_arrays.values()):
+        Image.fromarray(pixels[::2, ::-2]).save(folder / f"m{i}.jpg")
+    response = client.post("/api/jobs", json={"paths": [str(folder)]})
+    started = check_schema(response, "/api/jobs", "post")
+    assert response.status_code == 202
+    deadline = time.monotonic() + 60
+    while True:
+        job = check_schema(client.get(f"/api/jobs/{started['id']}"), "/api/jobs/{job_id}")
+        if job["state"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert job["state"] == "finished" and job["added"] == 8 and job["progress"] == 1.0
+    assert client.get("/api/health").get_json()["images"] == 32
+    hit = client.post("/api/search/image?k=1", data=upload(folder / "m0.jpg"),
+                      content_type="multipart/form-data").get_json()["results"][0]
+    assert hit["path"] == str(folder / "m0.jpg")
+    assert len(assert_index_matches_catalog(settings)) == 32
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "paths"), ({"paths": []}, "paths"), ({"paths": ["relative/dir"]}, "absolute"),
+    ({"paths": ["/no/such/folder"]}, "no such file"),
+])
+def test_bulk_job_bad_input(client, body, message):
+    response = client.post("/api/jobs", json=body)
+    assert response.status_code == 400 and message in response.get_json()["message"]
+
+
+def test_write_endpoints_need_the_token_when_set(indexed, settings, photos):
+    from dataclasses import replace
+
+    client = make_app(replace(settings, api_token="s3cret-token")).test_client()
+    for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 403),
+                            ({"Authorization": "Basic s3cret-token"}, 401)):
+        assert client.delete("/api/images/1", headers=headers).status_code == status
+        assert client.post("/api/jobs", json={"paths": [str(photos)]}, headers=headers).status_code == status
+    assert client.get("/api/search?q=x").status_code == 200  # reads stay open
+    ok = client.delete("/api/images/1", headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status_code == 200
+
+
+def test_index_saved_by_another_process_is_picked_up(client, env, settings, photo_arrays, tmp_path):
+    assert client.get("/api/health").get_json()["images"] == 24
+    client.get("/api/search?q=x")  # the index is now loaded
+    folder = tmp_path / "later"
+    folder.mkdir()
+    Image.fromarray(photo_arrays["coins"][::-1]).save(folder / "later.png")
+    run_json(["index", str(folder), "--no-progress"], env)  # another "process" (its own Library)
+    body = client.get("/api/search?q=x&k=200").get_json()
+    assert body["total"] == 25 and str(folder / "later.png") in {r["path"] for r in body["results"]}
+
+
+def test_security_headers_on_page_and_api(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    for response in (page, client.get("/api/health")):
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_page_shows_untrained_banner_and_counts(client):
+    html = client.get("/").get_data(as_text=True)
+    assert 'id="untrained-banner"' in html and "24 pictures" in html
+
+
+def test_search_before_anything_is_indexed(env, settings):
+    client = make_app(settings).test_client()
+    response = client.get("/api/search?q=cat")
+    assert response.status_code == 404 and "loupe index" in response.get_json()["message"]
+    assert client.get("/api/health").get_json()["images"] == 0
+    assert "Nothing is indexed yet" in client.get("/").get_data(as_text=True)
+
+
+def test_openapi_document_is_valid_and_served(client):
+    from jsonschema.validators import Draft202012Validator
+
+    doc = client.get("/api/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.1")
+    for name, schema in doc["components"]["schemas"].items():
+        Draft202012Validator.check_schema(schema)
+    app_rules = {rule.rule for rule in client.application.url_map.iter_rules() if rule.rule.startswith("/api/")}
+    documented = {p.replace("{image_id}", "<int:image_id>").replace("{job_id}", "<int:job_id>") for p in doc["paths"]}
+    assert app_rules - {"/api/openapi.json"} <= documented

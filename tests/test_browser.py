@@ -1,0 +1,151 @@
+"""The web UI in a real browser: Debian's Chromium driven by Playwright against the real
+server (waitress) on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+
+from helpers import run_json
+
+CHROMIUM = os.environ.get("LOUPE_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"Chromium is not installed at {CHROMIUM}")
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server(env, photos, settings):
+    """`loupe serve`'s WSGI server (waitress) on an ephemeral loopback port."""
+    from waitress.server import create_server
+
+    from searchapp import create_app
+
+    run_json(["index", str(photos), "--no-progress"], env)
+    server = create_server(create_app({"LOUPE_SETTINGS": settings}), host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def page(browser, server, tmp_path):
+    # bypass_csp lets wait_for_function evaluate its predicates; the CSP itself is tested in test_api.
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server)
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def test_type_a_query_and_see_results(page, tmp_path):
+    page.fill("#q", "a cat sitting")
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card").count() == 24
+    assert "best match first" in page.inner_text("#state")
+    assert "q=a+cat+sitting" in page.url
+    page.wait_for_function("Array.from(document.querySelectorAll('#results img')).slice(0, 8).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(tmp_path / "text-search.png"), full_page=False)
+
+
+def test_upload_a_photo_and_see_its_original_first(page, photos, tmp_path):
+    original = next(photos.rglob("rocket-0.*"))
+    page.set_input_files("#file", str(original))
+    page.wait_for_selector("#results .card")
+    first = page.locator("#results .card").first
+    assert first.locator(".name").inner_text() == original.name
+    assert float(first.locator(".score").inner_text()) > 0.999
+    assert page.is_visible("#query") and original.name in page.inner_text("#query-title")
+    page.wait_for_function("Array.from(document.querySelectorAll('#results img')).slice(0, 8).every(i => i.complete && i.naturalWidth > 0)")
+    shot = tmp_path / "photo-search.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+    artifacts = os.environ.get("LOUPE_ARTIFACTS")
+    if artifacts:
+        os.makedirs(artifacts, exist_ok=True)
+        shutil.copy(shot, os.path.join(artifacts, "photo-search.png"))
+
+
+def test_drop_a_photo(page, photos):
+    original = next(photos.rglob("moon-0.*"))
+    data = list(original.read_bytes())
+    page.evaluate(
+        """([bytes, name]) => {
+            const file = new File([new Uint8Array(bytes)], name, {type: name.endsWith('.png') ? 'image/png' : 'image/jpeg'});
+            const transfer = new DataTransfer();
+            transfer.items.add(file);
+            window.dispatchEvent(new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+        }""",
+        [data, original.name],
+    )
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card .name").first.inner_text() == original.name
+
+
+def test_click_a_result_then_more_like_this(page, tmp_path):
+    page.fill("#q", "coffee")
+    page.wait_for_selector("#results .card")
+    chosen = page.locator("#results .card").nth(2)
+    chosen_name = chosen.locator(".name").inner_text()
+    chosen.click()
+    page.wait_for_selector("#detail[open]")
+    page.wait_for_function("document.getElementById('detail-title').textContent.length > 0 && document.getElementById('detail-title').textContent !== 'Loading…'")
+    assert page.inner_text("#detail-title") == chosen_name
+    assert "Path" in page.inner_text("#detail-meta")
+    page.wait_for_function("document.getElementById('detail-image').complete && document.getElementById('detail-image').naturalWidth > 0")
+    page.screenshot(path=str(tmp_path / "detail.png"))
+    page.click("#generate-similar")
+    page.wait_for_function("document.getElementById('detail-note').textContent.includes('not available')")
+    page.click("#more-like-this")
+    page.wait_for_selector("#detail", state="hidden")
+    page.wait_for_function(f"document.getElementById('query-title').textContent.includes({chosen_name!r})")
+    page.wait_for_selector("#results .card")
+    names = page.locator("#results .card .name").all_inner_texts()
+    assert chosen_name not in names and len(names) == 23
+
+
+def test_keyboard_only_search_and_detail(page):
+    page.keyboard.type("rocket")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#results .card")
+    page.focus("#results .card >> nth=0")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#detail[open]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail", state="hidden")
+
+
+def test_untrained_banner_shows(page):
+    assert page.is_visible("#untrained-banner")
+    assert "not semantic" in page.inner_text("#untrained-banner") or "Untrained" in page.inner_text("#untrained-banner")
+
+
+def test_error_state_is_readable(page):
+    page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not really a png"}])
+    page.wait_for_selector("#state.error")
+    assert "not a supported image" in page.inner_text("#state")
