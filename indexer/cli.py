@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,11 +56,27 @@ def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.Ar
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply catalog migrations")
 
-    demo = commands.add_parser("demo", help="index the bundled sample photographs and run sample searches")
-    demo.add_argument("--no-progress", action="store_true")
+    if "demo" not in (extra or {}):
+        demo = commands.add_parser("demo", help="index the bundled sample photographs and run sample searches")
+        configure_demo(demo)
     for name, (help_text, configure, _) in (extra or {}).items():
         configure(commands.add_parser(name, help=help_text))
     return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Log to stderr. Without --verbose, the messages of open_clip (root logger) and
+    huggingface_hub are dropped: Loupe reports those conditions itself, in one line."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
+        handler.addFilter(lambda record: record.name != "root" and not record.name.startswith("huggingface_hub"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
@@ -69,11 +86,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     `extra` adds commands from other packages (the `serve` command comes from `searchapp`,
     so that `indexer` itself never imports Flask)."""
     args = build_parser(extra).parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        # open_clip and huggingface_hub log at WARNING/ERROR for conditions Loupe reports itself.
-        for noisy in ("root", "huggingface_hub", "open_clip"):
-            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    _configure_logging(args.verbose)
     from . import commands
     from .settings import Settings
 

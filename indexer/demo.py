@@ -45,7 +45,8 @@ def demo_settings(settings: Settings) -> Settings:
     return settings.with_overrides(home=home, database_url=f"sqlite:///{home / 'loupe.db'}")
 
 
-def run_demo(settings: Settings, out: TextIO, progress: bool = True) -> int:
+def run_demo(settings: Settings, out: TextIO, progress: bool = True) -> Settings:
+    """Index and search the samples; returns the settings of the demo library it used."""
     from .commands import load_embedder, open_library
     from .images import load_image_file
     from .jobs import IndexJob, IndexOptions
@@ -78,5 +79,6 @@ def run_demo(settings: Settings, out: TextIO, progress: bool = True) -> int:
     page = library.search(embedder.encode_images([load_image_file(probe).image]), k=3)
     names = ", ".join(f"{Path(r.path).name} ({r.score:.3f})" for r in page.results)
     print(f"  image {probe.name}: {names}", file=out)
-    print(f"loupe demo: search it yourself with  LOUPE_HOME={demo.home} loupe search \"a cat\"", file=out)
-    return 0
+    pretrained = "" if demo.pretrained == settings.pretrained else f"LOUPE_PRETRAINED={demo.pretrained} "
+    print(f'loupe demo: search it yourself with  LOUPE_HOME={demo.home} {pretrained}loupe search "a cat"', file=out)
+    return demo

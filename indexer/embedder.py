@@ -190,7 +190,8 @@ def _resolve_weights(spec: ModelSpec, models_dir: Path) -> tuple[Path | None, st
 
 
 def _weights_remedy(spec: ModelSpec, err: Exception) -> str:
-    reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    reason = text.split(" Last error:")[0][:240].rstrip(". ")
     return (
         f"cannot load weights {spec.pretrained!r} for {spec.architecture}: {reason}. "
         "Remedies: connect to the network once so open_clip can download them into LOUPE_HOME/models, "

@@ -34,8 +34,23 @@ def cmd_serve(settings, args, out) -> int:
     return 0
 
 
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    indexer_cli.configure_demo(parser)
+    configure_serve(parser)
+    parser.add_argument("--no-serve", action="store_true", help="index and search the samples, then exit")
+
+
+def cmd_demo(settings, args, out) -> int:
+    """Index the sample photographs, run sample searches, then serve them."""
+    from indexer.demo import run_demo
+
+    demo = run_demo(settings, out, progress=not args.no_progress)
+    return 0 if args.no_serve else cmd_serve(demo, args, out)
+
+
 EXTRA_COMMANDS: Mapping[str, indexer_cli.ExtraCommand] = {
     "serve": ("serve the API and the web UI", configure_serve, cmd_serve),
+    "demo": ("index the bundled sample photographs, run sample searches and serve them", configure_demo, cmd_demo),
 }
 
 
