@@ -101,6 +101,7 @@ class Library:
         self._store: VectorStore | None = None
         self._unsaved = False  # the in-memory index has changes the file lacks
         self._file_seen: tuple | None = None  # the index file's stat when last loaded or saved
+        self._identity: ModelIdentity | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -111,11 +112,13 @@ class Library:
 
     # -- model identity -------------------------------------------------------------------
     def stored_identity(self) -> ModelIdentity | None:
-        with self.sessions() as session:
-            info = session.get(IndexInfo, 1)
-        if info is None:
-            return None
-        return ModelIdentity(info.architecture, info.pretrained, info.checkpoint_sha256, info.embed_dim)
+        """The index's model (read once it exists: it never changes afterwards)."""
+        if self._identity is None:
+            with self.sessions() as session:
+                info = session.get(IndexInfo, 1)
+            if info is not None:
+                self._identity = ModelIdentity(info.architecture, info.pretrained, info.checkpoint_sha256, info.embed_dim)
+        return self._identity
 
     def bind_model(self, identity: ModelIdentity) -> None:
         """Check that `identity` is the index's model, recording it if the index has none yet."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from flask import Flask, current_app
@@ -29,7 +30,10 @@ class SearchService:
         self.settings = settings
         self.upload_limits = upload_limits
         self._init_lock = threading.Lock()
-        self._model_lock = threading.Lock()  # one model call at a time: no thread oversubscription
+        # Every model call runs on this one thread: torch's intra-op (OpenMP) thread team
+        # belongs to the calling thread, and teams of several request threads spinning side
+        # by side made each encode twice as slow on 2 cores.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loupe-model")
         self.write_lock = threading.Lock()  # one writer (add, remove, job) in this process
         self._library: Library | None = None
         self._embedder = None
@@ -63,20 +67,21 @@ class SearchService:
                 library.refresh()
         return library
 
+    def _on_model_thread(self, fn, *args):
+        return self._model_thread.submit(fn, *args).result()
+
     # -- queries -------------------------------------------------------------------------------
     def search_text(self, text: str, k: int, offset: int) -> SearchPage:
         library = self.searchable_library()
         t0 = time.perf_counter()
-        with self._model_lock:
-            query = self.embedder.encode_texts([text])
+        query = self._on_model_thread(self.embedder.encode_texts, [text])
         return library.search(query, k, offset, started=t0)
 
     def search_upload(self, data: bytes, k: int, offset: int) -> SearchPage:
         library = self.searchable_library()
         t0 = time.perf_counter()
         decoded = decode_image(data, self.upload_limits, draft_size=self.embedder.image_size)
-        with self._model_lock:
-            query = self.embedder.encode_images([decoded.image])
+        query = self._on_model_thread(self.embedder.encode_images, [decoded.image])
         return library.search(query, k, offset, started=t0)
 
     def search_image_id(self, image_id: int, k: int, offset: int) -> SearchPage:
