@@ -13,7 +13,6 @@ bounded by a request count and a deadline.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import socket
