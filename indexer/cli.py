@@ -31,7 +31,8 @@ def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.Ar
     index.add_argument("paths", nargs="+", metavar="PATH")
     index.add_argument("--batch-size", type=_positive_int, default=32, help="images per model batch (default 32)")
     index.add_argument("--workers", type=_non_negative_int, default=None,
-                       help="decoding processes (default: cores - 1; 0 decodes in the main process)")
+                       help="decoding processes (default: on CUDA cores - 1; on the CPU, decoding "
+                            "runs in the main process between batches; 0: one decode thread)")
     index.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")

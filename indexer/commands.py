@@ -31,7 +31,7 @@ def open_library(settings: Settings):
 
 
 def cmd_index(settings: Settings, args, out: TextIO) -> int:
-    from .jobs import IndexJob, IndexOptions, default_workers
+    from .jobs import IndexJob, IndexOptions
 
     for path in args.paths:
         if not Path(path).exists():
@@ -40,7 +40,7 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     embedder = load_embedder(settings, args.device)
     options = IndexOptions(
         batch_size=args.batch_size,
-        workers=default_workers() if args.workers is None else args.workers,
+        workers=args.workers,
         progress=not args.no_progress,
     )
     summary = IndexJob(library, embedder, options).run(args.paths)

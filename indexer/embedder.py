@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from .errors import ConfigError, WeightsUnavailableError
 
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 # Squash keeps the whole picture (no centre crop): borders matter for reverse lookup.
 RESIZE_MODE = "squash"
 UNTRAINED_SEED = 0
+_PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
+                "lanczos": Image.LANCZOS}
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,14 @@ def resolve_device(requested: str) -> str:
 
 
 class ClipEmbedder:
-    """Encodes images and texts with one open_clip model on one device."""
+    """Encodes images and texts with one open_clip model on one device.
+
+    Image input is prepared in two steps: `prepare` resizes a PIL image to the model's input
+    size as uint8 pixels (Pillow only, so decode threads and processes never run torch ops,
+    whose per-thread OpenMP pools would fight the model for the cores), and `encode_batch`
+    converts and normalises a whole batch at once, exactly as open_clip's own preprocessing
+    (`self.preprocess`, squash resize) does.
+    """
 
     def __init__(self, model, preprocess: Callable, tokenizer: Callable, device: str, identity: ModelIdentity):
         self.model = model
@@ -90,6 +100,12 @@ class ClipEmbedder:
         self.device = device
         self.identity = identity
         self.dtype = next(model.parameters()).dtype
+        cfg = model.visual.preprocess_cfg
+        size = cfg["size"]
+        self.input_size = (int(size[1]), int(size[0])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+        self.resample = _PIL_FILTERS.get(cfg.get("interpolation", "bicubic"), Image.BICUBIC)
+        self.mean = np.asarray(cfg["mean"], dtype=np.float32)
+        self.std = np.asarray(cfg["std"], dtype=np.float32)
 
     @property
     def dim(self) -> int:
@@ -97,24 +113,34 @@ class ClipEmbedder:
 
     @property
     def image_size(self) -> int:
-        size = self.model.visual.preprocess_cfg["size"]
-        return int(max(size) if isinstance(size, (tuple, list)) else size)
+        return max(self.input_size)
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """The model's input pixels for an RGB image: (H, W, 3) uint8, squash-resized."""
+        if image.size != self.input_size:
+            image = image.resize(self.input_size, self.resample)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
     def encode_batch(self, pixels) -> np.ndarray:
-        """Embed a preprocessed batch tensor (N, 3, H, W)."""
+        """Embed prepared pixels: a (N, H, W, 3) uint8 array or a list of (H, W, 3) arrays."""
         import torch
 
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = np.stack(pixels) if isinstance(pixels, (list, tuple)) else pixels
+        if not batch.flags.writeable or not batch.flags.c_contiguous:
+            batch = np.array(batch)  # torch.from_numpy wants memory it may own
         with torch.inference_mode():
-            batch = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-            return _normalised(self.model.encode_image(batch))
+            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            mean = torch.from_numpy(self.mean).to(x.device).view(1, 3, 1, 1)
+            std = torch.from_numpy(self.std).to(x.device).view(1, 3, 1, 1)
+            x = x.sub_(mean).div_(std).to(self.dtype)
+            return _normalised(self.model.encode_image(x))
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         """Embed RGB PIL images."""
-        import torch
-
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.encode_batch(torch.stack([self.preprocess(img) for img in images]))
+        return self.encode_batch([self.prepare(img) for img in images])
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch

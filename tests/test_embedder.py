@@ -41,7 +41,7 @@ def test_preprocessing_keeps_the_whole_picture(embedder):
     marked.paste((255, 0, 0), (0, 0, 40, 100))
     a, b = embedder.encode_images([plain, marked])
     assert float(a @ b) < 0.9999
-    assert embedder.preprocess(plain).shape == (3, 32, 32)
+    assert embedder.prepare(plain).shape == (32, 32, 3)
 
 
 def test_device_resolution():
@@ -79,3 +79,18 @@ def test_real_weights_rank_the_right_caption_first(tmp_path, photo_arrays):
     image = embedder.encode_images([Image.fromarray(photo_arrays["chelsea"])])[0]
     texts = embedder.encode_texts(["a photo of a cat", "a photo of a rocket", "a photo of coffee"])
     assert int(np.argmax(texts @ image)) == 0
+
+
+def test_prepared_pixels_match_open_clip_preprocessing(embedder, photo_arrays):
+    """Loupe's split preprocessing (Pillow resize, then batched normalise) gives exactly the
+    embedding of open_clip's own transform."""
+    import torch
+
+    images = [Image.fromarray(photo_arrays[name]) for name in ("astronaut", "camera", "rocket")]
+    with torch.inference_mode():
+        reference = embedder.model.encode_image(torch.stack([embedder.preprocess(img) for img in images]))
+    reference = torch.nn.functional.normalize(reference, dim=-1).numpy()
+    prepared = [embedder.prepare(img) for img in images]
+    assert prepared[0].dtype == np.uint8 and prepared[0].shape == (32, 32, 3)
+    np.testing.assert_allclose(embedder.encode_batch(prepared), reference, atol=1e-5)
+    np.testing.assert_allclose(embedder.encode_batch(np.stack(prepared)), reference, atol=1e-5)

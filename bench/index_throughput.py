@@ -1,0 +1,611 @@
+#!/usr/bin/env python
+"""Indexing throughput: decoding alone, the model alone, and the whole `loupe index` job.
+
+    python bench/index_throughput.py                  # ViT-B-32, untrained weights, 256 JPEGs
+    python bench/index_throughput.py --quick          # CI smoke run (48 images, 2 batches)
+    python bench/index_throughput.py --photos DIR     # your own photographs
+    python bench/index_throughput.py --phases         # also: where the job's time goes
+
+Without --photos it writes N distinct JPEGs (about 1024 px on the long side, quality 90) made
+by seeded random crops, flips and scales of the real photographs scikit-image ships (the ones
+`loupe demo` uses), so what is measured is decoding real photographic JPEGs, and no file is a
+byte-for-byte duplicate of another (the job would skip those).
+
+Three rates are measured, in this order, with one loaded model:
+
+  decode  the job's per-file work (indexer.jobs.ImageFileDataset: read, sha256, decode in
+          JPEG draft mode, preprocess) through the job's DataLoader (iter_read_batches) with
+          the same worker count, and nothing else running;
+  model   embedder.encode_batch on ready preprocessed tensors, batches of the same sizes as
+          the job's, on the same device, after a warm-up batch of each size;
+  job     indexer.jobs.IndexJob on a fresh LOUPE_HOME (SQLite, FAISS), progress off.
+
+job/model near 1 means decoding and bookkeeping are hidden behind inference. Each stage also
+reports the CPU seconds of this process and of its decode workers, and how many cores other
+processes kept busy meanwhile (from /proc/stat): on a shared machine a busy neighbour skews
+the rates, which the output then says; use --repeat 3 (best of three) for steadier numbers.
+
+Everything the benchmark writes lives under --home (default /tmp/loupe-bench-home): the
+seeded untrained checkpoint in models/ (about 600 MB for ViT-B-32, created once and reused
+between runs; `LOUPE_PRETRAINED=none` gives the real architecture's compute cost without
+downloadable weights) and, per run, the generated photographs and a fresh LOUPE_HOME for
+each job, which are deleted at the end unless --keep is given. Nothing is written to the
+user's own LOUPE_HOME. The exit status is 0 unless something errors: no timing fails it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+DEFAULT_HOME = Path(tempfile.gettempdir()) / "loupe-bench-home"
+QUICK_COUNT = 48
+LONG_SIDE = 1024
+JPEG_QUALITY = 90
+
+
+# -- arguments ------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--photos", type=Path, help="folder of photographs to index (default: generate --count JPEGs)")
+    p.add_argument("--count", type=int, default=None, help="images to generate (default 256; 48 with --quick)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the generated photographs")
+    p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
+    p.add_argument("--pretrained", default="none", help="pretrained tag, checkpoint path or none (default none)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decode worker processes (default: as the job chooses, indexer.jobs.choose_decoders)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads in this process (default: leave torch's default)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="measure each rate this many times, report the best")
+    p.add_argument(
+        "--phases",
+        action="store_true",
+        help="also run an instrumented copy of the job and time its per-batch phases, "
+        "and time the per-image decode steps in this process",
+    )
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_COUNT} images, a couple of batches")
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=DEFAULT_HOME,
+        help=f"benchmark folder, reused between runs for the model checkpoint (default {DEFAULT_HOME})",
+    )
+    p.add_argument("--keep", action="store_true", help="keep this run's photographs and job folders")
+    args = p.parse_args(argv)
+    if args.count is None:
+        args.count = QUICK_COUNT if args.quick else 256
+    if args.quick:
+        args.repeat = 1
+    if args.count < 1 or args.batch_size < 1 or (args.workers or 0) < 0 or args.repeat < 1:
+        p.error("--count, --batch-size and --repeat must be positive, --workers not negative")
+    if args.photos is not None and not args.photos.is_dir():
+        p.error(f"--photos {args.photos} is not a folder")
+    return args
+
+
+# -- photographs ----------------------------------------------------------------------------------
+def make_photos(dest: Path, count: int, seed: int) -> list[Path]:
+    """Write `count` distinct JPEGs of about LONG_SIDE px made from scikit-image's photographs."""
+    from PIL import Image, ImageOps
+
+    from indexer.demo import SAMPLE_PHOTOS, sample_photos_dir
+
+    source_dir = sample_photos_dir()
+    sources = []
+    for name in SAMPLE_PHOTOS:
+        if (source_dir / name).is_file():
+            with Image.open(source_dir / name) as img:
+                # Greyscale sources become 3-channel so every file decodes like a colour photo.
+                sources.append((name, img.convert("RGB")))
+    if not sources:
+        raise SystemExit(f"no sample photographs found in {source_dir}")
+    dest.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    paths: list[Path] = []
+    attempt = 0
+    while len(paths) < count:
+        name, src = sources[attempt % len(sources)]
+        attempt += 1
+        w, h = src.size
+        cw = max(16, int(w * rng.uniform(0.55, 1.0)))
+        ch = max(16, int(h * rng.uniform(0.55, 1.0)))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        img = src.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            img = ImageOps.mirror(img)
+        long_side = rng.randint(int(LONG_SIDE * 0.9), int(LONG_SIDE * 1.1))
+        scale = long_side / max(cw, ch)
+        img = img.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.Resampling.BICUBIC)
+        path = dest / f"photo-{len(paths):05d}-{Path(name).stem}.jpg"
+        img.save(path, "JPEG", quality=JPEG_QUALITY)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in seen:  # never in practice; a duplicate would be skipped by the job
+            path.unlink()
+            continue
+        seen.add(digest)
+        paths.append(path)
+    return paths
+
+
+def list_photos(folder: Path) -> list[Path]:
+    from indexer.images import iter_image_files
+
+    return list(iter_image_files([folder]))
+
+
+def describe_photos(paths: list[Path]) -> str:
+    from PIL import Image
+
+    sizes = [p.stat().st_size for p in paths]
+    sample = paths[:: max(1, len(paths) // 32)]
+    dims = []
+    for p in sample:
+        try:
+            with Image.open(p) as img:
+                dims.append(max(img.size))
+        except Exception:  # the job records unreadable files; here they are just not described
+            pass
+    median = f"long side ~{sorted(dims)[len(dims) // 2]} px (median of {len(dims)})" if dims else "none readable"
+    return f"{len(paths)} files, mean {sum(sizes) / len(sizes) / 1024:.0f} KiB, {median}"
+
+
+# -- measurements -----------------------------------------------------------------------------------
+def _system_busy_seconds() -> float | None:
+    """CPU seconds all processes have used since boot (Linux /proc/stat), or None."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> tuple[float, float]:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+class Meter:
+    """Wall time, this process's CPU, its (reaped) children's CPU, and everyone else's CPU."""
+
+    def __enter__(self):
+        self.busy0 = _system_busy_seconds()
+        self.me0, self.kids0 = _own_cpu_seconds()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        me1, kids1 = _own_cpu_seconds()
+        busy1 = _system_busy_seconds()
+        self.main = me1 - self.me0
+        self.workers = kids1 - self.kids0
+        self.other = (
+            None if self.busy0 is None or busy1 is None else max(0.0, busy1 - self.busy0 - self.main - self.workers)
+        )
+        return False
+
+    @property
+    def other_cores(self) -> float:
+        return (self.other or 0.0) / self.wall if self.wall > 0 else 0.0
+
+
+def batch_sizes(n: int, batch_size: int) -> list[int]:
+    return [min(batch_size, n - start) for start in range(0, n, batch_size)]
+
+
+def decoders_label(workers: int, threads: int) -> str:
+    if workers:
+        return f"{workers} process{'' if workers == 1 else 'es'}"
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
+def measure_decode(paths, embedder, batch_size: int, workers: int, threads: int) -> tuple[Meter, int, int]:
+    """The job's reading path (dataset + its decode processes or threads) with nothing else running."""
+    from indexer.images import DecodeLimits
+    from indexer.jobs import ImageFileDataset, iter_read_batches
+
+    dataset = ImageFileDataset(
+        [str(p) for p in paths], embedder.prepare, DecodeLimits(), draft_size=embedder.image_size
+    )
+    n = failed = 0
+    with Meter() as meter:
+        for batch in iter_read_batches(dataset, batch_size, workers, threads):
+            n += len(batch)
+            failed += sum(item.error is not None for item in batch)
+    return meter, n, failed
+
+
+def ready_pixels(paths, embedder, batch_size: int):
+    """One batch of prepared model inputs (uint8 pixels) made from the real photographs."""
+    import numpy as np
+
+    from indexer.errors import ImageReadError
+    from indexer.images import load_image_file
+
+    arrays = []
+    for p in paths:
+        if len(arrays) == batch_size:
+            break
+        try:
+            arrays.append(embedder.prepare(load_image_file(p, draft_size=embedder.image_size).image))
+        except ImageReadError:
+            continue
+    if not arrays:
+        raise SystemExit("none of the photographs could be decoded")
+    while len(arrays) < batch_size:
+        arrays.append(arrays[len(arrays) % len(arrays)].copy())
+    return np.stack(arrays)
+
+
+def measure_model(embedder, pixels, sizes: list[int]) -> tuple[Meter, list[float]]:
+    """Encode batches of `sizes` images; the meter and the per-batch seconds."""
+    times = []
+    with Meter() as meter:
+        for size in sizes:
+            tb = time.perf_counter()
+            embedder.encode_batch(pixels[:size])
+            times.append(time.perf_counter() - tb)
+    return meter, times
+
+
+def job_settings(home: Path, args):
+    from indexer.settings import Settings
+
+    return Settings.from_env(
+        {
+            "LOUPE_HOME": str(home),
+            "LOUPE_MODEL": args.model,
+            "LOUPE_PRETRAINED": args.pretrained,
+            "LOUPE_DEVICE": args.device,
+        }
+    )
+
+
+def run_job(photo_dir: Path, embedder, args, parent: Path, job_class=None):
+    """One IndexJob over `photo_dir` on a fresh LOUPE_HOME: (meter, summary, job)."""
+    from indexer.commands import open_library
+    from indexer.jobs import IndexJob, IndexOptions
+
+    home = Path(tempfile.mkdtemp(prefix="job-home-", dir=parent))
+    library = open_library(job_settings(home, args))
+    try:
+        options = IndexOptions(batch_size=args.batch_size, workers=args.workers, progress=False)
+        job = (job_class or IndexJob)(library, embedder, options)
+        with Meter() as meter:
+            summary = job.run([photo_dir])
+    finally:
+        library.close()
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    return meter, summary, job
+
+
+# -- the instrumented copy (--phases) -----------------------------------------------------------------
+def make_timed_job_class():
+    """IndexJob with timers around its per-batch phases: the same work in the same order."""
+    import numpy as np
+
+    import indexer.jobs as jobs
+
+    class TimedJob(jobs.IndexJob):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.t = defaultdict(float)
+            self.encode_times: list[float] = []
+            self.waits: list[float] = []
+            real_apply = self.library.apply
+
+            def timed_apply(delta):
+                t0 = time.perf_counter()
+                real_apply(delta)
+                self.t["apply"] += time.perf_counter() - t0
+
+            self.library.apply = timed_apply  # an instance attribute: this library only
+
+        def _index(self, roots, progress_stream):
+            real = jobs.iter_read_batches
+
+            def timed_batches(dataset, batch_size, workers, threads=1):
+                it = iter(real(dataset, batch_size, workers, threads))
+                while True:
+                    t0 = time.perf_counter()
+                    try:
+                        batch = next(it)
+                    except StopIteration:
+                        return
+                    self.waits.append(time.perf_counter() - t0)
+                    yield batch
+
+            jobs.iter_read_batches = timed_batches  # IndexJob._index looks it up at call time
+            try:
+                super()._index(roots, progress_stream)
+            finally:
+                jobs.iter_read_batches = real
+
+        def _write_batch(self, batch):
+            t0 = time.perf_counter()
+            super()._write_batch(batch)
+            self.t["write"] += time.perf_counter() - t0
+
+        def _embed(self, items):  # a copy of IndexJob._embed with timers
+            if not items:
+                return {}
+            t0 = time.perf_counter()
+            pixels = np.stack([item.pixels for item in items])
+            t1 = time.perf_counter()
+            matrix = self.embedder.encode_batch(pixels)
+            t2 = time.perf_counter()
+            self.t["stack"] += t1 - t0
+            self.t["encode"] += t2 - t1
+            self.encode_times.append(t2 - t1)
+            return {item.sha256: vector for item, vector in zip(items, matrix)}
+
+    return TimedJob
+
+
+def decode_steps(paths, embedder) -> list[str]:
+    """Per-image cost of each step of a dataset item, in this process, on one thread."""
+    import torch
+
+    from indexer.errors import ImageReadError
+    from indexer.images import DecodeLimits, content_hash, decode_image, read_file
+
+    limits = DecodeLimits()
+    t = defaultdict(float)
+    drafted: list[tuple[int, int]] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a decode worker
+    try:
+        for p in paths:
+            if len(drafted) == 64:
+                break
+            try:
+                t0 = time.perf_counter()
+                raw = read_file(Path(p), limits)
+                t1 = time.perf_counter()
+                content_hash(raw.data)
+                t2 = time.perf_counter()
+                decoded = decode_image(raw.data, limits, embedder.image_size)
+                t3 = time.perf_counter()
+                embedder.prepare(decoded.image)
+                t4 = time.perf_counter()
+                decode_image(raw.data, limits, None)
+                t5 = time.perf_counter()
+            except ImageReadError:
+                continue  # unreadable files are not part of the per-image cost
+            drafted.append(decoded.image.size)
+            t["read"] += t1 - t0
+            t["sha256"] += t2 - t1
+            t["decode (draft, incl. sha256)"] += t3 - t2
+            t["preprocess"] += t4 - t3
+            t["decode (no draft, incl. sha256)"] += t5 - t4
+    finally:
+        torch.set_num_threads(threads)
+    if not drafted:
+        return ["decode steps: no readable image"]
+    per = {name: 1000 * v / len(drafted) for name, v in t.items()}
+    total = per["read"] + per["decode (draft, incl. sha256)"] + per["preprocess"]
+    lines = [f"decode steps per image, in-process, 1 thread, {len(drafted)} images:"]
+    lines += [f"  {name:<34}{ms:8.2f} ms" for name, ms in per.items()]
+    w, h = sorted(drafted, key=lambda wh: wh[0] * wh[1])[len(drafted) // 2]
+    lines.append(
+        f"  {'dataset item (read+decode+prep)':<34}{total:8.2f} ms   "
+        f"(decoded size before resize: about {w}x{h}, the median)"
+    )
+    return lines
+
+
+def run_phases(photo_dir, paths, embedder, args, parent, model_batch_s: float) -> list[str]:
+    lines = decode_steps(paths, embedder)
+    meter, summary, job = run_job(photo_dir, embedder, args, parent, job_class=make_timed_job_class())
+    wall = meter.wall
+    nb = max(1, len(job.waits))
+    sql = job.t["write"] - job.t["stack"] - job.t["encode"] - job.t["apply"]
+    rows = [
+        ("wait for batch 1 (workers start)", job.waits[0] if job.waits else 0.0),
+        ("wait for batches 2..", sum(job.waits[1:])),
+        ("np.stack", job.t["stack"]),
+        ("encode_batch", job.t["encode"]),
+        ("SQL + commit", sql),
+        ("FAISS add", job.t["apply"]),
+        ("outside the batch loop", wall - sum(job.waits) - job.t["write"]),
+    ]
+    lines.append("")
+    lines.append(
+        f"instrumented job: {summary.embedded} images in {nb} batches, {wall:.2f} s "
+        f"({summary.embedded / wall:.1f} images/s)"
+    )
+    lines.append(f"  {'phase':<34}{'seconds':>9}{'ms/batch':>10}{'share':>8}")
+    for name, secs in rows:
+        lines.append(f"  {name:<34}{secs:9.3f}{1000 * secs / nb:10.1f}{100 * secs / wall:7.1f}%")
+    sizes = batch_sizes(summary.embedded, args.batch_size)
+    full = [t for t, n in zip(job.encode_times, sizes) if n == args.batch_size]
+    if full and model_batch_s > 0:
+        mean = sum(full) / len(full)
+        lines.append(
+            f"  a full batch's encode_batch: {1000 * mean:.0f} ms in the job, "
+            f"{1000 * model_batch_s:.0f} ms alone (x{mean / model_batch_s:.2f})"
+        )
+    lines.append(
+        f"  CPU: main process {meter.main:.2f} s ({meter.main / wall:.2f} cores), decode workers "
+        f"{meter.workers:.2f} s ({1000 * meter.workers / max(1, summary.embedded):.1f} ms/image), "
+        f"other processes {meter.other_cores:.2f} cores"
+    )
+    return lines
+
+
+# -- main -------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.home = args.home.expanduser().absolute()
+    runs = args.home / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+    try:
+        return bench(args, run_dir)
+    finally:
+        if args.keep:
+            print(f"kept {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def bench(args, run_dir: Path) -> int:
+    import torch
+
+    from indexer.commands import load_embedder
+    from indexer.embedder import resolve_device
+
+    if args.photos is not None:
+        photo_dir = args.photos.expanduser().absolute()
+        paths = list_photos(photo_dir)
+        if not paths:
+            raise SystemExit(f"no image files under {photo_dir}")
+        origin = str(photo_dir)
+    else:
+        photo_dir = run_dir / "photos"
+        t0 = time.perf_counter()
+        paths = make_photos(photo_dir, args.count, args.seed)
+        origin = f"made from scikit-image's photographs in {time.perf_counter() - t0:.1f} s"
+    n = len(paths)
+
+    # The model, once: its checkpoint lives in --home/models and is reused between runs.
+    t0 = time.perf_counter()
+    embedder = load_embedder(job_settings(args.home, args))
+    load_s = time.perf_counter() - t0
+    device = resolve_device(args.device)
+    threads = torch.get_num_threads()
+    from indexer.jobs import choose_decoders
+
+    job_workers, job_threads = choose_decoders(n, args.batch_size, args.workers, embedder.device, threads)
+    print(
+        f"model:   {embedder.identity.describe()} on {device}, loaded in {load_s:.1f} s, "
+        f"image size {embedder.image_size}"
+    )
+    print(f"photos:  {describe_photos(paths)}; {origin}")
+    print(
+        f"setup:   torch threads {threads}, decode: {decoders_label(job_workers, job_threads)}, "
+        f"batch size {args.batch_size}, {os.cpu_count()} cpus, torch {torch.__version__}"
+    )
+
+    sizes = batch_sizes(n, args.batch_size)
+    pixels = ready_pixels(paths, embedder, args.batch_size)
+    for size in sorted(set(sizes), reverse=True):  # warm up every batch shape the runs will use
+        embedder.encode_batch(pixels[:size])
+
+    best: dict[str, tuple[float, int, Meter]] = {}
+    notes: list[str] = []
+    model_batch_s = math.inf
+
+    def keep_best(key, meter, count):
+        if key not in best or meter.wall < best[key][2].wall:
+            best[key] = (count / meter.wall if meter.wall > 0 else 0.0, count, meter)
+
+    for _ in range(args.repeat):
+        meter, got, failed = measure_decode(paths, embedder, args.batch_size, job_workers, job_threads)
+        if failed:
+            notes.append(f"decode: {failed} of {got} files could not be read")
+        keep_best("decode", meter, got)
+
+        meter, per_batch = measure_model(embedder, pixels, sizes)
+        keep_best("model", meter, n)
+        full = [t for t, s in zip(per_batch, sizes) if s == args.batch_size]
+        if full:
+            model_batch_s = min(model_batch_s, sum(full) / len(full))
+
+        meter, summary, _ = run_job(photo_dir, embedder, args, run_dir)
+        if summary.embedded != n:
+            notes.append(f"job: {summary.line()}")
+        keep_best("job", meter, summary.embedded)
+
+    rate = {key: value[0] for key, value in best.items()}
+    ratio = rate["job"] / rate["model"] if rate["model"] > 0 else 0.0
+
+    print()
+    labels = {
+        "decode": f"decode ({decoders_label(job_workers, job_threads)})",
+        "model": f"model (batch {args.batch_size})",
+        "job": "job (IndexJob)",
+    }
+    print(f"{'stage':<22}{'images':>7}{'seconds':>9}{'images/s':>10}{'cpu main':>10}{'cpu wkrs':>10}{'other':>7}")
+    for key in ("decode", "model", "job"):
+        r, count, m = best[key]
+        print(
+            f"{labels[key]:<22}{count:>7}{m.wall:>9.2f}{r:>10.1f}{m.main:>10.2f}{m.workers:>10.2f}{m.other_cores:>7.2f}"
+        )
+    print(f"{'job/model':<22}{'':>7}{'':>9}{ratio:>10.2f}")
+    print(
+        "(cpu: CPU seconds of this process and of its decode workers; other: cores busy with other "
+        f"processes meanwhile{f'; best of {args.repeat} runs each' if args.repeat > 1 else ''})"
+    )
+    busy = max(m.other_cores for _, _, m in best.values())
+    if busy > 0.15:
+        notes.append(f"other processes kept {busy:.2f} cores busy during a measurement: the rates are unreliable")
+    for note in notes:
+        print(f"note: {note}")
+
+    if args.phases:
+        print()
+        print(
+            "\n".join(
+                run_phases(
+                    photo_dir, paths, embedder, args, run_dir, model_batch_s if model_batch_s < math.inf else 0.0
+                )
+            )
+        )
+
+    print()
+    fields = {
+        "bench": "index_throughput",
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "device": device,
+        "images": n,
+        "image_size": embedder.image_size,
+        "batch_size": args.batch_size,
+        "workers": job_workers,
+        "decode_threads": job_threads,
+        "torch_threads": threads,
+        "cpus": os.cpu_count(),
+        "decode_ips": f"{rate['decode']:.2f}",
+        "model_ips": f"{rate['model']:.2f}",
+        "job_ips": f"{rate['job']:.2f}",
+        "job_model_ratio": f"{ratio:.3f}",
+        "other_load": f"{busy:.2f}",
+    }
+    print(" ".join(f"{k}={v}" for k, v in fields.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
