@@ -157,7 +157,7 @@ def main() -> None:
 
     # -- in-process: the model alone, and the whole query without HTTP ------------------------
     rounds = max(8, args.requests // 4)
-    pixels = [embedder.preprocess(decode_image(q, draft_size=embedder.image_size).image) for q in queries]
+    pixels = [embedder.prepare(decode_image(q, draft_size=embedder.image_size).image) for q in queries]
     embedder.encode_batch(pixels[0][None])  # warm-up
     model_image = []
     for i in range(rounds):

@@ -12,6 +12,8 @@ from indexer.jobs import IndexJob, IndexOptions
 
 log = logging.getLogger(__name__)
 
+WRITER_WAIT_SECONDS = 30.0  # how long a small write (add, remove) waits for the one before it
+
 
 class JobRunner:
     """Runs IndexJobs on the service's shared library and model, so searches see new images
@@ -26,8 +28,8 @@ class JobRunner:
         return IndexOptions(workers=0, progress=False)
 
     def run_now(self, paths: Sequence[Path]) -> int:
-        """Index `paths` in this thread; returns the job id."""
-        if not self.service.write_lock.acquire(blocking=False):
+        """Index `paths` in this thread, after the writer before it; returns the job id."""
+        if not self.service.write_lock.acquire(timeout=WRITER_WAIT_SECONDS):
             raise JobLockedError("an indexing job is running in this server; try again when it ends")
         try:
             job = IndexJob(self.service.library, self.service.embedder, self._options())
