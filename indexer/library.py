@@ -234,6 +234,9 @@ class Library:
     def sync_store(self) -> VectorStore:
         """Reconcile the index with the catalog, switch its type if its size calls for another
         one, and save it. Callers hold the write lock."""
+        path = self.settings.index_path
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
+            stale.unlink(missing_ok=True)
         store = self.store
         changed = self._reconcile(store)
         wanted = choose_index_spec(len(store), store.dim)

@@ -9,6 +9,22 @@ from contextlib import redirect_stderr, redirect_stdout
 from sqlalchemy import select
 
 
+# Runs `loupe` in a child process with the tiny test architecture registered.
+LAUNCHER = """
+import sys, open_clip
+open_clip.add_model_config(sys.argv[1])
+from searchapp.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def loupe_argv(config, *args) -> list[str]:
+    """argv for a child `loupe ARGS` process that knows the tiny test model `config`."""
+    import sys
+
+    return [sys.executable, "-c", LAUNCHER, str(config), *map(str, args)]
+
+
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """Run `loupe ARGS` in-process; returns (exit status, stdout, stderr)."""
     from indexer.cli import main

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,19 +14,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
-from helpers import assert_index_matches_catalog, run_json
+from helpers import assert_index_matches_catalog, loupe_argv, run_json
 from indexer.settings import Settings
 
 pytestmark = pytest.mark.slow
-
-# Runs `loupe` in a child process with the tiny test architecture registered.
-LAUNCHER = """
-import sys, open_clip
-open_clip.add_model_config(sys.argv[1])
-from indexer.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
 
 @pytest.fixture
 def many_photos(tmp_path, photo_arrays):
@@ -58,8 +48,7 @@ def _committed(settings) -> int:
 
 def _start(env, config, folder, tmp_path):
     return subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, str(config), "index", str(folder), "--batch-size", "4",
-         "--workers", "1", "--no-progress", "--json"],
+        loupe_argv(config, "index", folder, "--batch-size", "4", "--workers", "1", "--no-progress", "--json"),
         env={**os.environ, **env},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -85,7 +74,7 @@ def test_sigkill_mid_job_then_rerun_completes_without_duplicates(env, tiny_model
     assert status["index"]["vectors"] == status["images"]["indexed"] == before
 
     rerun = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, str(tiny_model_config), "index", str(many_photos), "--no-progress", "--json"],
+        loupe_argv(tiny_model_config, "index", many_photos, "--no-progress", "--json"),
         env={**os.environ, **env}, cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert rerun.returncode == 0, rerun.stderr
