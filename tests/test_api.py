@@ -4,6 +4,7 @@ description checked against the real responses."""
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import jsonschema
@@ -283,3 +284,51 @@ def test_openapi_document_is_valid_and_served(client):
     app_rules = {rule.rule for rule in client.application.url_map.iter_rules() if rule.rule.startswith("/api/")}
     documented = {p.replace("{image_id}", "<int:image_id>").replace("{job_id}", "<int:job_id>") for p in doc["paths"]}
     assert app_rules - {"/api/openapi.json"} <= documented
+
+
+def test_uploads_are_never_served_back_as_html_or_svg(client):
+    png = io.BytesIO()
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(png, "PNG")
+    for name in ("evil.html", "evil.svg", "../../evil.png"):
+        added = client.post("/api/images", data={"image": (io.BytesIO(png.getvalue()), name)},
+                            content_type="multipart/form-data").get_json()
+        served = client.get(added["file_url"])
+        assert served.mimetype == "image/png" and served.headers["X-Content-Type-Options"] == "nosniff"
+        assert added["path"].endswith(".png") and "/uploads/" in added["path"]
+    svg = b"<svg xmlns='http://www.w3.org/2000/svg' onload='alert(1)'/>"
+    refused = client.post("/api/images", data={"image": (io.BytesIO(svg), "x.svg")}, content_type="multipart/form-data")
+    assert refused.status_code == 400
+
+
+def test_serve_never_enables_debug(settings, monkeypatch):
+    import argparse
+
+    import flask
+    import waitress
+
+    from searchapp.cli import cmd_serve
+
+    seen = {}
+    monkeypatch.setattr(waitress, "serve", lambda app, **kw: seen.update(app=app, kw=kw))
+    monkeypatch.setattr(flask.Flask, "run", lambda self, **kw: seen.update(dev_app=self, dev_kw=kw))
+    args = argparse.Namespace(host="127.0.0.1", port=0, threads=2, dev=False)
+    assert cmd_serve(settings, args, io.StringIO()) == 0
+    assert seen["app"].debug is False and seen["kw"]["threads"] == 2
+    args.dev = True
+    cmd_serve(settings, args, io.StringIO())
+    assert seen["dev_kw"]["debug"] is False
+
+
+def test_secrets_are_never_logged(indexed, settings, caplog):
+    import logging
+    from dataclasses import replace
+
+    secret = "very-secret-token-123"
+    client = make_app(replace(settings, api_token=secret)).test_client()
+    with caplog.at_level(logging.DEBUG):
+        client.delete("/api/images/1", headers={"Authorization": f"Bearer {secret}x"})
+        client.delete("/api/images/2", headers={"Authorization": f"Bearer {secret}"})
+        client.get("/api/health")
+        client.post("/api/jobs", json={"paths": ["/nonexistent"]}, headers={"Authorization": f"Bearer {secret}"})
+    assert secret not in caplog.text
+    assert secret not in json.dumps(client.get("/api/health").get_json())

@@ -1,0 +1,124 @@
+"""Concurrency: searches keep being answered while the index grows and is swapped, and
+concurrent adds and removes through the API keep catalog and index consistent (PostgreSQL)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import assert_index_matches_catalog, run_cli, run_json
+from indexer.settings import Settings
+from searchapp import create_app
+
+pytestmark = pytest.mark.slow
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, settings, photo_arrays, tmp_path):
+    run_json(["index", str(photos), "--no-progress"], env)
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
+    assert client.get("/api/search?q=warm").status_code == 200
+    bulk = tmp_path / "bulk"
+    bulk.mkdir()
+    rng = np.random.default_rng(1)
+    arrays = list(photo_arrays.values())
+    for i in range(120):
+        pixels = arrays[i % len(arrays)][::3, ::3]
+        noisy = np.clip(pixels.astype(int) + rng.integers(-30, 30, pixels.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(bulk / f"b{i:03d}.jpg")
+    later = tmp_path / "later"
+    later.mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(later / f"l{i}.png")
+
+    stop = threading.Event()
+    seen: list[tuple[int, int]] = []  # (status, total)
+    errors: list[str] = []
+
+    def searcher(i: int) -> None:
+        while not stop.is_set():
+            response = client.get(f"/api/search?q=query+{i}&k=5")
+            body = response.get_json()
+            if response.status_code != 200:
+                errors.append(f"{response.status_code}: {body}")
+                continue
+            seen.append((response.status_code, body["total"]))
+
+    threads = [threading.Thread(target=searcher, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        job = client.post("/api/jobs", json={"paths": [str(bulk)]}).get_json()
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/jobs/{job['id']}").get_json()["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get(f"/api/jobs/{job['id']}").get_json()["state"] == "finished"
+        # Another process adds pictures and saves the index: the server swaps it in.
+        run_json(["index", str(later), "--no-progress"], env)
+        deadline = time.monotonic() + 30
+        while (not seen or seen[-1][1] < 154) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    totals = [total for _, total in seen]
+    assert len(totals) > 20
+    assert min(totals) >= 24, "a search saw a half-loaded index"
+    assert max(totals) == 154
+    assert_index_matches_catalog(settings)
+
+
+@pytest.mark.postgres
+def test_concurrent_adds_and_removes_on_postgres(env, postgres_url):
+    pg_env = {**env, "LOUPE_DATABASE_URL": postgres_url}
+    assert run_cli(["db", "upgrade"], pg_env)[0] == 0
+    settings = Settings.from_env(pg_env)
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
+    kept: list[int] = []
+    lock = threading.Lock()
+
+    def worker(w: int) -> list[str]:
+        problems = []
+        for i in range(12):
+            data = _png(1000 * w + i)
+            response = client.post("/api/images", data={"image": (io.BytesIO(data), f"w{w}-{i}.png")},
+                                   content_type="multipart/form-data")
+            if response.status_code != 201:
+                problems.append(f"add {response.status_code} {response.get_json()}")
+                continue
+            image_id = response.get_json()["id"]
+            if i % 3 == 0:
+                deleted = client.delete(f"/api/images/{image_id}")
+                if deleted.status_code != 200:
+                    problems.append(f"delete {deleted.status_code} {deleted.get_json()}")
+            else:
+                with lock:
+                    kept.append(image_id)
+        return problems
+
+    with ThreadPoolExecutor(4) as pool:
+        problems = [p for result in pool.map(worker, range(4)) for p in result]
+    assert not problems, problems[:3]
+    assert len(kept) == 32
+    indexed = assert_index_matches_catalog(settings)
+    assert indexed == set(kept)
+    for image_id in kept[:8]:
+        hit = client.post("/api/search/image", json={"image_id": image_id, "k": 1})
+        assert hit.status_code == 200
+    upload = client.post("/api/search/image?k=1", data={"image": (io.BytesIO(_png(1001)), "q.png")},
+                         content_type="multipart/form-data").get_json()
+    assert upload["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
