@@ -106,6 +106,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
             # Loupe's own pixel cap is checked below, before any pixel is decoded; Pillow's
             # warning is redundant (its hard error, at 2x MAX_IMAGE_PIXELS, still applies).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on corrupt EXIF: broken input is expected
             img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
             fmt = img.format or "unknown"
             width, height = img.size

@@ -1,5 +1,5 @@
-"""Bulk indexing: scan ▸ decode (worker processes) ▸ embed (batched) ▸ write (one transaction
-per batch), resumable after a crash at any point.
+"""Bulk indexing: scan ▸ decode (threads, or worker processes on GPU machines) ▸ embed
+(batched) ▸ write (one transaction per batch), resumable after a crash at any point.
 
 Each batch is committed to the catalog, vectors included, before FAISS is touched, so a
 killed job loses at most the batch in flight; the next run skips every committed file and
@@ -39,7 +39,7 @@ class IndexOptions:
     # Decode processes. None chooses: on CUDA, `default_workers()` processes decode ahead of
     # the GPU; on the CPU, the model already uses every core, so decoding runs in this
     # process on a small thread pool between batches (measured faster on 2 cores: no
-    # inter-process tensor copies, no decode threads slowing the model). 0: one thread.
+    # inter-process copies, no decode processes competing with the model). 0: one thread.
     workers: int | None = None
     limits: DecodeLimits = DecodeLimits()
     checkpoint_seconds: float = 60.0  # how often the FAISS file is saved during a job

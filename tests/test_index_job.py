@@ -184,3 +184,33 @@ def test_index_spec_switches_to_ivf_when_large(env, tmp_path, monkeypatch, photo
     status = run_json(["status"], env)
     assert status["index"]["type"].startswith("IVF") and status["index"]["vectors"] == 60
     assert len(assert_index_matches_catalog(Settings.from_env(env))) == 60
+
+
+@pytest.mark.parametrize("todo, workers, device, threads, expected", [
+    (10, None, "cpu", 2, (0, 1)),  # one batch: no pool
+    (1000, None, "cpu", 2, (0, 2)),  # CPU: in-process threads, as many as torch uses
+    (1000, None, "cpu", 16, (0, 16)),
+    (1000, 3, "cpu", 2, (3, 1)),  # an explicit --workers wins
+    (1000, 0, "cpu", 2, (0, 1)),
+    (1000, None, "cuda", 2, ("default", 1)),  # GPU: processes decode ahead of the model
+])
+def test_choose_decoders(todo, workers, device, threads, expected):
+    from indexer.jobs import choose_decoders, default_workers
+
+    want = (default_workers(), 1) if expected[0] == "default" else expected
+    assert choose_decoders(todo, 32, workers, device, threads) == want
+
+
+def test_worker_processes_give_the_same_index_as_threads(env, photos, tmp_path):
+    """--workers 2 (DataLoader processes) and the default thread pool embed identically."""
+    threaded = run_json(["index", str(photos), "--no-progress", "--batch-size", "4"], env)
+    other = {**env, "LOUPE_HOME": str(tmp_path / "other-home")}
+    (tmp_path / "other-home").mkdir()
+    (tmp_path / "other-home" / "models").symlink_to(Settings.from_env(env).models_dir.resolve())
+    forked = run_json(["index", str(photos), "--no-progress", "--batch-size", "4", "--workers", "2"], other)
+    assert threaded["added"] == forked["added"] == 24
+    target = next(photos.rglob("astronaut-1.*"))
+    a = run_json(["search", "--image", str(target), "-k", "5"], env)["results"]
+    b = run_json(["search", "--image", str(target), "-k", "5"], other)["results"]
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    assert [r["score"] for r in a] == pytest.approx([r["score"] for r in b], abs=1e-5)
