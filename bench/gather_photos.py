@@ -1,0 +1,82 @@
+"""Gather a larger benchmark corpus of real photographs from Debian's wallpaper packages.
+
+Downloads the packages' .deb files with `apt-get download` (no root needed for that, no
+installation), unpacks them with `dpkg -x` into a temporary folder, keeps ONE file per
+wallpaper (the largest of its resolution variants, so near-duplicates never straddle the
+corpus and held-out split), converts each to a JPEG of at most 2048 px, and splits them into
+`OUT/corpus` and `OUT/heldout` by a seeded shuffle. Nothing is committed to the repository.
+
+    python bench/gather_photos.py --out /tmp/loupe-photos
+    python bench/robustness.py --corpus /tmp/loupe-photos/corpus --heldout /tmp/loupe-photos/heldout
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+PACKAGES = ("gnome-backgrounds", "mate-backgrounds", "ukui-wallpapers", "plasma-workspace-wallpapers")
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+MAX_SIDE = 2048
+MIN_SIDE = 480
+
+
+def wallpaper_key(path: Path, root: Path) -> str:
+    """Files of one wallpaper share a key: Plasma keeps resolutions in <name>/contents/images/."""
+    parts = path.relative_to(root).parts
+    if "contents" in parts:
+        return "/".join(parts[: parts.index("contents")])
+    return str(path.relative_to(root).with_suffix(""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--packages", default=",".join(PACKAGES))
+    parser.add_argument("--heldout-share", type=float, default=0.25)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="loupe-wallpapers-") as tmp:
+        tmp_path = Path(tmp)
+        names = [p.strip() for p in args.packages.split(",") if p.strip()]
+        subprocess.run(["apt-get", "download", "-q", *names], cwd=tmp_path, check=True, stdout=subprocess.DEVNULL)
+        root = tmp_path / "root"
+        for deb in sorted(tmp_path.glob("*.deb")):
+            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+        best: dict[str, tuple[int, Path]] = {}
+        for path in root.rglob("*"):
+            if path.suffix.lower() not in SUFFIXES or not path.is_file():
+                continue
+            try:
+                with Image.open(path) as img:
+                    w, h = img.size
+            except Exception:  # an unreadable file is just not part of the corpus
+                continue
+            if min(w, h) < MIN_SIDE:
+                continue
+            key = wallpaper_key(path, root)
+            if key not in best or w * h > best[key][0]:
+                best[key] = (w * h, path)
+        chosen = sorted(path for _, path in best.values())
+        random.Random(args.seed).shuffle(chosen)
+        split = int(round(len(chosen) * args.heldout_share))
+        for folder, paths in (("heldout", chosen[:split]), ("corpus", chosen[split:])):
+            out = args.out / folder
+            out.mkdir(parents=True, exist_ok=True)
+            for i, path in enumerate(paths):
+                with Image.open(path) as img:
+                    img = img.convert("RGB")
+                    img.thumbnail((MAX_SIDE, MAX_SIDE))
+                    img.save(out / f"{i:04d}-{path.stem[:40]}.jpg", quality=92)
+        print(f"{len(chosen) - split} corpus and {split} held-out photographs in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

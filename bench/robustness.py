@@ -1,0 +1,279 @@
+"""Robustness of reverse-image lookup to damaged queries.
+
+Indexes a corpus of photographs into a temporary LOUPE_HOME, makes seeded corrupted queries
+from every corpus image (noise, crops, re-compression, blur, downscale, rotation, overlaid
+text, a strong combination), runs each through the real search path (encode the query bytes,
+decode, embed, kNN, catalog join), and prints per kind recall@1, recall@10 and MRR of the
+original, the false-match rate on held-out photographs that are not in the corpus, and p50
+latency per stage, for each query-side configuration asked (`--stages off,blur`). Differences
+between configurations come with paired bootstrap 95% intervals.
+
+    python bench/robustness.py --quick                        # scikit-image's photographs (CI)
+    python bench/robustness.py --corpus DIR --heldout DIR     # see bench/README.md for a corpus
+
+Configurations (`--stages`): `off` (the query as given) and `blur` (a Gaussian blur of the
+query before embedding: the trivial denoising baseline that reconstruction stages must beat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+KINDS = (
+    "clean", "noise15", "noise35", "noise60", "crop70", "crop40", "crop20", "jpeg10", "blur3",
+    "down25", "rotate10", "text", "combo",
+)
+CONFIGS = ("off", "blur")
+
+
+# -- corruptions ------------------------------------------------------------------------------------
+def add_noise(img: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
+    pixels = np.asarray(img, dtype=np.float32)
+    noisy = pixels + rng.normal(0.0, sigma, pixels.shape)
+    return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+
+
+def random_crop(img: Image.Image, area: float, rng: np.random.Generator) -> Image.Image:
+    """A crop keeping `area` of the picture, at a random position and aspect."""
+    w, h = img.size
+    aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+    cw = int(round(min(w, np.sqrt(area * w * h * aspect))))
+    ch = int(round(min(h, area * w * h / max(cw, 1))))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def jpeg(img: Image.Image, quality: int) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def overlay_text(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Large caption text over a third of the picture."""
+    out = img.copy()
+    w, h = out.size
+    draw = ImageDraw.Draw(out)
+    band = h // 3
+    top = int(rng.integers(0, h - band + 1))
+    size = max(12, band // 3)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    words = ["WHEN YOU SEE IT", "MONDAY MOOD", "NOBODY:", "LOOK AT THIS", "BREAKING NEWS"]
+    for line in range(3):
+        draw.text((int(w * 0.04), top + line * size), words[int(rng.integers(0, len(words)))], fill=(255, 255, 255),
+                  font=font, stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0))
+    return out
+
+
+def corrupt(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
+    if kind == "clean":
+        return img
+    if kind.startswith("noise"):
+        return add_noise(img, float(kind[5:]), rng)
+    if kind.startswith("crop"):
+        return random_crop(img, int(kind[4:]) / 100, rng)
+    if kind == "jpeg10":
+        return jpeg(img, 10)
+    if kind == "blur3":
+        return img.filter(ImageFilter.GaussianBlur(3))
+    if kind == "down25":
+        return img.resize((max(1, img.width // 4), max(1, img.height // 4)), Image.BICUBIC)
+    if kind == "rotate10":
+        return img.rotate(10, resample=Image.BICUBIC, expand=True, fillcolor=(0, 0, 0))
+    if kind == "text":
+        return overlay_text(img, rng)
+    if kind == "combo":
+        return jpeg(add_noise(random_crop(img, 0.5, rng), 25, rng), 30)
+    raise ValueError(f"unknown corruption {kind!r}")
+
+
+def query_bytes(img: Image.Image) -> bytes:
+    """How the damaged query reaches the service: an uploaded PNG (JPEG kinds already carry
+    their compression)."""
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)  # lossless and fast; big photographs make many queries
+    return buf.getvalue()
+
+
+# -- configurations (query-side stages) -----------------------------------------------------------------
+def apply_stage(config: str, img: Image.Image) -> Image.Image:
+    if config == "off":
+        return img
+    if config == "blur":
+        return img.filter(ImageFilter.GaussianBlur(1.5))
+    raise ValueError(f"unknown configuration {config!r} (known: {', '.join(CONFIGS)})")
+
+
+# -- photographs ----------------------------------------------------------------------------------------
+def sample_folders(work: Path) -> tuple[Path, Path]:
+    """Corpus and held-out folders from scikit-image's photographs (12 and 4)."""
+    from indexer.demo import SAMPLE_PHOTOS, sample_photos_dir
+
+    source = sample_photos_dir()
+    names = [n for n in SAMPLE_PHOTOS if (source / n).is_file()]
+    heldout_names = {"grass.png", "gravel.png", "brick.png", "text.png"}
+    corpus, heldout = work / "corpus", work / "heldout"
+    for folder in (corpus, heldout):
+        folder.mkdir(parents=True)
+    for name in names:
+        img = Image.open(source / name).convert("RGB")
+        (heldout if name in heldout_names else corpus).joinpath(Path(name).stem + ".png").write_bytes(query_bytes(img))
+    return corpus, heldout
+
+
+def photos_in(folder: Path) -> list[Path]:
+    from indexer.images import iter_image_files
+
+    return list(iter_image_files([folder]))
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    rank: int | None  # 1-based rank of the original, None if not in the top k
+    top_score: float
+    ms: dict[str, float]
+
+
+def search(library, embedder, data: bytes, config: str, k: int) -> tuple[list, dict[str, float]]:
+    """The service's image-search path: decode the upload, stage, embed, kNN + catalog join."""
+    from indexer.images import decode_image
+
+    t0 = time.perf_counter()
+    image = decode_image(data, draft_size=embedder.image_size).image
+    t1 = time.perf_counter()
+    image = apply_stage(config, image)
+    t2 = time.perf_counter()
+    vector = embedder.encode_images([image])
+    t3 = time.perf_counter()
+    page = library.search(vector, k=k)
+    t4 = time.perf_counter()
+    ms = {"decode": (t1 - t0) * 1000, "stage": (t2 - t1) * 1000, "embed": (t3 - t2) * 1000, "knn+join": (t4 - t3) * 1000}
+    return list(page.results), ms
+
+
+def bootstrap_diff(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of b - a with a paired bootstrap 95% interval."""
+    rng = np.random.default_rng(seed)
+    diff = b.astype(float) - a.astype(float)
+    idx = rng.integers(0, len(diff), size=(rounds, len(diff)))
+    means = diff[idx].mean(axis=1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, help="folder of photographs to index")
+    parser.add_argument("--heldout", type=Path, help="folder of photographs NOT in the corpus")
+    parser.add_argument("--stages", default="off,blur", help=f"configurations, comma-separated ({', '.join(CONFIGS)})")
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--seeds", type=int, default=2, help="corrupted queries per image and kind")
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none")
+    parser.add_argument("--home", default=os.path.join(tempfile.gettempdir(), "loupe-bench-home"))
+    parser.add_argument("--quick", action="store_true", help="scikit-image's photographs, one seed")
+    args = parser.parse_args()
+    configs = [c.strip() for c in args.stages.split(",") if c.strip()]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for config in configs:
+        apply_stage(config, Image.new("RGB", (4, 4)))  # unknown names fail before any work
+    if args.quick:
+        args.seeds = 1
+
+    from indexer.commands import load_embedder, open_library
+    from indexer.jobs import IndexJob, IndexOptions
+    from indexer.settings import Settings
+
+    work = Path(tempfile.mkdtemp(prefix="loupe-robustness-"))
+    if args.corpus is None or args.heldout is None:
+        corpus_dir, heldout_dir = sample_folders(work)
+    else:
+        corpus_dir, heldout_dir = args.corpus, args.heldout
+    models = Path(args.home) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (work / "home").mkdir()
+    (work / "home" / "models").symlink_to(models, target_is_directory=True)
+    settings = Settings.from_env({"LOUPE_HOME": str(work / "home"), "LOUPE_MODEL": args.model,
+                                  "LOUPE_PRETRAINED": args.pretrained, "LOUPE_DEVICE": "cpu"})
+    embedder = load_embedder(settings)
+    library = open_library(settings)
+    t0 = time.perf_counter()
+    summary = IndexJob(library, embedder, IndexOptions(progress=False)).run([corpus_dir])
+    index_s = time.perf_counter() - t0
+    corpus = [p for p in photos_in(corpus_dir)]
+    heldout = photos_in(heldout_dir)
+    print(f"corpus {len(corpus)} photos ({summary.embedded} embedded in {index_s:.1f} s), held-out {len(heldout)}, "
+          f"model {embedder.identity.describe()}, {args.seeds} seed(s) per image and kind")
+
+    outcomes: dict[tuple[str, str], list[Outcome]] = {}
+    false_tops: dict[str, list[float]] = {c: [] for c in configs}
+    for config in configs:
+        for kind in kinds:
+            rows = outcomes.setdefault((config, kind), [])
+            for i, path in enumerate(corpus):
+                original = Image.open(path).convert("RGB")
+                for seed in range(args.seeds):
+                    rng = np.random.default_rng([i, seed, KINDS.index(kind) if kind in KINDS else 0])
+                    results, ms = search(library, embedder, query_bytes(corrupt(original, kind, rng)), config, 10)
+                    paths = [r.path for r in results]
+                    rank = paths.index(str(path)) + 1 if str(path) in paths else None
+                    rows.append(Outcome(rank, results[0].score if results else 0.0, ms))
+            for i, path in enumerate(heldout):
+                image = Image.open(path).convert("RGB")
+                rng = np.random.default_rng([10_000 + i, KINDS.index(kind) if kind in KINDS else 0])
+                results, _ = search(library, embedder, query_bytes(corrupt(image, kind, rng)), config, 1)
+                false_tops[config].append(results[0].score if results else 0.0)
+
+    print(f"\n{'config':<8}{'kind':<10}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}")
+    for config in configs:
+        for kind in kinds:
+            rows = outcomes[(config, kind)]
+            r1 = np.mean([o.rank == 1 for o in rows])
+            r10 = np.mean([o.rank is not None for o in rows])
+            mrr = np.mean([1.0 / o.rank if o.rank else 0.0 for o in rows])
+            print(f"{config:<8}{kind:<10}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}")
+
+    print("\nfalse matches on held-out photographs (top-1 score at or above the score that keeps 95% of "
+          "correct top-1 matches):")
+    for config in configs:
+        correct = [o.top_score for kind in kinds for o in outcomes[(config, kind)] if o.rank == 1]
+        threshold = float(np.percentile(correct, 5)) if correct else float("nan")
+        tops = false_tops[config]
+        rate = float(np.mean([s >= threshold for s in tops])) if tops else float("nan")
+        print(f"  {config:<8} threshold {threshold:.4f}  false-match rate {rate:.3f} ({len(tops)} held-out queries)")
+
+    print("\np50 latency per stage (ms):")
+    for config in configs:
+        every = [o for kind in kinds for o in outcomes[(config, kind)]]
+        parts = "  ".join(f"{name} {statistics.median(o.ms[name] for o in every):.1f}" for name in every[0].ms)
+        print(f"  {config:<8} {parts}")
+
+    if len(configs) > 1:
+        base = configs[0]
+        print(f"\nrecall@1 difference against {base!r} (paired bootstrap 95% interval):")
+        for config in configs[1:]:
+            for kind in kinds:
+                a = np.array([o.rank == 1 for o in outcomes[(base, kind)]])
+                b = np.array([o.rank == 1 for o in outcomes[(config, kind)]])
+                mean, lo, hi = bootstrap_diff(a, b)
+                print(f"  {config:<8}{kind:<10}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
+    library.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
