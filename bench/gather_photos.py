@@ -3,7 +3,7 @@
 Downloads the packages' .deb files with `apt-get download` (no root needed for that, no
 installation), unpacks them with `dpkg -x` into a temporary folder, keeps ONE file per
 wallpaper (the largest of its resolution variants, so near-duplicates never straddle the
-corpus and held-out split), converts each to a JPEG of at most 2048 px, and splits them into
+corpus and held-out split), converts each to a JPEG of at most 1280 px, and splits them into
 `OUT/corpus` and `OUT/heldout` by a seeded shuffle. Nothing is committed to the repository.
 
     python bench/gather_photos.py --out /tmp/loupe-photos
@@ -23,7 +23,7 @@ from PIL import Image
 
 PACKAGES = ("gnome-backgrounds", "mate-backgrounds", "ukui-wallpapers", "plasma-workspace-wallpapers")
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-MAX_SIDE = 2048
+MAX_SIDE = 1280  # big enough for crops of 20%, small enough for thousands of queries
 MIN_SIDE = 480
 
 

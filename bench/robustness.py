@@ -214,8 +214,12 @@ def main() -> int:
     t0 = time.perf_counter()
     summary = IndexJob(library, embedder, IndexOptions(progress=False)).run([corpus_dir])
     index_s = time.perf_counter() - t0
-    corpus = [p for p in photos_in(corpus_dir)]
+    corpus = photos_in(corpus_dir)
     heldout = photos_in(heldout_dir)
+    # The id a query should find: its own, or the original's when the file is a byte-duplicate.
+    records = {path: library.image_by_path(str(path)) for path in corpus}
+    original_id = {path: r.duplicate_of or r.id for path, r in records.items() if r is not None and r.status != "failed"}
+    corpus = [path for path in corpus if path in original_id]
     print(f"corpus {len(corpus)} photos ({summary.embedded} embedded in {index_s:.1f} s), held-out {len(heldout)}, "
           f"model {embedder.identity.describe()}, {args.seeds} seed(s) per image and kind")
 
@@ -229,8 +233,8 @@ def main() -> int:
                 for seed in range(args.seeds):
                     rng = np.random.default_rng([i, seed, KINDS.index(kind) if kind in KINDS else 0])
                     results, ms = search(library, embedder, query_bytes(corrupt(original, kind, rng)), config, 10)
-                    paths = [r.path for r in results]
-                    rank = paths.index(str(path)) + 1 if str(path) in paths else None
+                    ids = [r.id for r in results]
+                    rank = ids.index(original_id[path]) + 1 if original_id[path] in ids else None
                     rows.append(Outcome(rank, results[0].score if results else 0.0, ms))
             for i, path in enumerate(heldout):
                 image = Image.open(path).convert("RGB")
