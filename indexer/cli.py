@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -124,7 +123,3 @@ def _non_negative_int(text: str) -> int:
 def print_json(obj, out) -> None:
     json.dump(obj, out, indent=2, sort_keys=False)
     out.write("\n")
-
-
-def elapsed_ms(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1000

@@ -88,6 +88,7 @@ def cmd_search(settings: Settings, args, out: TextIO) -> int:
 
 def cmd_remove(settings: Settings, args, out: TextIO) -> int:
     from .lock import write_lock
+    from .thumbnails import remove_thumbnail
 
     if not args.targets and not args.missing:
         raise ConfigError("name the images to remove (PATH or ID), or use --missing")
@@ -99,11 +100,13 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
             if args.missing:
                 records += session.scalars(select(ImageRecord).where(ImageRecord.missing_since.is_not(None))).all()
             unique = list({r.id: r for r in records}.values())
-            removed_paths = [r.path for r in unique]
+            removed = [(r.id, r.path) for r in unique]
             delta = library.remove(unique, session)
         library.apply(delta)
         library.sync_store()
-        library.save_index()
+    for image_id, _ in removed:
+        remove_thumbnail(settings.home, image_id)
+    removed_paths = [path for _, path in removed]
     if args.json:
         print_json({"removed": len(removed_paths), "paths": removed_paths}, out)
     else:
