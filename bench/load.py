@@ -10,20 +10,27 @@ Loopback only; bounded by a deadline (and each request by a timeout).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
-from serve_latency import TEXT_QUERIES, free_port, make_corpus, multipart, percentile, timed_request, wait_healthy
+from common import (
+    DEFAULT_HOME,
+    TEXT_QUERIES,
+    bench_workspace,
+    free_port,
+    make_corpus,
+    multipart,
+    percentile,
+    timed_request,
+    wait_healthy,
+)
 
 
 def rss_mb(pid: int) -> float:
@@ -42,19 +49,13 @@ def main() -> int:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="none")
     parser.add_argument("--corpus", type=int, default=200)
-    parser.add_argument("--home", default=os.path.join(tempfile.gettempdir(), "loupe-bench-home"))
+    parser.add_argument("--home", default=DEFAULT_HOME)
     parser.add_argument("--quick", action="store_true", help="10 s on a small corpus")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.corpus = 10.0, 24
 
-    work = Path(tempfile.mkdtemp(prefix="loupe-load-"))
-    models = Path(args.home) / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    (work / "home").mkdir()
-    (work / "home" / "models").symlink_to(models, target_is_directory=True)
-    env = {**os.environ, "LOUPE_HOME": str(work / "home"), "LOUPE_MODEL": args.model,
-           "LOUPE_PRETRAINED": args.pretrained, "LOUPE_DEVICE": "cpu"}
+    work, env = bench_workspace("loupe-load-", args.home, args.model, args.pretrained)
     photos = make_corpus(work / "photos", args.corpus)
     subprocess.run([sys.executable, "-m", "searchapp.cli", "index", str(work / "photos"), "--no-progress"],
                    env=env, check=True, stdout=subprocess.DEVNULL)

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from common import DEFAULT_HOME, bench_workspace
 
 KINDS = (
     "clean", "noise15", "noise35", "noise60", "crop70", "crop40", "crop20", "jpeg10", "blur3",
@@ -184,7 +184,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2, help="corrupted queries per image and kind")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="none")
-    parser.add_argument("--home", default=os.path.join(tempfile.gettempdir(), "loupe-bench-home"))
+    parser.add_argument("--home", default=DEFAULT_HOME)
     parser.add_argument("--quick", action="store_true", help="scikit-image's photographs, one seed")
     args = parser.parse_args()
     configs = [c.strip() for c in args.stages.split(",") if c.strip()]
@@ -198,17 +198,12 @@ def main() -> int:
     from indexer.jobs import IndexJob, IndexOptions
     from indexer.settings import Settings
 
-    work = Path(tempfile.mkdtemp(prefix="loupe-robustness-"))
+    work, env = bench_workspace("loupe-robustness-", args.home, args.model, args.pretrained)
     if args.corpus is None or args.heldout is None:
         corpus_dir, heldout_dir = sample_folders(work)
     else:
         corpus_dir, heldout_dir = args.corpus, args.heldout
-    models = Path(args.home) / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    (work / "home").mkdir()
-    (work / "home" / "models").symlink_to(models, target_is_directory=True)
-    settings = Settings.from_env({"LOUPE_HOME": str(work / "home"), "LOUPE_MODEL": args.model,
-                                  "LOUPE_PRETRAINED": args.pretrained, "LOUPE_DEVICE": "cpu"})
+    settings = Settings.from_env(env)
     embedder = load_embedder(settings)
     library = open_library(settings)
     t0 = time.perf_counter()

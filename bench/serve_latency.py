@@ -13,88 +13,26 @@ bounded by a request count and a deadline.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-TEXT_QUERIES = ["a cat", "an astronaut in a suit", "a cup of coffee", "a rocket on the launch pad",
-                "coins on a table", "the surface of the moon", "a red motorcycle", "a man with a camera"]
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def make_corpus(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` distinct ~1024-px JPEGs cut from the photographs scikit-image ships."""
-    from indexer.demo import SAMPLE_PHOTOS, sample_photos_dir
-
-    source = sample_photos_dir()
-    photos = [Image.open(source / name).convert("RGB") for name in SAMPLE_PHOTOS if (source / name).is_file()]
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        img = photos[i % len(photos)]
-        w, h = img.size
-        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
-        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        crop = img.crop((x, y, x + cw, y + ch))
-        scale = 1024 / max(crop.size)
-        crop = crop.resize((max(1, int(crop.width * scale)), max(1, int(crop.height * scale))), Image.BICUBIC)
-        if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        path = folder / f"photo{i:04d}.jpg"
-        crop.save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
-def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-        f"Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(base: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/api/health", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError("the server did not become healthy in time")
-
-
-def timed_request(request: urllib.request.Request) -> float:
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=120) as response:
-        json.loads(response.read())
-    return (time.perf_counter() - t0) * 1000
+from common import (
+    DEFAULT_HOME,
+    TEXT_QUERIES,
+    bench_workspace,
+    free_port,
+    make_corpus,
+    multipart,
+    percentile,
+    timed_request,
+    wait_healthy,
+)
 
 
 def run_clients(make_request, total: int, clients: int, deadline_s: float) -> tuple[list[float], float]:
@@ -127,7 +65,7 @@ def main() -> None:
     parser.add_argument("--pretrained", default="none")
     parser.add_argument("--corpus", type=int, default=200, help="images to index")
     parser.add_argument("--requests", type=int, default=200, help="requests per kind and concurrency")
-    parser.add_argument("--home", default=os.path.join(tempfile.gettempdir(), "loupe-bench-home"),
+    parser.add_argument("--home", default=DEFAULT_HOME,
                         help="folder kept between runs (model weights cache)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
@@ -141,13 +79,7 @@ def main() -> None:
     from indexer.jobs import IndexJob, IndexOptions
     from indexer.settings import Settings
 
-    work = Path(tempfile.mkdtemp(prefix="loupe-serve-bench-"))
-    models = Path(args.home) / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    (work / "home").mkdir()
-    (work / "home" / "models").symlink_to(models, target_is_directory=True)
-    env = {**os.environ, "LOUPE_HOME": str(work / "home"), "LOUPE_MODEL": args.model,
-           "LOUPE_PRETRAINED": args.pretrained, "LOUPE_DEVICE": "cpu"}
+    work, env = bench_workspace("loupe-serve-bench-", args.home, args.model, args.pretrained)
     settings = Settings.from_env(env)
     photos = make_corpus(work / "photos", args.corpus)
     embedder = load_embedder(settings)
