@@ -229,9 +229,7 @@ def measure_decode(paths, embedder, batch_size: int, workers: int, threads: int)
     from indexer.images import DecodeLimits
     from indexer.jobs import ImageFileDataset, iter_read_batches
 
-    dataset = ImageFileDataset(
-        [str(p) for p in paths], embedder.prepare, DecodeLimits(), draft_size=embedder.image_size
-    )
+    dataset = ImageFileDataset([str(p) for p in paths], embedder.prepare, DecodeLimits(), embedder.image_size)
     n = failed = 0
     with Meter() as meter:
         for batch in iter_read_batches(dataset, batch_size, workers, threads):

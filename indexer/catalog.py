@@ -84,6 +84,23 @@ class ImageRecord(Base):
         return np.frombuffer(self.embedding, dtype=np.float32)
 
 
+class RegionRecord(Base):
+    """A square part of an indexed image with its own vector, mirrored in the regions index
+    under this row's key. Regions belong to the image that holds the vector; when a duplicate
+    inherits that vector, it inherits the regions too (same keys, so FAISS is untouched)."""
+
+    __tablename__ = "image_regions"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(BigId, ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class JobRecord(Base):
     __tablename__ = "jobs"
     __table_args__ = {"sqlite_autoincrement": True}
@@ -114,4 +131,9 @@ class IndexInfo(Base):
     pretrained: Mapped[str] = mapped_column(String(256))
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
     embed_dim: Mapped[int] = mapped_column(Integer)
+    # The scores from which a whole-picture or a region match counts as the same picture,
+    # calibrated on the index's own images (see indexer.matching); null until calibrated.
+    whole_cutoff: Mapped[float | None] = mapped_column(Float)
+    region_cutoff: Mapped[float | None] = mapped_column(Float)
+    cutoff_basis: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -41,6 +41,8 @@ def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.Ar
     search.add_argument("--image", type=Path, metavar="FILE", help="search with this picture instead of text")
     search.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10, max 200)")
     search.add_argument("--offset", type=_non_negative_int, default=0)
+    search.add_argument("--no-regions", action="store_true",
+                        help="with --image: match whole pictures only, not their regions")
     search.add_argument("--device", default=None)
     search.add_argument("--json", action="store_true", help="print results as JSON")
 

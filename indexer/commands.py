@@ -66,14 +66,15 @@ def cmd_search(settings: Settings, args, out: TextIO) -> int:
         raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
     embedder = load_embedder(settings, args.device)
     library.bind_model(embedder.identity)
-    t0 = time.perf_counter()
     if args.image is not None:
-        from .images import load_image_file
+        from .images import DecodeLimits, read_file
+        from .lookup import reverse_lookup
 
-        query = embedder.encode_images([load_image_file(args.image, draft_size=embedder.image_size).image])
+        data = read_file(Path(args.image), DecodeLimits()).data
+        page = reverse_lookup(library, embedder, data, k, args.offset, regions=not args.no_regions)
     else:
-        query = embedder.encode_texts([args.text])
-    page = library.search(query, k=k, offset=args.offset, started=t0)
+        t0 = time.perf_counter()
+        page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
     if args.json:
         print_json(page.as_dict(), out)
         return 0
@@ -81,8 +82,13 @@ def cmd_search(settings: Settings, args, out: TextIO) -> int:
         print("note: untrained model weights (LOUPE_PRETRAINED=none): results are not semantic", file=out)
     if not page.results:
         print("no results", file=out)
+    if page.copy_found is False:
+        print("no copy of this picture is in the collection; the most similar pictures:", file=out)
     for rank, result in enumerate(page.results, start=args.offset + 1):
-        print(f"{rank:4d}  {result.score:7.4f}  {result.path}  ({result.width}x{result.height}, id {result.id})", file=out)
+        label = f"  [{result.match}{' in region ' + 'x'.join(map(str, result.region.as_list())) if result.region else ''}]" \
+            if result.match else ""
+        print(f"{rank:4d}  {result.score:7.4f}  {result.path}  ({result.width}x{result.height}, id {result.id}){label}",
+              file=out)
     return 0
 
 
@@ -149,6 +155,9 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
             "index": stored.as_dict() if stored else None,
         },
         "index": {**store.describe(), "path": str(settings.index_path)},
+        "regions": {**library.regions.store.describe(), "path": str(settings.regions_path),
+                    "scales": settings.regions.describe()},
+        "matching": library.match_cutoff().as_dict(),
         "device": resolve_device(settings.device),
         "database": redact_url(settings.database_url),
         "home": str(settings.home),
@@ -174,6 +183,12 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
     print(f"model:    {stored.describe() if stored else 'none yet'} "
           f"(configured: {settings.model}/{settings.pretrained})", file=out)
     print(f"index:    {store.spec.factory}, {len(store)} vectors, {store.device} ({settings.index_path})", file=out)
+    regions = library.regions.store
+    print(f"regions:  {regions.spec.factory}, {len(regions)} vectors, scales {settings.regions.describe()} "
+          f"({settings.regions_path})", file=out)
+    matching = report["matching"]
+    print(f"matching: near-duplicate from score {matching['near_duplicate']:.4f} (whole picture), "
+          f"{matching['near_duplicate_region']:.4f} (region); {matching['basis']}", file=out)
     print(f"device:   {report['device']}", file=out)
     print(f"database: {report['database']}", file=out)
     if job is not None:

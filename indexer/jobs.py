@@ -20,12 +20,14 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .catalog import ImageRecord, ImageStatus, JobRecord, JobState, utcnow
+from .catalog import ImageRecord, ImageStatus, JobRecord, JobState, RegionRecord, utcnow
 from .embedder import ClipEmbedder
 from .errors import ImageReadError, LoupeError
 from .images import DecodeLimits, decode_image, iter_image_files, read_file
 from .library import IndexDelta, Library
+from .matching import DEFAULT_CUTOFF
 from .lock import write_lock
+from .regions import Box, RegionSpec, region_boxes
 
 
 def default_workers() -> int:
@@ -88,16 +90,21 @@ class ReadItem:
     format: str | None = None
     pixels: np.ndarray | None = None  # the model's input, (H, W, 3) uint8
     error: str | None = None
+    regions: tuple[Box, ...] = ()  # in the original's pixels
+    region_pixels: np.ndarray | None = None  # the regions' model inputs, (R, H, W, 3) uint8
 
 
 class ImageFileDataset:
     """Map-style dataset: index → ReadItem (decode errors become items, never exceptions)."""
 
-    def __init__(self, paths: Sequence[str], prepare: Callable, limits: DecodeLimits, draft_size: int):
+    def __init__(self, paths: Sequence[str], prepare: Callable, limits: DecodeLimits, input_size: int,
+                 regions: RegionSpec = RegionSpec(scales=())):
         self.paths = list(paths)
         self.prepare = prepare
         self.limits = limits
-        self.draft_size = draft_size
+        self.regions = regions
+        # JPEGs decode at a reduced size that still gives the smallest region the model's input size.
+        self.draft_size = regions.draft_size(input_size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -115,13 +122,23 @@ class ImageFileDataset:
         try:
             decoded = decode_image(raw.data, self.limits, self.draft_size)
             pixels = self.prepare(decoded.image)
+            boxes, region_pixels = self._regions(decoded)
         except ImageReadError as err:
             return ReadItem(path, raw.size, raw.mtime_ns, error=str(err))
         except Exception as err:  # a transform failing on an odd image must not stop the job
             return ReadItem(path, raw.size, raw.mtime_ns, error=f"cannot preprocess: {err}")
         return ReadItem(
-            path, raw.size, raw.mtime_ns, decoded.sha256, decoded.width, decoded.height, decoded.format, pixels
+            path, raw.size, raw.mtime_ns, decoded.sha256, decoded.width, decoded.height, decoded.format, pixels,
+            regions=boxes, region_pixels=region_pixels,
         )
+
+    def _regions(self, decoded) -> tuple[tuple[Box, ...], np.ndarray | None]:
+        boxes = tuple(region_boxes(decoded.width, decoded.height, self.regions))
+        if not boxes:
+            return (), None
+        image = decoded.image  # possibly reduced by draft mode: boxes are scaled to it
+        sx, sy = image.width / decoded.width, image.height / decoded.height
+        return boxes, np.stack([self.prepare(image.crop(box.scaled(sx, sy))) for box in boxes])
 
 
 def _collate(items: list[ReadItem]) -> list[ReadItem]:
@@ -271,6 +288,9 @@ class IndexJob:
                 self.library.sync_store()
                 raise
             self.library.sync_store()
+            if self.counts["added"] or self.counts["changed"] or self.counts["missing"] \
+                    or self.library.match_cutoff() == DEFAULT_CUTOFF:
+                self.library.calibrate()
             seconds = time.perf_counter() - started
             self._finish(JobState.FINISHED, seconds)
         return JobSummary(job_id=self.job_id, seconds=seconds, **self.counts)
@@ -321,7 +341,8 @@ class IndexJob:
                 )
         self.counts.update(unchanged=plan.unchanged, missing=len(plan.missing_ids), files_seen=plan.files_seen)
         dataset = ImageFileDataset(
-            plan.todo, self.embedder.prepare, self.options.limits, draft_size=self.embedder.image_size
+            plan.todo, self.embedder.prepare, self.options.limits, self.embedder.image_size,
+            regions=self.library.region_spec,
         )
         bar = tqdm(
             total=len(plan.todo),
@@ -373,14 +394,25 @@ class IndexJob:
             self._store_counts(session.get(JobRecord, self.job_id))
         self.library.apply(delta)
 
-    def _embed(self, items: list[ReadItem]) -> dict[str, np.ndarray]:
+    def _embed(self, items: list[ReadItem]) -> dict[str, Embedded]:
+        """Whole and region vectors of `items`, by content hash, in model batches of the job's size."""
         if not items:
             return {}
-        matrix = self.embedder.encode_batch([item.pixels for item in items])
-        return {item.sha256: vector for item, vector in zip(items, matrix)}
+        inputs = [item.pixels for item in items]
+        for item in items:
+            if item.region_pixels is not None:
+                inputs.extend(item.region_pixels)
+        size = self.options.batch_size
+        matrix = np.concatenate([self.embedder.encode_batch(inputs[i : i + size]) for i in range(0, len(inputs), size)])
+        found, at = {}, len(items)
+        for i, item in enumerate(items):
+            count = len(item.regions)
+            found[item.sha256] = Embedded(matrix[i], matrix[at : at + count])
+            at += count
+        return found
 
     def _replace(self, session: Session, item: ReadItem, old: ImageRecord | None,
-                 canonical: dict[str, ImageRecord], vectors: dict[str, np.ndarray]) -> IndexDelta:
+                 canonical: dict[str, ImageRecord], vectors: dict[str, "Embedded"]) -> IndexDelta:
         """Record `item` as a new row (indexed, duplicate or failed), retiring `old` first."""
         delta = IndexDelta()
         replaced = old is not None and old.status != ImageStatus.FAILED
@@ -404,14 +436,32 @@ class IndexJob:
             record.status, record.duplicate_of = ImageStatus.DUPLICATE, source.id
             self.counts["duplicates"] += 1
         else:
-            record.status, record.embedding = ImageStatus.INDEXED, vectors[item.sha256].tobytes()
+            record.status, record.embedding = ImageStatus.INDEXED, vectors[item.sha256].whole.tobytes()
             self.counts["changed" if replaced else "added"] += 1
         session.add(record)
         session.flush()
         if record.status == ImageStatus.INDEXED:
             canonical[item.sha256] = record  # later copies in this batch point here
-            delta.add(record.id, vectors[item.sha256])
+            embedded = vectors[item.sha256]
+            delta.add(record.id, embedded.whole)
+            regions = [
+                RegionRecord(image_id=record.id, x=box.x, y=box.y, w=box.w, h=box.h, embedding=vector.tobytes())
+                for box, vector in zip(item.regions, embedded.regions)
+            ]
+            if regions:
+                session.add_all(regions)
+                session.flush()
+                for region, vector in zip(regions, embedded.regions):
+                    delta.add_region(region.id, vector)
         return delta
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One picture's vectors: the whole image and its regions (in `ReadItem.regions` order)."""
+
+    whole: np.ndarray
+    regions: np.ndarray
 
 
 def _same_content(item: ReadItem, old: ImageRecord | None) -> bool:

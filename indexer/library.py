@@ -1,30 +1,48 @@
-"""A Loupe library: the SQL catalog and the FAISS index kept in agreement.
+"""A Loupe library: the SQL catalog and its FAISS indexes kept in agreement.
 
-This is the one place that converts between FAISS ids and catalog rows (they are the same
-numbers: image primary keys). The catalog is the source of truth; the index file is a cache
-of the catalog's stored vectors, reconciled by id when it is loaded.
+This is the one place that converts between FAISS ids and catalog rows: the images index
+is keyed by image primary keys and the regions index by region primary keys, which this
+module maps back to their images. The catalog is the source of truth; each index file is a
+cache of the vectors the catalog stores (see `IndexMirror`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .catalog import ImageRecord, ImageStatus, IndexInfo, JobRecord
+from .catalog import ImageRecord, ImageStatus, IndexInfo, JobRecord, RegionRecord
 from .database import open_database
 from .embedder import ModelIdentity
 from .errors import ModelMismatchError, NotIndexedError
+from .images import DecodeLimits, decode_image
+from .matching import (
+    CALIBRATION_SAMPLE,
+    COPY_LABELS,
+    DEFAULT_CUTOFF,
+    PIXEL_CHECK_SCORE,
+    MatchCutoff,
+    calibrate_cutoff,
+    same_pixels,
+)
+from .mirror import IndexMirror
+from .regions import Box, RegionSpec
 from .settings import Settings
-from .vectorstore import VectorStore, choose_index_spec
+from .vectorstore import VectorStore
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 5_000
+# Region hits fetched per wanted result: an image's regions often fill several top places.
+REGION_FANOUT = 4
 
 
 @dataclass
@@ -34,24 +52,42 @@ class IndexDelta:
     remove_ids: list[int] = field(default_factory=list)
     add_ids: list[int] = field(default_factory=list)
     add_vectors: list[np.ndarray] = field(default_factory=list)
+    remove_region_ids: list[int] = field(default_factory=list)
+    add_region_ids: list[int] = field(default_factory=list)
+    add_region_vectors: list[np.ndarray] = field(default_factory=list)
 
     def add(self, id_: int, vector: np.ndarray) -> None:
         self.add_ids.append(id_)
         self.add_vectors.append(vector)
 
+    def add_region(self, id_: int, vector: np.ndarray) -> None:
+        self.add_region_ids.append(id_)
+        self.add_region_vectors.append(vector)
+
     def remove(self, id_: int) -> None:
         """Drop `id_`: cancel a pending add of it, or remove it from the index."""
-        if id_ in self.add_ids:
-            at = self.add_ids.index(id_)
-            del self.add_ids[at], self.add_vectors[at]
-        else:
-            self.remove_ids.append(id_)
+        _drop(id_, self.add_ids, self.add_vectors, self.remove_ids)
+
+    def remove_region(self, id_: int) -> None:
+        _drop(id_, self.add_region_ids, self.add_region_vectors, self.remove_region_ids)
 
     def merge(self, other: "IndexDelta") -> None:
         for id_ in other.remove_ids:
             self.remove(id_)
+        for id_ in other.remove_region_ids:
+            self.remove_region(id_)
         self.add_ids += other.add_ids
         self.add_vectors += other.add_vectors
+        self.add_region_ids += other.add_region_ids
+        self.add_region_vectors += other.add_region_vectors
+
+
+def _drop(id_: int, add_ids: list[int], add_vectors: list[np.ndarray], remove_ids: list[int]) -> None:
+    if id_ in add_ids:
+        at = add_ids.index(id_)
+        del add_ids[at], add_vectors[at]
+    else:
+        remove_ids.append(id_)
 
 
 @dataclass(frozen=True)
@@ -61,6 +97,9 @@ class SearchResult:
     score: float
     width: int | None
     height: int | None
+    region: Box | None = None  # the part of the image that matched, when a region beat the whole
+    match: str | None = None  # image searches: exact, near-duplicate or similar
+    content_hash: str | None = None
 
     @property
     def thumb_url(self) -> str:
@@ -71,7 +110,7 @@ class SearchResult:
         return f"/images/{self.id}/file"
 
     def as_dict(self) -> dict:
-        return {
+        body = {
             "id": self.id,
             "path": self.path,
             "score": round(self.score, 6),
@@ -80,6 +119,10 @@ class SearchResult:
             "thumb_url": self.thumb_url,
             "file_url": self.file_url,
         }
+        if self.match is not None:
+            body["match"] = self.match
+            body["region"] = self.region.as_list() if self.region else None
+        return body
 
 
 @dataclass(frozen=True)
@@ -87,21 +130,26 @@ class SearchPage:
     results: tuple[SearchResult, ...]
     total: int
     took_ms: float
+    copy_found: bool | None = None  # image searches: whether a result is the query's picture
 
     def as_dict(self) -> dict:
-        return {"results": [r.as_dict() for r in self.results], "total": self.total, "took_ms": round(self.took_ms, 2)}
+        body = {"results": [r.as_dict() for r in self.results], "total": self.total, "took_ms": round(self.took_ms, 2)}
+        if self.copy_found is not None:
+            body["copy_found"] = self.copy_found
+        return body
 
 
 class Library:
-    """The catalog and vector index under one `Settings`."""
+    """The catalog and vector indexes under one `Settings`."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]):
         self.settings = settings
         self.sessions = sessions
-        self._store: VectorStore | None = None
-        self._unsaved = False  # the in-memory index has changes the file lacks
-        self._file_seen: tuple | None = None  # the index file's stat when last loaded or saved
         self._identity: ModelIdentity | None = None
+        self.images = IndexMirror(settings.index_path, sessions, ImageRecord.id, ImageRecord.embedding,
+                                  where=ImageRecord.status == ImageStatus.INDEXED, dim=self._dim)
+        self.regions = IndexMirror(settings.regions_path, sessions, RegionRecord.id, RegionRecord.embedding,
+                                   dim=self._dim)
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -109,6 +157,10 @@ class Library:
 
     def close(self) -> None:
         self.sessions.kw["bind"].dispose()
+
+    @property
+    def region_spec(self) -> RegionSpec:
+        return self.settings.regions
 
     # -- model identity -------------------------------------------------------------------
     def stored_identity(self) -> ModelIdentity | None:
@@ -143,136 +195,55 @@ class Library:
                 "or use another LOUPE_HOME (or database) for the new model"
             )
 
-    # -- the vector index -----------------------------------------------------------------
-    @property
-    def store(self) -> VectorStore:
-        """The FAISS index, loaded on first use and reconciled with the catalog (in memory)."""
-        if self._store is None:
-            self._store = self._load_store()
-        return self._store
-
-    def _load_store(self) -> VectorStore:
-        path = self.settings.index_path
-        dim = self._dim()
-        self._file_seen = self._index_file_stat()
-        store = VectorStore.load(path) if path.exists() else None
-        if store is None or (dim is not None and store.dim != dim):
-            return self.rebuild_store()
-        self._reconcile(store)
-        return store
-
-    def _index_file_stat(self) -> tuple | None:
-        try:
-            st = self.settings.index_path.stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def refresh(self) -> bool:
-        """Reload the index if another process saved a new one (e.g. a finished bulk job).
-
-        The new index is loaded and reconciled before it replaces the old one, so searches
-        never see a half-loaded index. Returns True if it reloaded.
-        """
-        if self._store is None or self._index_file_stat() == self._file_seen:
-            return False
-        fresh = self._load_store()
-        self._store = fresh
-        return True
-
     def _dim(self) -> int | None:
         identity = self.stored_identity()
         return identity.embed_dim if identity else None
 
-    def _reconcile(self, store: VectorStore) -> bool:
-        """Make `store` hold exactly the catalog's indexed ids; True if it changed."""
-        with self.sessions() as session:
-            catalog_ids = set(
-                session.scalars(select(ImageRecord.id).where(ImageRecord.status == ImageStatus.INDEXED)).all()
-            )
-        index_ids = set(store.ids().tolist())
-        extra = index_ids - catalog_ids
-        missing = sorted(catalog_ids - index_ids)
-        if extra:
-            store.remove(extra)
-        for ids, vectors in self._stored_vectors(missing):
-            store.add(ids, vectors)
-        if extra or missing:
-            log.info("reconciled index with catalog: +%d -%d vectors", len(missing), len(extra))
-        return bool(extra or missing)
+    # -- the vector indexes -----------------------------------------------------------------
+    @property
+    def store(self) -> VectorStore:
+        """The images index (whole-picture vectors), loaded and reconciled on first use."""
+        return self.images.store
 
-    def _stored_vectors(self, ids: Sequence[int] | None = None):
-        """Yield (ids, vectors) chunks of stored vectors: for `ids`, or all indexed rows."""
-        with self.sessions() as session:
-            if ids is None:
-                ids = session.scalars(
-                    select(ImageRecord.id).where(ImageRecord.status == ImageStatus.INDEXED).order_by(ImageRecord.id)
-                ).all()
-            for start in range(0, len(ids), _CHUNK):
-                chunk = list(ids[start : start + _CHUNK])
-                rows = session.execute(
-                    select(ImageRecord.id, ImageRecord.embedding).where(ImageRecord.id.in_(chunk))
-                ).all()
-                if rows:
-                    yield (
-                        np.array([r.id for r in rows], dtype=np.int64),
-                        np.stack([np.frombuffer(r.embedding, dtype=np.float32) for r in rows]),
-                    )
+    def refresh(self) -> bool:
+        """Reload the indexes another process saved since (e.g. a finished bulk job); True
+        if one reloaded. Each new index is ready before it replaces the old one."""
+        images = self.images.refresh()
+        regions = self.regions.refresh()
+        return images or regions
 
     def rebuild_store(self) -> VectorStore:
-        """A new index from the catalog's stored vectors, of the type its size calls for."""
-        chunks = list(self._stored_vectors())
-        dim = self._dim()
-        if not chunks:
-            self._store = VectorStore.create(dim or 1)
-            return self._store
-        ids = np.concatenate([c[0] for c in chunks])
-        vectors = np.concatenate([c[1] for c in chunks])
-        self._store = VectorStore.build(ids, vectors, choose_index_spec(len(ids), vectors.shape[1]))
-        return self._store
+        self.regions.rebuild()
+        return self.images.rebuild()
 
     def sync_store(self) -> VectorStore:
-        """Reconcile the index with the catalog, switch its type if its size calls for another
-        one, and save it. Callers hold the write lock."""
-        path = self.settings.index_path
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
-            stale.unlink(missing_ok=True)
-        store = self.store
-        changed = self._reconcile(store)
-        wanted = choose_index_spec(len(store), store.dim)
-        if wanted.factory != store.spec.factory and len(store) > 0:
-            log.info("rebuilding index as %s for %d vectors", wanted.factory, len(store))
-            store = self.rebuild_store()
-            changed = True
-        if changed or self._unsaved or not self.settings.index_path.exists():
-            self.save_index()
-        return store
+        """Reconcile both indexes with the catalog, switch their types if their sizes call
+        for others, and save them. Callers hold the write lock."""
+        self.regions.sync()
+        return self.images.sync()
 
     def apply(self, delta: IndexDelta) -> None:
-        """Apply a committed catalog change to the in-memory index."""
-        store = self.store
-        if delta.remove_ids:
-            store.remove(delta.remove_ids)
-        if delta.add_ids:
-            store.add(np.array(delta.add_ids, dtype=np.int64), np.stack(delta.add_vectors))
-        self._unsaved = self._unsaved or bool(delta.remove_ids or delta.add_ids)
+        """Apply a committed catalog change to the in-memory indexes."""
+        self.images.apply(delta.remove_ids, delta.add_ids, delta.add_vectors)
+        self.regions.apply(delta.remove_region_ids, delta.add_region_ids, delta.add_region_vectors)
 
     def save_index(self) -> None:
-        self.store.save(self.settings.index_path)
-        self._unsaved = False
-        self._file_seen = self._index_file_stat()
+        self.regions.save()
+        self.images.save()
 
     # -- catalog changes --------------------------------------------------------------------
     @staticmethod
     def retire(session: Session, record: ImageRecord) -> IndexDelta:
         """Delete `record`; if it held the vector for duplicates, the oldest duplicate
-        inherits it (as a new FAISS id), so no picture leaves the index by accident."""
+        inherits it (as a new FAISS id) and its regions (same ids), so no picture leaves the
+        index by accident."""
         delta = IndexDelta()
         if record.status == ImageStatus.INDEXED:
             delta.remove(record.id)
             copies = session.scalars(
                 select(ImageRecord).where(ImageRecord.duplicate_of == record.id).order_by(ImageRecord.id)
             ).all()
+            region_ids = session.scalars(select(RegionRecord.id).where(RegionRecord.image_id == record.id)).all()
             if copies:
                 heir, others = copies[0], copies[1:]
                 heir.status = ImageStatus.INDEXED
@@ -280,7 +251,14 @@ class Library:
                 heir.embedding = record.embedding
                 for other in others:
                     other.duplicate_of = heir.id
+                session.flush()
+                session.execute(
+                    update(RegionRecord).where(RegionRecord.image_id == record.id).values(image_id=heir.id)
+                )
                 delta.add(heir.id, record.vector())
+            else:
+                for region_id in region_ids:
+                    delta.remove_region(region_id)
         session.delete(record)
         session.flush()
         return delta
@@ -292,29 +270,130 @@ class Library:
         return delta
 
     # -- queries ------------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int = 20, offset: int = 0, started: float | None = None) -> SearchPage:
-        """The best `k` images after `offset` for one query vector, joined to the catalog."""
-        import time
+    def search(self, query: np.ndarray, k: int = 20, offset: int = 0, started: float | None = None,
+               regions: bool = False, exclude: Sequence[int] = ()) -> SearchPage:
+        """The best `k` images after `offset` for one query vector, joined to the catalog.
 
+        With `regions`, an image scores the best of its whole vector and its regions' (each
+        lowered by the region penalty), and a result found by a region says which one.
+        Images in `exclude` are left out.
+        """
         t0 = started if started is not None else time.perf_counter()
-        store = self.store
-        hits = store.search(query, k + offset)[0][offset:]
-        ids = [h.id for h in hits]
+        ranked = self._rank(query, k + offset, regions, set(exclude))[offset : offset + k]
+        ids = [image_id for image_id, _, _ in ranked]
         with self.sessions() as session:
             rows = {
                 r.id: r
                 for r in session.execute(
-                    select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height).where(
-                        ImageRecord.id.in_(ids)
-                    )
+                    select(ImageRecord.id, ImageRecord.path, ImageRecord.width, ImageRecord.height,
+                           ImageRecord.content_hash).where(ImageRecord.id.in_(ids))
                 ).all()
             }
         results = tuple(
-            SearchResult(h.id, rows[h.id].path, h.score, rows[h.id].width, rows[h.id].height)
-            for h in hits
-            if h.id in rows
+            SearchResult(image_id, rows[image_id].path, score, rows[image_id].width, rows[image_id].height,
+                         region=box, content_hash=rows[image_id].content_hash)
+            for image_id, score, box in ranked
+            if image_id in rows
         )
-        return SearchPage(results, total=len(store), took_ms=(time.perf_counter() - t0) * 1000)
+        return SearchPage(results, total=len(self.store), took_ms=(time.perf_counter() - t0) * 1000)
+
+    def _rank(self, query: np.ndarray, want: int, regions: bool, exclude: set[int],
+              whole: bool = True) -> list[tuple[int, float, Box | None]]:
+        """(image id, score, matching region or None), best first, at most `want` of them;
+        `whole=False` ranks by regions alone."""
+        fetch = want + len(exclude)
+        best: dict[int, tuple[float, Box | None]] = {}
+        if whole:
+            best = {hit.id: (hit.score, None) for hit in self.store.search(query, fetch)[0] if hit.id not in exclude}
+        region_store = self.regions.store if regions else None
+        if region_store is not None and len(region_store):
+            penalty = self.region_spec.penalty
+            hidden = self._region_count(exclude)  # excluded images' own regions can fill the top places
+            hits = region_store.search(query, fetch * REGION_FANOUT + hidden)[0]
+            owners = self._region_owners([hit.id for hit in hits])
+            for hit in hits:
+                owner = owners.get(hit.id)
+                if owner is None or owner[0] in exclude:
+                    continue
+                score = hit.score - penalty
+                if score > best.get(owner[0], (-np.inf, None))[0]:
+                    best[owner[0]] = (score, owner[1])
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:want]
+        return [(image_id, score, box) for image_id, (score, box) in ranked]
+
+    def _region_count(self, image_ids: set[int]) -> int:
+        if not image_ids:
+            return 0
+        with self.sessions() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(RegionRecord).where(RegionRecord.image_id.in_(list(image_ids)))
+            ))
+
+    def _region_owners(self, region_ids: Sequence[int]) -> dict[int, tuple[int, Box]]:
+        if not region_ids:
+            return {}
+        with self.sessions() as session:
+            rows = session.execute(
+                select(RegionRecord.id, RegionRecord.image_id, RegionRecord.x, RegionRecord.y, RegionRecord.w,
+                       RegionRecord.h).where(RegionRecord.id.in_(list(region_ids)))
+            ).all()
+        return {r.id: (r.image_id, Box(r.x, r.y, r.w, r.h)) for r in rows}
+
+    def label(self, page: SearchPage, query_sha256: str | None,
+              query_pixels: Callable[[], "Image.Image"] | None = None,
+              query_size: tuple[int, int] | None = None) -> SearchPage:
+        """`page` with each result's match label and whether a copy of the query was found.
+
+        `query_pixels` gives the query's fully decoded picture (of `query_size`); it is called
+        only when a result of that size scores high enough to be worth a pixel-by-pixel
+        comparison.
+        """
+        cutoff = self.match_cutoff()
+        labelled = []
+        for result in page.results:
+            exact = query_sha256 is not None and result.content_hash == query_sha256
+            if (not exact and query_pixels is not None and result.score >= PIXEL_CHECK_SCORE
+                    and query_size == (result.width, result.height)):
+                exact = same_pixels(query_pixels, result.path, _full_decode)
+            labelled.append(replace(result, match=cutoff.label(result.score, exact, region=result.region is not None)))
+        copy_found = any(r.match in COPY_LABELS for r in labelled)
+        return replace(page, results=tuple(labelled), copy_found=copy_found)
+
+    # -- match calibration ----------------------------------------------------------------------
+    def match_cutoff(self) -> MatchCutoff:
+        """The calibrated near-duplicate cut-off (the default until the first calibration)."""
+        with self.sessions() as session:
+            info = session.get(IndexInfo, 1)
+        if info is None or info.whole_cutoff is None:
+            return DEFAULT_CUTOFF
+        return MatchCutoff(info.whole_cutoff, info.region_cutoff or DEFAULT_CUTOFF.region, info.cutoff_basis or "")
+
+    def calibrate(self, sample: int = CALIBRATION_SAMPLE, seed: int = 0) -> MatchCutoff:
+        """Choose the near-duplicate cut-off from leave-one-out searches of a seeded sample of
+        indexed images (regions included) and store it with the index."""
+        ids = np.sort(self.store.ids())
+        if len(ids) > sample:
+            ids = np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
+        vectors = {}
+        for chunk_ids, chunk_vectors in self.images.stored_vectors(ids.tolist()):
+            vectors.update(zip(chunk_ids.tolist(), chunk_vectors))
+        whole_tops, region_tops = [], []
+        for image_id, vector in vectors.items():
+            best_whole = self._rank(vector, 1, regions=False, exclude={image_id})
+            best_region = self._rank(vector, 1, regions=True, exclude={image_id}, whole=False)
+            if best_whole:
+                whole_tops.append(best_whole[0][1])
+            if best_region:
+                region_tops.append(best_region[0][1])
+        cutoff = calibrate_cutoff(np.array(whole_tops), np.array(region_tops))
+        calibrated = cutoff is not DEFAULT_CUTOFF
+        with self.sessions.begin() as session:
+            info = session.get(IndexInfo, 1)
+            if info is not None:
+                info.whole_cutoff = cutoff.whole if calibrated else None
+                info.region_cutoff = cutoff.region if calibrated else None
+                info.cutoff_basis = cutoff.basis if calibrated else None
+        return cutoff
 
     def counts(self) -> dict[str, int]:
         with self.sessions() as session:
@@ -364,3 +443,7 @@ class Library:
             if record.embedding is None:
                 raise NotIndexedError(f"image {id_} has no vector ({record.status}: {record.error or 'not embedded'})")
             return record.vector()
+
+
+def _full_decode(data: bytes) -> "Image.Image":
+    return decode_image(data, DecodeLimits()).image

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .errors import ConfigError
+from .regions import RegionSpec
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -30,6 +31,7 @@ class Settings:
     pretrained: str = DEFAULT_PRETRAINED
     device: str = "auto"
     api_token: str | None = None
+    regions: RegionSpec = RegionSpec()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -46,6 +48,7 @@ class Settings:
             pretrained=(env.get("LOUPE_PRETRAINED") or DEFAULT_PRETRAINED).strip(),
             device=device,
             api_token=env.get("LOUPE_API_TOKEN") or None,
+            regions=RegionSpec.parse(env.get("LOUPE_REGIONS"), env.get("LOUPE_REGION_PENALTY")),
         )
 
     def with_overrides(self, **changes) -> "Settings":
@@ -54,6 +57,10 @@ class Settings:
     @property
     def index_path(self) -> Path:
         return self.home / "index.faiss"
+
+    @property
+    def regions_path(self) -> Path:
+        return self.home / "regions.faiss"
 
     @property
     def models_dir(self) -> Path:

@@ -72,4 +72,25 @@ def assert_index_matches_catalog(settings) -> set[int]:
     for r in rows:
         if r.status == "duplicate":
             assert r.duplicate_of in indexed
+    assert_regions_match_catalog(settings, indexed)
     return indexed
+
+
+def assert_regions_match_catalog(settings, indexed: set[int]) -> None:
+    """The saved regions file holds exactly the catalog's region ids, and every region
+    belongs to an indexed image."""
+    from sqlalchemy import select
+
+    from indexer.catalog import RegionRecord
+    from indexer.database import open_database
+    from indexer.vectorstore import VectorStore
+
+    sessions = open_database(settings)
+    with sessions() as session:
+        regions = session.execute(select(RegionRecord.id, RegionRecord.image_id)).all()
+    sessions.kw["bind"].dispose()
+    assert {r.image_id for r in regions} <= indexed, "a region belongs to an image that is not indexed"
+    if settings.regions_path.exists() or regions:
+        ids = VectorStore.load(settings.regions_path).ids().tolist()
+        assert len(ids) == len(set(ids)), "a region is in the index twice"
+        assert set(ids) == {r.id for r in regions}

@@ -27,9 +27,9 @@ def test_migrations_match_the_models(database_url):
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     names = set(inspect(engine).get_table_names())
-    assert {"images", "jobs", "index_info", "alembic_version"} <= names
+    assert {"images", "image_regions", "jobs", "index_info", "alembic_version"} <= names
     current, head = current_and_head(engine)
-    assert current == head == "0001"
+    assert current == head == "0002"
     engine.dispose()
 
 
@@ -51,7 +51,7 @@ def test_sqlite_default_is_migrated_automatically(tmp_path):
     settings = Settings.from_env({"LOUPE_HOME": str(tmp_path / "home")})
     sessions = open_database(settings)
     engine = sessions.kw["bind"]
-    assert current_and_head(engine)[0] == "0001"
+    assert current_and_head(engine)[0] == "0002"
     engine.dispose()
 
 
@@ -80,3 +80,29 @@ def test_sqlite_never_reuses_deleted_ids(tmp_path):
         session.flush()
         assert again.id > first
     sessions.kw["bind"].dispose()
+
+
+def test_upgrade_from_0001_keeps_indexed_images(database_url):
+    """A catalog made before regions existed is upgraded in place: rows and vectors stay."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from indexer.database import alembic_config
+
+    engine = make_engine(database_url)
+    command.upgrade(alembic_config(engine), "0001")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO images (path, size_bytes, mtime_ns, status, embedding, indexed_at) "
+            "VALUES ('/old.jpg', 10, 1, 'indexed', :vec, CURRENT_TIMESTAMP)"
+        ), {"vec": b"\x00" * 8})
+        conn.execute(text(
+            "INSERT INTO index_info (id, architecture, pretrained, embed_dim, created_at) "
+            "VALUES (1, 'ViT-B-32', 'none', 2, CURRENT_TIMESTAMP)"
+        ))
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT path, embedding FROM images")).one() == ("/old.jpg", b"\x00" * 8)
+        assert conn.execute(text("SELECT whole_cutoff FROM index_info")).scalar() is None
+        assert conn.execute(text("SELECT count(*) FROM image_regions")).scalar() == 0
+    engine.dispose()

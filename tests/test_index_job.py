@@ -169,7 +169,7 @@ def test_model_mismatch_is_refused_and_index_kept(env, photos, tmp_path):
 
 def test_index_spec_switches_to_ivf_when_large(env, tmp_path, monkeypatch, photo_arrays):
     """Past the exact limit the index is rebuilt as IVF from stored vectors, same ids."""
-    import indexer.library as library_module
+    import indexer.mirror as mirror_module
     from indexer.vectorstore import choose_index_spec
 
     folder = tmp_path / "many"
@@ -179,7 +179,7 @@ def test_index_spec_switches_to_ivf_when_large(env, tmp_path, monkeypatch, photo
     for i in range(60):
         noisy = np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(folder / f"n{i}.png")
-    monkeypatch.setattr(library_module, "choose_index_spec", lambda n, d: choose_index_spec(n, d, exact_limit=40))
+    monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d: choose_index_spec(n, d, exact_limit=40))
     run_json(["index", str(folder), "--no-progress"], env)
     status = run_json(["status"], env)
     assert status["index"]["type"].startswith("IVF") and status["index"]["vectors"] == 60

@@ -1,0 +1,95 @@
+"""Match labels: is a result the query's own picture (`exact`), the same picture altered
+(`near-duplicate`), or just a `similar` one?
+
+`exact` is decided by content: the same file bytes (sha256), or the same pixels once both
+are decoded (checked only for results scoring close to 1, by decoding the result's file).
+`near-duplicate` is a score cut-off calibrated on the index's own pictures: each of a sample
+of indexed images is searched for with the image itself left out, and the cut-off is the
+score that only a `target` fraction of those top scores reach. Those top scores are what a
+picture that is *not* in the collection scores against it, so the cut-off's false-match rate
+is about `target` (the robustness benchmark measures it on held-out photographs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+EXACT = "exact"
+NEAR_DUPLICATE = "near-duplicate"
+SIMILAR = "similar"
+COPY_LABELS = frozenset({EXACT, NEAR_DUPLICATE})
+
+TARGET_FALSE_MATCH_RATE = 0.01
+CALIBRATION_SAMPLE = 1000
+DEFAULT_NEAR_DUPLICATE_CUTOFF = 0.95  # before any calibration (fewer than two images)
+PIXEL_CHECK_SCORE = 0.99  # results scoring at least this are compared pixel by pixel
+
+
+@dataclass(frozen=True)
+class MatchCutoff:
+    """The scores from which a result is the same picture, and how they were chosen.
+
+    Matches through a region get their own cut-off: parts of different pictures (a patch of
+    sky, a dark border) resemble each other more than whole pictures do.
+    """
+
+    whole: float
+    region: float
+    basis: str
+
+    def label(self, score: float, exact: bool = False, region: bool = False) -> str:
+        if exact:
+            return EXACT
+        return NEAR_DUPLICATE if score >= (self.region if region else self.whole) else SIMILAR
+
+    def as_dict(self) -> dict:
+        return {"near_duplicate": round(self.whole, 6), "near_duplicate_region": round(self.region, 6),
+                "basis": self.basis}
+
+
+DEFAULT_CUTOFF = MatchCutoff(DEFAULT_NEAR_DUPLICATE_CUTOFF, DEFAULT_NEAR_DUPLICATE_CUTOFF, "default (not calibrated yet)")
+
+
+def quantile_cutoff(non_member_scores: np.ndarray, target: float = TARGET_FALSE_MATCH_RATE) -> float | None:
+    """The lowest score that at most `target` of the non-member scores reach (with few scores,
+    just above their maximum); None without at least two scores."""
+    scores = np.sort(np.asarray(non_member_scores, dtype=np.float64))
+    if len(scores) < 2:
+        return None
+    allowed = int(np.floor(target * len(scores)))  # how many non-members may reach the cut-off
+    threshold = float(scores[len(scores) - 1 - allowed])
+    return min(float(np.nextafter(np.float32(threshold), np.float32(np.inf))), 1.0)
+
+
+def calibrate_cutoff(whole_scores: np.ndarray, region_scores: np.ndarray,
+                     target: float = TARGET_FALSE_MATCH_RATE) -> MatchCutoff:
+    """Cut-offs from the leave-one-out top scores of indexed images against the others' whole
+    pictures and against their regions."""
+    whole = quantile_cutoff(whole_scores, target)
+    if whole is None:
+        return DEFAULT_CUTOFF
+    region = quantile_cutoff(region_scores, target)
+    return MatchCutoff(
+        whole,
+        region if region is not None else DEFAULT_NEAR_DUPLICATE_CUTOFF,
+        f"calibrated on leave-one-out searches of {len(whole_scores)} indexed images: "
+        f"at most {target:.0%} of pictures not in the collection reach it",
+    )
+
+
+def same_pixels(query: Callable[[], Image.Image], path: str | Path, decode: Callable[[bytes], Image.Image]) -> bool:
+    """Whether the file at `path` decodes to exactly the query's pixels."""
+    try:
+        data = Path(path).read_bytes()
+        theirs = decode(data)
+    except Exception:  # an unreadable file is simply not an exact copy
+        return False
+    ours = query()
+    if ours.size != theirs.size:
+        return False
+    return bool(np.array_equal(np.asarray(ours), np.asarray(theirs)))
