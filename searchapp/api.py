@@ -20,6 +20,7 @@ MAX_K = 200
 DEFAULT_K = 20
 MAX_OFFSET = 10_000
 RESTORE_MODES = ("auto", "off")
+REGION_MODES = ("on", "off")
 
 
 def _param(name: str, default=None):
@@ -86,18 +87,22 @@ def search_image():
     restore = str(_param("restore", "auto"))
     if restore not in RESTORE_MODES:
         raise ApiError(400, "bad_parameter", f"restore must be one of {', '.join(RESTORE_MODES)}, not {restore!r}")
+    regions = str(_param("regions", "on")).lower()
+    if regions not in REGION_MODES:
+        raise ApiError(400, "bad_parameter", f"regions must be one of {', '.join(REGION_MODES)}, not {regions!r}")
+    use_regions = regions == "on"
     restoration = {"requested": restore, "detected": [], "applied": [], "ms": 0.0}
     upload = request.files.get("image")
     if upload is not None:
         data = upload.read()
         if not data:
             raise ApiError(400, "bad_image", "the uploaded image is empty")
-        page = service().search_upload(data, k, offset)
+        page = service().search_upload(data, k, offset, regions=use_regions)
     else:
         image_id = _param("image_id")
         if image_id is None:
             raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
-        page = service().search_image_id(_as_id(image_id), k, offset)
+        page = service().search_image_id(_as_id(image_id), k, offset, regions=use_regions)
     return jsonify(_results(page, min_score, restoration=restoration))
 
 

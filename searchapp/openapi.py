@@ -56,13 +56,33 @@ SCHEMAS = {
             "took_ms": {"type": "number"},
         },
     },
+    "ImageResult": {
+        "allOf": [
+            _ref("Result"),
+            {
+                "type": "object",
+                "required": ["match", "region"],
+                "properties": {
+                    "match": {"enum": ["exact", "near-duplicate", "similar"]},
+                    "region": {
+                        "description": "[x, y, w, h] in the result's pixels, when a region of it matched",
+                        "oneOf": [{"type": "null"},
+                                  {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}],
+                    },
+                },
+            },
+        ]
+    },
     "ImageResults": {
         "allOf": [
             _ref("Results"),
             {
                 "type": "object",
-                "required": ["restoration"],
+                "required": ["restoration", "copy_found"],
                 "properties": {
+                    "results": {"type": "array", "items": _ref("ImageResult")},
+                    "copy_found": {"type": "boolean",
+                                   "description": "whether a result is labelled exact or near-duplicate"},
                     "restoration": {
                         "type": "object",
                         "required": ["requested", "detected", "applied"],
@@ -182,7 +202,12 @@ def openapi_document() -> dict:
             },
             "/api/search/image": {
                 "post": {
-                    "parameters": PAGE_PARAMS,
+                    "parameters": [
+                        *PAGE_PARAMS,
+                        {"name": "restore", "in": "query", "schema": {"enum": ["auto", "off"], "default": "auto"}},
+                        {"name": "regions", "in": "query", "schema": {"enum": ["on", "off"], "default": "on"},
+                         "description": "off: match whole pictures only, not their regions"},
+                    ],
                     "requestBody": {"required": True, "content": IMAGE_BODY},
                     "responses": {"200": _json(_ref("ImageResults"), "best first"),
                                   **_errors(400, 404, 409, 413, 503)},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from flask import Flask, current_app
 from indexer.commands import load_embedder, open_library
 from indexer.embedder import resolve_device
 from indexer.errors import JobLockedError, NotIndexedError
-from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image
+from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, load_image_file
 from indexer.library import Library, SearchPage
+from indexer.lookup import reverse_lookup
 from indexer.settings import Settings
 from indexer.thumbnails import remove_thumbnail
 
@@ -110,21 +112,20 @@ class SearchService:
         query = self.embedder.encode_texts([text])
         return library.search(query, k, offset, started=t0)
 
-    def search_upload(self, data: bytes, k: int, offset: int) -> SearchPage:
-        library = self.searchable_library()
-        t0 = time.perf_counter()
-        decoded = decode_image(data, self.upload_limits, draft_size=self.embedder.image_size)
-        query = self.embedder.encode_batch([self.embedder.prepare(decoded.image)])
-        return library.search(query, k, offset, started=t0)
+    def search_upload(self, data: bytes, k: int, offset: int, regions: bool = True) -> SearchPage:
+        """Reverse lookup of an uploaded picture (see `indexer.lookup.reverse_lookup`)."""
+        return reverse_lookup(self.searchable_library(), self.embedder, data, k, offset, regions, self.upload_limits)
 
-    def search_image_id(self, image_id: int, k: int, offset: int) -> SearchPage:
+    def search_image_id(self, image_id: int, k: int, offset: int, regions: bool = True) -> SearchPage:
         """More like an indexed image (its stored vector), the image itself left out."""
         library = self.searchable_library()
         t0 = time.perf_counter()
         vector = library.vector_of(image_id)
-        page = library.search(vector, k + 1, offset, started=t0)
-        results = tuple(r for r in page.results if r.id != image_id)[:k]
-        return SearchPage(results, max(page.total - 1, 0), (time.perf_counter() - t0) * 1000)
+        record = library.image(image_id)
+        page = library.search(vector, k, offset, started=t0, regions=regions, exclude=[image_id])
+        page = library.label(page, record.content_hash, lambda: load_image_file(Path(record.path)).image,
+                             (record.width, record.height))
+        return replace(page, total=max(page.total - 1, 0), took_ms=(time.perf_counter() - t0) * 1000)
 
     # -- writes ----------------------------------------------------------------------------------
     def add_upload(self, data: bytes, filename: str) -> int:

@@ -12,8 +12,9 @@
     more: $("more"), moreButton: $("more-button"), detail: $("detail"), detailImage: $("detail-image"),
     detailTitle: $("detail-title"), detailMeta: $("detail-meta"), detailNote: $("detail-note"),
     moreLike: $("more-like-this"), generate: $("generate-similar"), openOriginal: $("open-original"),
-    detailClose: $("detail-close"),
+    detailClose: $("detail-close"), verdict: $("verdict"),
   };
+  const MATCH_LABELS = { exact: "Exact copy", "near-duplicate": "Near-duplicate" };
 
   // The current query: {kind: "text", text} | {kind: "upload", file, url} | {kind: "similar", id, thumb, name}
   let query = null;
@@ -71,6 +72,7 @@
     total = 0;
     els.results.replaceChildren();
     els.more.hidden = true;
+    showVerdict(null);
     if (!q) {
       setState("Type a few words or drop a photo to search.");
       return;
@@ -93,6 +95,7 @@
       const page = await response.json();
       if (mine !== generation) return;
       total = page.total;
+      if (offset === 0 && query.kind !== "text") showVerdict(page);
       render(page.results, offset === 0);
       offset += page.results.length;
       const more = page.results.length === PAGE && offset < total;
@@ -111,6 +114,49 @@
     }
   }
 
+  // What an image search found: a copy of the picture, or plainly none.
+  function showVerdict(page) {
+    if (!page || typeof page.copy_found !== "boolean" || !page.results.length) {
+      els.verdict.hidden = true;
+      return;
+    }
+    const copies = page.results.filter((r) => r.match in MATCH_LABELS).length;
+    els.verdict.className = "verdict " + (page.copy_found ? "found" : "none");
+    els.verdict.textContent = page.copy_found
+      ? `This picture is in the collection: ${copies} ${copies === 1 ? "copy" : "copies"} found (exact or altered), shown first.`
+      : "The collection holds no copy of this picture. These are the most similar pictures.";
+    els.verdict.hidden = false;
+  }
+
+  // A thumbnail; when a region of the picture matched, the whole picture is shown (letterboxed)
+  // with that region outlined.
+  function thumbnail(result) {
+    const img = document.createElement("img");
+    img.src = result.thumb_url;
+    img.alt = baseName(result.path);
+    img.loading = "lazy";
+    img.width = 320;
+    img.height = 240;
+    if (!result.region || !result.width || !result.height) return img;
+    const frame = document.createElement("span");
+    frame.className = "frame";
+    const fit = document.createElement("span");
+    fit.className = "fit";
+    fit.style.aspectRatio = `${result.width} / ${result.height}`;
+    fit.style[result.width / result.height >= 4 / 3 ? "width" : "height"] = "100%";
+    const [x, y, w, h] = result.region;
+    const box = document.createElement("span");
+    box.className = "region";
+    box.title = `matched region ${w}×${h} at (${x}, ${y})`;
+    Object.assign(box.style, {
+      left: `${(100 * x) / result.width}%`, top: `${(100 * y) / result.height}%`,
+      width: `${(100 * w) / result.width}%`, height: `${(100 * h) / result.height}%`,
+    });
+    fit.append(img, box);
+    frame.append(fit);
+    return frame;
+  }
+
   function render(results, first) {
     const fragment = document.createDocumentFragment();
     results.forEach((result, i) => {
@@ -119,13 +165,10 @@
       card.type = "button";
       card.className = "card" + (first && i === 0 ? " first" : "");
       card.dataset.id = result.id;
-      card.setAttribute("aria-label", `${baseName(result.path)}, score ${result.score.toFixed(3)}`);
-      const img = document.createElement("img");
-      img.src = result.thumb_url;
-      img.alt = baseName(result.path);
-      img.loading = "lazy";
-      img.width = 320;
-      img.height = 240;
+      const label = MATCH_LABELS[result.match];
+      card.setAttribute("aria-label",
+        `${baseName(result.path)}, score ${result.score.toFixed(3)}${label ? ", " + label.toLowerCase() : ""}` +
+        `${result.region ? ", matched in a region" : ""}`);
       const caption = document.createElement("span");
       caption.className = "caption";
       const name = document.createElement("span");
@@ -136,7 +179,13 @@
       score.className = "score";
       score.textContent = result.score.toFixed(3);
       caption.append(name, score);
-      card.append(img, caption);
+      if (label) {
+        const badge = document.createElement("span");
+        badge.className = `badge ${result.match}`;
+        badge.textContent = label;
+        card.append(badge);
+      }
+      card.append(thumbnail(result), caption);
       card.addEventListener("click", () => openDetail(result.id));
       item.append(card);
       fragment.append(item);

@@ -8,6 +8,7 @@ import json
 import time
 
 import jsonschema
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -90,6 +91,51 @@ def test_upload_finds_its_original_first(client, photos):
     assert body["results"][0]["path"] == str(original)
     assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert body["restoration"]["requested"] == "auto"
+
+
+def test_upload_of_an_indexed_file_is_an_exact_copy(client, photos):
+    original = next(photos.rglob("coffee-0.*"))
+    body = client.post("/api/search/image?k=3", data=upload(original), content_type="multipart/form-data").get_json()
+    assert body["results"][0]["match"] == "exact" and body["results"][0]["region"] is None
+    assert body["copy_found"] is True
+    assert all(r["match"] in ("near-duplicate", "similar") for r in body["results"][1:])
+
+
+def test_a_picture_unlike_the_collection_has_no_copy(client):
+    """A synthetic gradient is nothing like the photographs: no result is labelled a copy."""
+    ramp = np.linspace(0, 255, 256, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 90, np.uint8)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    response = client.post("/api/search/image?k=5", data=upload(buf.getvalue(), "ramp.png"),
+                           content_type="multipart/form-data")
+    body = check_schema(response, "/api/search/image", "post")
+    assert body["copy_found"] is False
+    assert {r["match"] for r in body["results"]} == {"similar"}
+
+
+def test_crop_upload_reports_the_matching_region(client, photos):
+    from indexer.regions import region_boxes
+
+    original = next(photos.rglob("rocket-0.*"))
+    with Image.open(original) as img:
+        picture = img.convert("RGB")
+    box = region_boxes(picture.width, picture.height)[0]
+    buf = io.BytesIO()
+    picture.crop((box.x, box.y, box.x + box.w, box.y + box.h)).save(buf, "PNG")
+    body = check_schema(
+        client.post("/api/search/image?k=3", data=upload(buf.getvalue(), "crop.png"), content_type="multipart/form-data"),
+        "/api/search/image", "post")
+    # rocket's other files are crops of it too, so the original need not come first; it is
+    # found through exactly this region, at a score near 1.
+    found = next(r for r in body["results"] if r["path"] == str(original))
+    assert found["region"] == box.as_list() and found["score"] > 0.99
+    off = client.post("/api/search/image?k=3&regions=off", data=upload(buf.getvalue(), "crop.png"),
+                      content_type="multipart/form-data").get_json()
+    assert all(r["region"] is None for r in off["results"])
+    bad = client.post("/api/search/image?regions=maybe", data=upload(buf.getvalue(), "crop.png"),
+                      content_type="multipart/form-data")
+    assert bad.status_code == 400 and "regions" in bad.get_json()["message"]
 
 
 def test_more_like_this_by_image_id(client, photos):

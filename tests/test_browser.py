@@ -91,6 +91,57 @@ def test_upload_a_photo_and_see_its_original_first(page, photos, tmp_path):
         shutil.copy(shot, os.path.join(artifacts, "photo-search.png"))
 
 
+def test_crop_shows_its_region_outlined_and_a_copy_found(page, photos, tmp_path):
+    from PIL import Image
+
+    from indexer.regions import region_boxes
+
+    original = next(photos.rglob("rocket-0.*"))
+    with Image.open(original) as img:
+        picture = img.convert("RGB")
+    box = region_boxes(picture.width, picture.height)[-1]
+    crop = tmp_path / "crop.png"
+    picture.crop((box.x, box.y, box.x + box.w, box.y + box.h)).save(crop)
+    page.set_input_files("#file", str(crop))
+    page.wait_for_selector("#results .card")
+    first = page.locator("#results .card").first
+    assert first.locator(".name").inner_text() == original.name
+    outline = first.locator(".region")
+    assert outline.count() == 1
+    frame = first.locator(".fit").bounding_box()
+    drawn = outline.bounding_box()
+    # The outline sits where the region is in the picture (to within a pixel or two of rounding).
+    assert abs((drawn["x"] - frame["x"]) / frame["width"] - box.x / picture.width) < 0.02
+    assert abs(drawn["width"] / frame["width"] - box.w / picture.width) < 0.02
+    assert "is in the collection" in page.inner_text("#verdict")
+    page.wait_for_function("Array.from(document.querySelectorAll('#results img')).slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
+    shot = tmp_path / "region-match.png"
+    page.screenshot(path=str(shot))
+    artifacts = os.environ.get("LOUPE_ARTIFACTS")
+    if artifacts:
+        os.makedirs(artifacts, exist_ok=True)
+        shutil.copy(shot, os.path.join(artifacts, "region-match.png"))
+
+
+def test_exact_copy_badge_and_no_copy_message(page, photos, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    original = next(photos.rglob("coffee-0.*"))
+    page.set_input_files("#file", str(original))
+    page.wait_for_selector("#results .card")
+    assert page.locator("#results .card").first.locator(".badge").inner_text() == "Exact copy"
+    ramp = np.linspace(0, 255, 256, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 90, np.uint8)], -1)
+    unlike = tmp_path / "ramp.png"
+    Image.fromarray(pixels).save(unlike)
+    page.click("#clear-query")
+    page.set_input_files("#file", str(unlike))
+    page.wait_for_function("document.querySelector('#verdict').textContent.includes('no copy')")
+    assert page.is_visible("#verdict")
+    assert page.locator("#results .card .badge").count() == 0
+
+
 def test_drop_a_photo(page, photos):
     original = next(photos.rglob("moon-0.*"))
     data = list(original.read_bytes())
