@@ -146,7 +146,7 @@
     fit.style[result.width / result.height >= 4 / 3 ? "width" : "height"] = "100%";
     const [x, y, w, h] = result.region;
     const box = document.createElement("span");
-    box.className = "region";
+    box.className = result.match in MATCH_LABELS ? "region copy" : "region";
     box.title = `matched region ${w}×${h} at (${x}, ${y})`;
     Object.assign(box.style, {
       left: `${(100 * x) / result.width}%`, top: `${(100 * y) / result.height}%`,
