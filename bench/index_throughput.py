@@ -93,6 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"benchmark folder, reused between runs for the model checkpoint (default {DEFAULT_HOME})",
     )
     p.add_argument("--keep", action="store_true", help="keep this run's photographs and job folders")
+    p.add_argument("--regions", default="off",
+                   help="LOUPE_REGIONS for the job (default off: whole images, so job/model compares like with like)")
     args = p.parse_args(argv)
     if args.count is None:
         args.count = QUICK_COUNT if args.quick else 256
@@ -224,12 +226,15 @@ def decoders_label(workers: int, threads: int) -> str:
     return f"{threads} thread{'' if threads == 1 else 's'}"
 
 
-def measure_decode(paths, embedder, batch_size: int, workers: int, threads: int) -> tuple[Meter, int, int]:
+def measure_decode(paths, embedder, batch_size: int, workers: int, threads: int,
+                   regions: str = "off") -> tuple[Meter, int, int]:
     """The job's reading path (dataset + its decode processes or threads) with nothing else running."""
     from indexer.images import DecodeLimits
     from indexer.jobs import ImageFileDataset, iter_read_batches
+    from indexer.regions import RegionSpec
 
-    dataset = ImageFileDataset([str(p) for p in paths], embedder.prepare, DecodeLimits(), embedder.image_size)
+    dataset = ImageFileDataset([str(p) for p in paths], embedder.prepare, DecodeLimits(), embedder.image_size,
+                               regions=RegionSpec.parse(regions))
     n = failed = 0
     with Meter() as meter:
         for batch in iter_read_batches(dataset, batch_size, workers, threads):
@@ -280,6 +285,7 @@ def job_settings(home: Path, args):
             "LOUPE_MODEL": args.model,
             "LOUPE_PRETRAINED": args.pretrained,
             "LOUPE_DEVICE": args.device,
+            "LOUPE_REGIONS": args.regions,
         }
     )
 
@@ -296,6 +302,7 @@ def run_job(photo_dir: Path, embedder, args, parent: Path, job_class=None):
         job = (job_class or IndexJob)(library, embedder, options)
         with Meter() as meter:
             summary = job.run([photo_dir])
+        job.region_vectors = len(library.regions.store)
     finally:
         library.close()
         if not args.keep:
@@ -524,13 +531,14 @@ def bench(args, run_dir: Path) -> int:
     best: dict[str, tuple[float, int, Meter]] = {}
     notes: list[str] = []
     model_batch_s = math.inf
+    region_vectors = 0
 
     def keep_best(key, meter, count):
         if key not in best or meter.wall < best[key][2].wall:
             best[key] = (count / meter.wall if meter.wall > 0 else 0.0, count, meter)
 
     for _ in range(args.repeat):
-        meter, got, failed = measure_decode(paths, embedder, args.batch_size, job_workers, job_threads)
+        meter, got, failed = measure_decode(paths, embedder, args.batch_size, job_workers, job_threads, args.regions)
         if failed:
             notes.append(f"decode: {failed} of {got} files could not be read")
         keep_best("decode", meter, got)
@@ -541,10 +549,11 @@ def bench(args, run_dir: Path) -> int:
         if full:
             model_batch_s = min(model_batch_s, sum(full) / len(full))
 
-        meter, summary, _ = run_job(photo_dir, embedder, args, run_dir)
+        meter, summary, job = run_job(photo_dir, embedder, args, run_dir)
         if summary.embedded != n:
             notes.append(f"job: {summary.line()}")
         keep_best("job", meter, summary.embedded)
+        region_vectors = job.region_vectors
 
     rate = {key: value[0] for key, value in best.items()}
     ratio = rate["job"] / rate["model"] if rate["model"] > 0 else 0.0
@@ -562,6 +571,11 @@ def bench(args, run_dir: Path) -> int:
             f"{labels[key]:<22}{count:>7}{m.wall:>9.2f}{r:>10.1f}{m.main:>10.2f}{m.workers:>10.2f}{m.other_cores:>7.2f}"
         )
     print(f"{'job/model':<22}{'':>7}{'':>9}{ratio:>10.2f}")
+    if region_vectors:
+        job_s = best["job"][2].wall
+        vectors = best["job"][1] + region_vectors
+        print(f"regions {args.regions}: {region_vectors} region vectors besides {best['job'][1]} whole images; the job "
+              f"embedded {vectors / job_s:.1f} vectors/s ({vectors / job_s / rate['model']:.2f} of the model's rate)")
     print(
         "(cpu: CPU seconds of this process and of its decode workers; other: cores busy with other "
         f"processes meanwhile{f'; best of {args.repeat} runs each' if args.repeat > 1 else ''})"
@@ -599,6 +613,8 @@ def bench(args, run_dir: Path) -> int:
         "model_ips": f"{rate['model']:.2f}",
         "job_ips": f"{rate['job']:.2f}",
         "job_model_ratio": f"{ratio:.3f}",
+        "regions": args.regions,
+        "region_vectors": region_vectors,
         "other_load": f"{busy:.2f}",
     }
     print(" ".join(f"{k}={v}" for k, v in fields.items()))

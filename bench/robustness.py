@@ -5,14 +5,20 @@ from every corpus image (noise, crops, re-compression, blur, downscale, rotation
 text, a strong combination), runs each through the real search path (encode the query bytes,
 decode, embed, kNN, catalog join), and prints per kind recall@1, recall@10 and MRR of the
 original, the false-match rate on held-out photographs that are not in the corpus, and p50
-latency per stage, for each query-side configuration asked (`--stages off,blur`). Differences
-between configurations come with paired bootstrap 95% intervals.
+latency per stage, for each configuration asked (`--stages off,regional,blur`). Differences
+between configurations come with paired bootstrap 95% intervals. It also reports how match
+labels behave: how often the original is found *and* labelled a copy (exact or
+near-duplicate) with the cut-off the index calibrated for itself, and how often a held-out
+photograph is wrongly labelled a copy (the false-match rate of that cut-off).
 
     python bench/robustness.py --quick                        # scikit-image's photographs (CI)
     python bench/robustness.py --corpus DIR --heldout DIR     # see bench/README.md for a corpus
 
-Configurations (`--stages`): `off` (the query as given) and `blur` (a Gaussian blur of the
-query before embedding: the trivial denoising baseline that reconstruction stages must beat).
+Configurations (`--stages`): `off` (whole-image index, the query as given), `regional` (the
+same plus the regional index, `--region-scales`), and `blur` (whole-image index, a Gaussian
+blur of the query before embedding: the trivial denoising baseline that reconstruction
+stages must beat). The corpus is indexed once per index kind (whole-image, regional), and the
+time and size of each index are printed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import io
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +40,8 @@ KINDS = (
     "clean", "noise15", "noise35", "noise60", "crop70", "crop40", "crop20", "jpeg10", "blur3",
     "down25", "rotate10", "text", "combo",
 )
-CONFIGS = ("off", "blur")
+CONFIGS = ("off", "regional", "blur")
+REGIONAL_CONFIGS = frozenset({"regional"})
 
 
 # -- corruptions ------------------------------------------------------------------------------------
@@ -111,7 +118,7 @@ def query_bytes(img: Image.Image) -> bytes:
 
 # -- configurations (query-side stages) -----------------------------------------------------------------
 def apply_stage(config: str, img: Image.Image) -> Image.Image:
-    if config == "off":
+    if config in ("off", "regional"):
         return img
     if config == "blur":
         return img.filter(ImageFilter.GaussianBlur(1.5))
@@ -146,24 +153,60 @@ def photos_in(folder: Path) -> list[Path]:
 class Outcome:
     rank: int | None  # 1-based rank of the original, None if not in the top k
     top_score: float
+    copy_found: bool  # the service said a result is the query's picture
+    copy_is_original: bool  # ...and the original is among the results labelled so
     ms: dict[str, float]
 
 
-def search(library, embedder, data: bytes, config: str, k: int) -> tuple[list, dict[str, float]]:
-    """The service's image-search path: decode the upload, stage, embed, kNN + catalog join."""
-    from indexer.images import decode_image
+@dataclass
+class IndexedCorpus:
+    """One LOUPE_HOME holding the corpus, indexed with one region setting."""
 
+    library: object
+    embedder: object
+    original_id: dict[Path, int]
+    seconds: float
+    embedded: int
+    vectors: int
+    index_bytes: int
+
+
+def search(index: IndexedCorpus, data: bytes, config: str, k: int):
+    """The service's image-search path (`indexer.lookup.reverse_lookup`) with the stage's transform."""
+    from indexer.lookup import reverse_lookup
+
+    ms: dict[str, float] = {}
+    page = reverse_lookup(index.library, index.embedder, data, k, regions=config in REGIONAL_CONFIGS,
+                          transform=lambda img: apply_stage(config, img), timings=ms)
+    return page, ms
+
+
+def build_index(work: Path, name: str, env: dict, corpus_dir: Path, regions: str,
+                penalty: float | None) -> IndexedCorpus:
+    from indexer.commands import load_embedder, open_library
+    from indexer.jobs import IndexJob, IndexOptions
+    from indexer.settings import Settings
+
+    home = work / name
+    home.mkdir()
+    (home / "models").symlink_to((Path(env["LOUPE_HOME"]) / "models").resolve(), target_is_directory=True)
+    settings = Settings.from_env({**env, "LOUPE_HOME": str(home), "LOUPE_REGIONS": "" if regions == "default" else regions})
+    if penalty is not None:
+        settings = replace(settings, regions=replace(settings.regions, penalty=penalty))
+    embedder = load_embedder(settings)
+    library = open_library(settings)
     t0 = time.perf_counter()
-    image = decode_image(data, draft_size=embedder.image_size).image
-    t1 = time.perf_counter()
-    image = apply_stage(config, image)
-    t2 = time.perf_counter()
-    vector = embedder.encode_images([image])
-    t3 = time.perf_counter()
-    page = library.search(vector, k=k)
-    t4 = time.perf_counter()
-    ms = {"decode": (t1 - t0) * 1000, "stage": (t2 - t1) * 1000, "embed": (t3 - t2) * 1000, "knn+join": (t4 - t3) * 1000}
-    return list(page.results), ms
+    summary = IndexJob(library, embedder, IndexOptions(progress=False)).run([corpus_dir])
+    seconds = time.perf_counter() - t0
+    original_id = {}
+    for path in photos_in(corpus_dir):
+        record = library.image_by_path(str(path))
+        if record is not None and record.status != "failed":
+            # The id a query should find: its own, or the original's for a byte-duplicate.
+            original_id[path] = record.duplicate_of or record.id
+    vectors = len(library.store) + len(library.regions.store)
+    size = sum(p.stat().st_size for p in (settings.index_path, settings.regions_path) if p.exists())
+    return IndexedCorpus(library, embedder, original_id, seconds, summary.embedded, vectors, size)
 
 
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -179,7 +222,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, help="folder of photographs to index")
     parser.add_argument("--heldout", type=Path, help="folder of photographs NOT in the corpus")
-    parser.add_argument("--stages", default="off,blur", help=f"configurations, comma-separated ({', '.join(CONFIGS)})")
+    parser.add_argument("--stages", default="off,regional",
+                        help=f"configurations, comma-separated ({', '.join(CONFIGS)})")
+    parser.add_argument("--region-scales", default="", help="LOUPE_REGIONS for the regional index (default: Loupe's)")
+    parser.add_argument("--region-penalty", type=float, default=None,
+                        help="subtracted from region scores (default: Loupe's)")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--seeds", type=int, default=2, help="corrupted queries per image and kind")
     parser.add_argument("--model", default="ViT-B-32")
@@ -194,57 +241,73 @@ def main() -> int:
     if args.quick:
         args.seeds = 1
 
-    from indexer.commands import load_embedder, open_library
-    from indexer.jobs import IndexJob, IndexOptions
-    from indexer.settings import Settings
-
     work, env = bench_workspace("loupe-robustness-", args.home, args.model, args.pretrained)
     if args.corpus is None or args.heldout is None:
         corpus_dir, heldout_dir = sample_folders(work)
     else:
         corpus_dir, heldout_dir = args.corpus, args.heldout
-    settings = Settings.from_env(env)
-    embedder = load_embedder(settings)
-    library = open_library(settings)
-    t0 = time.perf_counter()
-    summary = IndexJob(library, embedder, IndexOptions(progress=False)).run([corpus_dir])
-    index_s = time.perf_counter() - t0
-    corpus = photos_in(corpus_dir)
+    indexes: dict[str, IndexedCorpus] = {}
+    for kind_of_index in sorted({"regional" if c in REGIONAL_CONFIGS else "whole" for c in configs}, reverse=True):
+        regions = (args.region_scales or "default") if kind_of_index == "regional" else "off"
+        indexes[kind_of_index] = built = build_index(work, kind_of_index, env, corpus_dir, regions,
+                                                     args.region_penalty)
+        cutoff = built.library.match_cutoff()
+        print(f"{kind_of_index} index (regions {regions}): {built.embedded} photos in {built.seconds:.1f} s "
+              f"({built.embedded / built.seconds:.2f} photos/s), {built.vectors} vectors, "
+              f"{built.index_bytes / 1e6:.2f} MB of FAISS files; near-duplicate cut-offs {cutoff.whole:.4f} "
+              f"(whole), {cutoff.region:.4f} (region)")
+    first = next(iter(indexes.values()))
+    corpus = [path for path in photos_in(corpus_dir) if path in first.original_id]
     heldout = photos_in(heldout_dir)
-    # The id a query should find: its own, or the original's when the file is a byte-duplicate.
-    records = {path: library.image_by_path(str(path)) for path in corpus}
-    original_id = {path: r.duplicate_of or r.id for path, r in records.items() if r is not None and r.status != "failed"}
-    corpus = [path for path in corpus if path in original_id]
-    print(f"corpus {len(corpus)} photos ({summary.embedded} embedded in {index_s:.1f} s), held-out {len(heldout)}, "
-          f"model {embedder.identity.describe()}, {args.seeds} seed(s) per image and kind")
+    print(f"corpus {len(corpus)} photos, held-out {len(heldout)}, model {first.embedder.identity.describe()}, "
+          f"{args.seeds} seed(s) per image and kind")
 
     outcomes: dict[tuple[str, str], list[Outcome]] = {}
+    false_copies: dict[str, list[bool]] = {c: [] for c in configs}
     false_tops: dict[str, list[float]] = {c: [] for c in configs}
     for config in configs:
+        index = indexes["regional" if config in REGIONAL_CONFIGS else "whole"]
         for kind in kinds:
             rows = outcomes.setdefault((config, kind), [])
             for i, path in enumerate(corpus):
                 original = Image.open(path).convert("RGB")
                 for seed in range(args.seeds):
                     rng = np.random.default_rng([i, seed, KINDS.index(kind) if kind in KINDS else 0])
-                    results, ms = search(library, embedder, query_bytes(corrupt(original, kind, rng)), config, 10)
-                    ids = [r.id for r in results]
-                    rank = ids.index(original_id[path]) + 1 if original_id[path] in ids else None
-                    rows.append(Outcome(rank, results[0].score if results else 0.0, ms))
+                    page, ms = search(index, query_bytes(corrupt(original, kind, rng)), config, 10)
+                    ids = [r.id for r in page.results]
+                    want = index.original_id[path]
+                    rank = ids.index(want) + 1 if want in ids else None
+                    labelled = any(r.id == want and r.match in ("exact", "near-duplicate") for r in page.results)
+                    top = page.results[0].score if page.results else 0.0
+                    rows.append(Outcome(rank, top, bool(page.copy_found), labelled, ms))
             for i, path in enumerate(heldout):
                 image = Image.open(path).convert("RGB")
                 rng = np.random.default_rng([10_000 + i, KINDS.index(kind) if kind in KINDS else 0])
-                results, _ = search(library, embedder, query_bytes(corrupt(image, kind, rng)), config, 1)
-                false_tops[config].append(results[0].score if results else 0.0)
+                page, _ = search(index, query_bytes(corrupt(image, kind, rng)), config, 1)
+                false_copies[config].append(bool(page.copy_found))
+                false_tops[config].append(page.results[0].score if page.results else 0.0)
 
-    print(f"\n{'config':<8}{'kind':<10}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}")
+    print(f"\n{'config':<10}{'kind':<10}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}{'copy':>7}")
     for config in configs:
         for kind in kinds:
             rows = outcomes[(config, kind)]
             r1 = np.mean([o.rank == 1 for o in rows])
             r10 = np.mean([o.rank is not None for o in rows])
             mrr = np.mean([1.0 / o.rank if o.rank else 0.0 for o in rows])
-            print(f"{config:<8}{kind:<10}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}")
+            copy = np.mean([o.copy_is_original for o in rows])
+            print(f"{config:<10}{kind:<10}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}{copy:>7.3f}")
+    print("(copy: the original is among the results and labelled exact or near-duplicate)")
+
+    print("\nheld-out photographs labelled a copy (false-match rate of the calibrated cut-off), by kind:")
+    for config in configs:
+        index = indexes["regional" if config in REGIONAL_CONFIGS else "whole"]
+        flags = false_copies[config]
+        per_kind = np.array(flags).reshape(len(kinds), -1).mean(axis=1) if flags else []
+        worst = max(zip(per_kind, kinds))[1] if len(flags) else "-"
+        cutoff = index.library.match_cutoff()
+        print(f"  {config:<10} cut-offs {cutoff.whole:.4f}/{cutoff.region:.4f}  "
+              f"false-match rate {np.mean(flags) if flags else float('nan'):.3f} ({len(flags)} queries; "
+              f"clean {per_kind[kinds.index('clean')] if 'clean' in kinds else float('nan'):.3f}, worst kind {worst})")
 
     print("\nfalse matches on held-out photographs (top-1 score at or above the score that keeps 95% of "
           "correct top-1 matches):")
@@ -253,13 +316,13 @@ def main() -> int:
         threshold = float(np.percentile(correct, 5)) if correct else float("nan")
         tops = false_tops[config]
         rate = float(np.mean([s >= threshold for s in tops])) if tops else float("nan")
-        print(f"  {config:<8} threshold {threshold:.4f}  false-match rate {rate:.3f} ({len(tops)} held-out queries)")
+        print(f"  {config:<10} threshold {threshold:.4f}  false-match rate {rate:.3f} ({len(tops)} held-out queries)")
 
     print("\np50 latency per stage (ms):")
     for config in configs:
         every = [o for kind in kinds for o in outcomes[(config, kind)]]
         parts = "  ".join(f"{name} {statistics.median(o.ms[name] for o in every):.1f}" for name in every[0].ms)
-        print(f"  {config:<8} {parts}")
+        print(f"  {config:<10} {parts}")
 
     if len(configs) > 1:
         base = configs[0]
@@ -269,8 +332,9 @@ def main() -> int:
                 a = np.array([o.rank == 1 for o in outcomes[(base, kind)]])
                 b = np.array([o.rank == 1 for o in outcomes[(config, kind)]])
                 mean, lo, hi = bootstrap_diff(a, b)
-                print(f"  {config:<8}{kind:<10}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
-    library.close()
+                print(f"  {config:<10}{kind:<10}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
+    for index in indexes.values():
+        index.library.close()
     return 0
 
 
