@@ -77,6 +77,7 @@ def main() -> None:
     from indexer.commands import load_embedder, open_library
     from indexer.images import decode_image
     from indexer.jobs import IndexJob, IndexOptions
+    from indexer.lookup import reverse_lookup
     from indexer.settings import Settings
 
     work, env = bench_workspace("loupe-serve-bench-", args.home, args.model, args.pretrained)
@@ -104,8 +105,7 @@ def main() -> None:
     inproc_image = []
     for i in range(rounds):
         t0 = time.perf_counter()
-        decoded = decode_image(queries[i % len(queries)], draft_size=embedder.image_size)
-        library.search(embedder.encode_images([decoded.image]), k=20)
+        reverse_lookup(library, embedder, queries[i % len(queries)], k=20)  # what the server runs
         inproc_image.append((time.perf_counter() - t0) * 1000)
     inproc_text = []
     for i in range(rounds):
