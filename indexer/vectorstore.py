@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 EXACT_LIMIT = 50_000  # below this many vectors an exact flat index is fast enough
 COMPRESS_LIMIT = 2_000_000  # beyond this, scalar quantisation keeps memory in check
+PQ_LIMIT = 50_000_000  # beyond this (or past the memory budget), product quantisation
+TARGET_RECALL = 0.95  # recall@10 against exact search that nprobe is tuned to reach
+TRAINING_POINTS_PER_LIST = 64  # k-means sample per inverted list (FAISS warns below 39)
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,16 @@ class IndexSpec:
         return not self.exact
 
 
-def choose_index_spec(count: int, dim: int, exact_limit: int = EXACT_LIMIT) -> IndexSpec:
+def choose_index_spec(count: int, dim: int, exact_limit: int = EXACT_LIMIT,
+                      memory_bytes: int | None = None) -> IndexSpec:
     """The index type for `count` vectors of `dim` dimensions (a pure function).
 
     Exact `Flat` while small; beyond `exact_limit`, an inverted file with about 4·√n lists
-    (at least 39 training points per list are available), searched with enough probes for a
-    recall@10 near 0.95+ on CLIP-like data; past `COMPRESS_LIMIT`, 8-bit scalar quantisation
-    (4x smaller) instead of raw vectors.
+    (at least 39 training points per list are available), searched with a starting number of
+    probes (`VectorStore.build` tunes it to reach `TARGET_RECALL`); past `COMPRESS_LIMIT`,
+    8-bit scalar quantisation (4x smaller) instead of raw vectors; past `PQ_LIMIT`, or when
+    even 8-bit codes would not fit in `memory_bytes`, OPQ-rotated product quantisation with
+    one byte per 8 dimensions (16x smaller than raw vectors).
     """
     if count < 0 or dim <= 0:
         raise ValueError(f"bad index size: count={count}, dim={dim}")
@@ -48,7 +54,12 @@ def choose_index_spec(count: int, dim: int, exact_limit: int = EXACT_LIMIT) -> I
     nlist = _round_to_power_of_two(4 * math.sqrt(count))
     nlist = max(16, min(nlist, count // 39))
     nprobe = max(8, nlist // 16)
-    codec = "SQ8" if count >= COMPRESS_LIMIT else "Flat"
+    too_big = memory_bytes is not None and count * dim > memory_bytes
+    if (count >= PQ_LIMIT or too_big) and dim % 8 == 0:
+        m = dim // 8
+        return IndexSpec(f"OPQ{m}_{dim},IVF{nlist},PQ{m}", nprobe=nprobe)
+    raw_too_big = memory_bytes is not None and count * dim * 4 > memory_bytes
+    codec = "SQ8" if count >= COMPRESS_LIMIT or raw_too_big else "Flat"
     return IndexSpec(f"IVF{nlist},{codec}", nprobe=nprobe)
 
 
@@ -78,6 +89,7 @@ class VectorStore:
         self._lock = threading.RLock()
         self.use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self._gpu_index = None
+        self.tuned: Tuning | None = None  # how nprobe was chosen, when this process built the index
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -87,6 +99,11 @@ class VectorStore:
 
         spec = spec or IndexSpec("Flat")
         inner = faiss.index_factory(dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.try_extract_index_ivf(inner)
+        if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+            # Polysemous code training serves Hamming-distance filtering, which Loupe does not
+            # use, and is most of the training time.
+            faiss.downcast_index(ivf).do_polysemous_training = False
         if spec.needs_training:
             if training is None or len(training) == 0:
                 raise ValueError(f"index type {spec.factory} needs training vectors")
@@ -95,16 +112,26 @@ class VectorStore:
         return cls(faiss.IndexIDMap2(inner), spec, dim)
 
     @classmethod
-    def build(cls, ids: np.ndarray, vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> "VectorStore":
-        """A store holding `vectors` under `ids`; approximate types train on a seeded sample."""
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, spec: IndexSpec, seed: int = 0,
+              target_recall: float | None = TARGET_RECALL) -> "VectorStore":
+        """A store holding `vectors` under `ids`. Approximate types train on a seeded sample,
+        then (with `target_recall`) get the fewest probes that reach that recall@10 against
+        exact search, measured on a held-out sample (see `tune_nprobe`)."""
         dim = vectors.shape[1]
         training = None
+        rng = np.random.default_rng(seed)
         if spec.needs_training:
-            rng = np.random.default_rng(seed)
-            size = min(len(vectors), 256 * _nlist(spec))
+            size = min(len(vectors), TRAINING_POINTS_PER_LIST * _nlist(spec))
             training = vectors[np.sort(rng.choice(len(vectors), size=size, replace=False))]
         store = cls.create(dim, spec, training)
         store.add(ids, vectors)
+        if spec.needs_training and target_recall is not None and len(vectors) > 10:
+            sample = vectors[rng.choice(len(vectors), size=min(256, len(vectors)), replace=False)]
+            tuned = tune_nprobe(store._index, vectors, sample, target_recall)
+            store.set_nprobe(tuned.nprobe)
+            store.tuned = tuned
+            log.info("tuned %s: nprobe %d reaches recall@10 %.3f (target %.2f)",
+                     spec.factory, tuned.nprobe, tuned.recall, target_recall)
         return store
 
     @classmethod
@@ -155,6 +182,14 @@ class VectorStore:
     @property
     def device(self) -> str:
         return "gpu" if self.use_gpu else "cpu"
+
+    def set_nprobe(self, nprobe: int) -> None:
+        from dataclasses import replace
+
+        with self._lock:
+            _set_nprobe(self._index, nprobe)
+            self.spec = replace(self.spec, nprobe=nprobe)
+            self._gpu_index = None
 
     def reconstruct(self, id_: int) -> np.ndarray:
         with self._lock:
@@ -212,6 +247,39 @@ class VectorStore:
         }
 
 
+@dataclass(frozen=True)
+class Tuning:
+    nprobe: int
+    recall: float  # recall@10 against exact search on the held-out sample
+    target: float
+
+
+def tune_nprobe(index, vectors: np.ndarray, queries: np.ndarray, target: float = TARGET_RECALL,
+                k: int = 10) -> Tuning:
+    """The fewest probes (powers of two) with which `index` finds `target` of the exact top-`k`
+    neighbours of `queries` among `vectors`. Each query's own copy in the index is left out of
+    both lists, so a sample of the indexed vectors serves as held-out queries."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    exact_scores, exact_rows = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32),
+                                         np.ascontiguousarray(vectors, dtype=np.float32), k + 1,
+                                         metric=faiss.METRIC_INNER_PRODUCT)
+    id_map = faiss.vector_to_array(index.id_map) if hasattr(index, "id_map") else np.arange(index.ntotal)
+    exact_ids = id_map[exact_rows]
+    truth = [set(row[1:].tolist()) for row in exact_ids]  # the nearest is the query itself
+    recall, nprobe = 0.0, 1
+    while True:
+        ivf.nprobe = nprobe
+        _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k + 1)
+        recall = float(np.mean([
+            len(t & set(row.tolist()) - {int(own[0])}) / k for t, row, own in zip(truth, found, exact_ids)
+        ]))
+        if recall >= target or nprobe >= ivf.nlist:
+            return Tuning(nprobe, recall, target)
+        nprobe = min(nprobe * 2, ivf.nlist)
+
+
 def gpu_count() -> int:
     """GPUs FAISS can use (0 with the faiss-cpu build)."""
     import faiss
@@ -230,8 +298,10 @@ def _as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
 
 
 def _nlist(spec: IndexSpec) -> int:
-    head = spec.factory.split(",")[0]
-    return int(head[3:]) if head.startswith("IVF") else 1
+    for part in spec.factory.split(","):
+        if part.startswith("IVF"):
+            return int(part[3:])
+    return 1
 
 
 def _set_nprobe(index, nprobe: int) -> None:
@@ -258,6 +328,11 @@ def _factory_of(index) -> str:
         return "Flat"
     ivf = faiss.try_extract_index_ivf(inner)
     if ivf is not None:
-        codec = "SQ8" if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFScalarQuantizer) else "Flat"
+        ivf = faiss.downcast_index(ivf)
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            m = ivf.pq.M
+            prefix = f"OPQ{m}_{ivf.d}," if isinstance(inner, faiss.IndexPreTransform) else ""
+            return f"{prefix}IVF{ivf.nlist},PQ{m}"
+        codec = "SQ8" if isinstance(ivf, faiss.IndexIVFScalarQuantizer) else "Flat"
         return f"IVF{ivf.nlist},{codec}"
     return type(inner).__name__

@@ -80,10 +80,17 @@ def test_size_limits_are_the_ones_the_table_assumes():
         (20_000, 64, 1_000, "IVF512,Flat", 32),  # a lowered exact_limit switches to IVF early
         (1_000, 64, 100, "IVF25,Flat", 8),  # lists capped at count // 39 (39 training points each)
         (999, 64, 1_000, "Flat", 1),
+        (50_000_000, 512, None, "OPQ64_512,IVF32768,PQ64", 2048),  # at PQ_LIMIT: 64 bytes a vector
+        (60_000_000, 768, None, "OPQ96_768,IVF32768,PQ96", 2048),
+        ((1_000_000, 10**9), 512, None, "IVF4096,SQ8", 256),  # raw vectors (2 GB) over a 1 GB budget
+        ((1_000_000, 4 * 10**8), 512, None, "OPQ64_512,IVF4096,PQ64", 256),  # even 8-bit codes are over
+        ((1_000_000, 10**10), 512, None, "IVF4096,Flat", 256),  # fits: raw vectors
     ],
 )
 def test_choose_index_spec_table(count, dim, exact_limit, factory, nprobe):
     kwargs = {} if exact_limit is None else {"exact_limit": exact_limit}
+    if isinstance(count, tuple):
+        count, kwargs["memory_bytes"] = count
     spec = choose_index_spec(count, dim, **kwargs)
     assert spec == IndexSpec(factory, nprobe=nprobe)
     assert spec.exact == (factory == "Flat")
@@ -99,7 +106,7 @@ def test_choose_index_spec_rejects_bad_sizes(count, dim):
 @pytest.mark.parametrize("count", [50_000, 80_000, 131_072, 300_000, 3_000_000, 50_000_000])
 def test_ivf_lists_are_powers_of_two_with_enough_training_points(count):
     spec = choose_index_spec(count, 512)
-    nlist = int(spec.factory.split(",")[0][3:])
+    nlist = int(next(part for part in spec.factory.split(",") if part.startswith("IVF"))[3:])
     assert nlist & (nlist - 1) == 0
     assert 39 * nlist <= count
     assert 8 <= spec.nprobe <= nlist
@@ -299,7 +306,7 @@ def test_ivf_recall_at_10_against_exact_search(clustered, ivf_store):
 def test_ivf_nprobe_is_applied(clustered, ivf_store):
     """Searching one list only is measurably worse than the spec's nprobe: the setting is live."""
     ids, vectors, queries, truth = clustered
-    one_probe = VectorStore.build(ids, vectors, IndexSpec(ivf_store.spec.factory, nprobe=1))
+    one_probe = VectorStore.build(ids, vectors, IndexSpec(ivf_store.spec.factory, nprobe=1), target_recall=None)
     assert recall_at_k(one_probe.search(queries, 10), truth) < recall_at_k(ivf_store.search(queries, 10), truth)
 
 
@@ -308,7 +315,7 @@ def test_ivf_sq8_build_works_with_good_recall(clustered):
     spec = IndexSpec("IVF512,SQ8", nprobe=32)
     store = VectorStore.build(ids, vectors, spec)
     assert len(store) == N
-    assert store.spec == spec
+    assert store.spec.factory == spec.factory and store.spec.nprobe == store.tuned.nprobe
     assert recall_at_k(store.search(queries, 10), truth) >= 0.9
     assert store.search(vectors[42], k=1)[0][0].id == 1042
 
@@ -327,10 +334,42 @@ def test_ivf_remove_and_save_load_round_trip(tmp_path, clustered, ivf_store):
     assert loaded.search(vectors[0], k=1)[0][0].id != 1000
 
 
+def test_build_tunes_nprobe_to_the_fewest_probes_reaching_the_target(clustered):
+    from indexer.vectorstore import tune_nprobe
+
+    ids, vectors, queries, truth = clustered
+    spec = IndexSpec("IVF256,Flat", nprobe=1)
+    store = VectorStore.build(ids, vectors, spec, target_recall=0.95)
+    tuned = store.tuned
+    assert tuned.recall >= 0.95 and store.spec.nprobe == tuned.nprobe > 1
+    assert recall_at_k(store.search(queries, 10), truth) >= 0.9  # held-out queries agree
+    sample = vectors[:256]
+    fewer = tune_nprobe(store._index, vectors, sample, target=1.1)  # unreachable: walks every step
+    assert fewer.nprobe == 256
+    store.set_nprobe(tuned.nprobe // 2)
+    assert tune_nprobe(store._index, vectors, sample, target=0.0).nprobe == 1
+
+
+def test_opq_pq_index_builds_saves_and_loads(tmp_path, clustered):
+    data = clustered_unit_vectors(6_200, 16, 50, noise=0.5, seed=7)
+    vectors, queries = data[:6_000], data[6_000:]
+    ids = np.arange(6_000, dtype=np.int64) + 1000
+    truth = ids[faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]]
+    spec = IndexSpec("OPQ8_16,IVF32,PQ8", nprobe=4)
+    store = VectorStore.build(ids, vectors, spec, target_recall=0.5)
+    assert store.tuned.recall >= 0.5
+    assert recall_at_k(store.search(queries, 10), truth) >= 0.4  # 8 bytes a vector: coarse, but found
+    store.save(tmp_path / "pq.faiss")
+    loaded = VectorStore.load(tmp_path / "pq.faiss")
+    assert loaded.spec == store.spec and loaded.describe()["type"] == "OPQ8_16,IVF32,PQ8"
+    assert hit_ids(loaded.search(queries[:5], 10)) == hit_ids(store.search(queries[:5], 10))
+    assert loaded.remove([1000]) == 1
+
+
 def test_sq8_spec_survives_save_load(tmp_path):
     vectors = unit_vectors(2_000, dim=16, seed=3)
     spec = IndexSpec("IVF16,SQ8", nprobe=8)
-    store = VectorStore.build(np.arange(2_000, dtype=np.int64) + 5, vectors, spec)
+    store = VectorStore.build(np.arange(2_000, dtype=np.int64) + 5, vectors, spec, target_recall=None)
     store.save(tmp_path / "sq8.faiss")
     loaded = VectorStore.load(tmp_path / "sq8.faiss")
     assert loaded.spec == spec
