@@ -149,6 +149,23 @@ def _worker_init(_worker_id: int) -> None:
     import torch
 
     torch.set_num_threads(1)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this decode process when the job's process dies, even by SIGKILL
+    (otherwise orphaned workers blocked on their queues linger, holding memory)."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # not Linux: torch's own parent watchdog remains
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def iter_read_batches(dataset: ImageFileDataset, batch_size: int, workers: int = 0, threads: int = 1):

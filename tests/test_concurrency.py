@@ -122,3 +122,43 @@ def test_concurrent_adds_and_removes_on_postgres(env, postgres_url):
     upload = client.post("/api/search/image?k=1", data={"image": (io.BytesIO(_png(1001)), "q.png")},
                          content_type="multipart/form-data").get_json()
     assert upload["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photos, monkeypatch):
+    """A library that outgrows the exact index is rebuilt as IVF (images and regions) while
+    other threads search it: the new index is built aside and swapped in whole."""
+    import indexer.mirror as mirror_module
+    from indexer.library import Library
+    from indexer.vectorstore import choose_index_spec
+
+    run_json(["index", str(photos), "--no-progress"], env)
+    library = Library.open(Settings.from_env(env))
+    queries = [library.vector_of(i) for i in sorted(library.store.ids().tolist())[:6]]
+    assert library.store.spec.factory == "Flat"
+    monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d: choose_index_spec(n, d, exact_limit=20))
+    stop = threading.Event()
+    answered, errors = [], []
+
+    def searcher(i: int) -> None:
+        while not stop.is_set():
+            try:
+                page = library.search(queries[i % len(queries)], k=5, regions=True)
+                answered.append(len(page.results))
+            except Exception as err:  # any failure mid-swap is the bug this test looks for
+                errors.append(repr(err))
+
+    threads = [threading.Thread(target=searcher, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.2)
+        library.sync_store()
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert answered and set(answered) == {5}
+    assert library.store.spec.factory.startswith("IVF") and library.regions.store.spec.factory.startswith("IVF")
+    library.close()

@@ -46,6 +46,29 @@ def _committed(settings) -> int:
         engine.dispose()
 
 
+def _assert_no_process_mentions(text: str, wait_s: float = 10.0) -> None:
+    """No running process has `text` in its command line (after up to `wait_s` seconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{entry}/stat") as fh:
+                    state = fh.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                alive.append(entry)
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not alive, f"processes outlived the killed job: {alive}"
+
+
 def _start(env, config, folder, tmp_path):
     return subprocess.Popen(
         loupe_argv(config, "index", folder, "--batch-size", "4", "--workers", "1", "--no-progress", "--json"),
@@ -66,6 +89,7 @@ def test_sigkill_mid_job_then_rerun_completes_without_duplicates(env, tiny_model
     assert proc.poll() is None, f"the job ended before it could be killed: {proc.communicate()}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    _assert_no_process_mentions(str(many_photos))  # its decode workers died with it
     before = _committed(settings)
     assert kill_after <= before < 300
 
