@@ -120,13 +120,19 @@ class VectorStore:
         dim = vectors.shape[1]
         training = None
         rng = np.random.default_rng(seed)
+        trained_on = np.zeros(len(vectors), dtype=bool)
         if spec.needs_training:
             size = min(len(vectors), TRAINING_POINTS_PER_LIST * _nlist(spec))
-            training = vectors[np.sort(rng.choice(len(vectors), size=size, replace=False))]
+            trained_on[rng.choice(len(vectors), size=size, replace=False)] = True
+            training = vectors[trained_on]
         store = cls.create(dim, spec, training)
         store.add(ids, vectors)
         if spec.needs_training and target_recall is not None and len(vectors) > 10:
-            sample = vectors[rng.choice(len(vectors), size=min(256, len(vectors)), replace=False)]
+            # Queries the k-means never saw (when there are any): the centroids fit their own
+            # training points better, which overstated recall by about 0.01 at 1M vectors.
+            held_out = np.flatnonzero(~trained_on)
+            pool = held_out if len(held_out) >= 64 else np.arange(len(vectors))
+            sample = vectors[rng.choice(pool, size=min(256, len(pool)), replace=False)]
             tuned = tune_nprobe(store._index, vectors, sample, target_recall)
             store.set_nprobe(tuned.nprobe)
             store.tuned = tuned
