@@ -94,3 +94,18 @@ def assert_regions_match_catalog(settings, indexed: set[int]) -> None:
         ids = VectorStore.load(settings.regions_path).ids().tolist()
         assert len(ids) == len(set(ids)), "a region is in the index twice"
         assert set(ids) == {r.id for r in regions}
+
+
+def gradient_png(size: int = 256) -> bytes:
+    """A synthetic colour ramp: nothing like a photograph, so no photo collection holds a copy."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, size, dtype=np.uint8)
+    pixels = np.stack([np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size)),
+                       np.full((size, size), 90, np.uint8)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()

@@ -8,11 +8,10 @@ import json
 import time
 
 import jsonschema
-import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_index_matches_catalog, run_json
+from helpers import assert_index_matches_catalog, gradient_png, run_json
 from searchapp import create_app
 from searchapp.openapi import openapi_document
 
@@ -103,11 +102,7 @@ def test_upload_of_an_indexed_file_is_an_exact_copy(client, photos):
 
 def test_a_picture_unlike_the_collection_has_no_copy(client):
     """A synthetic gradient is nothing like the photographs: no result is labelled a copy."""
-    ramp = np.linspace(0, 255, 256, dtype=np.uint8)
-    pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 90, np.uint8)], -1)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    response = client.post("/api/search/image?k=5", data=upload(buf.getvalue(), "ramp.png"),
+    response = client.post("/api/search/image?k=5", data=upload(gradient_png(), "ramp.png"),
                            content_type="multipart/form-data")
     body = check_schema(response, "/api/search/image", "post")
     assert body["copy_found"] is False

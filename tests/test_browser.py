@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from helpers import run_json
+from helpers import gradient_png, run_json
 
 CHROMIUM = os.environ.get("LOUPE_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -50,6 +50,20 @@ def server(env, photos, settings):
     thread.join(timeout=5)
 
 
+def save_screenshot(page, tmp_path, name: str):
+    """A screenshot once the first thumbnails have loaded, also copied to $LOUPE_ARTIFACTS."""
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#results img')).slice(0, 4).every(i => i.complete && i.naturalWidth > 0)"
+    )
+    shot = tmp_path / name
+    page.screenshot(path=str(shot))
+    artifacts = os.environ.get("LOUPE_ARTIFACTS")
+    if artifacts:
+        os.makedirs(artifacts, exist_ok=True)
+        shutil.copy(shot, os.path.join(artifacts, name))
+    return shot
+
+
 @pytest.fixture
 def page(browser, server, tmp_path):
     # bypass_csp lets wait_for_function evaluate its predicates; the CSP itself is tested in test_api.
@@ -81,14 +95,8 @@ def test_upload_a_photo_and_see_its_original_first(page, photos, tmp_path):
     assert first.locator(".name").inner_text() == original.name
     assert float(first.locator(".score").inner_text()) > 0.999
     assert page.is_visible("#query") and original.name in page.inner_text("#query-title")
-    page.wait_for_function("Array.from(document.querySelectorAll('#results img')).slice(0, 8).every(i => i.complete && i.naturalWidth > 0)")
-    shot = tmp_path / "photo-search.png"
-    page.screenshot(path=str(shot))
+    shot = save_screenshot(page, tmp_path, "photo-search.png")
     assert shot.stat().st_size > 10_000
-    artifacts = os.environ.get("LOUPE_ARTIFACTS")
-    if artifacts:
-        os.makedirs(artifacts, exist_ok=True)
-        shutil.copy(shot, os.path.join(artifacts, "photo-search.png"))
 
 
 def test_crop_shows_its_region_outlined_and_a_copy_found(page, photos, tmp_path):
@@ -114,27 +122,16 @@ def test_crop_shows_its_region_outlined_and_a_copy_found(page, photos, tmp_path)
     assert abs((drawn["x"] - frame["x"]) / frame["width"] - box.x / picture.width) < 0.02
     assert abs(drawn["width"] / frame["width"] - box.w / picture.width) < 0.02
     assert "is in the collection" in page.inner_text("#verdict")
-    page.wait_for_function("Array.from(document.querySelectorAll('#results img')).slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
-    shot = tmp_path / "region-match.png"
-    page.screenshot(path=str(shot))
-    artifacts = os.environ.get("LOUPE_ARTIFACTS")
-    if artifacts:
-        os.makedirs(artifacts, exist_ok=True)
-        shutil.copy(shot, os.path.join(artifacts, "region-match.png"))
+    save_screenshot(page, tmp_path, "region-match.png")
 
 
 def test_exact_copy_badge_and_no_copy_message(page, photos, tmp_path):
-    import numpy as np
-    from PIL import Image
-
     original = next(photos.rglob("coffee-0.*"))
     page.set_input_files("#file", str(original))
     page.wait_for_selector("#results .card")
     assert page.locator("#results .card").first.locator(".badge").inner_text() == "Exact copy"
-    ramp = np.linspace(0, 255, 256, dtype=np.uint8)
-    pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 90, np.uint8)], -1)
     unlike = tmp_path / "ramp.png"
-    Image.fromarray(pixels).save(unlike)
+    unlike.write_bytes(gradient_png())
     page.click("#clear-query")
     page.set_input_files("#file", str(unlike))
     page.wait_for_function("document.querySelector('#verdict').textContent.includes('no copy')")
