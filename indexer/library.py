@@ -243,7 +243,6 @@ class Library:
             copies = session.scalars(
                 select(ImageRecord).where(ImageRecord.duplicate_of == record.id).order_by(ImageRecord.id)
             ).all()
-            region_ids = session.scalars(select(RegionRecord.id).where(RegionRecord.image_id == record.id)).all()
             if copies:
                 heir, others = copies[0], copies[1:]
                 heir.status = ImageStatus.INDEXED
@@ -257,7 +256,7 @@ class Library:
                 )
                 delta.add(heir.id, record.vector())
             else:
-                for region_id in region_ids:
+                for region_id in session.scalars(select(RegionRecord.id).where(RegionRecord.image_id == record.id)):
                     delta.remove_region(region_id)
         session.delete(record)
         session.flush()
