@@ -136,4 +136,5 @@ class IndexInfo(Base):
     whole_cutoff: Mapped[float | None] = mapped_column(Float)
     region_cutoff: Mapped[float | None] = mapped_column(Float)
     cutoff_basis: Mapped[str | None] = mapped_column(Text)
+    calibrated_images: Mapped[int | None] = mapped_column(Integer)  # indexed images at calibration
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

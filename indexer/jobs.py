@@ -25,7 +25,6 @@ from .embedder import ClipEmbedder
 from .errors import ImageReadError, LoupeError
 from .images import DecodeLimits, decode_image, iter_image_files, read_file
 from .library import IndexDelta, Library
-from .matching import DEFAULT_CUTOFF
 from .lock import write_lock
 from .regions import Box, RegionSpec, region_boxes
 
@@ -305,8 +304,7 @@ class IndexJob:
                 self.library.sync_store()
                 raise
             self.library.sync_store()
-            if self.counts["added"] or self.counts["changed"] or self.counts["missing"] \
-                    or self.library.match_cutoff() == DEFAULT_CUTOFF:
+            if self.library.needs_calibration():
                 self.library.calibrate()
             seconds = time.perf_counter() - started
             self._finish(JobState.FINISHED, seconds)

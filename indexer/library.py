@@ -367,6 +367,16 @@ class Library:
             return DEFAULT_CUTOFF
         return MatchCutoff(info.whole_cutoff, info.region_cutoff or DEFAULT_CUTOFF.region, info.cutoff_basis or "")
 
+    def needs_calibration(self, growth: float = 0.1) -> bool:
+        """Whether the cut-offs are missing or the index changed size by more than `growth`
+        since they were calibrated (calibrating costs a search per sampled image, so small
+        additions, such as single uploads, do not each pay for it)."""
+        with self.sessions() as session:
+            info = session.get(IndexInfo, 1)
+        if info is None or info.whole_cutoff is None or not info.calibrated_images:
+            return True
+        return abs(len(self.store) - info.calibrated_images) > growth * info.calibrated_images
+
     def calibrate(self, sample: int = CALIBRATION_SAMPLE, seed: int = 0) -> MatchCutoff:
         """Choose the near-duplicate cut-off from leave-one-out searches of a seeded sample of
         indexed images (regions included) and store it with the index."""
@@ -392,6 +402,7 @@ class Library:
                 info.whole_cutoff = cutoff.whole if calibrated else None
                 info.region_cutoff = cutoff.region if calibrated else None
                 info.cutoff_basis = cutoff.basis if calibrated else None
+                info.calibrated_images = len(self.store) if calibrated else None
         return cutoff
 
     def counts(self) -> dict[str, int]:

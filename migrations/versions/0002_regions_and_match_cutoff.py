@@ -41,12 +41,14 @@ def upgrade() -> None:
     with op.batch_alter_table("index_info") as batch:
         batch.add_column(sa.Column("whole_cutoff", sa.Float(), nullable=True))
         batch.add_column(sa.Column("region_cutoff", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("calibrated_images", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("cutoff_basis", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("index_info") as batch:
         batch.drop_column("cutoff_basis")
+        batch.drop_column("calibrated_images")
         batch.drop_column("region_cutoff")
         batch.drop_column("whole_cutoff")
     op.drop_index(op.f("ix_image_regions_image_id"), table_name="image_regions")
