@@ -33,6 +33,11 @@ def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.Ar
                        help="decoding processes (default: on CUDA cores - 1; on the CPU, decoding "
                             "runs in the main process between batches; 0: one decode thread)")
     index.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
+    index.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="read and embed on a Ray cluster: auto (the running cluster, else a local "
+                            "Ray) or a Ray address; needs the ray extra")
+    index.add_argument("--ray-embedders", type=_positive_int, default=None, metavar="N",
+                       help="with --ray: model actors (default: one per GPU, else one per node's CPUs)")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
 

@@ -43,7 +43,15 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
         workers=args.workers,
         progress=not args.no_progress,
     )
-    summary = IndexJob(library, embedder, options).run(args.paths)
+    if args.ray is not None:
+        if args.workers is not None:
+            raise LoupeError("--workers is for local jobs; with --ray, Ray tasks decode the files")
+        from .distributed import RayIndexJob, RayOptions
+
+        job = RayIndexJob(library, embedder, options, RayOptions(address=args.ray, embedders=args.ray_embedders))
+    else:
+        job = IndexJob(library, embedder, options)
+    summary = job.run(args.paths)
     if args.json:
         print_json(summary.as_dict(), out)
     else:

@@ -83,6 +83,22 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+@dataclass(frozen=True)
+class Preparer:
+    """Resizes an RGB PIL image to the model's input as (H, W, 3) uint8 pixels (squash).
+
+    Pillow only, and small enough to pickle: decode processes and cluster workers run it
+    without the model."""
+
+    input_size: tuple[int, int]  # (width, height)
+    resample: int = Image.BICUBIC
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        if image.size != self.input_size:
+            image = image.resize(self.input_size, self.resample)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 class ClipEmbedder:
     """Encodes images and texts with one open_clip model on one device.
 
@@ -104,6 +120,8 @@ class ClipEmbedder:
         size = cfg["size"]
         self.input_size = (int(size[1]), int(size[0])) if isinstance(size, (tuple, list)) else (int(size), int(size))
         self.resample = _PIL_FILTERS.get(cfg.get("interpolation", "bicubic"), Image.BICUBIC)
+        # The model's input pixels for an RGB PIL image: (H, W, 3) uint8, squash-resized.
+        self.prepare = Preparer(self.input_size, self.resample)
         self.mean = np.asarray(cfg["mean"], dtype=np.float32)
         self.std = np.asarray(cfg["std"], dtype=np.float32)
 
@@ -114,12 +132,6 @@ class ClipEmbedder:
     @property
     def image_size(self) -> int:
         return max(self.input_size)
-
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """The model's input pixels for an RGB image: (H, W, 3) uint8, squash-resized."""
-        if image.size != self.input_size:
-            image = image.resize(self.input_size, self.resample)
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
     def encode_batch(self, pixels) -> np.ndarray:
         """Embed prepared pixels: a (N, H, W, 3) uint8 array or a list of (H, W, 3) arrays."""

@@ -281,6 +281,7 @@ class IndexJob:
         self.options = options
         self.counts = dict(added=0, changed=0, duplicates=0, unchanged=0, failed=0, missing=0, files_seen=0)
         self.job_id: int | None = None
+        self._last_save = time.monotonic()
 
     def run(self, paths: Sequence[str | Path], progress_stream: TextIO | None = None,
             on_started: Callable[[int], None] | None = None) -> JobSummary:
@@ -341,6 +342,20 @@ class IndexJob:
     def _index(self, roots: Sequence[Path], progress_stream: TextIO | None) -> None:
         from tqdm import tqdm
 
+        plan = self._plan(roots)
+        bar = tqdm(
+            total=len(plan.todo),
+            unit="img",
+            desc="indexing",
+            file=progress_stream or sys.stderr,
+            disable=not self.options.progress or not plan.todo,
+            dynamic_ncols=True,
+        )
+        with bar:
+            self._process(plan.todo, bar)
+
+    def _plan(self, roots: Sequence[Path]) -> Plan:
+        """Compare the files with the catalog, flag vanished and returned files, count them."""
         with self.library.sessions.begin() as session:
             plan = plan_job(session, roots, exclude=self.library.settings.home)
             now = utcnow()
@@ -355,27 +370,26 @@ class IndexJob:
                     update(ImageRecord).where(ImageRecord.id.in_(plan.returned_ids)).values(missing_since=None)
                 )
         self.counts.update(unchanged=plan.unchanged, missing=len(plan.missing_ids), files_seen=plan.files_seen)
+        return plan
+
+    def _process(self, todo: list[str], bar) -> None:
+        """Read, embed and write `todo` in this process (the Ray job overrides this)."""
         dataset = ImageFileDataset(
-            plan.todo, self.embedder.prepare, self.options.limits, self.embedder.image_size,
+            todo, self.embedder.prepare, self.options.limits, self.embedder.image_size,
             regions=self.library.region_spec,
         )
-        bar = tqdm(
-            total=len(plan.todo),
-            unit="img",
-            desc="indexing",
-            file=progress_stream or sys.stderr,
-            disable=not self.options.progress or not plan.todo,
-            dynamic_ncols=True,
-        )
-        last_save = time.monotonic()
-        workers, threads = self._decoders(len(plan.todo))
-        with bar:
-            for batch in iter_read_batches(dataset, self.options.batch_size, workers, threads):
-                self._write_batch(batch)
-                bar.update(len(batch))
-                if time.monotonic() - last_save >= self.options.checkpoint_seconds:
-                    self.library.save_index()
-                    last_save = time.monotonic()
+        workers, threads = self._decoders(len(todo))
+        for batch in iter_read_batches(dataset, self.options.batch_size, workers, threads):
+            self._write_batch(batch)
+            bar.update(len(batch))
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Save the FAISS file when `checkpoint_seconds` have passed since the last save."""
+        now = time.monotonic()
+        if now - self._last_save >= self.options.checkpoint_seconds:
+            self.library.save_index()
+            self._last_save = now
 
     def _decoders(self, todo: int) -> tuple[int, int]:
         import torch
@@ -383,8 +397,9 @@ class IndexJob:
         return choose_decoders(todo, self.options.batch_size, self.options.workers,
                                self.embedder.device, torch.get_num_threads())
 
-    def _write_batch(self, batch: list[ReadItem]) -> None:
-        """Embed the batch's new pictures and commit the batch in one transaction."""
+    def _write_batch(self, batch: list[ReadItem], vectors: dict[str, "Embedded"] | None = None) -> None:
+        """Embed the batch's new pictures (unless `vectors`, by content hash, already holds
+        them) and commit the batch in one transaction."""
         with self.library.sessions.begin() as session:
             existing = _rows_by_path(session, [item.path for item in batch])
             unchanged = {item.path for item in batch if _same_content(item, existing.get(item.path))}
@@ -397,7 +412,8 @@ class IndexJob:
                 for sha, row in _indexed_by_hash(session, {item.sha256 for item in ok}).items()
                 if row.id not in replaced_ids
             }
-            vectors = self._embed(_new_content(ok, canonical))
+            if vectors is None:
+                vectors = self._embed(_new_content(ok, canonical))
             delta = IndexDelta()
             for item in batch:
                 old = existing.get(item.path)

@@ -1,0 +1,428 @@
+"""Bulk indexing on a Ray cluster (`loupe index --ray`).
+
+The local job's stages, spread out with Ray Data:
+
+    read (decode tasks, any CPU) ▸ embed (an actor pool holding the model: one actor per GPU,
+    or per group of CPUs) ▸ write (the driver)
+
+Results stream back to the driver in file order. Every `shard_size` files, the driver writes
+them to a shard file under `LOUPE_HOME/shards/` (atomically), merges the shard into the catalog
+and FAISS with the local job's own writer (same batches, so the same ids as a local run), and
+deletes it. A driver that dies between writing and merging leaves the shard behind; the next
+run merges it without embedding its files again. Files already merged are skipped by the
+ordinary incremental plan.
+
+Workers need Loupe installed and the image paths readable at the same absolute paths (a shared
+filesystem), as `docs/scaling.md` explains.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .embedder import ClipEmbedder, ModelIdentity, ModelSpec, Preparer
+from .errors import ConfigError, LoupeError
+from .images import DecodeLimits
+from .jobs import Embedded, ImageFileDataset, IndexJob, IndexOptions, ReadItem
+from .library import Library
+from .regions import Box, RegionSpec
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+SHARDS_FOLDER = "shards"
+SHARD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run. `address`: `auto` joins the running cluster (`RAY_ADDRESS`
+    or this machine's head) and starts a local Ray when there is none; anything else is a
+    Ray address (`ray://host:10001`, `host:6379`)."""
+
+    address: str = "auto"
+    embedders: int | None = None  # model actors; None: one per GPU, else one per `cpus_per_embedder`
+    cpus_per_embedder: int | None = None  # None: all CPUs but one (decoding needs a slot), at most 8
+    shard_size: int = 1024  # files per shard written by the driver
+
+
+# -- what travels to the workers -------------------------------------------------------------
+@dataclass(frozen=True)
+class EmbedderRecipe:
+    """How a worker builds the driver's embedder: the model spec, the weights folder, and the
+    architecture's config when it was registered at runtime (`open_clip.add_model_config`)."""
+
+    spec: ModelSpec
+    models_dir: str
+    architecture_config: dict | None
+    expected: ModelIdentity
+
+    @classmethod
+    def of(cls, embedder: ClipEmbedder, settings: Settings, device: str) -> "EmbedderRecipe":
+        """`settings.pretrained` (a tag, `none`, or a checkpoint path every node must see)."""
+        import open_clip
+
+        name = embedder.identity.architecture
+        builtin = Path(open_clip.factory.__file__).parent / "model_configs" / f"{name}.json"
+        config = None if builtin.is_file() else open_clip.get_model_config(name)
+        spec = ModelSpec(name, settings.pretrained, device)
+        return cls(spec, str(settings.models_dir), config, embedder.identity)
+
+    def build(self) -> ClipEmbedder:
+        """The embedder, refusing weights that differ from the driver's."""
+        from .embedder import create_embedder
+
+        if self.architecture_config is not None:
+            _register_architecture(self.spec.architecture, self.architecture_config)
+        embedder = create_embedder(self.spec, Path(self.models_dir))
+        if not embedder.identity.same_weights(self.expected):
+            raise ConfigError(
+                f"a Ray worker loaded {embedder.identity.describe()}, not the driver's "
+                f"{self.expected.describe()}: give every node the same weights"
+            )
+        return embedder
+
+
+def _register_architecture(name: str, config: dict) -> None:
+    import open_clip
+
+    if name in open_clip.list_models():
+        return
+    with tempfile.TemporaryDirectory(prefix="loupe-arch-") as folder:
+        path = Path(folder) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    """What the decode tasks need: Pillow-only preparation, limits, region geometry."""
+
+    prepare: Preparer
+    limits: DecodeLimits
+    input_size: int
+    regions: RegionSpec
+
+
+# -- the stages (run on workers) ---------------------------------------------------------------
+def read_stage(batch: dict, reader: ReaderSettings) -> dict:
+    """Decode a batch of paths into columns: catalog facts, model pixels, region crops."""
+    dataset = ImageFileDataset(list(batch["path"]), reader.prepare, reader.limits, reader.input_size, reader.regions)
+    items = [dataset[i] for i in range(len(dataset))]
+    width, height = reader.prepare.input_size
+    blank = np.zeros((height, width, 3), dtype=np.uint8)
+    return {
+        **_fact_columns(items),
+        "pixels": np.stack([blank if item.pixels is None else item.pixels for item in items]),
+        "region_pixels": _ragged([
+            item.region_pixels if item.region_pixels is not None else np.zeros((0, height, width, 3), np.uint8)
+            for item in items
+        ]),
+    }
+
+
+class EmbedStage:
+    """The model actor: builds the embedder once, then embeds batches of decoded rows."""
+
+    def __init__(self, recipe: EmbedderRecipe, batch_size: int):
+        import torch
+
+        threads = _assigned_cpus()
+        if threads:
+            torch.set_num_threads(threads)
+        self.embedder = recipe.build()
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        ok = [i for i, error in enumerate(batch["error"]) if not error]
+        inputs = [batch["pixels"][i] for i in ok]
+        for i in ok:
+            inputs.extend(batch["region_pixels"][i])
+        size = self.batch_size
+        dim = self.embedder.dim
+        matrix = (
+            np.concatenate([self.embedder.encode_batch(inputs[s : s + size]) for s in range(0, len(inputs), size)])
+            if inputs else np.zeros((0, dim), np.float32)
+        )
+        count = len(batch["path"])
+        whole = np.zeros((count, dim), np.float32)
+        regions = [np.zeros((0, dim), np.float32) for _ in range(count)]
+        at = len(ok)
+        for row, i in enumerate(ok):
+            whole[i] = matrix[row]
+            r = len(batch["region_pixels"][i])
+            regions[i] = matrix[at : at + r]
+            at += r
+        out = {name: batch[name] for name in FACT_COLUMNS}
+        out["vector"] = whole
+        out["region_vectors"] = _ragged(regions)
+        return out
+
+
+def _assigned_cpus() -> int:
+    import ray
+
+    try:
+        return int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
+    except Exception:  # not inside a Ray worker
+        return 0
+
+
+FACT_COLUMNS = ("path", "size", "mtime_ns", "sha256", "width", "height", "format", "error", "boxes")
+
+
+def _fact_columns(items: list[ReadItem]) -> dict:
+    return {
+        "path": np.array([item.path for item in items], dtype=object),
+        "size": np.array([item.size for item in items], dtype=np.int64),
+        "mtime_ns": np.array([item.mtime_ns for item in items], dtype=np.int64),
+        "sha256": np.array([item.sha256 or "" for item in items], dtype=object),
+        "width": np.array([item.width or 0 for item in items], dtype=np.int64),
+        "height": np.array([item.height or 0 for item in items], dtype=np.int64),
+        "format": np.array([item.format or "" for item in items], dtype=object),
+        "error": np.array([item.error or "" for item in items], dtype=object),
+        "boxes": _ragged([np.array([[b.x, b.y, b.w, b.h] for b in item.regions], np.int64).reshape(-1, 4)
+                          for item in items]),
+    }
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    """A column of arrays whose first dimension differs row by row."""
+    column = np.empty(len(arrays), dtype=object)
+    for i, array in enumerate(arrays):
+        column[i] = array
+    return column
+
+
+# -- shards ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shard:
+    """Embedded files as the writer needs them: ReadItems without pixels, vectors by hash."""
+
+    items: list[ReadItem]
+    vectors: dict[str, Embedded]
+
+
+def shard_from_rows(rows: list[dict]) -> Shard:
+    items, vectors = [], {}
+    for row in rows:
+        boxes = tuple(Box(*map(int, b)) for b in np.asarray(row["boxes"]).reshape(-1, 4))
+        item = ReadItem(
+            path=str(row["path"]), size=int(row["size"]), mtime_ns=int(row["mtime_ns"]),
+            sha256=row["sha256"] or None, width=int(row["width"]) or None, height=int(row["height"]) or None,
+            format=row["format"] or None, error=row["error"] or None, regions=boxes if not row["error"] else (),
+        )
+        items.append(item)
+        if item.error is None:
+            vectors.setdefault(item.sha256, Embedded(
+                np.asarray(row["vector"], np.float32), np.asarray(row["region_vectors"], np.float32).reshape(len(boxes), -1),
+            ))
+    return Shard(items, vectors)
+
+
+def write_shard(path: Path, shard: Shard, identity: ModelIdentity, regions: RegionSpec) -> None:
+    """Save `shard` atomically (temp file, fsync, rename)."""
+    facts = [{**{k: v for k, v in asdict(item).items() if k not in ("pixels", "region_pixels", "regions")},
+              "regions": [[b.x, b.y, b.w, b.h] for b in item.regions]} for item in shard.items]
+    hashes = sorted(shard.vectors)
+    whole = np.stack([shard.vectors[h].whole for h in hashes]) if hashes else np.zeros((0, identity.embed_dim), np.float32)
+    counts = np.array([len(shard.vectors[h].regions) for h in hashes], np.int64)
+    region = (np.concatenate([shard.vectors[h].regions for h in hashes]) if counts.sum()
+              else np.zeros((0, identity.embed_dim), np.float32))
+    header = {"format": SHARD_FORMAT, "model": identity.as_dict(), "regions": list(regions.scales),
+              "files": facts, "hashes": hashes}
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), np.uint8), whole=whole,
+             region_counts=counts, region=region)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(buffer.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_shard(path: Path, identity: ModelIdentity, regions: RegionSpec) -> Shard | None:
+    """A shard written for this model and region setting, or None (unreadable or stale)."""
+    try:
+        with np.load(path) as data:
+            header = json.loads(bytes(data["header"]).decode())
+            whole, counts, region = data["whole"], data["region_counts"], data["region"]
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("ignoring unreadable shard %s: %s", path, err)
+        return None
+    if (header.get("format") != SHARD_FORMAT or header["model"] != identity.as_dict()
+            or header["regions"] != list(regions.scales)):
+        return None
+    vectors, at = {}, 0
+    for i, sha in enumerate(header["hashes"]):
+        vectors[sha] = Embedded(whole[i], region[at : at + counts[i]])
+        at += counts[i]
+    items = [ReadItem(**{**facts, "regions": tuple(Box(*b) for b in facts["regions"])}) for facts in header["files"]]
+    return Shard(items, vectors)
+
+
+# -- the job -----------------------------------------------------------------------------------------
+class RayIndexJob(IndexJob):
+    """`IndexJob` whose reading and embedding run on Ray; planning and writing stay here."""
+
+    def __init__(self, library: Library, embedder: ClipEmbedder, options: IndexOptions, ray_options: RayOptions):
+        super().__init__(library, embedder, options)
+        self.ray_options = ray_options
+        self.shards_dir = library.settings.home / SHARDS_FOLDER
+        self.recovered_files = 0  # files merged from shards a previous run left behind
+        self.landed = 0  # files of this run's pipeline merged so far
+
+    def _process(self, todo: list[str], bar) -> None:
+        todo = self._merge_left_shards(todo, bar)
+        if not todo:
+            return
+        started_ray = _connect(self.ray_options.address)
+        try:
+            self._run_pipeline(todo, bar)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+
+    def _merge_left_shards(self, todo: list[str], bar) -> list[str]:
+        """Merge shards an interrupted run wrote but did not merge; what remains to embed."""
+        if not self.shards_dir.is_dir():
+            return todo
+        wanted = set(todo)
+        merged: set[str] = set()
+        for path in sorted(self.shards_dir.glob("*.npz")):
+            shard = read_shard(path, self.embedder.identity, self.library.region_spec)
+            if shard is not None:
+                current = [item for item in shard.items if item.path in wanted and _unchanged_since(item)]
+                self._merge(Shard(current, shard.vectors), bar)
+                merged.update(item.path for item in current)
+            path.unlink()
+        self.recovered_files += len(merged)
+        return [path for path in todo if path not in merged]
+
+    def _run_pipeline(self, todo: list[str], bar) -> None:
+        import ray
+
+        dataset = self._dataset(todo)
+        size = self.ray_options.shard_size
+        context = ray.data.DataContext.get_current()
+        saved = (context.execution_options.preserve_order, context.enable_progress_bars)
+        context.execution_options.preserve_order = True  # rows come back in `todo` order
+        context.enable_progress_bars = False  # the job's own bar counts merged files
+        rows: list[dict] = []
+        number = 0
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for i in range(len(batch["path"])):
+                    rows.append({name: column[i] for name, column in batch.items()})
+                while len(rows) >= size:
+                    self._land(rows[:size], number, todo, bar)
+                    rows, number = rows[size:], number + 1
+            if rows:
+                self._land(rows, number, todo, bar)
+        except ray.exceptions.RayError as err:
+            raise LoupeError(f"the Ray pipeline failed: {_last_line(err)}") from err
+        finally:
+            context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+    def _dataset(self, todo: list[str]):
+        import ray
+
+        recipe = EmbedderRecipe.of(self.embedder, self.library.settings, self._worker_device())
+        reader = ReaderSettings(self.embedder.prepare, self.options.limits, self.embedder.image_size,
+                                self.library.region_spec)
+        batch = self.options.batch_size
+        actors, cpus, gpus = embedder_resources(ray.cluster_resources(), self.ray_options, recipe.spec.device)
+        blocks = max(1, min(4096, math.ceil(len(todo) / batch)))
+        return (
+            ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
+            .map_batches(read_stage, fn_kwargs={"reader": reader}, batch_size=batch, num_cpus=1)
+            .map_batches(EmbedStage, fn_constructor_kwargs={"recipe": recipe, "batch_size": batch},
+                         batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
+                         num_cpus=cpus, num_gpus=gpus)
+        )
+
+    def _worker_device(self) -> str:
+        device = self.embedder.device
+        return "auto" if device.startswith("cuda") else device
+
+    def _land(self, rows: list[dict], number: int, todo: list[str], bar) -> None:
+        """Write one shard of results, merge it into the catalog, then drop the file."""
+        first = self.landed
+        if [str(r["path"]) for r in rows] != todo[first : first + len(rows)]:
+            raise LoupeError("the Ray pipeline returned files out of order")  # preserve_order is broken
+        shard = shard_from_rows(rows)
+        path = self.shards_dir / f"job{self.job_id}-{number:06d}.npz"
+        write_shard(path, shard, self.embedder.identity, self.library.region_spec)
+        self._merge(shard, bar)
+        path.unlink()
+        self.landed += len(rows)
+
+    def _merge(self, shard: Shard, bar) -> None:
+        size = self.options.batch_size
+        for start in range(0, len(shard.items), size):
+            chunk = shard.items[start : start + size]
+            self._write_batch(chunk, shard.vectors)
+            bar.update(len(chunk))
+            self._checkpoint()
+
+
+def embedder_resources(cluster: dict, options: RayOptions, device: str) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) for the model's actor pool (a pure function):
+    one actor per GPU when the cluster has GPUs and the device allows them; otherwise actors of
+    `cpus_per_embedder` CPUs (default: all but one CPU, at most 8), leaving one for decoding."""
+    gpus = int(cluster.get("GPU", 0))
+    cpus = max(1, int(cluster.get("CPU", 1)))
+    if gpus and device != "cpu":
+        return options.embedders or gpus, 1.0, 1.0
+    per = options.cpus_per_embedder or max(1, min(8, cpus - 1))
+    count = options.embedders or max(1, (cpus - 1) // per)
+    return count, float(per), 0.0
+
+
+def _connect(address: str) -> bool:
+    """Join (or start) a Ray instance; True when this call started one that it should stop."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ConfigError("--ray needs Ray: pip install 'loupe[ray]'") from err
+    if ray.is_initialized():
+        return False
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    if address != "auto":
+        try:
+            ray.init(address=address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise LoupeError(f"cannot reach the Ray cluster at {address}: {_last_line(err)}") from err
+        return True
+    try:
+        ray.init(address="auto", **{k: v for k, v in quiet.items() if k != "include_dashboard"})
+    except (ConnectionError, ValueError, RuntimeError):
+        log.warning("no running Ray cluster found; starting a local Ray instance")
+        ray.init(**quiet)
+    return True
+
+
+def _unchanged_since(item: ReadItem) -> bool:
+    try:
+        stat = os.stat(item.path)
+    except OSError:
+        return False
+    return stat.st_size == item.size and stat.st_mtime_ns == item.mtime_ns
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
