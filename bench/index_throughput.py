@@ -93,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"benchmark folder, reused between runs for the model checkpoint (default {DEFAULT_HOME})",
     )
     p.add_argument("--keep", action="store_true", help="keep this run's photographs and job folders")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="also run the job on Ray (`loupe index --ray ADDRESS`; auto: the running cluster, else a "
+                        "local Ray on this machine) and check that it builds the local job's index")
     p.add_argument("--regions", default="off",
                    help="LOUPE_REGIONS for the job (default off: whole images, so job/model compares like with like)")
     args = p.parse_args(argv)
@@ -290,8 +293,9 @@ def job_settings(home: Path, args):
     )
 
 
-def run_job(photo_dir: Path, embedder, args, parent: Path, job_class=None):
-    """One IndexJob over `photo_dir` on a fresh LOUPE_HOME: (meter, summary, job)."""
+def run_job(photo_dir: Path, embedder, args, parent: Path, make_job=None, keep_home: bool = False):
+    """One IndexJob (or `make_job(library, embedder, options)`) over `photo_dir` on a fresh
+    LOUPE_HOME: (meter, summary, job); `job.home` is deleted unless kept."""
     from indexer.commands import open_library
     from indexer.jobs import IndexJob, IndexOptions
 
@@ -299,22 +303,78 @@ def run_job(photo_dir: Path, embedder, args, parent: Path, job_class=None):
     library = open_library(job_settings(home, args))
     try:
         options = IndexOptions(batch_size=args.batch_size, workers=args.workers, progress=False)
-        job = (job_class or IndexJob)(library, embedder, options)
+        job = (make_job or IndexJob)(library, embedder, options)
         with Meter() as meter:
             summary = job.run([photo_dir])
         job.region_vectors = len(library.regions.store)
+        job.home = home
     finally:
         library.close()
-        if not args.keep:
+        if not (args.keep or keep_home):
             shutil.rmtree(home, ignore_errors=True)
     return meter, summary, job
+
+
+def catalog_vectors(home: Path, args) -> tuple[list, object]:
+    """(id, path, status) rows and the stored whole-image vectors of a job's catalog, by id."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from indexer.catalog import ImageRecord
+    from indexer.database import make_engine
+
+    engine = make_engine(job_settings(home, args).database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.embedding)
+                                .order_by(ImageRecord.id)).all()
+    finally:
+        engine.dispose()
+    vectors = np.stack([np.frombuffer(r.embedding, np.float32) for r in rows if r.embedding is not None])
+    return [(r.id, r.path, str(r.status)) for r in rows], vectors
+
+
+def run_ray_comparison(photo_dir: Path, embedder, args, parent: Path, local_home: Path, local_s: float) -> list[str]:
+    """The same job on Ray: its rate, Ray's start-up, and whether its index equals the local one."""
+    import numpy as np
+
+    from indexer.distributed import RayIndexJob, RayOptions, _connect
+
+    t0 = time.perf_counter()
+    started = _connect(args.ray)
+    start_s = time.perf_counter() - t0
+    try:
+        import ray
+
+        cluster = ray.cluster_resources()
+        meter, summary, job = run_job(
+            photo_dir, embedder, args, parent, keep_home=True,
+            make_job=lambda library, emb, options: RayIndexJob(library, emb, options, RayOptions(address=args.ray)),
+        )
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    local_rows, local_vectors = catalog_vectors(local_home, args)
+    ray_rows, ray_vectors = catalog_vectors(job.home, args)
+    same_rows = local_rows == ray_rows
+    diff = float(np.abs(local_vectors - ray_vectors).max()) if same_rows and len(local_vectors) else float("nan")
+    if not args.keep:
+        shutil.rmtree(job.home, ignore_errors=True)
+    rate = summary.embedded / meter.wall if meter.wall > 0 else 0.0
+    return [
+        f"ray:     cluster {dict(sorted((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU')))}, "
+        f"{'connected' if not started else 'started'} in {start_s:.1f} s (not in the job's time)",
+        f"{'job (RayIndexJob)':<22}{summary.embedded:>7}{meter.wall:>9.2f}{rate:>10.1f}",
+        f"ray/local time: {meter.wall / local_s:.2f}; same ids, paths and statuses as the local job: "
+        f"{'yes' if same_rows else 'NO'}; largest vector difference {diff:.2e}",
+    ]
 
 
 # -- the instrumented copy (--phases) -----------------------------------------------------------------
 def make_timed_job_class():
     """IndexJob with timers around its per-batch phases: the same work in the same order."""
-    import numpy as np
-
     import indexer.jobs as jobs
 
     class TimedJob(jobs.IndexJob):
@@ -357,18 +417,14 @@ def make_timed_job_class():
             super()._write_batch(batch)
             self.t["write"] += time.perf_counter() - t0
 
-        def _embed(self, items):  # a copy of IndexJob._embed with timers
+        def _embed(self, items):
             if not items:
                 return {}
             t0 = time.perf_counter()
-            pixels = np.stack([item.pixels for item in items])
-            t1 = time.perf_counter()
-            matrix = self.embedder.encode_batch(pixels)
-            t2 = time.perf_counter()
-            self.t["stack"] += t1 - t0
-            self.t["encode"] += t2 - t1
-            self.encode_times.append(t2 - t1)
-            return {item.sha256: vector for item, vector in zip(items, matrix)}
+            found = super()._embed(items)  # stacks whole and region pixels, then encodes
+            self.t["encode"] += time.perf_counter() - t0
+            self.encode_times.append(time.perf_counter() - t0)
+            return found
 
     return TimedJob
 
@@ -427,15 +483,14 @@ def decode_steps(paths, embedder) -> list[str]:
 
 def run_phases(photo_dir, paths, embedder, args, parent, model_batch_s: float) -> list[str]:
     lines = decode_steps(paths, embedder)
-    meter, summary, job = run_job(photo_dir, embedder, args, parent, job_class=make_timed_job_class())
+    meter, summary, job = run_job(photo_dir, embedder, args, parent, make_job=make_timed_job_class())
     wall = meter.wall
     nb = max(1, len(job.waits))
-    sql = job.t["write"] - job.t["stack"] - job.t["encode"] - job.t["apply"]
+    sql = job.t["write"] - job.t["encode"] - job.t["apply"]
     rows = [
         ("wait for batch 1 (workers start)", job.waits[0] if job.waits else 0.0),
         ("wait for batches 2..", sum(job.waits[1:])),
-        ("np.stack", job.t["stack"]),
-        ("encode_batch", job.t["encode"]),
+        ("stack + encode_batch", job.t["encode"]),
         ("SQL + commit", sql),
         ("FAISS add", job.t["apply"]),
         ("outside the batch loop", wall - sum(job.waits) - job.t["write"]),
@@ -549,7 +604,9 @@ def bench(args, run_dir: Path) -> int:
         if full:
             model_batch_s = min(model_batch_s, sum(full) / len(full))
 
-        meter, summary, job = run_job(photo_dir, embedder, args, run_dir)
+        meter, summary, job = run_job(photo_dir, embedder, args, run_dir, keep_home=bool(args.ray))
+        if args.ray:
+            local_home = job.home
         if summary.embedded != n:
             notes.append(f"job: {summary.line()}")
         keep_best("job", meter, summary.embedded)
@@ -571,6 +628,9 @@ def bench(args, run_dir: Path) -> int:
             f"{labels[key]:<22}{count:>7}{m.wall:>9.2f}{r:>10.1f}{m.main:>10.2f}{m.workers:>10.2f}{m.other_cores:>7.2f}"
         )
     print(f"{'job/model':<22}{'':>7}{'':>9}{ratio:>10.2f}")
+    if args.ray:
+        for line in run_ray_comparison(photo_dir, embedder, args, run_dir, local_home, best["job"][2].wall):
+            print(line)
     if region_vectors:
         job_s = best["job"][2].wall
         vectors = best["job"][1] + region_vectors

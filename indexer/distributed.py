@@ -35,7 +35,6 @@ from .images import DecodeLimits
 from .jobs import Embedded, ImageFileDataset, IndexJob, IndexOptions, ReadItem
 from .library import Library
 from .regions import Box, RegionSpec
-from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +66,21 @@ class EmbedderRecipe:
     expected: ModelIdentity
 
     @classmethod
-    def of(cls, embedder: ClipEmbedder, settings: Settings, device: str) -> "EmbedderRecipe":
-        """`settings.pretrained` (a tag, `none`, or a checkpoint path every node must see)."""
+    def of(cls, embedder: ClipEmbedder, device: str) -> "EmbedderRecipe":
+        """The recipe of `embedder`, as `create_embedder` made it (a checkpoint path, or the
+        models folder holding the weights, must be readable at the same path on every node)."""
         import open_clip
 
-        name = embedder.identity.architecture
+        if embedder.source is None:
+            raise ConfigError("this embedder was not made by create_embedder: Ray workers cannot rebuild it")
+        spec, models_dir = embedder.source
+        name = spec.architecture
         builtin = Path(open_clip.factory.__file__).parent / "model_configs" / f"{name}.json"
         config = None if builtin.is_file() else open_clip.get_model_config(name)
-        spec = ModelSpec(name, settings.pretrained, device)
-        return cls(spec, str(settings.models_dir), config, embedder.identity)
+        pretrained = spec.pretrained
+        if embedder.identity.pretrained == "file":
+            pretrained = str(Path(pretrained).expanduser().absolute())
+        return cls(ModelSpec(name, pretrained, device), str(Path(models_dir).absolute()), config, embedder.identity)
 
     def build(self) -> ClipEmbedder:
         """The embedder, refusing weights that differ from the driver's."""
@@ -224,7 +229,7 @@ def shard_from_rows(rows: list[dict]) -> Shard:
         items.append(item)
         if item.error is None:
             vectors.setdefault(item.sha256, Embedded(
-                np.asarray(row["vector"], np.float32), np.asarray(row["region_vectors"], np.float32).reshape(len(boxes), -1),
+                np.asarray(row["vector"], np.float32), np.asarray(row["region_vectors"], np.float32).reshape(len(boxes), len(row["vector"])),
             ))
     return Shard(items, vectors)
 
@@ -315,12 +320,14 @@ class RayIndexJob(IndexJob):
     def _run_pipeline(self, todo: list[str], bar) -> None:
         import ray
 
-        dataset = self._dataset(todo)
         size = self.ray_options.shard_size
-        context = ray.data.DataContext.get_current()
+        context = ray.data.DataContext.get_current()  # a Dataset copies it when it is made
         saved = (context.execution_options.preserve_order, context.enable_progress_bars)
         context.execution_options.preserve_order = True  # rows come back in `todo` order
         context.enable_progress_bars = False  # the job's own bar counts merged files
+        if not log.isEnabledFor(logging.INFO):  # Ray Data narrates every execution at INFO
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        dataset = self._dataset(todo)
         rows: list[dict] = []
         number = 0
         try:
@@ -340,7 +347,7 @@ class RayIndexJob(IndexJob):
     def _dataset(self, todo: list[str]):
         import ray
 
-        recipe = EmbedderRecipe.of(self.embedder, self.library.settings, self._worker_device())
+        recipe = EmbedderRecipe.of(self.embedder, self._worker_device())
         reader = ReaderSettings(self.embedder.prepare, self.options.limits, self.embedder.image_size,
                                 self.library.region_spec)
         batch = self.options.batch_size

@@ -109,8 +109,10 @@ class ClipEmbedder:
     (`self.preprocess`, squash resize) does.
     """
 
-    def __init__(self, model, preprocess: Callable, tokenizer: Callable, device: str, identity: ModelIdentity):
+    def __init__(self, model, preprocess: Callable, tokenizer: Callable, device: str, identity: ModelIdentity,
+                 source: tuple[ModelSpec, Path] | None = None):
         self.model = model
+        self.source = source  # (spec, models folder) it was created from: how other processes rebuild it
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = device
@@ -202,7 +204,7 @@ def create_embedder(spec: ModelSpec, models_dir: Path) -> ClipEmbedder:
         embed_dim=int(model.visual.output_dim),
     )
     tokenizer = open_clip.get_tokenizer(spec.architecture)
-    return ClipEmbedder(model, preprocess, tokenizer, device, identity)
+    return ClipEmbedder(model, preprocess, tokenizer, device, identity, source=(spec, Path(models_dir)))
 
 
 def _resolve_weights(spec: ModelSpec, models_dir: Path) -> tuple[Path | None, str, str | None]:
