@@ -11,7 +11,11 @@ library does (`VectorStore.build`: k-means on a sample, nprobe tuned to reach re
 on a held-out sample), then measures on 1,000 queries that are not in the index: p50/p99
 latency of single queries, throughput of one batch of all of them, recall@10 against exact
 search (`faiss.knn`), memory per vector (the serialised index) and build time. An exact
-`Flat` index is measured beside it as the baseline.
+`Flat` index is measured beside it as the baseline. The chosen index is then saved and opened
+by two fresh processes, one reading it into memory and one memory-mapping it
+(`LOUPE_INDEX_MMAP`), which report their anonymous memory (RssAnon: what the index costs
+beyond the page cache, which the kernel can evict and processes share) and single-query p50
+with the file in the page cache.
 
 Without `--vectors` the vectors are synthetic and say so: unit vectors in a narrow cone around a
 shared direction (as CLIP image embeddings are), grouped into topics of Zipf-distributed
@@ -23,8 +27,11 @@ nearest neighbour so the structure can be compared with real embeddings.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -88,6 +95,58 @@ def serialised_bytes(store) -> int:
     return int(faiss.serialize_index(store._index).size)
 
 
+# Runs in a fresh process: open an index file (read or mapped), report memory and latency.
+OPEN_AND_SEARCH = """
+import json, sys, time
+import numpy as np
+from indexer.vectorstore import VectorStore
+
+def rss():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("RssAnon", "RssFile")}
+
+path, queries, mapped = sys.argv[1], np.load(sys.argv[2]), sys.argv[3] == "mapped"
+before = rss()
+t0 = time.perf_counter()
+store = VectorStore.load(path, mapped=mapped)
+open_s = time.perf_counter() - t0
+after_open = rss()
+times = []
+for q in queries:
+    t0 = time.perf_counter()
+    store.search(q, 10)
+    times.append((time.perf_counter() - t0) * 1000)
+after = rss()
+print(json.dumps({"open_s": open_s, "anon": after["RssAnon"] - before["RssAnon"],
+                  "file": after["RssFile"] - before["RssFile"], "first_ms": times[0],
+                  "p50_ms": float(np.percentile(times[1:], 50)), "mapped": store.mapped}))
+"""
+
+
+def open_in_fresh_process(path: str, queries_path: str, mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", OPEN_AND_SEARCH, path, queries_path, mode],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare_mapped(store, n: int, queries: np.ndarray) -> None:
+    """Save `store`, then open it read and mapped in fresh processes and print both."""
+    with tempfile.TemporaryDirectory(prefix="loupe-scale-") as folder:
+        path, queries_path = os.path.join(folder, "index.faiss"), os.path.join(folder, "queries.npy")
+        store.save(__import__("pathlib").Path(path))
+        np.save(queries_path, queries)
+        size = os.path.getsize(path)
+        for mode in ("read", "mapped"):
+            m = open_in_fresh_process(path, queries_path, mode)
+            print(f"{'':>9} {'  file, ' + mode:<16}open {m['open_s']:.2f} s; anonymous memory "
+                  f"{m['anon'] / n:.0f} B/vector ({m['anon'] / 2**20:.0f} MiB), file-backed pages "
+                  f"{m['file'] / 2**20:.0f} MiB (index file {size / 2**20:.0f} MiB, plus libraries); "
+                  f"first query {m['first_ms']:.2f} ms, p50 {m['p50_ms']:.2f} ms", flush=True)
+            print(f"bench=search_scale_open vectors={n} type={store.spec.factory} mode={mode} "
+                  f"open_s={m['open_s']:.3f} anon_bytes={m['anon']} file_bytes={m['file']} index_file_bytes={size} "
+                  f"first_ms={m['first_ms']:.3f} p50_ms={m['p50_ms']:.3f}", flush=True)
+
+
 def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool) -> list[str]:
     import faiss
 
@@ -119,6 +178,8 @@ def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool)
               f"build_s={build_s:.1f} bytes_per_vector={size / n:.0f} p50_ms={m['p50_ms']:.3f} "
               f"p99_ms={m['p99_ms']:.3f} batch_qps={m['batch_qps']:.0f} recall_at_10={m['recall']:.4f} "
               f"exact_truth_s={truth_s:.1f}", flush=True)
+        if spec is specs[0]:
+            compare_mapped(store, n, queries)
         del store
     return lines
 

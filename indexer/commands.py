@@ -190,7 +190,9 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
           f"{counts['failed']} failed, {counts['missing']} missing", file=out)
     print(f"model:    {stored.describe() if stored else 'none yet'} "
           f"(configured: {settings.model}/{settings.pretrained})", file=out)
-    print(f"index:    {store.spec.factory}, {len(store)} vectors, {store.device} ({settings.index_path})", file=out)
+    mapped = ", memory-mapped" if store.mapped else ""
+    print(f"index:    {store.spec.factory}, {len(store)} vectors, {store.device}{mapped} ({settings.index_path})",
+          file=out)
     regions = library.regions.store
     print(f"regions:  {regions.spec.factory}, {len(regions)} vectors, scales {settings.regions.describe()} "
           f"({settings.regions_path})", file=out)

@@ -147,9 +147,10 @@ class Library:
         self.sessions = sessions
         self._identity: ModelIdentity | None = None
         self.images = IndexMirror(settings.index_path, sessions, ImageRecord.id, ImageRecord.embedding,
-                                  where=ImageRecord.status == ImageStatus.INDEXED, dim=self._dim)
+                                  where=ImageRecord.status == ImageStatus.INDEXED, dim=self._dim,
+                                  mmap=settings.index_mmap)
         self.regions = IndexMirror(settings.regions_path, sessions, RegionRecord.id, RegionRecord.embedding,
-                                   dim=self._dim)
+                                   dim=self._dim, mmap=settings.index_mmap)
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":

@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .vectorstore import VectorStore, choose_index_spec
+from .vectorstore import VectorStore, choose_index_spec, physical_memory, should_map
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,9 @@ class IndexMirror:
     """The FAISS file at `path` mirroring `id_column`/`vector_column` of the rows `where` selects."""
 
     def __init__(self, path: Path, sessions: sessionmaker[Session], id_column, vector_column,
-                 where=None, dim: Callable[[], int | None] = lambda: None):
+                 where=None, dim: Callable[[], int | None] = lambda: None, mmap: str = "off"):
         self.path = path
+        self.mmap = mmap  # LOUPE_INDEX_MMAP: auto, on or off (see `should_map`)
         self.sessions = sessions
         self.id_column = id_column
         self.vector_column = vector_column
@@ -52,7 +53,10 @@ class IndexMirror:
     def _load(self) -> VectorStore:
         dim = self.dim()
         self._file_seen = self._file_stat()
-        store = VectorStore.load(self.path) if self.path.exists() else None
+        store = None
+        if self.path.exists():
+            mapped = should_map(self.mmap, self.path.stat().st_size, physical_memory())
+            store = VectorStore.load(self.path, mapped=mapped)
         if store is None or (dim is not None and store.dim != dim):
             return self.rebuild()
         self._reconcile(store)

@@ -32,6 +32,7 @@ class Settings:
     device: str = "auto"
     api_token: str | None = None
     regions: RegionSpec = RegionSpec()
+    index_mmap: str = "auto"  # map index files instead of reading them: auto, on, off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -41,7 +42,11 @@ class Settings:
         device = (env.get("LOUPE_DEVICE") or "auto").strip().lower()
         if not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):
             raise ConfigError(f"LOUPE_DEVICE={device!r} is not one of auto, cpu, cuda, cuda:N")
+        index_mmap = (env.get("LOUPE_INDEX_MMAP") or "auto").strip().lower()
+        if index_mmap not in ("auto", "on", "off"):
+            raise ConfigError(f"LOUPE_INDEX_MMAP={index_mmap!r} is not one of auto, on, off")
         return cls(
+            index_mmap=index_mmap,
             home=home,
             database_url=database_url,
             model=(env.get("LOUPE_MODEL") or DEFAULT_MODEL).strip(),

@@ -63,6 +63,27 @@ def choose_index_spec(count: int, dim: int, exact_limit: int = EXACT_LIMIT,
     return IndexSpec(f"IVF{nlist},{codec}", nprobe=nprobe)
 
 
+MAP_FRACTION = 0.25  # LOUPE_INDEX_MMAP=auto maps index files larger than this share of RAM
+
+
+def should_map(policy: str, file_bytes: int, memory_bytes: int | None) -> bool:
+    """Whether to memory-map an index file rather than read it (a pure function): `on`,
+    `off`, or `auto`: when the file is over `MAP_FRACTION` of the machine's memory."""
+    if policy == "on":
+        return True
+    if policy == "off" or memory_bytes is None:
+        return False
+    return file_bytes > MAP_FRACTION * memory_bytes
+
+
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, when the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _round_to_power_of_two(value: float) -> int:
     return 1 << max(0, round(math.log2(max(1.0, value))))
 
@@ -90,6 +111,7 @@ class VectorStore:
         self.use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self._gpu_index = None
         self.tuned: Tuning | None = None  # how nprobe was chosen, when this process built the index
+        self.mapped = False  # searching a memory-mapped file (see `load`)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -141,12 +163,18 @@ class VectorStore:
         return store
 
     @classmethod
-    def load(cls, path: Path) -> "VectorStore":
+    def load(cls, path: Path, mapped: bool = False) -> "VectorStore":
+        """Read an index file; `mapped` maps it instead (FAISS `IO_FLAG_MMAP_IFC`): the vectors
+        stay in the file and the page cache, so an index larger than RAM can be searched and
+        processes searching the same file share one copy. A mapped index is copied into memory
+        by its first write (FAISS aborts the process on writes to mapped arrays)."""
         import faiss
 
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
         spec = IndexSpec(_factory_of(index), nprobe=_get_nprobe(index))
-        return cls(index, spec, index.d)
+        store = cls(index, spec, index.d)
+        store.mapped = mapped
+        return store
 
     # -- reads --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -210,6 +238,7 @@ class VectorStore:
         if len(matrix) != len(ids):
             raise ValueError(f"{len(ids)} ids for {len(matrix)} vectors")
         with self._lock:
+            self._own_memory()
             self._index.add_with_ids(matrix, ids)
             self._gpu_index = None
 
@@ -220,8 +249,20 @@ class VectorStore:
         if len(ids) == 0:
             return 0
         with self._lock:
+            self._own_memory()
             self._gpu_index = None
             return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+
+    def _own_memory(self) -> None:
+        """Before a write: copy a mapped index into memory (from the mapping itself, so a file
+        replaced since it was mapped cannot slip in)."""
+        if not self.mapped:
+            return
+        import faiss
+
+        self._index = faiss.deserialize_index(faiss.serialize_index(self._index))
+        self.mapped = False
+        log.info("copied a memory-mapped %s index into memory to write to it", self.spec.factory)
 
     def save(self, path: Path) -> None:
         """Write atomically: a temporary file in the same folder, fsync, rename, fsync folder."""
@@ -250,6 +291,7 @@ class VectorStore:
             "vectors": len(self),
             "dim": self.dim,
             "device": self.device,
+            "mapped": self.mapped,
         }
 
 

@@ -214,3 +214,23 @@ def test_worker_processes_give_the_same_index_as_threads(env, photos, tmp_path):
     b = run_json(["search", "--image", str(target), "-k", "5"], other)["results"]
     assert [r["path"] for r in a] == [r["path"] for r in b]
     assert [r["score"] for r in a] == pytest.approx([r["score"] for r in b], abs=1e-5)
+
+
+def test_mapped_index_files_serve_searches_and_take_writes(env, photos, photo_arrays):
+    """LOUPE_INDEX_MMAP=on: processes map the FAISS files; searches match, and a later job
+    (whose writes copy the mapping into memory first) still indexes and saves correctly."""
+    mapped = {**env, "LOUPE_INDEX_MMAP": "on"}
+    assert run_json(["index", str(photos), "--no-progress"], mapped)["added"] == 24
+    status = run_json(["status"], mapped)
+    assert status["index"]["mapped"] is True and status["regions"]["mapped"] is True
+    assert run_json(["status"], env)["index"]["mapped"] is False
+    target = next(photos.rglob("coffee-0.*"))
+    a = run_json(["search", "--image", str(target), "-k", "5"], mapped)["results"]
+    b = run_json(["search", "--image", str(target), "-k", "5"], env)["results"]
+    assert [r["id"] for r in a] == [r["id"] for r in b] and a[0]["path"] == str(target)
+
+    Image.fromarray(photo_arrays["rocket"][::-1]).save(photos / "flipped-rocket.png")
+    assert run_json(["index", str(photos), "--no-progress"], mapped)["added"] == 1
+    assert_index_matches_catalog(Settings.from_env(mapped))
+    code, _, err = run_cli(["status"], {**env, "LOUPE_INDEX_MMAP": "sometimes"})
+    assert code == 1 and "LOUPE_INDEX_MMAP" in err

@@ -17,6 +17,7 @@ from indexer.vectorstore import (
     VectorStore,
     choose_index_spec,
     gpu_count,
+    should_map,
 )
 
 DIM = 32
@@ -212,6 +213,7 @@ def test_describe_reports_type_probes_count_dim_and_device(store_with_ids):
         "vectors": 200,
         "dim": DIM,
         "device": "gpu" if gpu_count() > 0 else "cpu",
+        "mapped": False,
     }
     assert store.describe()["device"] == store.device
 
@@ -375,3 +377,56 @@ def test_sq8_spec_survives_save_load(tmp_path):
     assert loaded.spec == spec
     assert loaded.describe()["type"] == "IVF16,SQ8"
     assert loaded.search(vectors[10], k=1)[0][0].id == 15
+
+
+# -- memory-mapped index files -----------------------------------------------------------------------
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize("policy, file_bytes, memory, mapped", [
+    ("on", 10, 16 * GIB, True),
+    ("off", 100 * GIB, 16 * GIB, False),
+    ("auto", 1 * GIB, 16 * GIB, False),
+    ("auto", 4 * GIB, 16 * GIB, False),  # exactly a quarter: still read
+    ("auto", 4 * GIB + 1, 16 * GIB, True),
+    ("auto", 100 * GIB, 16 * GIB, True),  # larger than RAM: only a mapping can serve it
+    ("auto", 100 * GIB, None, False),  # unknown RAM: read, as before
+])
+def test_should_map(policy, file_bytes, memory, mapped):
+    assert should_map(policy, file_bytes, memory) is mapped
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_mapped_index_searches_like_the_loaded_one(tmp_path, kind, store_with_ids, clustered, ivf_store):
+    if kind == "flat":
+        store, queries = store_with_ids[0], unit_vectors(20, seed=9)
+    else:
+        store, queries = ivf_store, clustered[2]
+    path = tmp_path / "index.faiss"
+    store.save(path)
+    loaded, mapped = VectorStore.load(path), VectorStore.load(path, mapped=True)
+    assert mapped.mapped and not loaded.mapped and mapped.describe()["mapped"] is True
+    assert mapped.spec == loaded.spec and len(mapped) == len(loaded)
+    assert sorted(mapped.ids().tolist()) == sorted(loaded.ids().tolist())
+    assert mapped.search(queries, 10) == loaded.search(queries, 10)
+
+
+def test_first_write_copies_a_mapped_index_and_leaves_its_file_alone(tmp_path, store_with_ids):
+    store, ids, vectors = store_with_ids
+    path = tmp_path / "index.faiss"
+    store.save(path)
+    before = path.read_bytes()
+    mapped = VectorStore.load(path, mapped=True)
+    replacement = VectorStore.create(DIM)
+    replacement.add(np.array([1], np.int64), unit_vectors(1, seed=5))
+    replacement.save(path)  # another process replaces the file after it was mapped
+
+    new = unit_vectors(3, seed=6)
+    mapped.add(np.array([9001, 9002, 9003], np.int64), new)  # FAISS would abort on the mapping itself
+    assert not mapped.mapped
+    assert len(mapped) == len(ids) + 3  # the mapped index (not the replacement) plus the adds
+    assert mapped.search(new[0], 1)[0][0].id == 9001
+    assert mapped.remove([int(ids[0])]) == 1
+    assert VectorStore.load(path).ids().tolist() == [1]  # the file on disk is untouched by the writes
+    assert before != path.read_bytes()
