@@ -12,10 +12,11 @@ on a held-out sample), then measures on 1,000 queries that are not in the index:
 latency of single queries, throughput of one batch of all of them, recall@10 against exact
 search (`faiss.knn`), memory per vector (the serialised index) and build time. An exact
 `Flat` index is measured beside it as the baseline. The chosen index is then saved and opened
-by two fresh processes, one reading it into memory and one memory-mapping it
-(`LOUPE_INDEX_MMAP`), which report their anonymous memory (RssAnon: what the index costs
-beyond the page cache, which the kernel can evict and processes share) and single-query p50
-with the file in the page cache.
+by fresh processes, one reading it into memory and one memory-mapping it (`LOUPE_INDEX_MMAP`);
+and the same index type is built a third way, by `--shards` worker processes whose shards are
+merged into one list file on disk (`indexer.ondisk`). Each reports its anonymous memory
+(RssAnon: what the index costs beyond the page cache, which the kernel can evict and processes
+share), single-query p50 with the file in the page cache, and recall@10.
 
 Without `--vectors` the vectors are synthetic and say so: unit vectors in a narrow cone around a
 shared direction (as CLIP image embeddings are), grouped into topics of Zipf-distributed
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -99,6 +101,7 @@ def serialised_bytes(store) -> int:
 OPEN_AND_SEARCH = """
 import json, sys, time
 import numpy as np
+from indexer.ondisk import open_merged
 from indexer.vectorstore import VectorStore
 
 def rss():
@@ -108,46 +111,92 @@ def rss():
 path, queries, mapped = sys.argv[1], np.load(sys.argv[2]), sys.argv[3] == "mapped"
 before = rss()
 t0 = time.perf_counter()
-store = VectorStore.load(path, mapped=mapped)
+store = open_merged(path) if sys.argv[3] == "merged" else VectorStore.load(path, mapped=mapped)
 open_s = time.perf_counter() - t0
-after_open = rss()
-times = []
+times, found = [], []
 for q in queries:
     t0 = time.perf_counter()
-    store.search(q, 10)
+    found.append([h.id for h in store.search(q, 10)[0]])
     times.append((time.perf_counter() - t0) * 1000)
 after = rss()
+np.save(sys.argv[4], np.array(found, dtype=np.int64))
 print(json.dumps({"open_s": open_s, "anon": after["RssAnon"] - before["RssAnon"],
                   "file": after["RssFile"] - before["RssFile"], "first_ms": times[0],
-                  "p50_ms": float(np.percentile(times[1:], 50)), "mapped": store.mapped}))
+                  "p50_ms": float(np.percentile(times[1:], 50))}))
 """
 
 
-def open_in_fresh_process(path: str, queries_path: str, mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", OPEN_AND_SEARCH, path, queries_path, mode],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def open_in_fresh_process(path: str, queries_path: str, mode: str, truth: np.ndarray) -> dict:
+    found_path = queries_path.replace("queries", "found")
+    run = subprocess.run([sys.executable, "-c", OPEN_AND_SEARCH, path, queries_path, mode, found_path],
+                         capture_output=True, text=True)
+    if run.returncode:
+        raise SystemExit(f"opening the {mode} index failed:\n{run.stderr}")
+    out = run.stdout
+    measured = json.loads(out.strip().splitlines()[-1])
+    found = np.load(found_path)
+    measured["recall"] = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found.tolist(), truth.tolist())]))
+    return measured
 
 
-def compare_mapped(store, n: int, queries: np.ndarray) -> None:
-    """Save `store`, then open it read and mapped in fresh processes and print both."""
+def build_from_shards(store, vectors: np.ndarray, ids: np.ndarray, folder: Path, workers: int) -> tuple[Path, str]:
+    """The same index type and nprobe, trained on a sample, filled by `workers` processes
+    (one shard each) and merged on disk (`indexer.ondisk`); (index path, timing line)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from indexer.ondisk import build_shard, merge_shards, write_trained
+    from indexer.vectorstore import TRAINING_POINTS_PER_LIST, _nlist
+
+    t0 = time.perf_counter()
+    sample = np.random.default_rng(0).choice(len(vectors), min(len(vectors), TRAINING_POINTS_PER_LIST
+                                                               * _nlist(store.spec)), replace=False)
+    trained = write_trained(store.spec, vectors[np.sort(sample)], folder / "trained.faiss")
+    t1 = time.perf_counter()
+    parts = np.array_split(np.arange(len(vectors)), workers)
+    shards = [folder / f"shard-{i}.faiss" for i in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(build_shard, [trained] * workers, [ids[p] for p in parts], [vectors[p] for p in parts], shards))
+    t2 = time.perf_counter()
+    merged = merge_shards(trained, shards, folder / "merged.faiss")
+    t3 = time.perf_counter()
+    for shard in shards:
+        shard.unlink()
+    return merged.index_path, (f"train {t1 - t0:.1f} s, {workers} shards in parallel {t2 - t1:.1f} s, "
+                               f"merge {t3 - t2:.1f} s, list file {merged.data_path.stat().st_size / 2**20:.0f} MiB")
+
+
+def compare_mapped(store, n: int, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                   shards: int) -> None:
+    """Save `store`, then open it read and mapped in fresh processes; with `shards`, also
+    build it from shards merged on disk and open that. Prints each."""
     with tempfile.TemporaryDirectory(prefix="loupe-scale-") as folder:
         path, queries_path = os.path.join(folder, "index.faiss"), os.path.join(folder, "queries.npy")
-        store.save(__import__("pathlib").Path(path))
+        store.save(Path(path))
         np.save(queries_path, queries)
         size = os.path.getsize(path)
-        for mode in ("read", "mapped"):
-            m = open_in_fresh_process(path, queries_path, mode)
+        modes = [("read", path), ("mapped", path)]
+        if shards and not store.spec.exact:
+            merged, timing = build_from_shards(store, vectors, ids, Path(folder), shards)
+            print(f"{'':>9} {'  merged shards':<16}{timing}", flush=True)
+            modes.append(("merged", str(merged)))
+            size_of = {"merged": os.path.getsize(merged) + os.path.getsize(merged.with_suffix(".ivfdata"))}
+        else:
+            size_of = {}
+        for mode, file in modes:
+            size = size_of.get(mode, os.path.getsize(path))
+            m = open_in_fresh_process(file, queries_path, mode, truth)
             print(f"{'':>9} {'  file, ' + mode:<16}open {m['open_s']:.2f} s; anonymous memory "
                   f"{m['anon'] / n:.0f} B/vector ({m['anon'] / 2**20:.0f} MiB), file-backed pages "
                   f"{m['file'] / 2**20:.0f} MiB (index file {size / 2**20:.0f} MiB, plus libraries); "
-                  f"first query {m['first_ms']:.2f} ms, p50 {m['p50_ms']:.2f} ms", flush=True)
+                  f"first query {m['first_ms']:.2f} ms, p50 {m['p50_ms']:.2f} ms, recall@10 {m['recall']:.3f}",
+                  flush=True)
             print(f"bench=search_scale_open vectors={n} type={store.spec.factory} mode={mode} "
                   f"open_s={m['open_s']:.3f} anon_bytes={m['anon']} file_bytes={m['file']} index_file_bytes={size} "
-                  f"first_ms={m['first_ms']:.3f} p50_ms={m['p50_ms']:.3f}", flush=True)
+                  f"first_ms={m['first_ms']:.3f} p50_ms={m['p50_ms']:.3f} recall_at_10={m['recall']:.4f}", flush=True)
 
 
-def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool) -> list[str]:
+def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool, shards: int = 4) -> list[str]:
     import faiss
 
     from indexer.vectorstore import IndexSpec, VectorStore, choose_index_spec
@@ -179,7 +228,7 @@ def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool)
               f"p99_ms={m['p99_ms']:.3f} batch_qps={m['batch_qps']:.0f} recall_at_10={m['recall']:.4f} "
               f"exact_truth_s={truth_s:.1f}", flush=True)
         if spec is specs[0]:
-            compare_mapped(store, n, queries)
+            compare_mapped(store, n, vectors, ids, queries, truth, shards)
         del store
     return lines
 
@@ -192,6 +241,8 @@ def main() -> int:
     parser.add_argument("--no-flat", action="store_true", help="skip the exact Flat baseline")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="60k vectors (CI)")
+    parser.add_argument("--shards", type=int, default=4,
+                        help="also build the index from this many shards merged on disk (0: skip)")
     args = parser.parse_args()
     sizes = [60_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     largest = max(sizes)
@@ -216,7 +267,7 @@ def main() -> int:
     print(f"{'vectors':>9} {'index':<16}{'probes':<32}{'build s':>8}{'B/vec':>9}{'p50 ms':>8}{'p99 ms':>8}"
           f"{'batch q/s':>11}{'R@10':>8}")
     for n in sizes:
-        run_size(n, data, queries, flat_baseline=not args.no_flat)
+        run_size(n, data, queries, flat_baseline=not args.no_flat, shards=args.shards)
     return 0
 
 

@@ -112,6 +112,7 @@ class VectorStore:
         self._gpu_index = None
         self.tuned: Tuning | None = None  # how nprobe was chosen, when this process built the index
         self.mapped = False  # searching a memory-mapped file (see `load`)
+        self.read_only: str | None = None  # why writes are refused, for stores that cannot take them
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -184,7 +185,9 @@ class VectorStore:
         import faiss
 
         with self._lock:
-            return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            if hasattr(self._index, "id_map"):
+                return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            return _ivf_ids(faiss.extract_index_ivf(self._index))
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """The `k` best hits for each query row, best first."""
@@ -254,8 +257,10 @@ class VectorStore:
             return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def _own_memory(self) -> None:
-        """Before a write: copy a mapped index into memory (from the mapping itself, so a file
-        replaced since it was mapped cannot slip in)."""
+        """Before a write: refuse it on a read-only store; copy a mapped index into memory
+        (from the mapping itself, so a file replaced since it was mapped cannot slip in)."""
+        if self.read_only:
+            raise ValueError(self.read_only)
         if not self.mapped:
             return
         import faiss
@@ -367,11 +372,22 @@ def _get_nprobe(index) -> int:
     return int(ivf.nprobe) if ivf is not None else 1
 
 
-def _factory_of(index) -> str:
-    """The factory string of a loaded index (wrapped in an IDMap2)."""
+def _ivf_ids(ivf) -> np.ndarray:
+    """Every id held in an IVF index's inverted lists (for indexes without an id map)."""
     import faiss
 
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
+    lists = ivf.invlists
+    found = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+             for i in range(ivf.nlist) if lists.list_size(i)]
+    return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
+
+
+def _factory_of(index) -> str:
+    """The factory string of a loaded index (usually wrapped in an IDMap2)."""
+    import faiss
+
+    wrapped = isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2))
+    inner = faiss.downcast_index(index.index) if wrapped else index
     if isinstance(inner, faiss.IndexFlat):
         return "Flat"
     ivf = faiss.try_extract_index_ivf(inner)

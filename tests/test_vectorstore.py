@@ -430,3 +430,43 @@ def test_first_write_copies_a_mapped_index_and_leaves_its_file_alone(tmp_path, s
     assert mapped.remove([int(ids[0])]) == 1
     assert VectorStore.load(path).ids().tolist() == [1]  # the file on disk is untouched by the writes
     assert before != path.read_bytes()
+
+
+# -- IVF indexes merged from shards on disk ------------------------------------------------------------
+
+
+def test_shards_merged_on_disk_search_like_one_index_built_in_memory(tmp_path, clustered):
+    """Three workers' shards merged into one on-disk index give the same results as adding
+    every vector to the same trained index in memory, and the merged index refuses writes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from indexer.ondisk import build_shard, merge_shards, open_merged, write_trained
+
+    ids, vectors, queries, truth = clustered
+    spec = IndexSpec(choose_index_spec(N, D, exact_limit=1_000).factory, nprobe=8)
+    trained = write_trained(spec, vectors[::4], tmp_path / "trained.faiss")
+    parts = np.array_split(np.arange(N), 3)
+    # As distributed workers would, each on its part (spawned: OpenMP does not survive fork).
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as workers:
+        counts = list(workers.map(build_shard, [trained] * 3, [ids[p] for p in parts], [vectors[p] for p in parts],
+                                  [tmp_path / f"shard-{i}.faiss" for i in range(3)]))
+    assert counts == [len(p) for p in parts]
+    merged = merge_shards(trained, [tmp_path / f"shard-{i}.faiss" for i in range(3)], tmp_path / "merged.faiss")
+    assert merged.vectors == N and merged.data_path.stat().st_size >= N * D * 4
+
+    store = open_merged(merged.index_path)
+    reference = VectorStore.load(trained)  # the same trained index, filled in memory
+    reference = VectorStore(faiss.clone_index(reference._index.index if hasattr(reference._index, "index")
+                                              else reference._index), reference.spec, D)
+    reference._index.add_with_ids(vectors, ids)
+    assert store.spec == IndexSpec(spec.factory, nprobe=8) and len(store) == N
+    assert sorted(store.ids().tolist()) == ids.tolist()
+    assert store.search(queries, 10) == reference.search(queries, 10)
+    found = store.search(queries, 10)
+    recall = np.mean([len({h.id for h in row} & set(t.tolist())) / 10 for row, t in zip(found, truth)])
+    assert recall > 0.9
+    with pytest.raises(ValueError, match="read-only"):
+        store.add(np.array([1], np.int64), vectors[:1])
+    with pytest.raises(ValueError, match="IVF"):
+        write_trained(IndexSpec("Flat"), vectors[:100], tmp_path / "flat.faiss")
