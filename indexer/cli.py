@@ -33,6 +33,9 @@ def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.Ar
                        help="decoding processes (default: on CUDA cores - 1; on the CPU, decoding "
                             "runs in the main process between batches; 0: one decode thread)")
     index.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
+    index.add_argument("--decode", choices=("auto", "pillow", "torchvision"), default="auto",
+                       help="JPEG decoding: pillow (CPU processes/threads), torchvision (on the model's "
+                            "device: nvJPEG on CUDA, with Pillow for other files), auto (torchvision on CUDA)")
     index.add_argument("--ray", metavar="ADDRESS", default=None,
                        help="read and embed on a Ray cluster: auto (the running cluster, else a local "
                             "Ray) or a Ray address; needs the ray extra")

@@ -42,6 +42,7 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         progress=not args.no_progress,
+        decode=args.decode,
     )
     if args.ray is not None:
         if args.workers is not None:

@@ -136,21 +136,34 @@ class ClipEmbedder:
         return max(self.input_size)
 
     def encode_batch(self, pixels) -> np.ndarray:
-        """Embed prepared pixels: a (N, H, W, 3) uint8 array or a list of (H, W, 3) arrays."""
+        """Embed prepared pixels: a (N, H, W, 3) uint8 array, or a list of (H, W, 3) uint8
+        arrays or tensors (tensors may already be on the device, as GPU decoding leaves them)."""
         import torch
 
         if len(pixels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        batch = np.stack(pixels) if isinstance(pixels, (list, tuple)) else pixels
-        if not batch.flags.writeable or not batch.flags.c_contiguous:
-            batch = np.array(batch)  # torch.from_numpy wants memory it may own
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            mean = torch.from_numpy(self.mean).to(x.device).view(1, 3, 1, 1)
-            std = torch.from_numpy(self.std).to(x.device).view(1, 3, 1, 1)
-            x = x.sub_(mean).div_(std).to(self.dtype)
-            return _normalised(self.model.encode_image(x))
+            return _normalised(self.model.encode_image(self._model_input(pixels)))
+
+    def _model_input(self, pixels):
+        """Stack, move to the device (from pinned memory on CUDA, without blocking), scale,
+        normalise and cast, as open_clip's preprocessing does."""
+        import torch
+
+        if isinstance(pixels, (list, tuple)) and any(isinstance(p, torch.Tensor) for p in pixels):
+            x = torch.stack([torch.as_tensor(p).to(self.device) for p in pixels])
+        else:
+            batch = np.stack(pixels) if isinstance(pixels, (list, tuple)) else pixels
+            if not batch.flags.writeable or not batch.flags.c_contiguous:
+                batch = np.array(batch)  # torch.from_numpy wants memory it may own
+            x = torch.from_numpy(batch)
+            if self.device.startswith("cuda"):
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.from_numpy(self.mean).to(x.device).view(1, 3, 1, 1)
+        std = torch.from_numpy(self.std).to(x.device).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std).to(self.dtype)
 
     def encode_images(self, images: Sequence) -> np.ndarray:
         """Embed RGB PIL images."""

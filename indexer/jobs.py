@@ -44,6 +44,9 @@ class IndexOptions:
     workers: int | None = None
     limits: DecodeLimits = DecodeLimits()
     checkpoint_seconds: float = 60.0  # how often the FAISS file is saved during a job
+    # How JPEGs are decoded: "pillow" (CPU), "torchvision" (on the model's device: nvJPEG on
+    # CUDA; other files still go through Pillow), or "auto": torchvision on CUDA when it can.
+    decode: str = "auto"
     progress: bool = True
 
 
@@ -109,7 +112,10 @@ class ImageFileDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> ReadItem:
-        path = self.paths[i]
+        return self.read(self.paths[i])
+
+    def read(self, path: str) -> ReadItem:
+        """Read, hash, decode and prepare one file; failures become the item's `error`."""
         try:
             stat = os.stat(path)
         except OSError as err:
@@ -378,11 +384,29 @@ class IndexJob:
             todo, self.embedder.prepare, self.options.limits, self.embedder.image_size,
             regions=self.library.region_spec,
         )
-        workers, threads = self._decoders(len(todo))
-        for batch in iter_read_batches(dataset, self.options.batch_size, workers, threads):
+        device_reader = self._device_reader(dataset)
+        if device_reader is not None:
+            batches = device_reader.batches(todo, self.options.batch_size, threads=default_workers())
+        else:
+            workers, threads = self._decoders(len(todo))
+            batches = iter_read_batches(dataset, self.options.batch_size, workers, threads)
+        for batch in batches:
             self._write_batch(batch)
             bar.update(len(batch))
             self._checkpoint()
+
+    def _device_reader(self, dataset: ImageFileDataset):
+        """The device JPEG reader when `options.decode` asks for it (or `auto` on CUDA and it works)."""
+        choice, device = self.options.decode, self.embedder.device
+        if choice == "pillow" or (choice == "auto" and not device.startswith("cuda")):
+            return None
+        from .gpudecode import DeviceJpegReader, device_decode_available
+
+        if not device_decode_available(device):
+            if choice == "torchvision":
+                raise LoupeError(f"torchvision cannot decode JPEGs on {device} here; use --decode pillow")
+            return None
+        return DeviceJpegReader(device, dataset)
 
     def _checkpoint(self) -> None:
         """Save the FAISS file when `checkpoint_seconds` have passed since the last save."""
