@@ -93,6 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"benchmark folder, reused between runs for the model checkpoint (default {DEFAULT_HOME})",
     )
     p.add_argument("--keep", action="store_true", help="keep this run's photographs and job folders")
+    p.add_argument("--decode", choices=("auto", "pillow", "torchvision"), default="auto",
+                   help="the job's JPEG decoding (loupe index --decode): auto is torchvision (nvJPEG) on CUDA")
     p.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="also run the job on Ray (`loupe index --ray ADDRESS`; auto: the running cluster, else a "
                         "local Ray on this machine) and check that it builds the local job's index")
@@ -230,20 +232,44 @@ def decoders_label(workers: int, threads: int) -> str:
 
 
 def measure_decode(paths, embedder, batch_size: int, workers: int, threads: int,
-                   regions: str = "off") -> tuple[Meter, int, int]:
-    """The job's reading path (dataset + its decode processes or threads) with nothing else running."""
+                   regions: str = "off", on_device: bool = False) -> tuple[Meter, int, int]:
+    """The job's reading path (dataset + its decode processes or threads, or the device JPEG
+    reader) with nothing else running."""
     from indexer.images import DecodeLimits
-    from indexer.jobs import ImageFileDataset, iter_read_batches
+    from indexer.jobs import ImageFileDataset, default_workers, iter_read_batches
     from indexer.regions import RegionSpec
 
     dataset = ImageFileDataset([str(p) for p in paths], embedder.prepare, DecodeLimits(), embedder.image_size,
                                regions=RegionSpec.parse(regions))
+    if on_device:
+        from indexer.gpudecode import DeviceJpegReader
+
+        batches = DeviceJpegReader(embedder.device, dataset).batches(dataset.paths, batch_size, default_workers())
+    else:
+        batches = iter_read_batches(dataset, batch_size, workers, threads)
     n = failed = 0
     with Meter() as meter:
-        for batch in iter_read_batches(dataset, batch_size, workers, threads):
+        for batch in batches:
             n += len(batch)
             failed += sum(item.error is not None for item in batch)
+        _synchronize(embedder.device)
     return meter, n, failed
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def decodes_on_device(args, embedder) -> bool:
+    """What the job will do with --decode (indexer.jobs.IndexJob._device_reader's rule)."""
+    if args.decode == "pillow" or (args.decode == "auto" and not embedder.device.startswith("cuda")):
+        return False
+    from indexer.gpudecode import device_decode_available
+
+    return device_decode_available(embedder.device)
 
 
 def ready_pixels(paths, embedder, batch_size: int):
@@ -302,7 +328,7 @@ def run_job(photo_dir: Path, embedder, args, parent: Path, make_job=None, keep_h
     home = Path(tempfile.mkdtemp(prefix="job-home-", dir=parent))
     library = open_library(job_settings(home, args))
     try:
-        options = IndexOptions(batch_size=args.batch_size, workers=args.workers, progress=False)
+        options = IndexOptions(batch_size=args.batch_size, workers=args.workers, progress=False, decode=args.decode)
         job = (make_job or IndexJob)(library, embedder, options)
         with Meter() as meter:
             summary = job.run([photo_dir])
@@ -568,13 +594,15 @@ def bench(args, run_dir: Path) -> int:
     from indexer.jobs import choose_decoders
 
     job_workers, job_threads = choose_decoders(n, args.batch_size, args.workers, embedder.device, threads)
+    on_device = decodes_on_device(args, embedder)
+    decode_label = f"torchvision on {embedder.device}" if on_device else decoders_label(job_workers, job_threads)
     print(
         f"model:   {embedder.identity.describe()} on {device}, loaded in {load_s:.1f} s, "
         f"image size {embedder.image_size}"
     )
     print(f"photos:  {describe_photos(paths)}; {origin}")
     print(
-        f"setup:   torch threads {threads}, decode: {decoders_label(job_workers, job_threads)}, "
+        f"setup:   torch threads {threads}, decode: {decode_label}, "
         f"batch size {args.batch_size}, {os.cpu_count()} cpus, torch {torch.__version__}"
     )
 
@@ -593,7 +621,8 @@ def bench(args, run_dir: Path) -> int:
             best[key] = (count / meter.wall if meter.wall > 0 else 0.0, count, meter)
 
     for _ in range(args.repeat):
-        meter, got, failed = measure_decode(paths, embedder, args.batch_size, job_workers, job_threads, args.regions)
+        meter, got, failed = measure_decode(paths, embedder, args.batch_size, job_workers, job_threads, args.regions,
+                                            on_device=on_device)
         if failed:
             notes.append(f"decode: {failed} of {got} files could not be read")
         keep_best("decode", meter, got)
@@ -617,7 +646,7 @@ def bench(args, run_dir: Path) -> int:
 
     print()
     labels = {
-        "decode": f"decode ({decoders_label(job_workers, job_threads)})",
+        "decode": f"decode ({decode_label})",
         "model": f"model (batch {args.batch_size})",
         "job": "job (IndexJob)",
     }
@@ -667,6 +696,7 @@ def bench(args, run_dir: Path) -> int:
         "batch_size": args.batch_size,
         "workers": job_workers,
         "decode_threads": job_threads,
+        "decode_on_device": on_device,
         "torch_threads": threads,
         "cpus": os.cpu_count(),
         "decode_ips": f"{rate['decode']:.2f}",
