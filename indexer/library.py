@@ -434,6 +434,15 @@ class Library:
         with self.sessions() as session:
             return session.get(ImageRecord, id_)
 
+    def indexed_paths(self) -> list[str]:
+        """The files of every indexed picture whose file is still there, by id."""
+        with self.sessions() as session:
+            return list(session.scalars(
+                select(ImageRecord.path)
+                .where(ImageRecord.status == ImageStatus.INDEXED, ImageRecord.missing_since.is_(None))
+                .order_by(ImageRecord.id)
+            ))
+
     def image_by_path(self, path: str) -> ImageRecord | None:
         with self.sessions() as session:
             return session.scalars(select(ImageRecord).where(ImageRecord.path == path)).first()

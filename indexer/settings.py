@@ -33,6 +33,8 @@ class Settings:
     api_token: str | None = None
     regions: RegionSpec = RegionSpec()
     index_mmap: str = "auto"  # map index files instead of reading them: auto, on, off
+    generate_model: str | None = None  # LOUPE_GENERATE_MODEL: a diffusers pipeline; None: Loupe's own
+    generated_ttl_hours: float = 168.0  # how long generated pictures are kept
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -45,8 +47,17 @@ class Settings:
         index_mmap = (env.get("LOUPE_INDEX_MMAP") or "auto").strip().lower()
         if index_mmap not in ("auto", "on", "off"):
             raise ConfigError(f"LOUPE_INDEX_MMAP={index_mmap!r} is not one of auto, on, off")
+        ttl = env.get("LOUPE_GENERATED_TTL_HOURS") or "168"
+        try:
+            generated_ttl_hours = float(ttl)
+        except ValueError:
+            generated_ttl_hours = -1.0
+        if not generated_ttl_hours > 0:
+            raise ConfigError(f"LOUPE_GENERATED_TTL_HOURS={ttl!r} is not a positive number of hours")
         return cls(
             index_mmap=index_mmap,
+            generate_model=(env.get("LOUPE_GENERATE_MODEL") or "").strip() or None,
+            generated_ttl_hours=generated_ttl_hours,
             home=home,
             database_url=database_url,
             model=(env.get("LOUPE_MODEL") or DEFAULT_MODEL).strip(),

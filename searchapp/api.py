@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 from flask import Blueprint, jsonify, request, url_for
@@ -21,6 +22,7 @@ DEFAULT_K = 20
 MAX_OFFSET = 10_000
 RESTORE_MODES = ("auto", "off")
 REGION_MODES = ("on", "off")
+MAX_VARIATIONS = 8
 
 
 def _param(name: str, default=None):
@@ -42,6 +44,17 @@ def _int_param(name: str, default: int, low: int, high: int) -> int:
     except (TypeError, ValueError):
         raise ApiError(400, "bad_parameter", f"{name} must be an integer, not {raw!r}") from None
     if not low <= value <= high:
+        raise ApiError(400, "bad_parameter", f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _float_param(name: str, default: float, low: float, high: float) -> float:
+    raw = _param(name, default)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_parameter", f"{name} must be a number, not {raw!r}") from None
+    if not low <= value <= high:  # also refuses NaN
         raise ApiError(400, "bad_parameter", f"{name} must be between {low} and {high}, not {value}")
     return value
 
@@ -108,7 +121,69 @@ def search_image():
 
 @bp.post("/generate")
 def generate():
-    raise ApiError(501, "not_implemented", "generating similar images is not available in this version of Loupe yet")
+    """Start "generate similar" on an upload or an indexed image; answers with the finished
+    job when it ends within `wait` seconds (200), else with the running job (202)."""
+    from indexer.images import decode_image, load_image_file
+
+    from .generation.backends import Variations
+
+    request_ = Variations(
+        n=_int_param("n", 4, 1, MAX_VARIATIONS),
+        strength=_float_param("strength", 0.6, 0.05, 1.0),
+        seed=_int_param("seed", secrets.randbelow(2**31), 0, 2**31 - 1),
+        steps=_int_param("steps", 50, 1, 200),
+    )
+    wait = _float_param("wait", 2.0, 0.0, 120.0)
+    upload = request.files.get("image")
+    if upload is not None:
+        data = upload.read()
+        if not data:
+            raise ApiError(400, "bad_image", "the uploaded image is empty")
+        source_image = decode_image(data, service().upload_limits).image
+        from indexer.images import content_hash
+
+        source = {"upload_sha256": content_hash(data)}
+    else:
+        image_id = _param("image_id")
+        if image_id is None:
+            raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
+        record = service().library.image(_as_id(image_id))
+        if record is None or record.status == "failed":
+            raise ApiError(404, "not_found", f"no readable image with id {image_id}")
+        source_image = load_image_file(Path(record.path)).image
+        source = {"image_id": record.id}
+    if not service().generator_configured():
+        from .generation.backends import GeneratorUnavailable
+
+        raise GeneratorUnavailable(
+            "no generator yet: run `loupe train-generator` (it trains on the indexed pictures), "
+            "or set LOUPE_GENERATE_MODEL to a diffusers img2img pipeline"
+        )
+    jobs = service().generations
+    job = jobs.submit(source_image, source, request_)
+    jobs.wait(job.id, wait)
+    body = jobs.get(job.id)
+    response = jsonify(body)
+    if body["state"] in ("queued", "running"):
+        response.status_code = 202
+        response.headers["Location"] = url_for("api.generation_status", job_id=job.id)
+    return response
+
+
+@bp.get("/jobs/<job_id>")
+def generation_status(job_id: str):
+    body = service().generations.get(job_id)
+    if body is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r} (generated pictures expire)")
+    return jsonify(body)
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_generation(job_id: str):
+    body = service().generations.cancel(job_id)
+    if body is None:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    return jsonify(body)
 
 
 @bp.get("/images/<int:image_id>")

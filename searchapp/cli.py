@@ -48,9 +48,62 @@ def cmd_demo(settings, args, out) -> int:
     return 0 if args.no_serve else cmd_serve(demo, args, out)
 
 
+def configure_train_generator(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--minutes", type=float, default=25.0,
+                        help="wall-clock budget of this run (default 25); rerun to train longer")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--size", type=int, default=64, help="picture size in pixels for a new model (default 64)")
+    parser.add_argument("--max-pictures", type=int, default=20_000,
+                        help="indexed pictures to train on (a seeded sample when there are more)")
+    parser.add_argument("--restart", action="store_true", help="discard the trained model and start over")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--json", action="store_true")
+
+
+def cmd_train_generator(settings, args, out) -> int:
+    """Train (or go on training) Loupe's own generator on the indexed pictures."""
+    import shutil
+    from dataclasses import asdict
+
+    from indexer.commands import open_library
+    from indexer.embedder import resolve_device
+    from indexer.errors import LoupeError
+
+    from .diffusion.training import TrainOptions, load_pictures, read_info, train
+    from .diffusion.unet import UNetConfig
+    from .generation.backends import OWN_MODEL_FOLDER
+
+    if args.minutes <= 0 or args.batch_size < 1 or args.size < 16 or args.size % 8:
+        raise LoupeError("--minutes and --batch-size must be positive, --size a multiple of 8 from 16")
+    folder = settings.home / OWN_MODEL_FOLDER
+    if args.restart:
+        shutil.rmtree(folder, ignore_errors=True)
+    info = read_info(folder)
+    config = UNetConfig.from_dict(info["config"]) if info else UNetConfig(sample_size=args.size)
+    library = open_library(settings)
+    try:
+        paths = library.indexed_paths()
+    finally:
+        library.close()
+    if not paths:
+        raise LoupeError("nothing is indexed yet: the generator trains on the indexed pictures (loupe index PATH)")
+    pictures = load_pictures(paths, config.sample_size, args.max_pictures)
+    options = TrainOptions(budget_seconds=args.minutes * 60, batch_size=args.batch_size,
+                           max_pictures=args.max_pictures, progress=not args.no_progress)
+    summary = train(folder, pictures, config, options, device=resolve_device(args.device or settings.device))
+    if args.json:
+        indexer_cli.print_json({**asdict(summary), "folder": str(folder)}, out)
+    else:
+        print(f"loupe: {summary.line()}; saved in {folder}", file=out)
+    return 0
+
+
 EXTRA_COMMANDS: Mapping[str, indexer_cli.ExtraCommand] = {
     "serve": ("serve the API and the web UI", configure_serve, cmd_serve),
     "demo": ("index the bundled sample photographs, run sample searches and serve them", configure_demo, cmd_demo),
+    "train-generator": ("train Loupe's own image generator on the indexed pictures (for generate similar)",
+                        configure_train_generator, cmd_train_generator),
 }
 
 

@@ -9,6 +9,8 @@ from werkzeug.exceptions import HTTPException
 
 from indexer import errors as loupe_errors
 
+from .generation.backends import GeneratorUnavailable
+
 log = logging.getLogger(__name__)
 
 STATUS_OF = {
@@ -19,6 +21,7 @@ STATUS_OF = {
     loupe_errors.JobLockedError: 409,
     loupe_errors.WeightsUnavailableError: 503,
     loupe_errors.DatabaseError: 503,
+    GeneratorUnavailable: 503,
 }
 
 

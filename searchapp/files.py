@@ -54,3 +54,12 @@ def image_thumb(image_id: int):
     response = send_file(thumb, mimetype="image/jpeg", conditional=True, max_age=30 * ONE_DAY)
     response.headers["Cache-Control"] = f"public, max-age={30 * ONE_DAY}, immutable"
     return response
+
+
+@bp.get("/generated/<job_id>/<name>")
+def generated_image(job_id: str, name: str):
+    """A generated picture (never indexed; expires with its job)."""
+    path = service().generations.store.image_path(job_id, name)
+    if path is None:
+        raise ApiError(404, "not_found", "no such generated picture (they expire)")
+    return send_file(path, mimetype="image/png", conditional=True, max_age=ONE_DAY)

@@ -23,7 +23,11 @@ PAGE_PARAMS = [
     {"name": "min_score", "in": "query", "schema": {"type": "number"}},
 ]
 ID_PARAM = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-JOB_PARAM = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+JOB_PARAM = {"name": "job_id", "in": "path", "required": True,
+             "description": "an indexing job's number, or a generation job's id (gen-...)",
+             "schema": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}]}}
+GENERATION_ID_PARAM = {"name": "job_id", "in": "path", "required": True,
+                       "schema": {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}}
 BEARER = [{"bearer": []}]
 NULLABLE_INT = {"type": ["integer", "null"]}
 NULLABLE_STR = {"type": ["string", "null"]}
@@ -160,6 +164,42 @@ SCHEMAS = {
     },
 }
 
+SCHEMAS["GenerationJob"] = {
+    "type": "object",
+    "required": ["id", "kind", "state", "progress", "parameters", "source", "backend", "images", "error"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"},
+        "kind": {"const": "generate"},
+        "state": {"enum": ["queued", "running", "finished", "failed", "cancelled"]},
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "parameters": {"type": "object", "required": ["n", "strength", "seed", "steps"], "properties": {
+            "n": {"type": "integer", "minimum": 1, "maximum": 8}, "strength": {"type": "number"},
+            "seed": {"type": "integer"}, "steps": {"type": "integer"}}},
+        "source": {"type": "object", "properties": {"image_id": {"type": "integer"},
+                                                    "upload_sha256": {"type": "string"}}},
+        "backend": {"type": ["object", "null"], "description": "which model made the pictures, at what resolution",
+                    "properties": {"backend": {"enum": ["loupe-ddpm", "diffusers-img2img"]},
+                                   "model": {"type": "string"}, "resolution": {"type": "integer"},
+                                   "low_resolution": {"type": "boolean"}, "note": {"type": "string"}}},
+        "images": {"type": "array", "items": {
+            "type": "object", "required": ["url", "seed", "neighbours"],
+            "properties": {"url": {"type": "string"}, "seed": {"type": "integer"},
+                           "neighbours": {"type": "array", "items": _ref("Result")}}}},
+        "error": NULLABLE_STR,
+        "seconds": {"type": "number"},
+    },
+}
+
+GENERATE_FIELDS = {
+    "n": {"type": "integer", "minimum": 1, "maximum": 8, "default": 4},
+    "strength": {"type": "number", "minimum": 0.05, "maximum": 1, "default": 0.6,
+                 "description": "how far from the source: 0.05 barely changes it, 1 starts from noise"},
+    "seed": {"type": "integer", "minimum": 0, "description": "picture i uses seed + i (default: random)"},
+    "steps": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+    "wait": {"type": "number", "minimum": 0, "maximum": 120, "default": 2,
+             "description": "seconds to wait for the result before answering 202 with the running job"},
+}
+
 IMAGE_BODY = {
     "multipart/form-data": {
         "schema": {
@@ -213,7 +253,19 @@ def openapi_document() -> dict:
                                   **_errors(400, 404, 409, 413, 503)},
                 }
             },
-            "/api/generate": {"post": {"responses": _errors(400, 501)}},
+            "/api/generate": {
+                "post": {
+                    "requestBody": {"required": True, "content": {
+                        "multipart/form-data": {"schema": {"type": "object", "properties": {
+                            "image": {"type": "string", "format": "binary"}, **GENERATE_FIELDS}}},
+                        "application/json": {"schema": {"type": "object", "required": ["image_id"], "properties": {
+                            "image_id": {"type": "integer"}, **GENERATE_FIELDS}}},
+                    }},
+                    "responses": {"200": _json(_ref("GenerationJob"), "finished within `wait`"),
+                                  "202": _json(_ref("GenerationJob"), "still running: poll Location"),
+                                  **_errors(400, 404, 413, 503)},
+                }
+            },
             "/api/images": {
                 "post": {
                     "security": BEARER,
@@ -245,7 +297,13 @@ def openapi_document() -> dict:
                 }
             },
             "/api/jobs/{job_id}": {
-                "get": {"parameters": [JOB_PARAM], "responses": {"200": _json(_ref("Job"), "state"), **_errors(404)}}
+                "get": {"parameters": [JOB_PARAM], "responses": {
+                    "200": _json({"oneOf": [_ref("Job"), _ref("GenerationJob")]}, "state"), **_errors(404)}}
+            },
+            "/api/jobs/{job_id}/cancel": {
+                "post": {"parameters": [GENERATION_ID_PARAM], "responses": {
+                    "200": _json(_ref("GenerationJob"), "cancellation asked (state becomes cancelled)"),
+                    **_errors(404)}}
             },
             "/images/{image_id}/file": {
                 "get": {"parameters": [ID_PARAM], "responses": {"200": {"description": "the image bytes"},

@@ -75,6 +75,7 @@ class SearchService:
         self._library: Library | None = None
         self._embedder = None
         self.jobs = JobRunner(self)
+        self._generations = None
 
     # -- lazily loaded parts -----------------------------------------------------------------
     @property
@@ -93,6 +94,36 @@ class SearchService:
                     loaded = self.model_thread.call(load_embedder, self.settings)
                     self._embedder = ConfinedEmbedder(loaded, self.model_thread)
         return self._embedder
+
+    @property
+    def generations(self):
+        """The generation jobs (made on first use; the generator loads with the first job)."""
+        if self._generations is None:
+            with self._init_lock:
+                if self._generations is None:
+                    from .generation.backends import load_generator
+                    from .generation.jobs import GenerationJobs
+                    from .generation.store import GeneratedStore
+
+                    store = GeneratedStore(self.settings.home, self.settings.generated_ttl_hours * 3600)
+                    device = resolve_device(self.settings.device)
+                    self._generations = GenerationJobs(
+                        store,
+                        lambda: load_generator(self.settings.generate_model, self.settings.home, device),
+                        self.nearest_indexed,
+                    )
+        return self._generations
+
+    def generator_configured(self) -> bool:
+        from .generation.backends import generator_configured
+
+        return generator_configured(self.settings.generate_model, self.settings.home)
+
+    def nearest_indexed(self, images, k: int = 6) -> list[list[dict]]:
+        """Each picture's `k` nearest indexed pictures (whole-picture search), as result JSON."""
+        library = self.searchable_library()
+        vectors = self.embedder.encode_images(images)
+        return [library.search(vector, k, 0).as_dict()["results"] for vector in vectors]
 
     def searchable_library(self) -> Library:
         """The library, bound to the model, with the newest index another process saved."""

@@ -109,3 +109,16 @@ def gradient_png(size: int = 256) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, "PNG")
     return buf.getvalue()
+
+
+def check_schema(response, path: str, method: str = "get"):
+    """Validate a response body against the OpenAPI document's schema for it."""
+    import jsonschema
+
+    from searchapp.openapi import openapi_document
+
+    doc = openapi_document()
+    spec = doc["paths"][path][method]["responses"][str(response.status_code)]
+    schema = {**spec["content"]["application/json"]["schema"], "components": doc["components"]}
+    jsonschema.validate(response.get_json(), schema)
+    return response.get_json()

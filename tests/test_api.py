@@ -7,13 +7,11 @@ import io
 import json
 import time
 
-import jsonschema
 import pytest
 from PIL import Image
 
-from helpers import assert_index_matches_catalog, gradient_png, run_json
+from helpers import assert_index_matches_catalog, check_schema, gradient_png, run_json
 from searchapp import create_app
-from searchapp.openapi import openapi_document
 
 
 @pytest.fixture
@@ -34,15 +32,6 @@ def app(indexed, settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-def check_schema(response, path: str, method: str = "get"):
-    """Validate a response body against the OpenAPI document's schema for it."""
-    doc = openapi_document()
-    spec = doc["paths"][path][method]["responses"][str(response.status_code)]
-    schema = {**spec["content"]["application/json"]["schema"], "components": doc["components"]}
-    jsonschema.validate(response.get_json(), schema)
-    return response.get_json()
 
 
 def upload(path_or_bytes, name="query.jpg", **fields):
@@ -207,9 +196,11 @@ def test_no_request_path_reaches_the_file_system(client):
         assert b"root:" not in response.data
 
 
-def test_generate_is_501_for_now(client):
+def test_generate_without_a_generator_is_503_with_the_remedy(client):
     response = client.post("/api/generate", json={"image_id": 1})
-    assert response.status_code == 501 and check_schema(response, "/api/generate", "post")["error"] == "not_implemented"
+    body = check_schema(response, "/api/generate", "post")
+    assert response.status_code == 503 and body["error"] == "generator_unavailable"
+    assert "loupe train-generator" in body["message"]
 
 
 def test_unknown_endpoint_and_method_are_json(client):
@@ -323,7 +314,8 @@ def test_openapi_document_is_valid_and_served(client):
     for schema in doc["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
     app_rules = {rule.rule for rule in client.application.url_map.iter_rules() if rule.rule.startswith("/api/")}
-    documented = {p.replace("{image_id}", "<int:image_id>").replace("{job_id}", "<int:job_id>") for p in doc["paths"]}
+    documented = {p.replace("{image_id}", "<int:image_id>").replace("{job_id}", job)
+                  for p in doc["paths"] for job in ("<int:job_id>", "<job_id>")}
     assert app_rules - {"/api/openapi.json"} <= documented
 
 

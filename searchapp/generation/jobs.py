@@ -1,0 +1,143 @@
+"""Generation requests run one at a time on a background thread; their state is polled.
+
+A job: queued → running (progress in denoising steps) → finished (pictures and, for each,
+its nearest indexed pictures) | failed | cancelled. Finished jobs are also kept on disk
+(`store.GeneratedStore`), so they survive a server restart until they expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from PIL import Image
+
+from .backends import Generator, Variations
+from .store import GeneratedStore
+
+log = logging.getLogger(__name__)
+
+NEIGHBOURS = 6  # nearest indexed pictures listed per variation
+
+
+@dataclass
+class GenerationJob:
+    id: str
+    request: Variations
+    source: dict  # {"image_id": N} or {"upload_sha256": "..."}
+    state: str = "queued"
+    done_steps: int = 0
+    total_steps: int = 0
+    backend: dict | None = None
+    images: list[dict] = field(default_factory=list)
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    seconds: float = 0.0
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def as_json(self) -> dict:
+        progress = 1.0 if self.state == "finished" else (
+            self.done_steps / self.total_steps if self.total_steps else 0.0)
+        return {
+            "id": self.id, "kind": "generate", "state": self.state, "progress": round(progress, 4),
+            "parameters": {"n": self.request.n, "strength": self.request.strength, "seed": self.request.seed,
+                           "steps": self.request.steps},
+            "source": self.source, "backend": self.backend, "images": self.images, "error": self.error,
+            "seconds": round(self.seconds, 3), "created": self.created,
+        }
+
+
+class GenerationJobs:
+    """Queue and run generation jobs. `load_backend()` makes the generator (once, on first
+    use); `neighbours(images)` gives each picture's nearest indexed pictures."""
+
+    def __init__(self, store: GeneratedStore, load_backend: Callable[[], Generator],
+                 neighbours: Callable[[list[Image.Image]], list[list[dict]]]):
+        self.store = store
+        self._load_backend = load_backend
+        self._backend: Generator | None = None
+        self._neighbours = neighbours
+        self._jobs: dict[str, GenerationJob] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loupe-generate")
+
+    def submit(self, source_image: Image.Image, source: dict, request: Variations) -> GenerationJob:
+        self.store.purge()
+        job = GenerationJob(id=f"gen-{uuid.uuid4().hex[:16]}", request=request, source=source)
+        with self._lock:
+            self._jobs[job.id] = job
+        self._executor.submit(self._run, job, source_image.convert("RGB"))
+        return job
+
+    def get(self, job_id: str) -> dict | None:
+        """A job's JSON: from memory, else from disk (finished before a restart), else None."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            return job.as_json()
+        try:
+            return self.store.load_record(job_id)
+        except ValueError:
+            return None
+
+    def wait(self, job_id: str, seconds: float) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is not None:
+            job.ended.wait(seconds)
+
+    def cancel(self, job_id: str) -> dict | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            return self.get(job_id)
+        job.cancel_requested.set()
+        if job.state == "queued":
+            job.state = "cancelled"
+        return job.as_json()
+
+    def backend(self) -> Generator:
+        if self._backend is None:
+            self._backend = self._load_backend()
+        return self._backend
+
+    def _run(self, job: GenerationJob, source: Image.Image) -> None:
+        from ..diffusion.sampling import Cancelled
+
+        if job.cancel_requested.is_set():
+            job.state = "cancelled"
+            job.ended.set()
+            return
+        started = time.perf_counter()
+        job.state = "running"
+        try:
+            backend = self.backend()
+            job.backend = backend.describe()
+
+            def on_step(done: int, total: int) -> None:
+                job.done_steps, job.total_steps = done, total
+
+            pictures = backend.generate(source, job.request, on_step, job.cancel_requested.is_set)
+            names = self.store.save_images(job.id, pictures)
+            neighbours = self._neighbours(pictures)
+            job.images = [
+                {"url": f"/generated/{job.id}/{name}", "seed": job.request.seed + i, "neighbours": near}
+                for i, (name, near) in enumerate(zip(names, neighbours))
+            ]
+            job.state = "finished"
+        except Cancelled:
+            job.state = "cancelled"
+        except Exception as err:  # reported on the job; the server goes on
+            log.warning("generation job %s failed: %s", job.id, err)
+            job.state, job.error = "failed", str(err) or type(err).__name__
+        finally:
+            job.seconds = time.perf_counter() - started
+            if job.state == "finished":
+                self.store.save_record(job.id, job.as_json())
+            job.ended.set()

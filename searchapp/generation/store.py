@@ -1,0 +1,77 @@
+"""Generated pictures on disk: LOUPE_HOME/generated/<job id>/<n>.png plus `job.json` (the
+source, backend, seed and parameters, and the result). Never indexed; removed after a
+configurable time (LOUPE_GENERATED_TTL_HOURS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from PIL import Image
+
+FOLDER = "generated"
+RECORD = "job.json"
+JOB_ID = re.compile(r"^gen-[0-9a-f]{16}$")
+
+
+class GeneratedStore:
+    def __init__(self, home: Path, ttl_seconds: float):
+        self.root = home / FOLDER
+        self.ttl_seconds = ttl_seconds
+
+    def folder(self, job_id: str) -> Path:
+        if not JOB_ID.match(job_id):
+            raise ValueError(f"not a generation job id: {job_id!r}")
+        return self.root / job_id
+
+    def save_images(self, job_id: str, images: list[Image.Image]) -> list[str]:
+        """Write the pictures (PNG, atomically); returns their file names."""
+        folder = self.folder(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        for i, image in enumerate(images):
+            name = f"{i}.png"
+            tmp = folder / f".{name}.tmp"
+            image.save(tmp, format="PNG")
+            os.replace(tmp, folder / name)
+            names.append(name)
+        return names
+
+    def save_record(self, job_id: str, record: dict) -> None:
+        folder = self.folder(job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{RECORD}.tmp"
+        tmp.write_text(json.dumps(record, indent=2))
+        os.replace(tmp, folder / RECORD)
+
+    def load_record(self, job_id: str) -> dict | None:
+        try:
+            return json.loads((self.folder(job_id) / RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def image_path(self, job_id: str, name: str) -> Path | None:
+        """The file of a generated picture, or None (bad id or name, expired, never made)."""
+        if not re.fullmatch(r"[0-9]{1,2}\.png", name):
+            return None
+        try:
+            path = self.folder(job_id) / name
+        except ValueError:
+            return None
+        return path if path.is_file() else None
+
+    def purge(self, now: float | None = None) -> int:
+        """Delete jobs older than the time limit; returns how many."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = (now or time.time()) - self.ttl_seconds
+        removed = 0
+        for folder in self.root.iterdir():
+            if JOB_ID.match(folder.name) and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
