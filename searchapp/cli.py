@@ -52,7 +52,9 @@ def configure_train_generator(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=25.0,
                         help="wall-clock budget of this run (default 25); rerun to train longer")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--size", type=int, default=64, help="picture size in pixels for a new model (default 64)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="picture size in pixels for a new model (default: 64 on CUDA, 32 on the CPU, "
+                             "where a 64-px model gets too few steps in minutes)")
     parser.add_argument("--max-pictures", type=int, default=20_000,
                         help="indexed pictures to train on (a seeded sample when there are more)")
     parser.add_argument("--restart", action="store_true", help="discard the trained model and start over")
@@ -74,13 +76,16 @@ def cmd_train_generator(settings, args, out) -> int:
     from .diffusion.unet import UNetConfig
     from .generation.backends import OWN_MODEL_FOLDER
 
-    if args.minutes <= 0 or args.batch_size < 1 or args.size < 16 or args.size % 8:
+    device = resolve_device(args.device or settings.device)
+    size = args.size or (64 if device.startswith("cuda") else 32)
+    if args.minutes <= 0 or args.batch_size < 1 or size < 16 or size % 8:
         raise LoupeError("--minutes and --batch-size must be positive, --size a multiple of 8 from 16")
     folder = settings.home / OWN_MODEL_FOLDER
     if args.restart:
         shutil.rmtree(folder, ignore_errors=True)
     info = read_info(folder)
-    config = UNetConfig.from_dict(info["config"]) if info else UNetConfig(sample_size=args.size)
+    config = UNetConfig.from_dict(info["config"]) if info else UNetConfig(
+        sample_size=size, block_out_channels=(32, 64, 128, 128)[: 4 if size >= 64 else 3])
     library = open_library(settings)
     try:
         paths = library.indexed_paths()
@@ -91,7 +96,7 @@ def cmd_train_generator(settings, args, out) -> int:
     pictures = load_pictures(paths, config.sample_size, args.max_pictures)
     options = TrainOptions(budget_seconds=args.minutes * 60, batch_size=args.batch_size,
                            max_pictures=args.max_pictures, progress=not args.no_progress)
-    summary = train(folder, pictures, config, options, device=resolve_device(args.device or settings.device))
+    summary = train(folder, pictures, config, options, device=device)
     if args.json:
         indexer_cli.print_json({**asdict(summary), "folder": str(folder)}, out)
     else:

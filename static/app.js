@@ -12,8 +12,13 @@
     more: $("more"), moreButton: $("more-button"), detail: $("detail"), detailImage: $("detail-image"),
     detailTitle: $("detail-title"), detailMeta: $("detail-meta"), detailNote: $("detail-note"),
     moreLike: $("more-like-this"), generate: $("generate-similar"), openOriginal: $("open-original"),
-    detailClose: $("detail-close"), verdict: $("verdict"),
+    detailClose: $("detail-close"), verdict: $("verdict"), generateFromQuery: $("generate-from-query"),
+    generation: $("generation"), genSource: $("gen-source"), genProgress: $("gen-progress"),
+    genCancel: $("gen-cancel"), genClose: $("gen-close"), genStatus: $("gen-status"),
+    genBackend: $("gen-backend"), genGrid: $("gen-grid"),
   };
+  const GENERATE = { n: 4, strength: 0.6, steps: 50 };
+  const POLL_MS = 400;
   const MATCH_LABELS = { exact: "Exact copy", "near-duplicate": "Near-duplicate" };
 
   // The current query: {kind: "text", text} | {kind: "upload", file, url} | {kind: "similar", id, thumb, name}
@@ -25,6 +30,8 @@
   let controller = null;
   let detailId = null;
   let debounce = null;
+  let genRun = 0; // bumps on every generation started or closed, so old polls stop
+  let genJob = null;
 
   function setState(text, kind = "") {
     els.state.textContent = text;
@@ -193,7 +200,8 @@
     els.results.append(fragment);
   }
 
-  function showQueryPanel(src, title, meta) {
+  function showQueryPanel(src, title, meta, canGenerate = false) {
+    els.generateFromQuery.hidden = !canGenerate;
     els.queryImage.src = src;
     els.queryTitle.textContent = title;
     els.queryMeta.textContent = meta;
@@ -224,7 +232,7 @@
     clearQueryPanel();
     const url = URL.createObjectURL(file);
     els.q.value = "";
-    showQueryPanel(url, file.name || "Pasted image", `${Math.round(file.size / 1024)} KB · searching for this picture`);
+    showQueryPanel(url, file.name || "Pasted image", `${Math.round(file.size / 1024)} KB · searching for this picture`, true);
     run({ kind: "upload", file, url });
   }
 
@@ -275,14 +283,126 @@
     els.moreLike.focus();
   }
 
-  async function generateSimilar() {
-    els.detailNote.textContent = "Generating…";
-    const response = await fetch("/api/generate", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ image_id: detailId, n: 4 }),
+  // -- generate similar ----------------------------------------------------------------------
+  function generateFromDetail() {
+    els.detail.close();
+    const init = {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_id: detailId, ...GENERATE, wait: 0 }),
+    };
+    generate(init, els.moreLike.dataset.name || `picture ${detailId}`);
+  }
+
+  function generateFromQuery() {
+    if (!query || query.kind !== "upload") return;
+    const form = new FormData();
+    form.append("image", query.file, query.file.name || "pasted-image");
+    for (const [key, value] of Object.entries({ ...GENERATE, wait: 0 })) form.append(key, String(value));
+    generate({ method: "POST", body: form }, query.file.name || "your picture");
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  async function generate(init, sourceName) {
+    genRun += 1;
+    const mine = genRun;
+    genJob = null;
+    els.generation.hidden = false;
+    els.genSource.textContent = sourceName;
+    els.genGrid.replaceChildren();
+    els.genBackend.textContent = "";
+    els.genProgress.hidden = false;
+    els.genProgress.value = 0;
+    els.genCancel.hidden = false;
+    els.genCancel.disabled = false;
+    els.genStatus.className = "note";
+    els.genStatus.textContent = "Starting…";
+    els.generation.scrollIntoView({ block: "nearest" });
+    try {
+      let response = await fetch("/api/generate", init);
+      if (mine !== genRun) return;
+      if (!response.ok) return endGeneration(await errorMessage(response), true);
+      let job = await response.json();
+      genJob = job.id;
+      while (job.state === "queued" || job.state === "running") {
+        els.genProgress.value = job.progress;
+        els.genStatus.textContent = job.state === "queued"
+          ? "Waiting for the generator…" : `Generating ${job.parameters.n} variations… ${Math.round(100 * job.progress)}%`;
+        await sleep(POLL_MS);
+        if (mine !== genRun) return;
+        response = await fetch(`/api/jobs/${job.id}`);
+        if (mine !== genRun) return;
+        if (!response.ok) return endGeneration(await errorMessage(response), true);
+        job = await response.json();
+      }
+      showGeneration(job);
+    } catch (err) {
+      if (mine === genRun) endGeneration("Loupe could not be reached. Check that the server is running.", true);
+    }
+  }
+
+  function endGeneration(message, error = false) {
+    els.genProgress.hidden = true;
+    els.genCancel.hidden = true;
+    els.genStatus.className = "note" + (error ? " error" : "");
+    els.genStatus.textContent = message;
+  }
+
+  function showGeneration(job) {
+    if (job.backend) {
+      els.genBackend.textContent = job.backend.note +
+        (job.backend.low_resolution ? " — low resolution." : ".");
+    }
+    if (job.state === "cancelled") return endGeneration("Cancelled.");
+    if (job.state !== "finished") return endGeneration(job.error || `Generation ${job.state}.`, true);
+    endGeneration(`${job.images.length} variations in ${job.seconds.toFixed(1)} s (seed ${job.parameters.seed}, ` +
+      `strength ${job.parameters.strength}). Generated pictures are not added to the collection.`);
+    const fragment = document.createDocumentFragment();
+    job.images.forEach((image, i) => {
+      const item = document.createElement("li");
+      item.className = "variation";
+      const picture = document.createElement("img");
+      picture.src = image.url;
+      picture.alt = `Variation ${i + 1} (seed ${image.seed})`;
+      picture.className = job.backend && job.backend.low_resolution ? "generated pixelated" : "generated";
+      const label = document.createElement("p");
+      label.className = "note";
+      label.textContent = "Nearest in the collection:";
+      const near = document.createElement("div");
+      near.className = "neighbours";
+      for (const result of image.neighbours) {
+        const link = document.createElement("button");
+        link.type = "button";
+        link.className = "neighbour";
+        link.dataset.id = result.id;
+        link.title = `${baseName(result.path)} · ${result.score.toFixed(3)}`;
+        link.setAttribute("aria-label", `${baseName(result.path)}, score ${result.score.toFixed(3)}`);
+        const thumb = document.createElement("img");
+        thumb.src = result.thumb_url;
+        thumb.alt = "";
+        thumb.loading = "lazy";
+        link.append(thumb);
+        link.addEventListener("click", () => openDetail(result.id));
+        near.append(link);
+      }
+      item.append(picture, label, near);
+      fragment.append(item);
     });
-    els.detailNote.textContent = response.ok ? "Started." : await errorMessage(response);
+    els.genGrid.append(fragment);
+  }
+
+  async function cancelGeneration() {
+    if (!genJob) return;
+    els.genCancel.disabled = true;
+    els.genStatus.textContent = "Cancelling…";
+    await fetch(`/api/jobs/${genJob}/cancel`, { method: "POST" });
+  }
+
+  function closeGeneration() {
+    if (genJob && !els.genCancel.hidden) cancelGeneration();
+    genRun += 1;
+    els.generation.hidden = true;
+    els.genGrid.replaceChildren();
   }
 
   // -- wiring ----------------------------------------------------------------------------------
@@ -351,7 +471,10 @@
     els.detail.close();
     searchSimilar(detailId, thumb, name);
   });
-  els.generate.addEventListener("click", generateSimilar);
+  els.generate.addEventListener("click", generateFromDetail);
+  els.generateFromQuery.addEventListener("click", generateFromQuery);
+  els.genCancel.addEventListener("click", cancelGeneration);
+  els.genClose.addEventListener("click", closeGeneration);
   els.detailClose.addEventListener("click", () => els.detail.close());
   els.detail.addEventListener("click", (event) => {
     if (event.target === els.detail) els.detail.close(); // a click on the backdrop

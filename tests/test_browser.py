@@ -3,6 +3,7 @@ server (waitress) on loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -167,8 +168,6 @@ def test_click_a_result_then_more_like_this(page, tmp_path):
     assert "Path" in page.inner_text("#detail-meta")
     page.wait_for_function("document.getElementById('detail-image').complete && document.getElementById('detail-image').naturalWidth > 0")
     page.screenshot(path=str(tmp_path / "detail.png"))
-    page.click("#generate-similar")
-    page.wait_for_function("document.getElementById('detail-note').textContent.includes('not available')")
     page.click("#more-like-this")
     page.wait_for_selector("#detail", state="hidden")
     page.wait_for_function(f"document.getElementById('query-title').textContent.includes({chosen_name!r})")
@@ -197,3 +196,96 @@ def test_error_state_is_readable(page):
     page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not really a png"}])
     page.wait_for_selector("#state.error")
     assert "not a supported image" in page.inner_text("#state")
+
+
+# -- generate similar ---------------------------------------------------------------------------------
+
+
+def _open_first_result(page, text="coffee"):
+    page.fill("#q", text)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#results .card")
+    page.locator("#results .card").first.click()
+    page.wait_for_selector("#detail[open]")
+    page.wait_for_function("document.getElementById('detail-title').textContent !== 'Loading…'")
+
+
+def test_generate_similar_without_a_generator_says_how_to_get_one(page):
+    _open_first_result(page)
+    page.click("#generate-similar")
+    page.wait_for_selector("#generation:not([hidden])")
+    page.wait_for_function("document.getElementById('gen-status').textContent.includes('loupe train-generator')")
+    assert "error" in page.get_attribute("#gen-status", "class")
+    assert page.is_hidden("#gen-cancel") and page.is_hidden("#detail")
+
+
+@pytest.fixture
+def generator(settings, page):
+    """A tiny generator trained for a few seconds on the indexed photographs (the server loads it
+    with its first generation job)."""
+    from indexer.commands import open_library
+    from searchapp.diffusion.training import TrainOptions, load_pictures, train
+    from searchapp.diffusion.unet import UNetConfig
+
+    library = open_library(settings)
+    paths = library.indexed_paths()
+    library.close()
+    config = UNetConfig(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
+    train(settings.home / "generator", load_pictures(paths, 16, 50), config,
+          TrainOptions(budget_seconds=2, batch_size=4, progress=False))
+    return page
+
+
+def _wait_for_variations(page, count):
+    page.wait_for_function(f"document.querySelectorAll('#gen-grid .variation').length === {count}", timeout=60_000)
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#gen-grid img')).every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_generate_similar_from_a_result_and_from_an_upload(generator, photos, tmp_path):
+    page = generator
+    _open_first_result(page)
+    page.click("#generate-similar")
+    _wait_for_variations(page, 4)
+    assert page.locator("#gen-grid .variation").first.locator(".neighbour").count() == 6
+    assert "16x16 pixels — low resolution" in page.inner_text("#gen-backend")
+    assert "not added to the collection" in page.inner_text("#gen-status")
+    assert page.is_hidden("#gen-cancel") and page.is_hidden("#gen-progress")
+    save_generation = tmp_path / "generate-similar.png"
+    page.screenshot(path=str(save_generation))
+    artifacts = os.environ.get("LOUPE_ARTIFACTS")
+    if artifacts:
+        os.makedirs(artifacts, exist_ok=True)
+        shutil.copy(save_generation, os.path.join(artifacts, save_generation.name))
+
+    neighbour = page.locator("#gen-grid .neighbour").first
+    neighbour_id = neighbour.get_attribute("data-id")
+    neighbour.click()  # a generated picture's nearest real picture opens in the detail view
+    page.wait_for_selector("#detail[open]")
+    page.wait_for_function(f"document.getElementById('detail-meta').textContent.includes('{neighbour_id}')")
+    page.click("#detail-close")
+
+    page.set_input_files("#file", str(next(photos.rglob("rocket-0.*"))))
+    page.wait_for_selector("#generate-from-query:not([hidden])")
+    page.click("#generate-from-query")
+    page.wait_for_function("document.getElementById('gen-title').textContent.includes('rocket-0')")
+    _wait_for_variations(page, 4)
+    page.click("#gen-close")
+    assert page.is_hidden("#generation")
+
+
+def test_generation_shows_progress_and_can_be_cancelled(generator):
+    page = generator
+
+    def slower(route):  # many steps and pictures, so the job is still running when Cancel is pressed
+        body = json.loads(route.request.post_data)
+        route.continue_(post_data=json.dumps({**body, "n": 8, "steps": 200, "strength": 1.0}))
+
+    page.route("**/api/generate", slower)
+    _open_first_result(page)
+    page.click("#generate-similar")
+    page.wait_for_function("document.getElementById('gen-status').textContent.startsWith('Generating')")
+    assert page.is_visible("#gen-progress")
+    page.click("#gen-cancel")
+    page.wait_for_function("document.getElementById('gen-status').textContent === 'Cancelled.'", timeout=60_000)
+    assert page.locator("#gen-grid .variation").count() == 0 and page.is_hidden("#gen-cancel")

@@ -75,5 +75,5 @@ def load_unet(folder: Path, device: str = "cpu"):
     from diffusers import UNet2DModel
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    unet = UNet2DModel.from_pretrained(folder / WEIGHTS_FOLDER, torch_dtype=dtype)
+    unet = UNet2DModel.from_pretrained(folder / WEIGHTS_FOLDER, torch_dtype=dtype, low_cpu_mem_usage=False)
     return unet.to(device).eval()
