@@ -17,7 +17,9 @@ Steps (each one's failure is reported and the next still runs; exit status 1 if 
 2. `pytest -m gpu`: the CUDA tests (fp16 embedding, nvJPEG decoding against Pillow);
 3. `bench/index_throughput.py` on CUDA with ViT-B-32 (untrained weights: the real compute) on
    --count generated ~1024-px JPEGs, with JPEGs decoded by nvJPEG and then by Pillow
-   processes: decode-only, model-only (fp16) and end-to-end job images/s.
+   processes: decode-only, model-only (fp16) and end-to-end job images/s;
+4. `bench/generate_speed.py` on CUDA: seconds per generated picture for Loupe's own 64-px
+   generator and a Stable Diffusion 1.5-sized img2img pipeline at 512 px (fp16).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def main() -> int:
              "--batch-size", str(args.batch_size), "--decode", decode, "--home", "/tmp/loupe-gpu-bench"],
             420,
         )
+    results["generate speed"] = step("generate similar: seconds per picture, both backends",
+                                     [py, "bench/generate_speed.py", "--device", "cuda"], 300)
     print("\n" + "\n".join(f"{name}: {'ok' if ok else 'FAILED'}" for name, ok in results.items()))
     return 0 if all(results.values()) else 1
 

@@ -178,6 +178,20 @@ def generation_status(job_id: str):
     return jsonify(body)
 
 
+@bp.post("/jobs/<job_id>/images/<int:number>/add")
+@require_token
+def add_generated(job_id: str, number: int):
+    """Index one generated picture, when a user asks (they are never indexed otherwise)."""
+    path = service().generations.store.image_path(job_id, f"{number}.png")
+    if path is None:
+        raise ApiError(404, "not_found", "no such generated picture (they expire)")
+    image_id = service().add_upload(path.read_bytes(), f"{job_id}-{number}.png")
+    response = jsonify(image_json(service().library.image(image_id)))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.image_metadata", image_id=image_id)
+    return response
+
+
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_generation(job_id: str):
     body = service().generations.cancel(job_id)

@@ -300,6 +300,13 @@ def openapi_document() -> dict:
                 "get": {"parameters": [JOB_PARAM], "responses": {
                     "200": _json({"oneOf": [_ref("Job"), _ref("GenerationJob")]}, "state"), **_errors(404)}}
             },
+            "/api/jobs/{job_id}/images/{number}/add": {
+                "post": {"security": BEARER, "parameters": [
+                    GENERATION_ID_PARAM, {"name": "number", "in": "path", "required": True,
+                                          "schema": {"type": "integer", "minimum": 0}}],
+                    "responses": {"201": _json(_ref("Image"), "the generated picture, now indexed"),
+                                  **_errors(401, 403, 404, 409)}}
+            },
             "/api/jobs/{job_id}/cancel": {
                 "post": {"parameters": [GENERATION_ID_PARAM], "responses": {
                     "200": _json(_ref("GenerationJob"), "cancellation asked (state becomes cancelled)"),

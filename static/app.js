@@ -385,7 +385,16 @@
         link.addEventListener("click", () => openDetail(result.id));
         near.append(link);
       }
-      item.append(picture, label, near);
+      const add = document.createElement("button");
+      add.type = "button";
+      add.className = "link add-generated";
+      add.textContent = "Add to the collection";
+      add.addEventListener("click", async () => {
+        add.disabled = true;
+        const response = await fetch(`/api/jobs/${job.id}/images/${i}/add`, { method: "POST" });
+        add.textContent = response.ok ? `Added (id ${(await response.json()).id})` : await errorMessage(response);
+      });
+      item.append(picture, label, near, add);
       fragment.append(item);
     });
     els.genGrid.append(fragment);

@@ -268,6 +268,8 @@ def test_write_endpoints_need_the_token_when_set(indexed, settings, photos):
                             ({"Authorization": "Basic s3cret-token"}, 401)):
         assert client.delete("/api/images/1", headers=headers).status_code == status
         assert client.post("/api/jobs", json={"paths": [str(photos)]}, headers=headers).status_code == status
+        add_generated = client.post("/api/jobs/gen-0123456789abcdef/images/0/add", headers=headers)
+        assert add_generated.status_code == status  # the token is checked before the picture is looked up
     assert client.get("/api/search?q=x").status_code == 200  # reads stay open
     ok = client.delete("/api/images/1", headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status_code == 200
@@ -314,7 +316,7 @@ def test_openapi_document_is_valid_and_served(client):
     for schema in doc["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
     app_rules = {rule.rule for rule in client.application.url_map.iter_rules() if rule.rule.startswith("/api/")}
-    documented = {p.replace("{image_id}", "<int:image_id>").replace("{job_id}", job)
+    documented = {p.replace("{image_id}", "<int:image_id>").replace("{job_id}", job).replace("{number}", "<int:number>")
                   for p in doc["paths"] for job in ("<int:job_id>", "<job_id>")}
     assert app_rules - {"/api/openapi.json"} <= documented
 

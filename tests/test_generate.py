@@ -103,6 +103,17 @@ def test_generate_from_an_indexed_image_with_neighbours(client):
     assert not np.array_equal(_png(client, moved["images"][0]["url"]), first[0])
 
 
+def test_a_generated_picture_is_indexed_only_when_asked(client, trained):
+    job = client.post("/api/generate", json={"image_id": 1, "n": 2, "steps": 2, "wait": 60}).get_json()
+    before = client.get("/api/health").get_json()["images"]
+    response = client.post(f"/api/jobs/{job['id']}/images/1/add")
+    assert response.status_code == 201 and response.headers["Location"].startswith("/api/images/")
+    added = check_schema(response, "/api/jobs/{job_id}/images/{number}/add", "post")
+    assert added["width"] == 16 and added["path"].startswith(str(trained.home / "uploads"))
+    assert client.get("/api/health").get_json()["images"] == before + 1
+    assert client.post(f"/api/jobs/{job['id']}/images/5/add").status_code == 404
+
+
 def test_generate_from_an_upload_and_after_a_restart(client, trained, photos):
     data = next(photos.rglob("coffee-0.*")).read_bytes()
     response = client.post("/api/generate", data={"image": (io.BytesIO(data), "q.png"), "n": "1", "steps": "4",

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Seconds per generated picture for both "generate similar" backends on a device, with
+random weights of the real sizes (no weights can be downloaded here; the compute is the same):
+
+  loupe-ddpm         Loupe's own UNet (the 64-px configuration used on CUDA, 32-px on the
+                     CPU), SDEdit with DDIM, as `OwnGenerator` runs it;
+  diffusers-img2img  a Stable Diffusion 1.5-sized img2img pipeline (UNet 860M, VAE, CLIP
+                     ViT-L/14 text encoder) at 512 px, as `DiffusersImg2Img` runs it
+                     (half precision on CUDA).
+
+    python bench/generate_speed.py --device cuda          # on a GPU (bench/gpu_check.py runs it)
+    python bench/generate_speed.py --quick                # CPU smoke run: few steps, 128 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+
+def sd15_pipeline(folder: Path, resolution: int, narrow: int = 1):
+    """A Stable Diffusion 1.5-shaped img2img pipeline with seeded random weights, saved
+    (`narrow` divides the UNet's and the VAE's widths, for smoke runs)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=resolution // 8, cross_attention_dim=768,  # otherwise diffusers' SD 1.x
+                                block_out_channels=tuple(c // narrow for c in (320, 640, 1280, 1280)))
+    vae = AutoencoderKL(block_out_channels=tuple(c // narrow for c in (128, 256, 512, 512)),
+                        down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=resolution,
+                        layers_per_block=2)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                        num_attention_heads=12, max_position_embeddings=77, vocab_size=49408))
+    vocab = {"<|startoftext|>": 49406, "<|endoftext|>": 49407, "a</w>": 0}
+    (folder / "tok").mkdir(parents=True, exist_ok=True)
+    (folder / "tok" / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "tok" / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "tok" / "vocab.json"), str(folder / "tok" / "merges.txt"))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(folder / "pipeline")
+    return folder / "pipeline"
+
+
+def own_model(folder: Path, size: int) -> Path:
+    from searchapp.diffusion.training import INFO_FILE
+    from searchapp.diffusion.unet import UNetConfig, save_unet
+
+    config = UNetConfig(sample_size=size, block_out_channels=(32, 64, 128, 128)[: 4 if size >= 64 else 3])
+    folder.mkdir(parents=True, exist_ok=True)
+    save_unet(config.create_unet(), folder)
+    (folder / INFO_FILE).write_text(json.dumps({"config": config.as_dict(), "steps": 0}))
+    return folder
+
+
+def timed(generator, source, n: int, steps: int, strength: float, repeat: int) -> float:
+    from searchapp.generation.backends import Variations
+
+    request = Variations(n=n, strength=strength, seed=0, steps=steps)
+    generator.generate(source, request, lambda d, t: None, lambda: False)  # warm-up (kernels, allocations)
+    best = float("inf")
+    for _ in range(repeat):
+        _sync(generator)
+        t0 = time.perf_counter()
+        generator.generate(source, request, lambda d, t: None, lambda: False)
+        _sync(generator)
+        best = min(best, time.perf_counter() - t0)
+    return best / n
+
+
+def _sync(generator) -> None:
+    import torch
+
+    if getattr(generator, "device", "cpu").startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--strength", type=float, default=0.6)
+    p.add_argument("--resolution", type=int, default=512, help="Stable Diffusion picture size")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--quick", action="store_true",
+                   help="CPU smoke run: 4 steps, 128 px, one repeat, a Stable Diffusion 4x narrower")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.steps, args.resolution, args.repeat, args.n = 4, 128, 1, 2
+    from searchapp.generation.backends import DiffusersImg2Img, OwnGenerator
+
+    source = Image.new("RGB", (640, 480), (120, 140, 90))
+    size = 64 if args.device.startswith("cuda") else 32
+    with tempfile.TemporaryDirectory(prefix="loupe-genspeed-") as folder:
+        own = OwnGenerator(own_model(Path(folder) / "own", size), args.device)
+        per = timed(own, source, args.n, args.steps, args.strength, args.repeat)
+        print(f"loupe-ddpm        {size}x{size}, {args.steps} DDIM steps at strength {args.strength}: "
+              f"{per:.3f} s/image (batch of {args.n}) on {args.device}")
+        print(f"bench=generate_speed backend=loupe-ddpm device={args.device} size={size} steps={args.steps} "
+              f"strength={args.strength} n={args.n} seconds_per_image={per:.4f}", flush=True)
+        t0 = time.perf_counter()
+        narrow = 4 if args.quick else 1
+        sd = DiffusersImg2Img(str(sd15_pipeline(Path(folder) / "sd", args.resolution, narrow)), args.device)
+        built = time.perf_counter() - t0
+        per = timed(sd, source, args.n, args.steps, args.strength, args.repeat)
+        shape = "SD-1.5-sized" if narrow == 1 else f"SD-1.5 {narrow}x narrower"
+        print(f"diffusers-img2img {shape}, {args.resolution}x{args.resolution}, {args.steps} steps at strength "
+              f"{args.strength}: {per:.3f} s/image (batch of {args.n}) on {args.device} (built in {built:.0f} s)")
+        print(f"bench=generate_speed backend=diffusers-img2img device={args.device} size={args.resolution} "
+              f"steps={args.steps} strength={args.strength} n={args.n} seconds_per_image={per:.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
