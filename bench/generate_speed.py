@@ -24,36 +24,6 @@ from pathlib import Path
 from PIL import Image
 
 
-def sd15_pipeline(folder: Path, resolution: int, narrow: int = 1):
-    """A Stable Diffusion 1.5-shaped img2img pipeline with seeded random weights, saved
-    (`narrow` divides the UNet's and the VAE's widths, for smoke runs)."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=resolution // 8, cross_attention_dim=768,  # otherwise diffusers' SD 1.x
-                                block_out_channels=tuple(c // narrow for c in (320, 640, 1280, 1280)))
-    vae = AutoencoderKL(block_out_channels=tuple(c // narrow for c in (128, 256, 512, 512)),
-                        down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=resolution,
-                        layers_per_block=2)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, max_position_embeddings=77, vocab_size=49408))
-    vocab = {"<|startoftext|>": 49406, "<|endoftext|>": 49407, "a</w>": 0}
-    (folder / "tok").mkdir(parents=True, exist_ok=True)
-    (folder / "tok" / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "tok" / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "tok" / "vocab.json"), str(folder / "tok" / "merges.txt"))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(folder / "pipeline")
-    return folder / "pipeline"
-
-
 def own_model(folder: Path, size: int) -> Path:
     from searchapp.diffusion.training import INFO_FILE
     from searchapp.diffusion.unet import UNetConfig, save_unet
@@ -101,6 +71,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.steps, args.resolution, args.repeat, args.n = 4, 128, 1, 2
     from searchapp.generation.backends import DiffusersImg2Img, OwnGenerator
+    from searchapp.generation.random_pipeline import PipelineShape, save_random_img2img
 
     source = Image.new("RGB", (640, 480), (120, 140, 90))
     size = 64 if args.device.startswith("cuda") else 32
@@ -113,11 +84,13 @@ def main(argv=None) -> int:
               f"strength={args.strength} n={args.n} seconds_per_image={per:.4f}", flush=True)
         t0 = time.perf_counter()
         narrow = 4 if args.quick else 1
-        sd = DiffusersImg2Img(str(sd15_pipeline(Path(folder) / "sd", args.resolution, narrow)), args.device)
+        shape = PipelineShape(resolution=args.resolution, unet_widths=tuple(c // narrow for c in (320, 640, 1280, 1280)),
+                              vae_widths=tuple(c // narrow for c in (128, 256, 512, 512)), norm_groups=32 // narrow)
+        sd = DiffusersImg2Img(str(save_random_img2img(Path(folder) / "sd", shape)), args.device)
         built = time.perf_counter() - t0
         per = timed(sd, source, args.n, args.steps, args.strength, args.repeat)
-        shape = "SD-1.5-sized" if narrow == 1 else f"SD-1.5 {narrow}x narrower"
-        print(f"diffusers-img2img {shape}, {args.resolution}x{args.resolution}, {args.steps} steps at strength "
+        label = "SD-1.5-sized" if narrow == 1 else f"SD-1.5 {narrow}x narrower"
+        print(f"diffusers-img2img {label}, {args.resolution}x{args.resolution}, {args.steps} steps at strength "
               f"{args.strength}: {per:.3f} s/image (batch of {args.n}) on {args.device} (built in {built:.0f} s)")
         print(f"bench=generate_speed backend=diffusers-img2img device={args.device} size={args.resolution} "
               f"steps={args.steps} strength={args.strength} n={args.n} seconds_per_image={per:.4f}", flush=True)

@@ -185,11 +185,7 @@ def add_generated(job_id: str, number: int):
     path = service().generations.store.image_path(job_id, f"{number}.png")
     if path is None:
         raise ApiError(404, "not_found", "no such generated picture (they expire)")
-    image_id = service().add_upload(path.read_bytes(), f"{job_id}-{number}.png")
-    response = jsonify(image_json(service().library.image(image_id)))
-    response.status_code = 201
-    response.headers["Location"] = url_for("api.image_metadata", image_id=image_id)
-    return response
+    return _created(service().add_upload(path.read_bytes(), f"{job_id}-{number}.png"))
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -217,7 +213,11 @@ def add_image():
     data = upload.read()
     if not data:
         raise ApiError(400, "bad_image", "the uploaded image is empty")
-    image_id = service().add_upload(data, upload.filename or "")
+    return _created(service().add_upload(data, upload.filename or ""))
+
+
+def _created(image_id: int):
+    """201 with the indexed image and its Location."""
     response = jsonify(image_json(service().library.image(image_id)))
     response.status_code = 201
     response.headers["Location"] = url_for("api.image_metadata", image_id=image_id)

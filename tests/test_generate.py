@@ -174,43 +174,13 @@ def test_generated_pictures_expire(client, trained):
     assert client.get(job["images"][0]["url"]).status_code == 404
 
 
-def _tiny_img2img_pipeline(folder):
-    """A Stable Diffusion img2img pipeline of tiny seeded parts, saved like a downloaded one."""
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, sample_size=16)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                        num_attention_heads=2, max_position_embeddings=16, bos_token_id=0,
-                                        eos_token_id=1, pad_token_id=1))
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{f"{c}</w>": 2 + i for i, c in enumerate("abcdefgh")}}
-    (folder / "tok").mkdir(parents=True)
-    (folder / "tok" / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "tok" / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "tok" / "vocab.json"), str(folder / "tok" / "merges.txt"),
-                              model_max_length=16)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(folder / "pipeline")
-    return folder / "pipeline"
-
-
 def test_pretrained_diffusers_pipeline_backend(indexed, settings, tmp_path):
     pytest.importorskip("transformers")
     from dataclasses import replace
 
-    pipeline = _tiny_img2img_pipeline(tmp_path / "sd")
+    from searchapp.generation.random_pipeline import TINY, save_random_img2img
+
+    pipeline = save_random_img2img(tmp_path / "sd", TINY)
     client = create_app({"TESTING": True,
                          "LOUPE_SETTINGS": replace(settings, generate_model=str(pipeline))}).test_client()
     body = {"image_id": 3, "n": 2, "seed": 5, "steps": 4, "strength": 0.5, "wait": 120}
