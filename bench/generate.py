@@ -18,8 +18,9 @@ SDEdit with DDIM), and reports per strength:
   diversity    1 - mean pairwise CLIP cosine among one source's variations
   src in top5  how often the source is among the 5 indexed pictures nearest to a variation
   copy         the largest CLIP cosine of a variation to any indexed picture other than its
-               source, against the same figure for the source itself (a model replaying a
-               training picture would push it to 1)
+               source, against the same figure for the source itself (`copy src`); `pix copy`
+               and `pix copy src` are the same in 16x16 grey thumbnails (a model replaying
+               another training picture would push the variation's figure towards 1)
 
 With untrained CLIP weights (`--pretrained none`, the default here: no weights can be
 downloaded), CLIP cosines are not semantic: the pixel figures and the figure (`--figure`, a
@@ -104,9 +105,10 @@ def run(args) -> int:
         grid_rows = []
         print()
         print(f"{'strength':>8}{'s/image':>9}{'clip src':>10}{'pix src':>9}{'pix other':>10}{'diversity':>11}"
-              f"{'src in top5':>13}{'copy':>7}{'copy src':>10}")
+              f"{'src in top5':>13}{'copy':>7}{'copy src':>10}{'pix copy':>10}{'pix copy src':>14}")
         for strength in args.strengths:
             seconds, clip_src, pix_src, pix_other, diversity, in_top, copy, copy_base = ([] for _ in range(8))
+            pix_copy, pix_copy_base = [], []
             for n_source, record in enumerate(sources):
                 request = Variations(n=args.n, strength=strength, seed=args.seed + 100 * n_source, steps=args.steps)
                 t0 = time.perf_counter()
@@ -115,7 +117,10 @@ def run(args) -> int:
                 embedded = embedder.encode_images(made)
                 clip_src += list(embedded @ vectors[record.id])
                 pix_src += [float(thumb_vector(m) @ thumbs[record.id]) for m in made]
-                pix_other += [float(thumbs[o.id] @ thumbs[record.id]) for o in records if o.id != record.id]
+                others = [o.id for o in records if o.id != record.id]
+                pix_other += [float(thumbs[o] @ thumbs[record.id]) for o in others]
+                pix_copy += [max(float(thumb_vector(m) @ thumbs[o]) for o in others) for m in made]
+                pix_copy_base.append(max(float(thumbs[record.id] @ thumbs[o]) for o in others))
                 pairs = embedded @ embedded.T
                 diversity.append(1 - pairs[np.triu_indices(len(made), 1)].mean())
                 for vector in embedded:
@@ -128,12 +133,14 @@ def run(args) -> int:
                     grid_rows.append([pictures[record.id]] + made)
             print(f"{strength:>8.2f}{np.mean(seconds):>9.2f}{np.mean(clip_src):>10.4f}{np.mean(pix_src):>9.3f}"
                   f"{np.mean(pix_other):>10.3f}{np.mean(diversity):>11.4f}{np.mean(in_top):>13.2f}"
-                  f"{np.mean(copy):>7.4f}{np.mean(copy_base):>10.4f}")
+                  f"{np.mean(copy):>7.4f}{np.mean(copy_base):>10.4f}{np.mean(pix_copy):>10.3f}"
+                  f"{np.mean(pix_copy_base):>14.3f}")
             print(f"bench=generate strength={strength} n={args.n} steps={args.steps} sources={len(sources)} "
                   f"seconds_per_image={np.mean(seconds):.3f} clip_source={np.mean(clip_src):.4f} "
                   f"pixel_source={np.mean(pix_src):.4f} pixel_other={np.mean(pix_other):.4f} "
                   f"diversity={np.mean(diversity):.4f} source_in_top5={np.mean(in_top):.3f} "
-                  f"copy_max={np.mean(copy):.4f} copy_baseline={np.mean(copy_base):.4f}", flush=True)
+                  f"copy_max={np.mean(copy):.4f} copy_baseline={np.mean(copy_base):.4f} "
+                  f"pixel_copy_max={np.mean(pix_copy):.4f} pixel_copy_baseline={np.mean(pix_copy_base):.4f}", flush=True)
         library.close()
         if args.figure and grid_rows:
             save_grid(grid_rows, args.figure, generator.config.sample_size)
