@@ -44,6 +44,10 @@ class IndexOptions:
     workers: int | None = None
     limits: DecodeLimits = DecodeLimits()
     checkpoint_seconds: float = 60.0  # how often the FAISS file is saved during a job
+    # Recalibrate the match cut-offs at the end when the index changed enough. A server's
+    # single uploads turn this off and calibrate in the background instead (a leave-one-out
+    # search per sampled image is too slow for a request).
+    calibrate: bool = True
     # How JPEGs are decoded: "pillow" (CPU), "torchvision" (on the model's device: nvJPEG on
     # CUDA; other files still go through Pillow), or "auto": torchvision on CUDA when it can.
     decode: str = "auto"
@@ -311,7 +315,7 @@ class IndexJob:
                 self.library.sync_store()
                 raise
             self.library.sync_store()
-            if self.library.needs_calibration():
+            if self.options.calibrate and self.library.needs_calibration():
                 self.library.calibrate()
             seconds = time.perf_counter() - started
             self._finish(JobState.FINISHED, seconds)

@@ -22,21 +22,24 @@ class JobRunner:
     def __init__(self, service):
         self.service = service
         self.thread: threading.Thread | None = None
+        self.calibration = BackgroundCalibration(lambda: service.library)
 
-    def _options(self) -> IndexOptions:
+    def _options(self, calibrate: bool = True) -> IndexOptions:
         # Decoding stays in-process: forking decode workers from a multi-threaded server is unsafe.
-        return IndexOptions(workers=0, progress=False)
+        return IndexOptions(workers=0, progress=False, calibrate=calibrate)
 
     def run_now(self, paths: Sequence[Path]) -> int:
-        """Index `paths` in this thread, after the writer before it; returns the job id."""
+        """Index `paths` in this thread, after the writer before it; returns the job id. The
+        match cut-offs, when the index has grown enough, are recalibrated in the background."""
         if not self.service.write_lock.acquire(timeout=WRITER_WAIT_SECONDS):
             raise JobLockedError("an indexing job is running in this server; try again when it ends")
         try:
-            job = IndexJob(self.service.library, self.service.embedder, self._options())
+            job = IndexJob(self.service.library, self.service.embedder, self._options(calibrate=False))
             job.run(paths)
-            return job.job_id
         finally:
             self.service.write_lock.release()
+        self.calibration.request()
+        return job.job_id
 
     def start(self, paths: Sequence[Path], wait_seconds: float = 30.0) -> int:
         """Start a job in the background; returns its id once it is recorded."""
@@ -70,3 +73,39 @@ class JobRunner:
             err = outcome.get("error")
             raise err if isinstance(err, LoupeError) else LoupeError(f"the job did not start: {err}")
         return outcome["id"]
+
+
+class BackgroundCalibration:
+    """Recalibrates the match cut-offs on a background thread when asked, one run at a time
+    (a request arriving during a run makes it check once more at the end). Calibration only
+    searches and then stores two numbers, so it needs no writer lock."""
+
+    def __init__(self, library):
+        self._library = library
+        self._lock = threading.Lock()
+        self._running = False
+        self._again = False
+        self.thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        with self._lock:
+            if self._running:
+                self._again = True
+                return
+            self._running = True
+        self.thread = threading.Thread(target=self._run, name="loupe-calibrate", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                library = self._library()
+                if library.needs_calibration():
+                    library.calibrate()
+            except Exception as err:  # the old cut-offs stay; the next request tries again
+                log.warning("recalibrating the match cut-offs failed: %s", err)
+            with self._lock:
+                if not self._again:
+                    self._running = False
+                    return
+                self._again = False

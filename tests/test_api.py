@@ -7,6 +7,7 @@ import io
 import json
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -367,3 +368,31 @@ def test_secrets_are_never_logged(indexed, settings, caplog):
         client.post("/api/jobs", json={"paths": ["/nonexistent"]}, headers={"Authorization": f"Bearer {secret}"})
     assert secret not in caplog.text
     assert secret not in json.dumps(client.get("/api/health").get_json())
+
+
+def test_uploads_recalibrate_in_the_background_not_in_the_request(client, monkeypatch, photo_arrays):
+    """A single upload must not pay for a leave-one-out search of the collection: when the
+    index has grown enough, the cut-offs are recalibrated on a background thread."""
+    import threading
+
+    from indexer.library import Library
+
+    calls: list[str] = []
+    real = Library.calibrate
+
+    def recording(self, *args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Library, "calibrate", recording)
+    service = client.application.extensions["loupe"]
+    for i in range(4):  # 24 → 28 images: more than 10% growth since the last calibration
+        png = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(photo_arrays["coins"][:, i * 7:])).save(png, "PNG")
+        response = client.post("/api/images", data={"image": (io.BytesIO(png.getvalue()), f"c{i}.png")})
+        assert response.status_code == 201
+    service.jobs.calibration.thread.join(timeout=60)
+    assert calls and set(calls) == {"loupe-calibrate"}
+    assert client.get("/api/health").get_json()["images"] == 28
+    status = service.library
+    assert not status.needs_calibration()
