@@ -32,7 +32,7 @@ import numpy as np
 from .embedder import ClipEmbedder, ModelIdentity, ModelSpec, Preparer
 from .errors import ConfigError, LoupeError
 from .images import DecodeLimits
-from .jobs import Embedded, ImageFileDataset, IndexJob, IndexOptions, ReadItem
+from .jobs import Embedded, ImageFileDataset, IndexJob, IndexOptions, ReadItem, embed_pictures
 from .library import Library
 from .regions import Box, RegionSpec
 
@@ -149,24 +149,13 @@ class EmbedStage:
 
     def __call__(self, batch: dict) -> dict:
         ok = [i for i, error in enumerate(batch["error"]) if not error]
-        inputs = [batch["pixels"][i] for i in ok]
-        for i in ok:
-            inputs.extend(batch["region_pixels"][i])
-        size = self.batch_size
+        embedded = embed_pictures(self.embedder, [batch["pixels"][i] for i in ok],
+                                  [batch["region_pixels"][i] for i in ok], self.batch_size)
         dim = self.embedder.dim
-        matrix = (
-            np.concatenate([self.embedder.encode_batch(inputs[s : s + size]) for s in range(0, len(inputs), size)])
-            if inputs else np.zeros((0, dim), np.float32)
-        )
-        count = len(batch["path"])
-        whole = np.zeros((count, dim), np.float32)
-        regions = [np.zeros((0, dim), np.float32) for _ in range(count)]
-        at = len(ok)
-        for row, i in enumerate(ok):
-            whole[i] = matrix[row]
-            r = len(batch["region_pixels"][i])
-            regions[i] = matrix[at : at + r]
-            at += r
+        whole = np.zeros((len(batch["path"]), dim), np.float32)
+        regions = [np.zeros((0, dim), np.float32) for _ in batch["path"]]
+        for i, vectors in zip(ok, embedded):
+            whole[i], regions[i] = vectors.whole, vectors.regions
         out = {name: batch[name] for name in FACT_COLUMNS}
         out["vector"] = whole
         out["region_vectors"] = _ragged(regions)

@@ -457,18 +457,10 @@ class IndexJob:
         """Whole and region vectors of `items`, by content hash, in model batches of the job's size."""
         if not items:
             return {}
-        inputs = [item.pixels for item in items]
-        for item in items:
-            if item.region_pixels is not None:
-                inputs.extend(item.region_pixels)
-        size = self.options.batch_size
-        matrix = np.concatenate([self.embedder.encode_batch(inputs[i : i + size]) for i in range(0, len(inputs), size)])
-        found, at = {}, len(items)
-        for i, item in enumerate(items):
-            count = len(item.regions)
-            found[item.sha256] = Embedded(matrix[i], matrix[at : at + count])
-            at += count
-        return found
+        embedded = embed_pictures(self.embedder, [item.pixels for item in items],
+                                  [item.region_pixels if item.regions else () for item in items],
+                                  self.options.batch_size)
+        return {item.sha256: vectors for item, vectors in zip(items, embedded)}
 
     def _replace(self, session: Session, item: ReadItem, old: ImageRecord | None,
                  canonical: dict[str, ImageRecord], vectors: dict[str, "Embedded"]) -> IndexDelta:
@@ -521,6 +513,23 @@ class Embedded:
 
     whole: np.ndarray
     regions: np.ndarray
+
+
+def embed_pictures(embedder, wholes: Sequence, regions: Sequence[Sequence], batch_size: int) -> list[Embedded]:
+    """Embed each picture's model input and its regions' inputs together, in model batches of
+    `batch_size` (the local job and the Ray model actors share this)."""
+    inputs = list(wholes)
+    for crops in regions:
+        inputs.extend(crops)
+    if not inputs:
+        return []
+    matrix = np.concatenate([embedder.encode_batch(inputs[i : i + batch_size])
+                             for i in range(0, len(inputs), batch_size)])
+    found, at = [], len(wholes)
+    for i, crops in enumerate(regions):
+        found.append(Embedded(matrix[i], matrix[at : at + len(crops)]))
+        at += len(crops)
+    return found
 
 
 def _same_content(item: ReadItem, old: ImageRecord | None) -> bool:

@@ -172,10 +172,7 @@ def generate():
 
 @bp.get("/jobs/<job_id>")
 def generation_status(job_id: str):
-    body = service().generations.get(job_id)
-    if body is None:
-        raise ApiError(404, "not_found", f"no job {job_id!r} (generated pictures expire)")
-    return jsonify(body)
+    return _generation_json(service().generations.get(job_id), job_id)
 
 
 @bp.post("/jobs/<job_id>/images/<int:number>/add")
@@ -190,9 +187,12 @@ def add_generated(job_id: str, number: int):
 
 @bp.post("/jobs/<job_id>/cancel")
 def cancel_generation(job_id: str):
-    body = service().generations.cancel(job_id)
+    return _generation_json(service().generations.cancel(job_id), job_id)
+
+
+def _generation_json(body: dict | None, job_id: str):
     if body is None:
-        raise ApiError(404, "not_found", f"no job {job_id!r}")
+        raise ApiError(404, "not_found", f"no job {job_id!r} (generated pictures expire)")
     return jsonify(body)
 
 

@@ -95,7 +95,7 @@ def cmd_train_generator(settings, args, out) -> int:
         raise LoupeError("nothing is indexed yet: the generator trains on the indexed pictures (loupe index PATH)")
     pictures = load_pictures(paths, config.sample_size, args.max_pictures)
     options = TrainOptions(budget_seconds=args.minutes * 60, batch_size=args.batch_size,
-                           max_pictures=args.max_pictures, progress=not args.no_progress)
+                           progress=not args.no_progress)
     summary = train(folder, pictures, config, options, device=device)
     if args.json:
         indexer_cli.print_json({**asdict(summary), "folder": str(folder)}, out)

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TextIO
 
@@ -40,7 +40,6 @@ class TrainOptions:
     ema_decay: float = 0.995
     checkpoint_seconds: float = 120.0
     max_timestep: int | None = None  # train only t < max_timestep (a denoiser for light noise)
-    max_pictures: int = 20_000  # pictures held in memory (a seeded sample of the collection)
     seed: int = 0
     progress: bool = True
 
@@ -209,7 +208,3 @@ def read_info(folder: Path) -> dict | None:
         return json.loads((folder / INFO_FILE).read_text())
     except (OSError, ValueError):
         return None
-
-
-def with_budget(options: TrainOptions, seconds: float) -> TrainOptions:
-    return replace(options, budget_seconds=seconds)
