@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.steps, args.resolution, args.repeat, args.n = 4, 128, 1, 2
     from searchapp.generation.backends import DiffusersImg2Img, OwnGenerator
-    from searchapp.generation.random_pipeline import PipelineShape, save_random_img2img
+    from searchapp.generation.random_pipeline import PipelineShape, save_random_pipeline
 
     source = Image.new("RGB", (640, 480), (120, 140, 90))
     size = 64 if args.device.startswith("cuda") else 32
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         narrow = 4 if args.quick else 1
         shape = PipelineShape(resolution=args.resolution, unet_widths=tuple(c // narrow for c in (320, 640, 1280, 1280)),
                               vae_widths=tuple(c // narrow for c in (128, 256, 512, 512)), norm_groups=32 // narrow)
-        sd = DiffusersImg2Img(str(save_random_img2img(Path(folder) / "sd", shape)), args.device)
+        sd = DiffusersImg2Img(str(save_random_pipeline(Path(folder) / "sd", shape)), args.device)
         built = time.perf_counter() - t0
         per = timed(sd, source, args.n, args.steps, args.strength, args.repeat)
         label = "SD-1.5-sized" if narrow == 1 else f"SD-1.5 {narrow}x narrower"

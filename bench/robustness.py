@@ -14,11 +14,15 @@ photograph is wrongly labelled a copy (the false-match rate of that cut-off).
     python bench/robustness.py --quick                        # scikit-image's photographs (CI)
     python bench/robustness.py --corpus DIR --heldout DIR     # see bench/README.md for a corpus
 
-Configurations (`--stages`): `off` (whole-image index, the query as given), `regional` (the
-same plus the regional index, `--region-scales`), and `blur` (whole-image index, a Gaussian
-blur of the query before embedding: the trivial denoising baseline that reconstruction
-stages must beat). The corpus is indexed once per index kind (whole-image, regional), and the
-time and size of each index are printed.
+Configurations (`--stages`): `whole` (the whole-image index alone, no restoration), and each
+query-restoration mode on the regional index: `off` (the query as given), `auto` (what the
+service does by default), or one stage by name (`blur`, the trivial denoising baseline;
+`pixel` and `pixel-ddim`, diffusion purification; `embedding`, the embedding-space diffusion
+model; `qe`, αQE query expansion; `outpaint`, crop reconstruction). Stages with models use those
+trained in `--restorers HOME` (`loupe train-restorer` there, on the same corpus) or configured
+by LOUPE_RESTORE_MODEL / LOUPE_OUTPAINT_MODEL. The corpus is indexed once per index kind, and the
+time and size of each index are printed; for `auto`, how often each condition was detected and
+each stage ran, by kind.
 """
 
 from __future__ import annotations
@@ -32,80 +36,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image
 
 from common import DEFAULT_HOME, bench_workspace
+from searchapp.restoration.corruptions import KINDS, corrupt
+from searchapp.restoration.stages import MODES
 
-KINDS = (
-    "clean", "noise15", "noise35", "noise60", "crop70", "crop40", "crop20", "jpeg10", "blur3",
-    "down25", "rotate10", "text", "combo",
-)
-CONFIGS = ("off", "regional", "blur")
-REGIONAL_CONFIGS = frozenset({"regional"})
-
-
-# -- corruptions ------------------------------------------------------------------------------------
-def add_noise(img: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
-    pixels = np.asarray(img, dtype=np.float32)
-    noisy = pixels + rng.normal(0.0, sigma, pixels.shape)
-    return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
-
-
-def random_crop(img: Image.Image, area: float, rng: np.random.Generator) -> Image.Image:
-    """A crop keeping `area` of the picture, at a random position and aspect."""
-    w, h = img.size
-    aspect = float(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
-    cw = int(round(min(w, np.sqrt(area * w * h * aspect))))
-    ch = int(round(min(h, area * w * h / max(cw, 1))))
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    return img.crop((x, y, x + cw, y + ch))
-
-
-def jpeg(img: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-
-
-def overlay_text(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Large caption text over a third of the picture."""
-    out = img.copy()
-    w, h = out.size
-    draw = ImageDraw.Draw(out)
-    band = h // 3
-    top = int(rng.integers(0, h - band + 1))
-    size = max(12, band // 3)
-    try:
-        font = ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        font = ImageFont.load_default()
-    words = ["WHEN YOU SEE IT", "MONDAY MOOD", "NOBODY:", "LOOK AT THIS", "BREAKING NEWS"]
-    for line in range(3):
-        draw.text((int(w * 0.04), top + line * size), words[int(rng.integers(0, len(words)))], fill=(255, 255, 255),
-                  font=font, stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0))
-    return out
-
-
-def corrupt(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
-    if kind == "clean":
-        return img
-    if kind.startswith("noise"):
-        return add_noise(img, float(kind[5:]), rng)
-    if kind.startswith("crop"):
-        return random_crop(img, int(kind[4:]) / 100, rng)
-    if kind == "jpeg10":
-        return jpeg(img, 10)
-    if kind == "blur3":
-        return img.filter(ImageFilter.GaussianBlur(3))
-    if kind == "down25":
-        return img.resize((max(1, img.width // 4), max(1, img.height // 4)), Image.BICUBIC)
-    if kind == "rotate10":
-        return img.rotate(10, resample=Image.BICUBIC, expand=True, fillcolor=(0, 0, 0))
-    if kind == "text":
-        return overlay_text(img, rng)
-    if kind == "combo":
-        return jpeg(add_noise(random_crop(img, 0.5, rng), 25, rng), 30)
-    raise ValueError(f"unknown corruption {kind!r}")
+CONFIGS = ("whole",) + MODES
+REGIONAL_CONFIGS = frozenset(MODES)
 
 
 def query_bytes(img: Image.Image) -> bytes:
@@ -114,15 +52,6 @@ def query_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG", compress_level=1)  # lossless and fast; big photographs make many queries
     return buf.getvalue()
-
-
-# -- configurations (query-side stages) -----------------------------------------------------------------
-def apply_stage(config: str, img: Image.Image) -> Image.Image:
-    if config in ("off", "regional"):
-        return img
-    if config == "blur":
-        return img.filter(ImageFilter.GaussianBlur(1.5))
-    raise ValueError(f"unknown configuration {config!r} (known: {', '.join(CONFIGS)})")
 
 
 # -- photographs ----------------------------------------------------------------------------------------
@@ -156,6 +85,8 @@ class Outcome:
     copy_found: bool  # the service said a result is the query's picture
     copy_is_original: bool  # ...and the original is among the results labelled so
     ms: dict[str, float]
+    detected: tuple[str, ...] = ()
+    applied: tuple[str, ...] = ()
 
 
 @dataclass
@@ -164,6 +95,7 @@ class IndexedCorpus:
 
     library: object
     embedder: object
+    restorers: object
     original_id: dict[Path, int]
     seconds: float
     embedded: int
@@ -172,24 +104,27 @@ class IndexedCorpus:
 
 
 def search(index: IndexedCorpus, data: bytes, config: str, k: int):
-    """The service's image-search path (`indexer.lookup.reverse_lookup`) with the stage's transform."""
-    from indexer.lookup import reverse_lookup
+    """The service's image-search path (`searchapp.restoration.pipeline.restored_lookup`)."""
+    from searchapp.restoration.pipeline import restored_lookup
 
     ms: dict[str, float] = {}
-    page = reverse_lookup(index.library, index.embedder, data, k, regions=config in REGIONAL_CONFIGS,
-                          transform=lambda img: apply_stage(config, img), timings=ms)
-    return page, ms
+    page, report = restored_lookup(index.library, index.embedder, data, k, regions=config in REGIONAL_CONFIGS,
+                                   mode="off" if config == "whole" else config, restorers=index.restorers, timings=ms)
+    return page, report, ms
 
 
 def build_index(work: Path, name: str, env: dict, corpus_dir: Path, regions: str,
-                penalty: float | None) -> IndexedCorpus:
+                penalty: float | None, restorers_home: Path | None) -> IndexedCorpus:
     from indexer.commands import load_embedder, open_library
     from indexer.jobs import IndexJob, IndexOptions
     from indexer.settings import Settings
+    from searchapp.restoration.pipeline import Restorers
 
     home = work / name
     home.mkdir()
     (home / "models").symlink_to((Path(env["LOUPE_HOME"]) / "models").resolve(), target_is_directory=True)
+    if restorers_home is not None:
+        (home / "restorers").symlink_to((restorers_home / "restorers").resolve(), target_is_directory=True)
     settings = Settings.from_env({**env, "LOUPE_HOME": str(home), "LOUPE_REGIONS": "" if regions == "default" else regions})
     if penalty is not None:
         settings = replace(settings, regions=replace(settings.regions, penalty=penalty))
@@ -206,7 +141,8 @@ def build_index(work: Path, name: str, env: dict, corpus_dir: Path, regions: str
             original_id[path] = record.duplicate_of or record.id
     vectors = len(library.store) + len(library.regions.store)
     size = sum(p.stat().st_size for p in (settings.index_path, settings.regions_path) if p.exists())
-    return IndexedCorpus(library, embedder, original_id, seconds, summary.embedded, vectors, size)
+    restorers = Restorers(settings.restore, home, "cpu")
+    return IndexedCorpus(library, embedder, restorers, original_id, seconds, summary.embedded, vectors, size)
 
 
 def bootstrap_diff(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -222,8 +158,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, help="folder of photographs to index")
     parser.add_argument("--heldout", type=Path, help="folder of photographs NOT in the corpus")
-    parser.add_argument("--stages", default="off,regional",
-                        help=f"configurations, comma-separated ({', '.join(CONFIGS)})")
+    parser.add_argument("--stages", default="whole,off",
+                        help=f"configurations, comma-separated ({', '.join(CONFIGS)}); the first is the baseline")
+    parser.add_argument("--restorers", type=Path, default=None,
+                        help="a LOUPE_HOME whose restorers/ (loupe train-restorer) the stages use")
     parser.add_argument("--region-scales", default="", help="LOUPE_REGIONS for the regional index (default: Loupe's)")
     parser.add_argument("--region-penalty", type=float, default=None,
                         help="subtracted from region scores (default: Loupe's)")
@@ -236,8 +174,9 @@ def main() -> int:
     args = parser.parse_args()
     configs = [c.strip() for c in args.stages.split(",") if c.strip()]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    for config in configs:
-        apply_stage(config, Image.new("RGB", (4, 4)))  # unknown names fail before any work
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration(s) {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     if args.quick:
         args.seeds = 1
 
@@ -250,7 +189,7 @@ def main() -> int:
     for kind_of_index in sorted({"regional" if c in REGIONAL_CONFIGS else "whole" for c in configs}, reverse=True):
         regions = (args.region_scales or "default") if kind_of_index == "regional" else "off"
         indexes[kind_of_index] = built = build_index(work, kind_of_index, env, corpus_dir, regions,
-                                                     args.region_penalty)
+                                                     args.region_penalty, args.restorers)
         cutoff = built.library.match_cutoff()
         print(f"{kind_of_index} index (regions {regions}): {built.embedded} photos in {built.seconds:.1f} s "
               f"({built.embedded / built.seconds:.2f} photos/s), {built.vectors} vectors, "
@@ -273,17 +212,18 @@ def main() -> int:
                 original = Image.open(path).convert("RGB")
                 for seed in range(args.seeds):
                     rng = np.random.default_rng([i, seed, KINDS.index(kind) if kind in KINDS else 0])
-                    page, ms = search(index, query_bytes(corrupt(original, kind, rng)), config, 10)
+                    page, report, ms = search(index, query_bytes(corrupt(original, kind, rng)), config, 10)
                     ids = [r.id for r in page.results]
                     want = index.original_id[path]
                     rank = ids.index(want) + 1 if want in ids else None
                     labelled = any(r.id == want and r.match in ("exact", "near-duplicate") for r in page.results)
                     top = page.results[0].score if page.results else 0.0
-                    rows.append(Outcome(rank, top, bool(page.copy_found), labelled, ms))
+                    detected = report.detection.conditions if report.detection else ()
+                    rows.append(Outcome(rank, top, bool(page.copy_found), labelled, ms, detected, report.applied))
             for i, path in enumerate(heldout):
                 image = Image.open(path).convert("RGB")
                 rng = np.random.default_rng([10_000 + i, KINDS.index(kind) if kind in KINDS else 0])
-                page, _ = search(index, query_bytes(corrupt(image, kind, rng)), config, 1)
+                page, _, _ = search(index, query_bytes(corrupt(image, kind, rng)), config, 1)
                 false_copies[config].append(bool(page.copy_found))
                 false_tops[config].append(page.results[0].score if page.results else 0.0)
 
@@ -318,11 +258,22 @@ def main() -> int:
         rate = float(np.mean([s >= threshold for s in tops])) if tops else float("nan")
         print(f"  {config:<10} threshold {threshold:.4f}  false-match rate {rate:.3f} ({len(tops)} held-out queries)")
 
-    print("\np50 latency per stage (ms):")
+    print("\np50 latency per stage, over the queries that ran it (ms):")
     for config in configs:
         every = [o for kind in kinds for o in outcomes[(config, kind)]]
-        parts = "  ".join(f"{name} {statistics.median(o.ms[name] for o in every):.1f}" for name in every[0].ms)
+        names = list(dict.fromkeys(name for o in every for name in o.ms))
+        parts = "  ".join(f"{name} {statistics.median(o.ms[name] for o in every if name in o.ms):.1f}"
+                          for name in names)
         print(f"  {config:<10} {parts}")
+
+    for config in (c for c in configs if c == "auto"):
+        print("\nauto: share of queries with each condition detected / each stage run, by kind:")
+        for kind in kinds:
+            rows = outcomes[(config, kind)]
+            found = {c: np.mean([c in o.detected for o in rows]) for c in ("noise", "crop")}
+            ran = {s: np.mean([s in o.applied for o in rows]) for s in sorted({s for o in rows for s in o.applied})}
+            print(f"  {kind:<10} detected " + " ".join(f"{c} {v:.2f}" for c, v in found.items())
+                  + ("; ran " + " ".join(f"{s} {v:.2f}" for s, v in ran.items()) if ran else "; ran nothing"))
 
     if len(configs) > 1:
         base = configs[0]

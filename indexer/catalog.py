@@ -76,6 +76,7 @@ class ImageRecord(Base):
         BigId, ForeignKey("images.id", ondelete="SET NULL"), index=True
     )
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    noise_level: Mapped[float | None] = mapped_column(Float)  # σ̂ of the model input (indexer.noise)
     job_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("jobs.id", ondelete="SET NULL"))
     missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -137,4 +138,7 @@ class IndexInfo(Base):
     region_cutoff: Mapped[float | None] = mapped_column(Float)
     cutoff_basis: Mapped[str | None] = mapped_column(Text)
     calibrated_images: Mapped[int | None] = mapped_column(Integer)  # indexed images at calibration
+    # The indexed pictures' noise levels (indexer.noise), taken at calibration: median and 99th centile.
+    noise_median: Mapped[float | None] = mapped_column(Float)
+    noise_high: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

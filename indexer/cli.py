@@ -44,15 +44,8 @@ def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.Ar
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    search = commands.add_parser("search", help="search by text or by image")
-    search.add_argument("text", nargs="?", metavar="TEXT")
-    search.add_argument("--image", type=Path, metavar="FILE", help="search with this picture instead of text")
-    search.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10, max 200)")
-    search.add_argument("--offset", type=_non_negative_int, default=0)
-    search.add_argument("--no-regions", action="store_true",
-                        help="with --image: match whole pictures only, not their regions")
-    search.add_argument("--device", default=None)
-    search.add_argument("--json", action="store_true", help="print results as JSON")
+    if "search" not in (extra or {}):
+        configure_search(commands.add_parser("search", help="search by text or by image"))
 
     remove = commands.add_parser("remove", help="remove images (by path, folder or id) from the index and catalog")
     remove.add_argument("targets", nargs="*", metavar="PATH|ID")
@@ -83,6 +76,17 @@ def _configure_logging(verbose: bool) -> None:
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
         handler.addFilter(lambda record: record.name != "root" and not record.name.startswith("huggingface_hub"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+
+
+def configure_search(search: argparse.ArgumentParser) -> None:
+    search.add_argument("text", nargs="?", metavar="TEXT")
+    search.add_argument("--image", type=Path, metavar="FILE", help="search with this picture instead of text")
+    search.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10, max 200)")
+    search.add_argument("--offset", type=_non_negative_int, default=0)
+    search.add_argument("--no-regions", action="store_true",
+                        help="with --image: match whole pictures only, not their regions")
+    search.add_argument("--device", default=None)
+    search.add_argument("--json", action="store_true", help="print results as JSON")
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:

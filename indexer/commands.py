@@ -64,7 +64,9 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     return 0
 
 
-def cmd_search(settings: Settings, args, out: TextIO) -> int:
+def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
+    """`loupe search`. `image_lookup(library, embedder, data, k, offset, regions)` →
+    (page, report dict or None) replaces the plain reverse lookup (searchapp's restoration)."""
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either TEXT or --image FILE")
     if args.text is not None and not args.text.strip():
@@ -75,18 +77,24 @@ def cmd_search(settings: Settings, args, out: TextIO) -> int:
         raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
     embedder = load_embedder(settings, args.device)
     library.bind_model(embedder.identity)
+    restoration = None
     if args.image is not None:
         from .images import DecodeLimits, read_file
         from .lookup import reverse_lookup
 
         data = read_file(Path(args.image), DecodeLimits()).data
-        page = reverse_lookup(library, embedder, data, k, args.offset, regions=not args.no_regions)
+        if image_lookup is None:
+            page = reverse_lookup(library, embedder, data, k, args.offset, regions=not args.no_regions)
+        else:
+            page, restoration = image_lookup(library, embedder, data, k, args.offset, not args.no_regions)
     else:
         t0 = time.perf_counter()
         page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
     if args.json:
-        print_json(page.as_dict(), out)
+        print_json({**page.as_dict(), **({"restoration": restoration} if restoration is not None else {})}, out)
         return 0
+    if restoration is not None:
+        print(_restoration_line(restoration), file=out)
     if not embedder.identity.semantic:
         print("note: untrained model weights (LOUPE_PRETRAINED=none): results are not semantic", file=out)
     if not page.results:
@@ -99,6 +107,13 @@ def cmd_search(settings: Settings, args, out: TextIO) -> int:
         print(f"{rank:4d}  {result.score:7.4f}  {result.path}  ({result.width}x{result.height}, id {result.id}){label}",
               file=out)
     return 0
+
+
+def _restoration_line(report: dict) -> str:
+    detected = ", ".join(report.get("detected") or []) or "nothing"
+    applied = ", ".join(report.get("applied") or []) or "no stage"
+    skipped = "".join(f"; skipped {stage}: {why}" for stage, why in (report.get("skipped") or {}).items())
+    return f"restoration: detected {detected}; ran {applied} ({report.get('ms', 0):.0f} ms){skipped}"
 
 
 def cmd_remove(settings: Settings, args, out: TextIO) -> int:

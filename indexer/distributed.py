@@ -154,11 +154,13 @@ class EmbedStage:
         dim = self.embedder.dim
         whole = np.zeros((len(batch["path"]), dim), np.float32)
         regions = [np.zeros((0, dim), np.float32) for _ in batch["path"]]
+        noise = np.full(len(batch["path"]), np.nan, np.float32)
         for i, vectors in zip(ok, embedded):
-            whole[i], regions[i] = vectors.whole, vectors.regions
+            whole[i], regions[i], noise[i] = vectors.whole, vectors.regions, vectors.noise
         out = {name: batch[name] for name in FACT_COLUMNS}
         out["vector"] = whole
         out["region_vectors"] = _ragged(regions)
+        out["noise"] = noise
         return out
 
 
@@ -219,6 +221,7 @@ def shard_from_rows(rows: list[dict]) -> Shard:
         if item.error is None:
             vectors.setdefault(item.sha256, Embedded(
                 np.asarray(row["vector"], np.float32), np.asarray(row["region_vectors"], np.float32).reshape(len(boxes), len(row["vector"])),
+                float(row["noise"]),
             ))
     return Shard(items, vectors)
 
@@ -232,11 +235,12 @@ def write_shard(path: Path, shard: Shard, identity: ModelIdentity, regions: Regi
     counts = np.array([len(shard.vectors[h].regions) for h in hashes], np.int64)
     region = (np.concatenate([shard.vectors[h].regions for h in hashes]) if counts.sum()
               else np.zeros((0, identity.embed_dim), np.float32))
+    noise = np.array([shard.vectors[h].noise for h in hashes], np.float32)
     header = {"format": SHARD_FORMAT, "model": identity.as_dict(), "regions": list(regions.scales),
               "files": facts, "hashes": hashes}
     buffer = io.BytesIO()
     np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), np.uint8), whole=whole,
-             region_counts=counts, region=region)
+             region_counts=counts, region=region, noise=noise)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
@@ -252,6 +256,7 @@ def read_shard(path: Path, identity: ModelIdentity, regions: RegionSpec) -> Shar
         with np.load(path) as data:
             header = json.loads(bytes(data["header"]).decode())
             whole, counts, region = data["whole"], data["region_counts"], data["region"]
+            noise = data["noise"] if "noise" in data.files else np.full(len(whole), np.nan, np.float32)
     except (OSError, ValueError, KeyError) as err:
         log.warning("ignoring unreadable shard %s: %s", path, err)
         return None
@@ -260,7 +265,7 @@ def read_shard(path: Path, identity: ModelIdentity, regions: RegionSpec) -> Shar
         return None
     vectors, at = {}, 0
     for i, sha in enumerate(header["hashes"]):
-        vectors[sha] = Embedded(whole[i], region[at : at + counts[i]])
+        vectors[sha] = Embedded(whole[i], region[at : at + counts[i]], float(noise[i]))
         at += counts[i]
     items = [ReadItem(**{**facts, "regions": tuple(Box(*b) for b in facts["regions"])}) for facts in header["files"]]
     return Shard(items, vectors)

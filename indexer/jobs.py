@@ -26,6 +26,7 @@ from .errors import ImageReadError, LoupeError
 from .images import DecodeLimits, decode_image, iter_image_files, read_file
 from .library import IndexDelta, Library
 from .lock import write_lock
+from .noise import noise_levels
 from .regions import Box, RegionSpec, region_boxes
 
 
@@ -488,6 +489,7 @@ class IndexJob:
             self.counts["duplicates"] += 1
         else:
             record.status, record.embedding = ImageStatus.INDEXED, vectors[item.sha256].whole.tobytes()
+            record.noise_level = _finite_or_none(vectors[item.sha256].noise)
             self.counts["changed" if replaced else "added"] += 1
         session.add(record)
         session.flush()
@@ -513,6 +515,7 @@ class Embedded:
 
     whole: np.ndarray
     regions: np.ndarray
+    noise: float = float("nan")  # σ̂ of the model input (indexer.noise), in grey levels
 
 
 def embed_pictures(embedder, wholes: Sequence, regions: Sequence[Sequence], batch_size: int) -> list[Embedded]:
@@ -525,11 +528,16 @@ def embed_pictures(embedder, wholes: Sequence, regions: Sequence[Sequence], batc
         return []
     matrix = np.concatenate([embedder.encode_batch(inputs[i : i + batch_size])
                              for i in range(0, len(inputs), batch_size)])
+    noise = noise_levels(wholes)
     found, at = [], len(wholes)
     for i, crops in enumerate(regions):
-        found.append(Embedded(matrix[i], matrix[at : at + len(crops)]))
+        found.append(Embedded(matrix[i], matrix[at : at + len(crops)], float(noise[i])))
         at += len(crops)
     return found
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _same_content(item: ReadItem, old: ImageRecord | None) -> bool:

@@ -32,6 +32,7 @@ from .matching import (
     same_pixels,
 )
 from .mirror import IndexMirror
+from .noise import DEFAULT_PROFILE, NoiseProfile
 from .regions import Box, RegionSpec
 from .settings import Settings
 from .vectorstore import VectorStore
@@ -100,6 +101,7 @@ class SearchResult:
     region: Box | None = None  # the part of the image that matched, when a region beat the whole
     match: str | None = None  # image searches: exact, near-duplicate or similar
     content_hash: str | None = None
+    found_by: str | None = None  # restored image searches: "raw", "restored" or "both"
 
     @property
     def thumb_url(self) -> str:
@@ -122,6 +124,8 @@ class SearchResult:
         if self.match is not None:
             body["match"] = self.match
             body["region"] = self.region.as_list() if self.region else None
+        if self.found_by is not None:
+            body["found_by"] = self.found_by
         return body
 
 
@@ -368,6 +372,14 @@ class Library:
             return DEFAULT_CUTOFF
         return MatchCutoff(info.whole_cutoff, info.region_cutoff or DEFAULT_CUTOFF.region, info.cutoff_basis or "")
 
+    def noise_profile(self) -> NoiseProfile:
+        """The indexed pictures' noise levels as of the last calibration (a default before)."""
+        with self.sessions() as session:
+            info = session.get(IndexInfo, 1)
+        if info is None or info.noise_median is None:
+            return DEFAULT_PROFILE
+        return NoiseProfile(info.noise_median, info.noise_high, info.calibrated_images or 0)
+
     def needs_calibration(self, growth: float = 0.1) -> bool:
         """Whether the cut-offs are missing or the index changed size by more than `growth`
         since they were calibrated (calibrating costs a search per sampled image, so small
@@ -400,6 +412,11 @@ class Library:
         with self.sessions.begin() as session:
             info = session.get(IndexInfo, 1)
             if info is not None:
+                levels = session.scalars(select(ImageRecord.noise_level).where(
+                    ImageRecord.status == ImageStatus.INDEXED, ImageRecord.noise_level.is_not(None))).all()
+                profile = NoiseProfile.of(levels)
+                info.noise_median = profile.median if profile.pictures else None
+                info.noise_high = profile.high if profile.pictures else None
                 info.whole_cutoff = cutoff.whole if calibrated else None
                 info.region_cutoff = cutoff.region if calibrated else None
                 info.cutoff_basis = cutoff.basis if calibrated else None
@@ -436,12 +453,23 @@ class Library:
 
     def indexed_paths(self) -> list[str]:
         """The files of every indexed picture whose file is still there, by id."""
+        return [path for _, path in self.indexed_pictures()]
+
+    def indexed_pictures(self) -> list[tuple[int, str]]:
+        """(id, path) of every indexed picture whose file is still there, by id."""
         with self.sessions() as session:
-            return list(session.scalars(
-                select(ImageRecord.path)
+            return [(row.id, row.path) for row in session.execute(
+                select(ImageRecord.id, ImageRecord.path)
                 .where(ImageRecord.status == ImageStatus.INDEXED, ImageRecord.missing_since.is_(None))
                 .order_by(ImageRecord.id)
-            ))
+            )]
+
+    def stored_vectors_of(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored whole-picture vectors of `ids`, in that order."""
+        found: dict[int, np.ndarray] = {}
+        for chunk_ids, chunk_vectors in self.images.stored_vectors(list(ids)):
+            found.update(zip(chunk_ids.tolist(), chunk_vectors))
+        return np.stack([found[i] for i in ids]) if ids else np.zeros((0, self._dim() or 0), np.float32)
 
     def image_by_path(self, path: str) -> ImageRecord | None:
         with self.sessions() as session:

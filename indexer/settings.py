@@ -22,6 +22,28 @@ def default_home(environ: Mapping[str, str]) -> Path:
 
 
 @dataclass(frozen=True)
+class RestoreSettings:
+    """The query-restoration stages' models and policy (see searchapp.restoration)."""
+
+    pixel_model: str | None = None  # LOUPE_RESTORE_MODEL: a diffusers UNet2DModel; None: Loupe's own
+    outpaint_model: str | None = None  # LOUPE_OUTPAINT_MODEL: a diffusers inpainting pipeline; None: off
+    steps: int = 4  # LOUPE_RESTORE_STEPS: DDIM steps of the multi-step pixel stage
+    auto: str | None = None  # LOUPE_RESTORE_AUTO: "noise:pixel,crop:embedding"; None: the measured default
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "RestoreSettings":
+        raw = (env.get("LOUPE_RESTORE_STEPS") or "4").strip()
+        if not raw.isdigit() or not 1 <= int(raw) <= 50:
+            raise ConfigError(f"LOUPE_RESTORE_STEPS={raw!r} is not a whole number from 1 to 50")
+        return cls(
+            pixel_model=(env.get("LOUPE_RESTORE_MODEL") or "").strip() or None,
+            outpaint_model=(env.get("LOUPE_OUTPAINT_MODEL") or "").strip() or None,
+            steps=int(raw),
+            auto=(env.get("LOUPE_RESTORE_AUTO") or "").strip() or None,
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where Loupe keeps its data and which model and device it uses."""
 
@@ -35,6 +57,7 @@ class Settings:
     index_mmap: str = "auto"  # map index files instead of reading them: auto, on, off
     generate_model: str | None = None  # LOUPE_GENERATE_MODEL: a diffusers pipeline; None: Loupe's own
     generated_ttl_hours: float = 168.0  # how long generated pictures are kept
+    restore: RestoreSettings = RestoreSettings()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -58,6 +81,7 @@ class Settings:
             index_mmap=index_mmap,
             generate_model=(env.get("LOUPE_GENERATE_MODEL") or "").strip() or None,
             generated_ttl_hours=generated_ttl_hours,
+            restore=RestoreSettings.from_env(env),
             home=home,
             database_url=database_url,
             model=(env.get("LOUPE_MODEL") or DEFAULT_MODEL).strip(),

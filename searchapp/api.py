@@ -12,6 +12,7 @@ from indexer.catalog import ImageRecord, JobRecord
 
 from .errors import ApiError
 from .openapi import openapi_document
+from .restoration.stages import MODES as RESTORE_MODES
 from .security import require_token
 from .services import service
 
@@ -20,7 +21,6 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 MAX_K = 200
 DEFAULT_K = 20
 MAX_OFFSET = 10_000
-RESTORE_MODES = ("auto", "off")
 REGION_MODES = ("on", "off")
 MAX_VARIATIONS = 8
 
@@ -104,18 +104,20 @@ def search_image():
     if regions not in REGION_MODES:
         raise ApiError(400, "bad_parameter", f"regions must be one of {', '.join(REGION_MODES)}, not {regions!r}")
     use_regions = regions == "on"
-    restoration = {"requested": restore, "detected": [], "applied": [], "ms": 0.0}
     upload = request.files.get("image")
     if upload is not None:
         data = upload.read()
         if not data:
             raise ApiError(400, "bad_image", "the uploaded image is empty")
-        page = service().search_upload(data, k, offset, regions=use_regions)
+        page, report = service().search_upload(data, k, offset, regions=use_regions, restore=restore)
+        restoration = report.as_dict()
     else:
         image_id = _param("image_id")
         if image_id is None:
             raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
         page = service().search_image_id(_as_id(image_id), k, offset, regions=use_regions)
+        restoration = {"requested": restore, "detected": [], "applied": [], "skipped": {}, "ms": 0.0, "stage_ms": {},
+                       "reconstruction": None, "note": "an indexed picture is searched by its stored vector"}
     return jsonify(_results(page, min_score, restoration=restoration))
 
 

@@ -104,11 +104,104 @@ def cmd_train_generator(settings, args, out) -> int:
     return 0
 
 
+def configure_search(parser: argparse.ArgumentParser) -> None:
+    from .restoration.stages import MODES
+
+    indexer_cli.configure_search(parser)
+    parser.add_argument("--restore", choices=MODES, default="auto",
+                        help="with --image: reconstruct a damaged query first (default auto: the stages that "
+                             "help for what is detected; off; or one stage by name)")
+
+
+def cmd_search(settings, args, out) -> int:
+    """`loupe search`, with query restoration for image searches."""
+    from indexer.commands import cmd_search as plain_search
+    from indexer.embedder import resolve_device
+
+    from .restoration.pipeline import Restorers, restored_lookup
+
+    restorers = Restorers(settings.restore, settings.home, resolve_device(args.device or settings.device))
+
+    def lookup(library, embedder, data, k, offset, regions):
+        page, report = restored_lookup(library, embedder, data, k, offset, regions, mode=args.restore,
+                                       restorers=restorers)
+        return page, {**report.as_dict(), "reconstruction": None}
+
+    return plain_search(settings, args, out, image_lookup=lookup)
+
+
+def configure_train_restorer(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", choices=("all", "pixel", "embedding"), default="all",
+                        help="which restorer to train (default all: the pixel denoiser, then the embedding model)")
+    parser.add_argument("--minutes", type=float, default=20.0,
+                        help="wall-clock budget of the pixel denoiser in this run (default 20); rerun to train longer")
+    parser.add_argument("--embedding-minutes", type=float, default=2.0,
+                        help="training budget of the embedding model, after embedding its examples (default 2)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-pictures", type=int, default=20_000,
+                        help="indexed pictures to learn from (a seeded sample when there are more)")
+    parser.add_argument("--restart", action="store_true", help="discard the trained pixel denoiser and start over")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--json", action="store_true")
+
+
+def cmd_train_restorer(settings, args, out) -> int:
+    """Train the query restorers on the indexed pictures."""
+    import shutil
+    from dataclasses import asdict
+
+    from indexer.commands import load_embedder, open_library
+    from indexer.embedder import resolve_device
+    from indexer.errors import LoupeError
+
+    from .restoration import embedding, pixel
+    from .restoration.training import PixelTraining, train_embedding, train_pixel_restorer
+
+    if args.minutes <= 0 or args.embedding_minutes <= 0 or args.batch_size < 1 or args.max_pictures < 1:
+        raise LoupeError("--minutes, --embedding-minutes, --batch-size and --max-pictures must be positive")
+    device = resolve_device(args.device or settings.device)
+    library = open_library(settings)
+    report: dict = {}
+    try:
+        if library.stored_identity() is None:
+            raise LoupeError("nothing is indexed yet: the restorers train on the indexed pictures (loupe index PATH)")
+        embedder = load_embedder(settings, args.device) if args.stage in ("all", "embedding") else None
+        if embedder is not None:
+            library.bind_model(embedder.identity)
+        if args.stage in ("all", "pixel"):
+            folder = settings.home / pixel.OWN_FOLDER
+            if args.restart:
+                shutil.rmtree(folder, ignore_errors=True)
+            size = embedder.input_size[0] if embedder is not None else PixelTraining.input_size
+            summary = train_pixel_restorer(library, folder, PixelTraining(
+                budget_seconds=args.minutes * 60, batch_size=args.batch_size, max_pictures=args.max_pictures,
+                input_size=size, progress=not args.no_progress), device)
+            report["pixel"] = {**asdict(summary), "folder": str(folder)}
+            if not args.json:
+                print(f"loupe: pixel restorer: {summary.line()}; saved in {folder}", file=out)
+        if embedder is not None:
+            folder = settings.home / embedding.OWN_FOLDER
+            summary = train_embedding(library, embedder, folder, args.embedding_minutes * 60,
+                                      embedding.PairOptions(max_pictures=args.max_pictures), progress=not args.no_progress)
+            report["embedding"] = {**asdict(summary), "folder": str(folder)}
+            if not args.json:
+                print(f"loupe: {summary.line()}; saved in {folder}", file=out)
+    finally:
+        library.close()
+    if args.json:
+        indexer_cli.print_json(report, out)
+    return 0
+
+
 EXTRA_COMMANDS: Mapping[str, indexer_cli.ExtraCommand] = {
+    "search": ("search by text or by image", configure_search, cmd_search),
     "serve": ("serve the API and the web UI", configure_serve, cmd_serve),
     "demo": ("index the bundled sample photographs, run sample searches and serve them", configure_demo, cmd_demo),
     "train-generator": ("train Loupe's own image generator on the indexed pictures (for generate similar)",
                         configure_train_generator, cmd_train_generator),
+    "train-restorer": ("train the query restorers (pixel denoiser, embedding model) on the indexed pictures",
+                       configure_train_restorer, cmd_train_restorer),
 }
 
 

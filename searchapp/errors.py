@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 from indexer import errors as loupe_errors
 
 from .generation.backends import GeneratorUnavailable
+from .restoration.pixel import StageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,7 @@ STATUS_OF = {
     loupe_errors.WeightsUnavailableError: 503,
     loupe_errors.DatabaseError: 503,
     GeneratorUnavailable: 503,
+    StageUnavailable: 503,
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from .restoration.stages import CONDITIONS, MODES, STAGES
+
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -73,6 +75,8 @@ SCHEMAS = {
                         "oneOf": [{"type": "null"},
                                   {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}],
                     },
+                    "found_by": {"enum": ["raw", "restored", "both"],
+                                 "description": "when a restoration stage ran: which query's ranking held it"},
                 },
             },
         ]
@@ -92,9 +96,20 @@ SCHEMAS = {
                         "required": ["requested", "detected", "applied"],
                         "properties": {
                             "requested": {"type": "string"},
-                            "detected": {"type": "array"},
-                            "applied": {"type": "array"},
-                            "ms": {"type": "number"},
+                            "detected": {"type": "array", "items": {"enum": list(CONDITIONS)},
+                                         "description": "conditions found in the query"},
+                            "applied": {"type": "array", "items": {"enum": list(STAGES)},
+                                        "description": "stages that ran, in order"},
+                            "skipped": {"type": "object", "additionalProperties": {"type": "string"},
+                                        "description": "stages auto wanted but could not run, with the reason"},
+                            "noise": {"type": "object", "properties": {
+                                "level": {"type": "number", "description": "σ̂ of the model input, grey levels"},
+                                "excess": {"type": "number"}, "threshold": {"type": "number"}}},
+                            "crop": {"type": ["object", "null"], "properties": {"margin": {"type": "number"}}},
+                            "ms": {"type": "number", "description": "time spent restoring"},
+                            "stage_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+                            "reconstruction": {"type": ["string", "null"],
+                                               "description": "PNG data URL of the reconstructed query"},
                         },
                     }
                 },
@@ -244,7 +259,8 @@ def openapi_document() -> dict:
                 "post": {
                     "parameters": [
                         *PAGE_PARAMS,
-                        {"name": "restore", "in": "query", "schema": {"enum": ["auto", "off"], "default": "auto"}},
+                        {"name": "restore", "in": "query", "schema": {"enum": list(MODES), "default": "auto"},
+                         "description": "auto: the stages that help for what is detected; off; or one stage"},
                         {"name": "regions", "in": "query", "schema": {"enum": ["on", "off"], "default": "on"},
                          "description": "off: match whole pictures only, not their regions"},
                     ],

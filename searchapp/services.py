@@ -16,7 +16,6 @@ from indexer.embedder import resolve_device
 from indexer.errors import JobLockedError, NotIndexedError
 from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, load_image_file
 from indexer.library import Library, SearchPage
-from indexer.lookup import reverse_lookup
 from indexer.settings import Settings
 from indexer.thumbnails import remove_thumbnail
 
@@ -76,6 +75,7 @@ class SearchService:
         self._embedder = None
         self.jobs = JobRunner(self)
         self._generations = None
+        self._restorers = None
 
     # -- lazily loaded parts -----------------------------------------------------------------
     @property
@@ -114,6 +114,18 @@ class SearchService:
                     )
         return self._generations
 
+    @property
+    def restorers(self):
+        """The query-restoration models (each loaded by the first query that needs it)."""
+        if self._restorers is None:
+            with self._init_lock:
+                if self._restorers is None:
+                    from .restoration.pipeline import Restorers
+
+                    self._restorers = Restorers(self.settings.restore, self.settings.home,
+                                                resolve_device(self.settings.device), run=self.model_thread.call)
+        return self._restorers
+
     def generator_configured(self) -> bool:
         from .generation.backends import generator_configured
 
@@ -143,9 +155,14 @@ class SearchService:
         query = self.embedder.encode_texts([text])
         return library.search(query, k, offset, started=t0)
 
-    def search_upload(self, data: bytes, k: int, offset: int, regions: bool = True) -> SearchPage:
-        """Reverse lookup of an uploaded picture (see `indexer.lookup.reverse_lookup`)."""
-        return reverse_lookup(self.searchable_library(), self.embedder, data, k, offset, regions, self.upload_limits)
+    def search_upload(self, data: bytes, k: int, offset: int, regions: bool = True, restore: str = "auto"):
+        """Reverse lookup of an uploaded picture with query restoration `restore`
+        (see `searchapp.restoration.pipeline`): (page, RestorationReport)."""
+        from .restoration.pipeline import restored_lookup
+
+        library = self.searchable_library()
+        return restored_lookup(library, self.embedder, data, k, offset, regions, self.upload_limits, mode=restore,
+                               restorers=self.restorers if restore != "off" else None)
 
     def search_image_id(self, image_id: int, k: int, offset: int, regions: bool = True) -> SearchPage:
         """More like an indexed image (its stored vector), the image itself left out."""

@@ -26,8 +26,9 @@ def loupe_argv(config, *args) -> list[str]:
 
 
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `loupe ARGS` in-process; returns (exit status, stdout, stderr)."""
-    from indexer.cli import main
+    """Run `loupe ARGS` (the console script's entry point) in-process; returns (exit status,
+    stdout, stderr)."""
+    from searchapp.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

@@ -178,9 +178,9 @@ def test_pretrained_diffusers_pipeline_backend(indexed, settings, tmp_path):
     pytest.importorskip("transformers")
     from dataclasses import replace
 
-    from searchapp.generation.random_pipeline import TINY, save_random_img2img
+    from searchapp.generation.random_pipeline import TINY, save_random_pipeline
 
-    pipeline = save_random_img2img(tmp_path / "sd", TINY)
+    pipeline = save_random_pipeline(tmp_path / "sd", TINY)
     client = create_app({"TESTING": True,
                          "LOUPE_SETTINGS": replace(settings, generate_model=str(pipeline))}).test_client()
     body = {"image_id": 3, "n": 2, "seed": 5, "steps": 4, "strength": 0.5, "wait": 120}

@@ -40,6 +40,7 @@ class TrainOptions:
     ema_decay: float = 0.995
     checkpoint_seconds: float = 120.0
     max_timestep: int | None = None  # train only t < max_timestep (a denoiser for light noise)
+    max_steps: int | None = None  # stop after this many steps in this run, even within the budget
     seed: int = 0
     progress: bool = True
 
@@ -61,14 +62,15 @@ class TrainSummary:
                 f"loss {self.first_loss:.4f} -> {self.last_loss:.4f}")
 
 
-def load_pictures(paths: Sequence[Path], size: int, limit: int, seed: int = 0) -> np.ndarray:
+def load_pictures(paths: Sequence[Path], size: int, limit: int, seed: int = 0, squash: int | None = None) -> np.ndarray:
     """(N, S, S, 3) uint8 squares of side S = size·MARGIN: each picture resized by its short
-    side and centre-cropped. Unreadable files are skipped."""
+    side and centre-cropped; with `squash`, each picture squash-resized to S = `squash`, as the
+    CLIP embedder sees it (for patches at that scale). Unreadable files are skipped."""
     from PIL import Image
 
     from indexer.images import load_image_file
 
-    side = int(round(size * MARGIN))
+    side = squash or int(round(size * MARGIN))
     order = np.random.default_rng(seed).permutation(len(paths))[:limit]
     out = []
     for i in sorted(order):
@@ -76,6 +78,9 @@ def load_pictures(paths: Sequence[Path], size: int, limit: int, seed: int = 0) -
             image = load_image_file(Path(paths[i]), draft_size=side).image
         except Exception as err:  # a file that vanished or broke since indexing
             log.info("skipping %s: %s", paths[i], err)
+            continue
+        if squash:
+            out.append(np.asarray(image.convert("RGB").resize((side, side), Image.BICUBIC), dtype=np.uint8))
             continue
         scale = side / min(image.size)
         w, h = max(side, round(image.width * scale)), max(side, round(image.height * scale))
@@ -143,7 +148,7 @@ def train(folder: Path, pictures: np.ndarray, config: UNetConfig, options: Train
                disable=not options.progress, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n}/{total} s {postfix}")
     steps = 0
     with bar:
-        while time.monotonic() - started < options.budget_seconds:
+        while time.monotonic() - started < options.budget_seconds and steps < (options.max_steps or float("inf")):
             x0 = random_batch(pictures, config.sample_size, options.batch_size, rng).to(device)
             noise = torch.randn_like(x0)
             t = torch.from_numpy(rng.integers(0, top, len(x0))).to(device)

@@ -1,4 +1,4 @@
-"""Stable Diffusion-shaped img2img pipelines with seeded random weights, saved like downloaded
+"""Stable Diffusion-shaped img2img and inpainting pipelines with seeded random weights, saved like downloaded
 ones: the real compute for benchmarks, and tiny ones for tests (no weights can be fetched)."""
 
 from __future__ import annotations
@@ -28,16 +28,19 @@ TINY = PipelineShape(resolution=16, unet_widths=(8, 16), unet_blocks=("DownBlock
 _UP = {"DownBlock2D": "UpBlock2D", "CrossAttnDownBlock2D": "CrossAttnUpBlock2D"}
 
 
-def save_random_img2img(folder: Path, shape: PipelineShape = PipelineShape(), seed: int = 0) -> Path:
-    """Build the pipeline with seeded random weights and save it in `folder` (returned)."""
+def save_random_pipeline(folder: Path, shape: PipelineShape = PipelineShape(), seed: int = 0,
+                         inpainting: bool = False) -> Path:
+    """Build an img2img (or, with `inpainting`, an inpainting) pipeline with seeded random
+    weights and save it under `folder`; returns the pipeline's folder."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline,
+                           StableDiffusionInpaintPipeline, UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(seed)
     vae_scale = 2 ** (len(shape.vae_widths) - 1)
     unet = UNet2DConditionModel(
-        sample_size=shape.resolution // vae_scale, in_channels=4, out_channels=4, block_out_channels=shape.unet_widths,
+        sample_size=shape.resolution // vae_scale, in_channels=9 if inpainting else 4, out_channels=4, block_out_channels=shape.unet_widths,
         down_block_types=shape.unet_blocks, up_block_types=tuple(_UP[b] for b in reversed(shape.unet_blocks)),
         cross_attention_dim=shape.text_width, attention_head_dim=shape.attention_head_dim,
         norm_num_groups=shape.norm_groups)
@@ -56,7 +59,8 @@ def save_random_img2img(folder: Path, shape: PipelineShape = PipelineShape(), se
     tokenizer = CLIPTokenizer(str(tokens / "vocab.json"), str(tokens / "merges.txt"), model_max_length=77)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+    kind = StableDiffusionInpaintPipeline if inpainting else StableDiffusionImg2ImgPipeline
+    pipe = kind(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                                           scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
     pipe.save_pretrained(folder / "pipeline")

@@ -1,0 +1,228 @@
+"""Embedding-space reconstruction: a conditional diffusion model over CLIP embeddings.
+
+x₀ is an indexed picture's embedding (unit length, scaled by √dim so its coordinates have unit
+variance) and c the embedding of a damaged copy of that picture. A small residual MLP
+f(xₜ, t, c) predicts x₀; it is trained with diffusers' `DDPMScheduler` noise on the index's own
+pictures under the synthetic damage of `corruptions`, and sampled with `DDIMScheduler` from
+seeded noise, conditioned on the query's embedding. The result is normalised and searched
+like any query vector.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence, TextIO
+
+import numpy as np
+
+from .corruptions import KINDS, corrupt
+from .pixel import StageUnavailable
+
+OWN_FOLDER = "restorers/embedding"  # under LOUPE_HOME
+WEIGHTS_FILE = "network.pt"
+INFO_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    dim: int
+    hidden: int = 1024
+    blocks: int = 3
+    train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    sample_steps: int = 10
+
+    def create_network(self, seed: int = 0):
+        """The denoiser f(xₜ, t, c) → x₀ as a torch module (seeded)."""
+        import torch
+
+        config = self
+
+        class Block(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.norm = torch.nn.LayerNorm(config.hidden)
+                self.mlp = torch.nn.Sequential(torch.nn.Linear(config.hidden, config.hidden), torch.nn.SiLU(),
+                                               torch.nn.Linear(config.hidden, config.hidden))
+
+            def forward(self, h):
+                return h + self.mlp(self.norm(h))
+
+        class Denoiser(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inp = torch.nn.Linear(2 * config.dim + 64, config.hidden)
+                self.blocks = torch.nn.ModuleList(Block() for _ in range(config.blocks))
+                self.out = torch.nn.Sequential(torch.nn.LayerNorm(config.hidden), torch.nn.Linear(config.hidden, config.dim))
+
+            def forward(self, x, t, c):
+                h = self.inp(torch.cat([x, c, _timestep_features(t, 64)], dim=1))
+                for block in self.blocks:
+                    h = block(h)
+                return self.out(h)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return Denoiser()
+
+    def create_scheduler(self, kind: str = "ddpm"):
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        ddpm = DDPMScheduler(num_train_timesteps=self.train_timesteps, beta_schedule=self.beta_schedule,
+                             prediction_type="sample", clip_sample=False)
+        return ddpm if kind == "ddpm" else DDIMScheduler.from_config(ddpm.config)
+
+
+def _timestep_features(t, width: int):
+    """Sinusoidal features of the timesteps `t` ((N,) tensor)."""
+    import torch
+
+    half = width // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = t.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class EmbeddingRestorer:
+    """A trained denoiser: maps a damaged query's embedding towards its clean picture's."""
+
+    def __init__(self, network, config: EmbeddingConfig):
+        self.network = network.eval()
+        self.config = config
+        self.scheduler = config.create_scheduler("ddim")
+
+    def restore(self, vector: np.ndarray, seed: int = 0) -> np.ndarray:
+        """The reconstructed (unit) embedding for a query embedding `vector` ((D,) or (1, D))."""
+        import torch
+
+        scale = math.sqrt(self.config.dim)
+        c = torch.from_numpy(np.asarray(vector, np.float32).reshape(1, -1) * scale)
+        x = torch.randn(c.shape, generator=torch.Generator("cpu").manual_seed(seed))
+        self.scheduler.set_timesteps(self.config.sample_steps)
+        with torch.inference_mode():
+            for t in self.scheduler.timesteps:
+                predicted = self.network(x, t.reshape(1), c)
+                x = self.scheduler.step(predicted, t, x, eta=0.0).prev_sample
+        out = x[0].numpy().astype(np.float32)
+        return out / max(float(np.linalg.norm(out)), 1e-12)
+
+
+# -- training ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairOptions:
+    kinds: tuple[str, ...] = KINDS  # damage to learn ("clean" teaches it to leave clean queries alone)
+    copies: int = 1  # damaged copies per picture and kind
+    max_pictures: int = 2000
+    seed: int = 1_000_003  # not the benchmark's seeds: it must not learn the exact queries it is judged on
+
+
+def training_pairs(paths: Sequence[str], clean: np.ndarray, embed: Callable[[list], np.ndarray],
+                   options: PairOptions = PairOptions(), progress: bool = False,
+                   stream: TextIO | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, damaged) embedding pairs: for each picture file (with its stored embedding in
+    `clean`), `copies` damaged copies of each kind, embedded with `embed` (PIL images → (N, D))."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from indexer.images import load_image_file
+
+    rng = np.random.default_rng(options.seed)
+    order = rng.permutation(len(paths))[: options.max_pictures]
+    targets, damaged = [], []
+    for i in tqdm(order, desc="damaged copies", unit="picture", disable=not progress, file=stream or sys.stderr):
+        try:
+            picture = load_image_file(Path(paths[i])).image.convert("RGB")
+        except Exception:  # a file gone or broken since indexing
+            continue
+        copies: list[Image.Image] = [corrupt(picture, kind, rng) for kind in options.kinds for _ in range(options.copies)]
+        damaged.append(embed(copies))
+        targets.append(np.repeat(clean[i][None], len(copies), axis=0))
+    if not damaged:
+        raise ValueError("no readable pictures to learn from")
+    return np.concatenate(targets).astype(np.float32), np.concatenate(damaged).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class EmbeddingTrainSummary:
+    steps: int
+    seconds: float
+    pairs: int
+    first_loss: float
+    last_loss: float
+
+    def line(self) -> str:
+        return (f"embedding restorer: {self.steps} steps in {self.seconds:.0f} s on {self.pairs} pairs; "
+                f"loss {self.first_loss:.4f} -> {self.last_loss:.4f}")
+
+
+def train_embedding_restorer(folder: Path, clean: np.ndarray, damaged: np.ndarray, identity: dict,
+                             config: EmbeddingConfig, budget_seconds: float = 120.0, max_steps: int = 4000,
+                             batch_size: int = 256, learning_rate: float = 1e-3, seed: int = 0,
+                             progress: bool = False, stream: TextIO | None = None) -> EmbeddingTrainSummary:
+    """Train the denoiser on (clean, damaged) pairs for at most `budget_seconds` or `max_steps`,
+    then save it (weights and `model.json`, which records the CLIP model it belongs to)."""
+    import torch
+    from tqdm import tqdm
+
+    network = config.create_network(seed).train()
+    scheduler = config.create_scheduler("ddpm")
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    lr_decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max_steps)
+    scale = math.sqrt(config.dim)
+    x0_all = torch.from_numpy(clean * scale)
+    c_all = torch.from_numpy(damaged * scale)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    losses: list[float] = []
+    started = time.monotonic()
+    with tqdm(total=max_steps, desc="embedding restorer", unit="step", disable=not progress,
+              file=stream or sys.stderr) as bar:
+        for _ in range(max_steps):
+            if time.monotonic() - started >= budget_seconds:
+                break
+            idx = torch.randint(0, len(x0_all), (min(batch_size, len(x0_all)),), generator=generator)
+            x0, c = x0_all[idx], c_all[idx]
+            noise = torch.randn(x0.shape, generator=generator)
+            t = torch.randint(0, config.train_timesteps, (len(idx),), generator=generator)
+            loss = torch.nn.functional.mse_loss(network(scheduler.add_noise(x0, noise, t), t, c), x0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr_decay.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix_str(f"loss {np.mean(losses[-50:]):.4f}", refresh=False)
+    seconds = time.monotonic() - started
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{WEIGHTS_FILE}.tmp"
+    torch.save(network.state_dict(), tmp)
+    os.replace(tmp, folder / WEIGHTS_FILE)
+    info = {"config": asdict(config), "model": identity, "pairs": len(clean), "steps": len(losses),
+            "seconds": round(seconds, 1), "loss": float(np.mean(losses[-50:])) if losses else None}
+    tmp = folder / f".{INFO_FILE}.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, folder / INFO_FILE)
+    return EmbeddingTrainSummary(len(losses), seconds, len(clean), losses[0] if losses else float("nan"),
+                                 float(np.mean(losses[-50:])) if losses else float("nan"))
+
+
+def load_embedding_restorer(folder: Path, identity: dict) -> EmbeddingRestorer:
+    """The restorer trained in `folder` for the CLIP model `identity` (as stored with the index)."""
+    import torch
+
+    try:
+        info = json.loads((folder / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        raise StageUnavailable("no embedding restorer is trained: run `loupe train-restorer --stage embedding`") from None
+    if info.get("model") != identity:
+        raise StageUnavailable("the embedding restorer was trained for another model than the index's: "
+                               "run `loupe train-restorer --stage embedding` again")
+    config = EmbeddingConfig(**info["config"])
+    network = config.create_network()
+    network.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return EmbeddingRestorer(network, config)

@@ -1,0 +1,297 @@
+"""Restored reverse lookup: decode ▸ embed ▸ kNN ▸ detect ▸ reconstruct ▸ kNN again ▸ fuse ▸ label.
+
+The raw query is always searched. When a stage runs, the reconstructed query is searched too
+and the two rankings are fused (`fusion`), each result labelled with the path that found it;
+when none runs, the answer is exactly the raw lookup's. Stages, in the order they run:
+
+    outpaint     crop ▸ full frame (a diffusers inpainting pipeline, when configured)
+    blur         Gaussian blur of the model input (the trivial denoising baseline)
+    pixel        diffusion purification from the timestep matching the noise, one x₀ prediction
+    pixel-ddim   the same with LOUPE_RESTORE_STEPS DDIM steps
+    embedding    the conditional diffusion model over CLIP embeddings
+    qe           αQE query expansion over the top neighbours (closed form)
+
+`restore=auto` runs, for each condition detected (`noise`, `crop`), the stages its policy names
+(measured by bench/robustness.py; LOUPE_RESTORE_AUTO overrides it) and skips, with a reason,
+those whose model is missing; naming a stage runs it whatever was detected, and fails clearly
+when it cannot.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from indexer.errors import ConfigError
+from indexer.images import DecodeLimits, decode_image
+from indexer.library import Library, SearchPage
+from indexer.noise import noise_levels
+from indexer.settings import RestoreSettings
+
+from .fusion import fuse
+from .stages import CONDITIONS, IMAGE_STAGES, MODES, STAGES
+from .pixel import StageUnavailable
+
+# What `auto` runs per detected condition: the stages bench/robustness.py showed to help
+# (docs/robustness.md has the table); a stage whose model is missing is skipped.
+DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",), "crop": ("outpaint",)}
+BLUR_RADIUS = 1.0  # at the model's input resolution
+QE_NEIGHBOURS = 5
+FUSION_EXTRA = 20  # each ranking is fetched this much deeper than the page, for fusion
+
+
+def parse_policy(text: str | None) -> dict[str, tuple[str, ...]]:
+    """`noise:pixel+embedding,crop:outpaint` → {condition: stages}; None: the default;
+    `none`: auto runs nothing."""
+    if text is None:
+        return dict(DEFAULT_POLICY)
+    policy: dict[str, tuple[str, ...]] = {}
+    if text.strip().lower() == "none":
+        return policy
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        condition, _, stages = part.partition(":")
+        names = tuple(s.strip() for s in stages.split("+") if s.strip())
+        unknown = [n for n in names if n not in STAGES]
+        if condition.strip() not in CONDITIONS or unknown or not names:
+            raise ConfigError(f"LOUPE_RESTORE_AUTO part {part!r} is not CONDITION:STAGE[+STAGE] with a condition "
+                              f"from {', '.join(CONDITIONS)} and stages from {', '.join(STAGES)}")
+        policy[condition.strip()] = names
+    return policy
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What the query looks like: its noise level against the collection's, and whether a
+    region of an indexed picture beat that picture's whole (evidence of a crop)."""
+
+    noise_level: float  # σ̂ of the model input, grey levels
+    noise_excess: float  # beyond a typical indexed picture's, in quadrature
+    noise_threshold: float  # the collection's 99th centile (or a floor)
+    crop_margin: float | None  # top result's region score minus its whole-picture score
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        found = []
+        if self.noise_level > self.noise_threshold:
+            found.append("noise")
+        if self.crop_margin is not None and self.crop_margin > 0:
+            found.append("crop")
+        return tuple(found)
+
+    def as_dict(self) -> dict:
+        return {"noise": {"level": round(self.noise_level, 3), "excess": round(self.noise_excess, 3),
+                          "threshold": round(self.noise_threshold, 3)},
+                "crop": None if self.crop_margin is None else {"margin": round(self.crop_margin, 6)}}
+
+
+@dataclass(frozen=True)
+class RestorationReport:
+    requested: str
+    detection: Detection | None = None
+    applied: tuple[str, ...] = ()
+    skipped: dict[str, str] = field(default_factory=dict)  # stage → why it did not run
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    ms: float = 0.0
+    reconstruction: bytes | None = None  # PNG of the reconstructed model input, when pixels changed
+
+    def as_dict(self) -> dict:
+        body = {"requested": self.requested, "detected": list(self.detection.conditions) if self.detection else [],
+                "applied": list(self.applied), "skipped": dict(self.skipped),
+                "ms": round(self.ms, 2), "stage_ms": {k: round(v, 2) for k, v in self.stage_ms.items()},
+                "reconstruction": None}
+        if self.detection is not None:
+            body.update(self.detection.as_dict())
+        if self.reconstruction is not None:
+            body["reconstruction"] = "data:image/png;base64," + base64.b64encode(self.reconstruction).decode()
+        return body
+
+
+class Restorers:
+    """One process's stage models, each loaded on first use and kept. `run(fn, *args)` runs
+    model work (the service passes its model thread's `call`)."""
+
+    def __init__(self, settings: RestoreSettings, home: Path, device: str,
+                 run: Callable | None = None):
+        self.settings = settings
+        self.home = home
+        self.device = device
+        self.run = run or (lambda fn, *args: fn(*args))
+        self.policy = parse_policy(settings.auto)
+        self._lock = threading.Lock()
+        self._loaded: dict[str, object] = {}
+
+    def _get(self, name: str, load: Callable):
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = self.run(load)
+            return self._loaded[name]
+
+    def pixel(self):
+        from .pixel import load_pixel_restorer
+
+        return self._get("pixel", lambda: load_pixel_restorer(self.settings.pixel_model, self.home, self.device))
+
+    def embedding(self, identity: dict):
+        from .embedding import OWN_FOLDER, load_embedding_restorer
+
+        restorer = self._get("embedding", lambda: load_embedding_restorer(self.home / OWN_FOLDER, identity))
+        return restorer
+
+    def outpainter(self):
+        from .outpaint import load_outpainter
+
+        if not self.settings.outpaint_model:
+            raise StageUnavailable("no outpainting model: set LOUPE_OUTPAINT_MODEL to a diffusers inpainting pipeline")
+        return self._get("outpaint", lambda: load_outpainter(self.settings.outpaint_model, self.device))
+
+    def missing(self, stage: str, identity: dict) -> str | None:
+        """Why `stage` cannot run, found without loading anything (None: it can)."""
+        from .embedding import INFO_FILE, OWN_FOLDER as EMBEDDING_FOLDER
+        from .pixel import OWN_FOLDER as PIXEL_FOLDER
+
+        if stage in ("pixel", "pixel-ddim") and not self.settings.pixel_model \
+                and not (self.home / PIXEL_FOLDER / "model.json").is_file():
+            return "no pixel restorer: run `loupe train-restorer` or set LOUPE_RESTORE_MODEL"
+        if stage == "outpaint" and not self.settings.outpaint_model:
+            return "no outpainting model: set LOUPE_OUTPAINT_MODEL"
+        if stage == "embedding":
+            try:
+                info = json.loads((self.home / EMBEDDING_FOLDER / INFO_FILE).read_text())
+            except (OSError, ValueError):
+                return "no embedding restorer: run `loupe train-restorer --stage embedding`"
+            if info.get("model") != identity:
+                return "the embedding restorer belongs to another model: train it again"
+        return None
+
+
+def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int = 0, regions: bool = True,
+                    limits: DecodeLimits = DecodeLimits(), mode: str = "auto", restorers: Restorers | None = None,
+                    timings: dict[str, float] | None = None) -> tuple[SearchPage, RestorationReport]:
+    """Reverse lookup of the picture in `data` with restoration `mode` (auto, off or a stage);
+    the page (as `indexer.lookup.reverse_lookup` gives it when nothing runs) and the report."""
+    if mode not in MODES:
+        raise ConfigError(f"restore must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode != "off" and restorers is None:
+        raise ConfigError("restoration needs the stage models (Restorers)")
+    clock = _Clock(timings)
+    decoded = decode_image(data, limits, draft_size=library.region_spec.draft_size(embedder.image_size))
+    clock.lap("decode")
+    pixels = embedder.prepare(decoded.image)
+    raw_vector = embedder.encode_batch([pixels])
+    clock.lap("embed")
+    depth = k + offset + FUSION_EXTRA
+    raw = library.search(raw_vector, depth, 0, regions=regions)
+    clock.lap("knn+join")
+    report = RestorationReport(mode)
+    results = raw.results
+    if mode != "off":
+        detection = _detect(library, pixels, raw_vector, raw, regions)
+        identity = library.stored_identity().as_dict()
+        stages, skipped = _choose(mode, detection, restorers, identity)
+        clock.lap("detect")
+        report = RestorationReport(mode, detection, skipped=skipped)
+        if stages:
+            vector, reconstruction = _reconstruct(stages, library, embedder, restorers, decoded.image, pixels,
+                                                  raw_vector, raw, detection, identity, clock)
+            restored = library.search(vector, depth, 0, regions=regions)
+            results = tuple(fuse(raw.results, restored.results))
+            clock.lap("knn (restored)+fuse")
+            report = replace(report, applied=stages, reconstruction=reconstruction,
+                             stage_ms={s: clock.times[s] for s in stages})
+    page = SearchPage(tuple(results[offset : offset + k]), total=raw.total, took_ms=0.0)
+    page = library.label(page, decoded.sha256, lambda: decode_image(data, limits).image,
+                         (decoded.width, decoded.height))
+    clock.lap("label")
+    restoring = sum(v for name, v in clock.times.items() if name not in ("decode", "embed", "knn+join", "label"))
+    return replace(page, took_ms=clock.total()), replace(report, ms=restoring)
+
+
+class _Clock:
+    def __init__(self, timings: dict[str, float] | None):
+        self.times = timings if timings is not None else {}
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.times[name] = (now - self.last) * 1000
+        self.last = now
+
+    def total(self) -> float:
+        return (time.perf_counter() - self.start) * 1000
+
+
+def _detect(library: Library, pixels: np.ndarray, raw_vector: np.ndarray, raw: SearchPage, regions: bool) -> Detection:
+    level = float(noise_levels([pixels])[0])
+    profile = library.noise_profile()
+    margin = None
+    if regions and raw.results:
+        top = raw.results[0]
+        whole = float(np.dot(library.vector_of(top.id), raw_vector.reshape(-1)))
+        margin = top.score - whole  # 0 when the whole picture won
+    return Detection(level, profile.excess(level), profile.threshold(), margin)
+
+
+def _choose(mode: str, detection: Detection, restorers: Restorers, identity: dict) -> tuple[tuple[str, ...], dict]:
+    """The stages to run, in running order, and those skipped with their reasons."""
+    if mode != "auto":
+        reason = restorers.missing(mode, identity)
+        if reason is not None:
+            raise StageUnavailable(f"restore={mode}: {reason}")
+        return (mode,), {}
+    wanted = {stage for condition in detection.conditions for stage in restorers.policy.get(condition, ())}
+    if "pixel-ddim" in wanted:
+        wanted.discard("pixel")
+    skipped = {stage: reason for stage in wanted if (reason := restorers.missing(stage, identity))}
+    return tuple(s for s in STAGES if s in wanted and s not in skipped), skipped
+
+
+def _reconstruct(stages, library, embedder, restorers: Restorers, image, pixels, raw_vector, raw: SearchPage,
+                 detection: Detection, identity: dict, clock: _Clock) -> tuple[np.ndarray, bytes | None]:
+    """The reconstructed query vector, and a PNG of the reconstructed model input when the
+    image stages changed it."""
+    current = pixels
+    for stage in (s for s in stages if s in IMAGE_STAGES):
+        if stage == "outpaint":
+            current = embedder.prepare(restorers.run(restorers.outpainter().outpaint, image))
+        elif stage == "blur":
+            current = np.asarray(Image.fromarray(current).filter(ImageFilter.GaussianBlur(BLUR_RADIUS)))
+        else:
+            steps = 1 if stage == "pixel" else restorers.settings.steps
+            current = restorers.run(restorers.pixel().purify, current, detection.noise_excess, steps)
+        clock.lap(stage)
+    raw_flat = raw_vector.reshape(-1)
+    vector, png = raw_flat, None
+    if current is not pixels:
+        vector = embedder.encode_batch([current]).reshape(-1)
+        buffer = io.BytesIO()
+        Image.fromarray(current).save(buffer, "PNG")
+        png = buffer.getvalue()
+        clock.lap("embed (restored)")
+    for stage in (s for s in stages if s not in IMAGE_STAGES):
+        if stage == "embedding":
+            vector = restorers.run(restorers.embedding(identity).restore, vector)
+        else:
+            vector = _expand(library, vector, raw if vector is raw_flat else None)
+        clock.lap(stage)
+    return vector.reshape(1, -1).astype(np.float32), png
+
+
+def _expand(library: Library, vector: np.ndarray, page: SearchPage | None) -> np.ndarray:
+    from .expansion import alpha_query_expansion
+
+    if page is None:
+        page = library.search(vector.reshape(1, -1), QE_NEIGHBOURS, 0)
+    top = [r.id for r in page.results[:QE_NEIGHBOURS]]
+    if not top:
+        return vector
+    neighbours = np.stack([library.vector_of(i) for i in top])
+    return alpha_query_expansion(vector, neighbours, neighbours @ vector)
