@@ -196,6 +196,12 @@ def main() -> int:
               f"{built.index_bytes / 1e6:.2f} MB of FAISS files; near-duplicate cut-offs {cutoff.whole:.4f} "
               f"(whole), {cutoff.region:.4f} (region)")
     first = next(iter(indexes.values()))
+    identity = first.library.stored_identity().as_dict()
+    for stage in (c for c in configs if c not in ("whole", "off", "auto")):
+        reason = first.restorers.missing(stage, identity)
+        if reason is not None:
+            print(f"robustness: cannot run {stage!r}: {reason} (see --restorers)", file=sys.stderr)
+            return 2
     corpus = [path for path in photos_in(corpus_dir) if path in first.original_id]
     heldout = photos_in(heldout_dir)
     print(f"corpus {len(corpus)} photos, held-out {len(heldout)}, model {first.embedder.identity.describe()}, "

@@ -15,11 +15,16 @@
     detailClose: $("detail-close"), verdict: $("verdict"), generateFromQuery: $("generate-from-query"),
     generation: $("generation"), genSource: $("gen-source"), genProgress: $("gen-progress"),
     genCancel: $("gen-cancel"), genClose: $("gen-close"), genStatus: $("gen-status"),
-    genBackend: $("gen-backend"), genGrid: $("gen-grid"),
+    genBackend: $("gen-backend"), genGrid: $("gen-grid"), restoration: $("restoration"),
+    reconstruction: $("reconstruction"), reconstructionImage: $("reconstruction-image"),
   };
   const GENERATE = { n: 4, strength: 0.6, steps: 50 };
   const POLL_MS = 400;
   const MATCH_LABELS = { exact: "Exact copy", "near-duplicate": "Near-duplicate" };
+  const STAGE_NAMES = {
+    outpaint: "outpainting", blur: "blur", pixel: "diffusion denoising", "pixel-ddim": "diffusion denoising (DDIM)",
+    embedding: "embedding reconstruction", qe: "query expansion",
+  };
 
   // The current query: {kind: "text", text} | {kind: "upload", file, url} | {kind: "similar", id, thumb, name}
   let query = null;
@@ -103,6 +108,7 @@
       if (mine !== generation) return;
       total = page.total;
       if (offset === 0 && query.kind !== "text") showVerdict(page);
+      if (offset === 0 && query.kind === "upload") showRestoration(page.restoration);
       render(page.results, offset === 0);
       offset += page.results.length;
       const more = page.results.length === PAGE && offset < total;
@@ -133,6 +139,23 @@
       ? `This picture is in the collection: ${copies} ${copies === 1 ? "copy" : "copies"} found (exact or altered), shown first.`
       : "The collection holds no copy of this picture. These are the most similar pictures.";
     els.verdict.hidden = false;
+  }
+
+  // What the query restoration detected and did, and the reconstructed query beside the original.
+  function showRestoration(report) {
+    els.restoration.hidden = !report;
+    els.reconstruction.hidden = !(report && report.reconstruction);
+    if (!report) return;
+    const found = [];
+    if (report.detected.includes("noise")) found.push(`noise (σ ≈ ${report.noise.level.toFixed(1)} levels)`);
+    if (report.detected.includes("crop")) found.push("a crop");
+    const ran = report.applied.map((s) => STAGE_NAMES[s] || s);
+    const skipped = Object.entries(report.skipped || {}).map(([s, why]) => `${STAGE_NAMES[s] || s} skipped: ${why}`);
+    els.restoration.textContent = (found.length ? `Detected ${found.join(" and ")}. ` : "No damage detected. ") +
+      (ran.length ? `Reconstructed with ${ran.join(", ")} (${Math.round(report.ms)} ms); results from both queries are merged.`
+        : "Searched as given.") + (skipped.length ? ` (${skipped.join("; ")})` : "");
+    if (report.reconstruction) els.reconstructionImage.src = report.reconstruction;
+    else els.reconstructionImage.removeAttribute("src");
   }
 
   // A thumbnail; when a region of the picture matched, the whole picture is shown (letterboxed)
@@ -175,7 +198,8 @@
       const label = MATCH_LABELS[result.match];
       card.setAttribute("aria-label",
         `${baseName(result.path)}, score ${result.score.toFixed(3)}${label ? ", " + label.toLowerCase() : ""}` +
-        `${result.region ? ", matched in a region" : ""}`);
+        `${result.region ? ", matched in a region" : ""}` +
+        `${result.found_by === "restored" ? ", found by the reconstructed query" : ""}`);
       const caption = document.createElement("span");
       caption.className = "caption";
       const name = document.createElement("span");
@@ -186,6 +210,13 @@
       score.className = "score";
       score.textContent = result.score.toFixed(3);
       caption.append(name, score);
+      if (result.found_by === "restored") {
+        const via = document.createElement("span");
+        via.className = "via";
+        via.textContent = "via reconstruction";
+        via.title = "Only the reconstructed query found this picture";
+        caption.append(via);
+      }
       if (label) {
         const badge = document.createElement("span");
         badge.className = `badge ${result.match}`;
@@ -210,6 +241,7 @@
 
   function clearQueryPanel() {
     if (query && query.kind === "upload") URL.revokeObjectURL(query.url);
+    showRestoration(null);
     els.query.hidden = true;
     els.queryImage.removeAttribute("src");
   }

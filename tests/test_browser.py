@@ -289,3 +289,42 @@ def test_generation_shows_progress_and_can_be_cancelled(generator):
     page.click("#gen-cancel")
     page.wait_for_function("document.getElementById('gen-status').textContent === 'Cancelled.'", timeout=60_000)
     assert page.locator("#gen-grid .variation").count() == 0 and page.is_hidden("#gen-cancel")
+
+
+@pytest.fixture
+def restorer(page, settings):
+    """The page, once a pixel restorer has trained for a moment on the indexed photographs
+    (the server loads it with the first query that needs it)."""
+    from indexer.commands import open_library
+    from searchapp.restoration.pixel import OWN_FOLDER
+    from searchapp.restoration.training import PixelTraining, train_pixel_restorer
+
+    library = open_library(settings)
+    try:
+        train_pixel_restorer(library, settings.home / OWN_FOLDER,
+                             PixelTraining(budget_seconds=2, input_size=32, progress=False), "cpu")
+    finally:
+        library.close()
+    return page
+
+
+def test_a_noisy_upload_shows_what_was_detected_and_its_reconstruction(restorer, photos, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    page = restorer
+    original = next(photos.rglob("rocket-0.*"))
+    small = np.asarray(Image.open(original).convert("RGB").resize((32, 32)), dtype=np.float64)
+    noisy = np.clip(small + np.random.default_rng(0).normal(0, 70, small.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(tmp_path / "noisy.png")
+    page.set_input_files("#file", str(tmp_path / "noisy.png"))
+    page.wait_for_selector("#reconstruction:not([hidden])")
+    text = page.inner_text("#restoration")
+    assert text.startswith("Detected noise") and "diffusion denoising" in text
+    page.wait_for_function("document.getElementById('reconstruction-image').naturalWidth === 32")
+    page.wait_for_selector("#results .card")
+    save_screenshot(page, tmp_path, "restored-search.png")
+
+    page.set_input_files("#file", str(original))
+    page.wait_for_function("document.getElementById('restoration').textContent.startsWith('No damage detected')")
+    assert page.is_hidden("#reconstruction")
