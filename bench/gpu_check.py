@@ -19,7 +19,8 @@ Steps (each one's failure is reported and the next still runs; exit status 1 if 
    --count generated ~1024-px JPEGs, with JPEGs decoded by nvJPEG and then by Pillow
    processes: decode-only, model-only (fp16) and end-to-end job images/s;
 4. `bench/generate_speed.py` on CUDA: seconds per generated picture for Loupe's own 64-px
-   generator and a Stable Diffusion 1.5-sized img2img pipeline at 512 px (fp16).
+   generator and a Stable Diffusion 1.5-sized img2img pipeline at 512 px (fp16);
+5. `bench/restore_speed.py` on CUDA: latency of the query-restoration stages (fp16 denoiser).
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def main() -> int:
         )
     results["generate speed"] = step("generate similar: seconds per picture, both backends",
                                      [py, "bench/generate_speed.py", "--device", "cuda"], 300)
+    results["restore speed"] = step("query restoration: stage latency",
+                                    [py, "bench/restore_speed.py", "--device", "cuda"], 120)
     print("\n" + "\n".join(f"{name}: {'ok' if ok else 'FAILED'}" for name, ok in results.items()))
     return 0 if all(results.values()) else 1
 

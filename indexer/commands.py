@@ -182,6 +182,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "regions": {**library.regions.store.describe(), "path": str(settings.regions_path),
                     "scales": settings.regions.describe()},
         "matching": library.match_cutoff().as_dict(),
+        "noise": library.noise_profile().as_dict(),
         "device": resolve_device(settings.device),
         "database": redact_url(settings.database_url),
         "home": str(settings.home),
@@ -215,6 +216,9 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
     matching = report["matching"]
     print(f"matching: near-duplicate from score {matching['near_duplicate']:.4f} (whole picture), "
           f"{matching['near_duplicate_region']:.4f} (region); {matching['basis']}", file=out)
+    noise = report["noise"]
+    print(f"noise:    indexed pictures' noise level (model input, grey levels) median {noise['median']:.2f}, "
+          f"99th centile {noise['p99']:.2f}" + ("" if noise["pictures"] else " (default: not calibrated yet)"), file=out)
     print(f"device:   {report['device']}", file=out)
     print(f"database: {report['database']}", file=out)
     if job is not None:

@@ -378,7 +378,7 @@ class Library:
             info = session.get(IndexInfo, 1)
         if info is None or info.noise_median is None:
             return DEFAULT_PROFILE
-        return NoiseProfile(info.noise_median, info.noise_high, info.calibrated_images or 0)
+        return NoiseProfile(info.noise_median, info.noise_high, len(self.store))
 
     def needs_calibration(self, growth: float = 0.1) -> bool:
         """Whether the cut-offs are missing or the index changed size by more than `growth`
