@@ -55,9 +55,14 @@ def configure_train_generator(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="picture size in pixels for a new model (default: 64 on CUDA, 32 on the CPU, "
                              "where a 64-px model gets too few steps in minutes)")
+    _add_training_options(parser, "the trained model")
+
+
+def _add_training_options(parser: argparse.ArgumentParser, restarted: str) -> None:
+    """The options every `train-*` command shares."""
     parser.add_argument("--max-pictures", type=int, default=20_000,
-                        help="indexed pictures to train on (a seeded sample when there are more)")
-    parser.add_argument("--restart", action="store_true", help="discard the trained model and start over")
+                        help="indexed pictures to learn from (a seeded sample when there are more)")
+    parser.add_argument("--restart", action="store_true", help=f"discard {restarted} and start over")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -138,12 +143,7 @@ def configure_train_restorer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedding-minutes", type=float, default=2.0,
                         help="training budget of the embedding model, after embedding its examples (default 2)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-pictures", type=int, default=20_000,
-                        help="indexed pictures to learn from (a seeded sample when there are more)")
-    parser.add_argument("--restart", action="store_true", help="discard the trained pixel denoiser and start over")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--json", action="store_true")
+    _add_training_options(parser, "the trained pixel denoiser")
 
 
 def cmd_train_restorer(settings, args, out) -> int:

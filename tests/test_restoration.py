@@ -326,3 +326,18 @@ def test_noise_levels_are_recorded_at_index_time(env, photos, settings):
         assert record.noise_level is not None and record.noise_level >= 0
     finally:
         library.close()
+
+
+@pytest.mark.slow
+def test_a_configured_model_that_fails_to_load_is_skipped_by_auto(env, photos, tmp_path):
+    from indexer.settings import Settings
+
+    run_json(["index", str(photos), "--no-progress"], env)
+    (tmp_path / "broken").mkdir()
+    settings = Settings.from_env({**env, "LOUPE_RESTORE_MODEL": str(tmp_path / "broken")})
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
+    body = _search(client, _noisy_upload(photos)).get_json()
+    assert body["restoration"]["applied"] == [] and "cannot load" in body["restoration"]["skipped"]["pixel"]
+    assert len(body["results"]) == 5
+    response = _search(client, _noisy_upload(photos), restore="pixel")
+    assert response.status_code == 503 and "LOUPE_RESTORE_MODEL" in response.get_json()["message"]

@@ -200,13 +200,20 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
         clock.lap("detect")
         report = RestorationReport(mode, detection, skipped=skipped)
         if stages:
-            vector, reconstruction = _reconstruct(stages, library, embedder, restorers, decoded.image, pixels,
-                                                  raw_vector, raw, detection, identity, clock)
-            restored = library.search(vector, depth, 0, regions=regions)
-            results = tuple(fuse(raw.results, restored.results))
-            clock.lap("knn (restored)+fuse")
-            report = replace(report, applied=stages, reconstruction=reconstruction,
-                             stage_ms={s: clock.times[s] for s in stages})
+            try:
+                vector, reconstruction = _reconstruct(stages, library, embedder, restorers, decoded.image, pixels,
+                                                      raw_vector, raw, detection, identity, clock)
+            except StageUnavailable as err:
+                if mode != "auto":
+                    raise
+                # A configured model that fails to load: auto answers with the raw lookup.
+                report = replace(report, skipped={**skipped, **{stage: str(err) for stage in stages}})
+            else:
+                restored = library.search(vector, depth, 0, regions=regions)
+                results = tuple(fuse(raw.results, restored.results))
+                clock.lap("knn (restored)+fuse")
+                report = replace(report, applied=stages, reconstruction=reconstruction,
+                                 stage_ms={s: clock.times[s] for s in stages})
     page = SearchPage(tuple(results[offset : offset + k]), total=raw.total, took_ms=0.0)
     page = library.label(page, decoded.sha256, lambda: decode_image(data, limits).image,
                          (decoded.width, decoded.height))
