@@ -243,7 +243,7 @@ def _detect(library: Library, pixels: np.ndarray, raw_vector: np.ndarray, raw: S
     if regions and raw.results:
         top = raw.results[0]
         whole = float(np.dot(library.vector_of(top.id), raw_vector.reshape(-1)))
-        margin = top.score - whole  # 0 when the whole picture won
+        margin = top.score - whole if top.region is not None else 0.0  # a region won: by how much
     return Detection(level, profile.excess(level), profile.threshold(), margin)
 
 
