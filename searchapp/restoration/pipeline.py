@@ -41,10 +41,10 @@ from .fusion import fuse
 from .stages import CONDITIONS, IMAGE_STAGES, MODES, STAGES
 from .pixel import StageUnavailable
 
-# What `auto` runs per detected condition: only what bench/robustness.py showed to help
-# (docs/robustness.md has the table); a stage whose model is missing is skipped. Crops are left
-# to the regional index: with the weights measured, neither the embedding model nor αQE helped
-# them, and outpainting could not be measured (LOUPE_RESTORE_AUTO=crop:outpaint to opt in).
+# What `auto` runs per detected condition (docs/robustness.md has the measurements); a stage
+# whose model is missing is skipped. Crops are left to the regional index: αQE hurt them,
+# outpainting could not be measured (LOUPE_RESTORE_AUTO=crop:outpaint to opt in), and the
+# embedding model's gains lie mostly on queries detected as neither noise nor crop.
 DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",)}
 BLUR_RADIUS = 1.0  # at the model's input resolution
 QE_NEIGHBOURS = 5
