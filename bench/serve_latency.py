@@ -77,8 +77,8 @@ def main() -> None:
     from indexer.commands import load_embedder, open_library
     from indexer.images import decode_image
     from indexer.jobs import IndexJob, IndexOptions
-    from indexer.lookup import reverse_lookup
     from indexer.settings import Settings
+    from searchapp.restoration.pipeline import Restorers, restored_lookup
 
     work, env = bench_workspace("loupe-serve-bench-", args.home, args.model, args.pretrained)
     settings = Settings.from_env(env)
@@ -103,9 +103,10 @@ def main() -> None:
         embedder.encode_texts([TEXT_QUERIES[i % len(TEXT_QUERIES)]])
         model_text.append((time.perf_counter() - t0) * 1000)
     inproc_image = []
+    restorers = Restorers(settings.restore, settings.home, "cpu")
     for i in range(rounds):
         t0 = time.perf_counter()
-        reverse_lookup(library, embedder, queries[i % len(queries)], k=20)  # what the server runs
+        restored_lookup(library, embedder, queries[i % len(queries)], k=20, restorers=restorers)  # what the server runs
         inproc_image.append((time.perf_counter() - t0) * 1000)
     inproc_text = []
     for i in range(rounds):

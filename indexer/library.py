@@ -396,9 +396,7 @@ class Library:
         ids = np.sort(self.store.ids())
         if len(ids) > sample:
             ids = np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
-        vectors = {}
-        for chunk_ids, chunk_vectors in self.images.stored_vectors(ids.tolist()):
-            vectors.update(zip(chunk_ids.tolist(), chunk_vectors))
+        vectors = dict(zip(ids.tolist(), self.stored_vectors_of(ids.tolist())))
         whole_tops, region_tops = [], []
         for image_id, vector in vectors.items():
             best_whole = self._rank(vector, 1, regions=False, exclude={image_id})

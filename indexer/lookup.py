@@ -1,22 +1,22 @@
 """Reverse lookup of a picture: decode ▸ embed ▸ whole and regional kNN ▸ catalog join ▸
-match labels. Shared by `loupe search --image`, the HTTP API and the robustness benchmark."""
+match labels. The plain lookup; the service, `loupe search --image` and the robustness benchmark
+go through `searchapp.restoration.pipeline.restored_lookup`, which answers the same page when no
+restoration stage runs."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Callable
 
 from .images import DecodeLimits, decode_image
 from .library import Library, SearchPage
 
 
 def reverse_lookup(library: Library, embedder, data: bytes, k: int, offset: int = 0, regions: bool = True,
-                   limits: DecodeLimits = DecodeLimits(), transform: Callable | None = None,
+                   limits: DecodeLimits = DecodeLimits(),
                    timings: dict[str, float] | None = None) -> SearchPage:
     """The indexed pictures nearest to the picture in `data`, labelled exact / near-duplicate /
     similar. `embedder` is anything with `prepare`, `encode_batch` and `image_size`;
-    `transform` (PIL image → PIL image) runs on the decoded query before it is embedded;
     `timings`, when given, receives each stage's milliseconds."""
     clock = [time.perf_counter()]
     t0 = clock[0]
@@ -29,9 +29,7 @@ def reverse_lookup(library: Library, embedder, data: bytes, k: int, offset: int 
 
     decoded = decode_image(data, limits, draft_size=library.region_spec.draft_size(embedder.image_size))
     lap("decode")
-    image = transform(decoded.image) if transform is not None else decoded.image
-    lap("stage")
-    query = embedder.encode_batch([embedder.prepare(image)])
+    query = embedder.encode_batch([embedder.prepare(decoded.image)])
     lap("embed")
     page = library.search(query, k, offset, started=t0, regions=regions)
     lap("knn+join")

@@ -12,6 +12,7 @@ from indexer.catalog import ImageRecord, JobRecord
 
 from .errors import ApiError
 from .openapi import openapi_document
+from .restoration.pipeline import RestorationReport
 from .restoration.stages import MODES as RESTORE_MODES
 from .security import require_token
 from .services import service
@@ -116,8 +117,7 @@ def search_image():
         if image_id is None:
             raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
         page = service().search_image_id(_as_id(image_id), k, offset, regions=use_regions)
-        restoration = {"requested": restore, "detected": [], "applied": [], "skipped": {}, "ms": 0.0, "stage_ms": {},
-                       "reconstruction": None, "note": "an indexed picture is searched by its stored vector"}
+        restoration = {**RestorationReport(restore).as_dict(), "note": "an indexed picture is searched by its stored vector"}
     return jsonify(_results(page, min_score, restoration=restoration))
 
 

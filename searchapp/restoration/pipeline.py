@@ -244,8 +244,9 @@ def _detect(library: Library, pixels: np.ndarray, raw_vector: np.ndarray, raw: S
     margin = None
     if regions and raw.results:
         top = raw.results[0]
-        whole = float(np.dot(library.vector_of(top.id), raw_vector.reshape(-1)))
-        margin = top.score - whole if top.region is not None else 0.0  # a region won: by how much
+        margin = 0.0
+        if top.region is not None:  # a region won: by how much it beat the same picture's whole
+            margin = top.score - float(np.dot(library.vector_of(top.id), raw_vector.reshape(-1)))
     return Detection(level, profile.excess(level), profile.threshold(), margin)
 
 
