@@ -89,13 +89,14 @@ def test_purify_keeps_shape_and_leaves_clean_pictures_alone():
 
 @pytest.mark.slow
 def test_trained_denoiser_removes_noise(tmp_path):
-    """A tiny denoiser trained for seconds on smooth pictures already brings a noisy one closer
-    to the clean picture, one-shot and with DDIM steps."""
+    """A tiny denoiser trained for 200 steps (seconds; a step count, not a time budget, so a busy
+    machine trains the same model) on smooth pictures already brings a noisy one closer to the
+    clean picture, one-shot and with DDIM steps."""
     from searchapp.diffusion.training import TrainOptions, train
 
     pictures = np.stack([smooth_picture(24, seed) for seed in range(16)])
     train(tmp_path / "pixel", pictures, TINY_UNET,
-          TrainOptions(budget_seconds=120, max_steps=200, batch_size=16, max_timestep=300, progress=False,
+          TrainOptions(budget_seconds=3600, max_steps=200, batch_size=16, max_timestep=300, progress=False,
                        learning_rate=1e-3, ema_decay=0.9))
     restorer = load_pixel_restorer(str(tmp_path / "pixel"), tmp_path, "cpu")
     clean = smooth_picture(48, seed=99)
@@ -160,7 +161,7 @@ def test_embedding_restorer_moves_damaged_embeddings_towards_their_originals(tmp
     damaged = _unit(clean + rng.normal(scale=0.35, size=clean.shape)).astype(np.float32)
     identity = {"architecture": "test"}
     summary = train_embedding_restorer(tmp_path, clean, damaged, identity, EmbeddingConfig(dim=16, hidden=128, blocks=2),
-                                       budget_seconds=20, max_steps=600, batch_size=128)
+                                       budget_seconds=3600, max_steps=600, batch_size=128)
     assert summary.last_loss < summary.first_loss
     restorer = load_embedding_restorer(tmp_path, identity)
     queries = _unit(originals + rng.normal(scale=0.35, size=originals.shape)).astype(np.float32)  # unseen damage

@@ -129,6 +129,7 @@ def train(folder: Path, pictures: np.ndarray, config: UNetConfig, options: Train
     optimizer = torch.optim.AdamW(unet.parameters(), lr=options.learning_rate, weight_decay=0.0)
     scheduler = config.create_scheduler("ddpm")
     rng = np.random.default_rng(options.seed)
+    noise_source = torch.Generator("cpu").manual_seed(options.seed)  # seeded: a run is repeatable
     total_steps, total_seconds = 0, 0.0
     if resumed:
         state = torch.load(state_path, map_location=device, weights_only=False)
@@ -136,7 +137,7 @@ def train(folder: Path, pictures: np.ndarray, config: UNetConfig, options: Train
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+        noise_source.set_state(state["torch_rng"])
         total_steps, total_seconds = state["step"], state["seconds"]
     else:
         ema.load_state_dict(unet.state_dict())
@@ -150,7 +151,7 @@ def train(folder: Path, pictures: np.ndarray, config: UNetConfig, options: Train
     with bar:
         while time.monotonic() - started < options.budget_seconds and steps < (options.max_steps or float("inf")):
             x0 = random_batch(pictures, config.sample_size, options.batch_size, rng).to(device)
-            noise = torch.randn_like(x0)
+            noise = torch.randn(x0.shape, generator=noise_source).to(device)
             t = torch.from_numpy(rng.integers(0, top, len(x0))).to(device)
             predicted = unet(scheduler.add_noise(x0, noise, t), t).sample
             loss = torch.nn.functional.mse_loss(predicted, noise)
@@ -166,11 +167,11 @@ def train(folder: Path, pictures: np.ndarray, config: UNetConfig, options: Train
             bar.set_postfix_str(f"step {total_steps + steps}, loss {np.mean(losses[-50:]):.4f}", refresh=False)
             bar.refresh()
             if time.monotonic() - last_checkpoint >= options.checkpoint_seconds:
-                _checkpoint(folder, config, unet, ema, optimizer, rng, total_steps + steps,
+                _checkpoint(folder, config, unet, ema, optimizer, rng, noise_source, total_steps + steps,
                             total_seconds + elapsed, len(pictures), options)
                 last_checkpoint = time.monotonic()
     seconds = time.monotonic() - started
-    _checkpoint(folder, config, unet, ema, optimizer, rng, total_steps + steps, total_seconds + seconds,
+    _checkpoint(folder, config, unet, ema, optimizer, rng, noise_source, total_steps + steps, total_seconds + seconds,
                 len(pictures), options)
     return TrainSummary(
         steps=steps, total_steps=total_steps + steps, seconds=seconds, total_seconds=total_seconds + seconds,
@@ -189,7 +190,7 @@ def _update_ema(ema, model, decay: float) -> None:
             target.copy_(source)
 
 
-def _checkpoint(folder: Path, config: UNetConfig, unet, ema, optimizer, rng, step: int, seconds: float,
+def _checkpoint(folder: Path, config: UNetConfig, unet, ema, optimizer, rng, noise_source, step: int, seconds: float,
                 pictures: int, options: TrainOptions) -> None:
     """Save the EMA weights (for sampling) and the training state (for resuming), each atomically."""
     import torch
@@ -197,7 +198,7 @@ def _checkpoint(folder: Path, config: UNetConfig, unet, ema, optimizer, rng, ste
     save_unet(ema, folder)
     tmp = folder / f".{STATE_FILE}.tmp"
     torch.save({"raw": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "numpy_rng": rng.bit_generator.state, "torch_rng": noise_source.get_state(),
                 "step": step, "seconds": seconds}, tmp)
     os.replace(tmp, folder / STATE_FILE)
     info = {"config": config.as_dict(), "steps": step, "seconds": round(seconds, 1), "pictures": pictures,
