@@ -40,7 +40,7 @@ from PIL import Image
 
 from common import DEFAULT_HOME, bench_workspace
 from searchapp.restoration.corruptions import KINDS, corrupt
-from searchapp.restoration.stages import MODES
+from searchapp.restoration.stages import CONDITIONS, MODES
 
 CONFIGS = ("whole",) + MODES
 REGIONAL_CONFIGS = frozenset(MODES)
@@ -276,7 +276,7 @@ def main() -> int:
         print("\nauto: share of queries with each condition detected / each stage run, by kind:")
         for kind in kinds:
             rows = outcomes[(config, kind)]
-            found = {c: np.mean([c in o.detected for o in rows]) for c in ("noise", "crop")}
+            found = {c: np.mean([c in o.detected for o in rows]) for c in CONDITIONS}
             ran = {s: np.mean([s in o.applied for o in rows]) for s in sorted({s for o in rows for s in o.applied})}
             print(f"  {kind:<10} detected " + " ".join(f"{c} {v:.2f}" for c, v in found.items())
                   + ("; ran " + " ".join(f"{s} {v:.2f}" for s, v in ran.items()) if ran else "; ran nothing"))

@@ -106,6 +106,9 @@ SCHEMAS = {
                                 "level": {"type": "number", "description": "σ̂ of the model input, grey levels"},
                                 "excess": {"type": "number"}, "threshold": {"type": "number"}}},
                             "crop": {"type": ["object", "null"], "properties": {"margin": {"type": "number"}}},
+                            "match": {"type": ["object", "null"], "description":
+                                      "the raw lookup's best score against the near-duplicate cut-off",
+                                      "properties": {"top_score": {"type": "number"}, "cutoff": {"type": "number"}}},
                             "ms": {"type": "number", "description": "time spent restoring"},
                             "stage_ms": {"type": "object", "additionalProperties": {"type": "number"}},
                             "reconstruction": {"type": ["string", "null"],

@@ -149,6 +149,7 @@
     const found = [];
     if (report.detected.includes("noise")) found.push(`noise (σ ≈ ${report.noise.level.toFixed(1)} levels)`);
     if (report.detected.includes("crop")) found.push("a crop");
+    if (report.detected.includes("unmatched")) found.push("no near-duplicate in the plain lookup");
     const ran = report.applied.map((s) => STAGE_NAMES[s] || s);
     const skipped = Object.entries(report.skipped || {}).map(([s, why]) => `${STAGE_NAMES[s] || s} skipped: ${why}`);
     els.restoration.textContent = (found.length ? `Detected ${found.join(" and ")}. ` : "No damage detected. ") +

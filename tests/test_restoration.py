@@ -64,6 +64,21 @@ def test_detection_conditions():
     assert Detection(30.0, 29.0, 10.0, 0.0).conditions == ("noise",)
     assert Detection(3.0, 2.0, 10.0, 0.004).conditions == ("crop",)
     assert Detection(3.0, 2.0, 10.0, None).conditions == ()
+    assert Detection(3.0, 2.0, 10.0, None, top_score=0.5, match_cutoff=0.9).conditions == ("unmatched",)
+    assert Detection(3.0, 2.0, 10.0, 0.0, top_score=0.95, match_cutoff=0.9).conditions == ()
+
+
+def test_every_kind_of_damage_is_seeded():
+    from searchapp.restoration.corruptions import KINDS, SMALL_SIDE, corrupt
+
+    picture = Image.fromarray(smooth_picture(600)[:, :480])
+    for kind in KINDS:
+        first, again = (np.asarray(corrupt(picture, kind, np.random.default_rng(3))) for _ in range(2))
+        assert np.array_equal(first, again), kind
+    small = corrupt(picture, "smallnoise35", np.random.default_rng(0))
+    assert max(small.size) == SMALL_SIDE and noise_levels([np.asarray(small)])[0] > 25
+    with pytest.raises(ValueError, match="unknown corruption"):
+        corrupt(picture, "smudge", np.random.default_rng(0))
 
 
 # -- pixel purification ------------------------------------------------------------------------------------
@@ -256,6 +271,12 @@ def test_auto_restores_noisy_queries_and_leaves_clean_ones_alone(restorable, pho
     header, data = restoration["reconstruction"].split(",", 1)
     assert header == "data:image/png;base64" and Image.open(io.BytesIO(base64.b64decode(data))).size == (32, 32)
     assert {r["found_by"] for r in response.get_json()["results"]} <= {"raw", "restored", "both"}
+
+    stranger = _search(client, _png_bytes(smooth_picture(32, seed=5))).get_json()  # not in the collection
+    restoration = stranger["restoration"]
+    assert restoration["match"]["top_score"] < restoration["match"]["cutoff"] and not stranger["copy_found"]
+    assert "unmatched" in restoration["detected"] and restoration["applied"] == ["embedding"]
+    assert restoration["reconstruction"] is None  # the embedding stage changes no pixels
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Seeded damage to pictures: what the robustness benchmark queries with and what the
 embedding restorer learns to undo (Gaussian noise, crops, re-compression, blur, downscale,
-rotation, caption text, and a strong combination)."""
+rotation, caption text, a strong combination, and noise on a small copy)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 KINDS = (
     "clean", "noise15", "noise35", "noise60", "crop70", "crop40", "crop20", "jpeg10", "blur3",
-    "down25", "rotate10", "text", "combo",
-)
+    "down25", "rotate10", "text", "combo", "smallnoise35", "smallnoise60",
+)  # new kinds go last: the benchmark seeds each query by its kind's position here
+SMALL_SIDE = 256  # smallnoise: the noise of a small picture (a thumbnail, a screenshot), not averaged away
 
 
 def add_noise(img: Image.Image, sigma: float, rng: np.random.Generator) -> Image.Image:
@@ -62,6 +63,10 @@ def corrupt(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Imag
         return img
     if kind.startswith("noise"):
         return add_noise(img, float(kind[5:]), rng)
+    if kind.startswith("smallnoise"):
+        small = img.copy()
+        small.thumbnail((SMALL_SIDE, SMALL_SIDE), Image.BICUBIC)
+        return add_noise(small, float(kind[10:]), rng)
     if kind.startswith("crop"):
         return random_crop(img, int(kind[4:]) / 100, rng)
     if kind == "jpeg10":

@@ -11,7 +11,7 @@ when none runs, the answer is exactly the raw lookup's. Stages, in the order the
     embedding    the conditional diffusion model over CLIP embeddings
     qe           αQE query expansion over the top neighbours (closed form)
 
-`restore=auto` runs, for each condition detected (`noise`, `crop`), the stages its policy names
+`restore=auto` runs, for each condition detected (`noise`, `crop`, `unmatched`), the stages its policy names
 (measured by bench/robustness.py; LOUPE_RESTORE_AUTO overrides it) and skips, with a reason,
 those whose model is missing; naming a stage runs it whatever was detected, and fails clearly
 when it cannot.
@@ -42,10 +42,11 @@ from .stages import CONDITIONS, IMAGE_STAGES, MODES, STAGES
 from .pixel import StageUnavailable
 
 # What `auto` runs per detected condition (docs/robustness.md has the measurements); a stage
-# whose model is missing is skipped. Crops are left to the regional index: αQE hurt them,
-# outpainting could not be measured (LOUPE_RESTORE_AUTO=crop:outpaint to opt in), and the
-# embedding model's gains lie mostly on queries detected as neither noise nor crop.
-DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",)}
+# whose model is missing is skipped. The embedding model runs when the raw lookup found no
+# near-duplicate: that is where its gains lie (strong combinations, 70% crops, rotation), and a
+# query that already found its copy is left alone. Crops are otherwise left to the regional
+# index (αQE hurt them; outpainting could not be measured: LOUPE_RESTORE_AUTO=crop:outpaint).
+DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",), "unmatched": ("embedding",)}
 BLUR_RADIUS = 1.0  # at the model's input resolution
 QE_NEIGHBOURS = 5
 FUSION_EXTRA = 20  # each ranking is fetched this much deeper than the page, for fusion
@@ -72,13 +73,16 @@ def parse_policy(text: str | None) -> dict[str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class Detection:
-    """What the query looks like: its noise level against the collection's, and whether a
-    region of an indexed picture beat that picture's whole (evidence of a crop)."""
+    """What the query looks like: its noise level against the collection's, whether a region of
+    an indexed picture beat that picture's whole (evidence of a crop), and whether the raw
+    lookup's top result reached the near-duplicate cut-off."""
 
     noise_level: float  # σ̂ of the model input, grey levels
     noise_excess: float  # beyond a typical indexed picture's, in quadrature
     noise_threshold: float  # the collection's 99th centile (or a floor)
     crop_margin: float | None  # top result's region score minus its whole-picture score
+    top_score: float | None = None  # the raw lookup's best score (None: nothing indexed)
+    match_cutoff: float | None = None  # the near-duplicate cut-off that score is held to
 
     @property
     def conditions(self) -> tuple[str, ...]:
@@ -87,12 +91,18 @@ class Detection:
             found.append("noise")
         if self.crop_margin is not None and self.crop_margin > 0:
             found.append("crop")
+        if self.top_score is not None and self.match_cutoff is not None and self.top_score < self.match_cutoff:
+            found.append("unmatched")
         return tuple(found)
 
     def as_dict(self) -> dict:
+        match = None
+        if self.top_score is not None and self.match_cutoff is not None:
+            match = {"top_score": round(self.top_score, 6), "cutoff": round(self.match_cutoff, 6)}
         return {"noise": {"level": round(self.noise_level, 3), "excess": round(self.noise_excess, 3),
                           "threshold": round(self.noise_threshold, 3)},
-                "crop": None if self.crop_margin is None else {"margin": round(self.crop_margin, 6)}}
+                "crop": None if self.crop_margin is None else {"margin": round(self.crop_margin, 6)},
+                "match": match}
 
 
 @dataclass(frozen=True)
@@ -241,13 +251,17 @@ class _Clock:
 def _detect(library: Library, pixels: np.ndarray, raw_vector: np.ndarray, raw: SearchPage, regions: bool) -> Detection:
     level = float(noise_levels([pixels])[0])
     profile = library.noise_profile()
-    margin = None
-    if regions and raw.results:
+    margin = top_score = cutoff = None
+    if raw.results:
         top = raw.results[0]
-        margin = 0.0
-        if top.region is not None:  # a region won: by how much it beat the same picture's whole
-            margin = top.score - float(np.dot(library.vector_of(top.id), raw_vector.reshape(-1)))
-    return Detection(level, profile.excess(level), profile.threshold(), margin)
+        match_cutoff = library.match_cutoff()
+        top_score = top.score
+        cutoff = match_cutoff.region if top.region is not None else match_cutoff.whole
+        if regions:
+            margin = 0.0
+            if top.region is not None:  # a region won: by how much it beat the same picture's whole
+                margin = top.score - float(np.dot(library.vector_of(top.id), raw_vector.reshape(-1)))
+    return Detection(level, profile.excess(level), profile.threshold(), margin, top_score, cutoff)
 
 
 def _choose(mode: str, detection: Detection, restorers: Restorers, identity: dict) -> tuple[tuple[str, ...], dict]:

@@ -4,4 +4,4 @@ nothing heavy lives here)."""
 STAGES = ("outpaint", "blur", "pixel", "pixel-ddim", "embedding", "qe")  # in the order they run
 IMAGE_STAGES = frozenset({"outpaint", "blur", "pixel", "pixel-ddim"})
 MODES = ("auto", "off") + STAGES
-CONDITIONS = ("noise", "crop")
+CONDITIONS = ("noise", "crop", "unmatched")  # unmatched: the raw lookup found no near-duplicate
