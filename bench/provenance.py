@@ -31,10 +31,13 @@ def _git(*argv: str) -> str | None:
 
 
 def commit_identity() -> str:
-    """`<short sha>`, `<short sha>+dirty` when tracked files differ from it, or LOUPE_COMMIT."""
+    """LOUPE_COMMIT when set (a copied tree whose .git is not the source's, e.g. on a lent GPU
+    machine), else `<short sha>`, or `<short sha>+dirty` when tracked files differ from it."""
+    if os.environ.get("LOUPE_COMMIT"):
+        return os.environ["LOUPE_COMMIT"]
     sha = _git("rev-parse", "--short=10", "HEAD")
     if sha is None:
-        return os.environ.get("LOUPE_COMMIT", "unknown")
+        return "unknown"
     dirty = _git("status", "--porcelain", "--untracked-files=no")
     return f"{sha}+dirty" if dirty else sha
 

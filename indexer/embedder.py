@@ -117,7 +117,9 @@ class ClipEmbedder:
         self.tokenizer = tokenizer
         self.device = device
         self.identity = identity
-        self.dtype = next(model.parameters()).dtype
+        # The image tower's input dtype: open_clip's fp16 keeps some parameters (logit_scale,
+        # positional embeddings in some versions) in float32, so the first parameter can lie.
+        self.dtype = model.visual.conv1.weight.dtype if hasattr(model.visual, "conv1") else _main_dtype(model.visual)
         cfg = model.visual.preprocess_cfg
         size = cfg["size"]
         self.input_size = (int(size[1]), int(size[0])) if isinstance(size, (tuple, list)) else (int(size), int(size))
@@ -177,6 +179,14 @@ class ClipEmbedder:
         with torch.inference_mode():
             tokens = self.tokenizer(list(texts)).to(self.device)
             return _normalised(self.model.encode_text(tokens))
+
+
+def _main_dtype(module):
+    """The dtype most of `module`'s parameter elements have."""
+    counts: dict = {}
+    for param in module.parameters():
+        counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
+    return max(counts, key=counts.get)
 
 
 def _normalised(features) -> np.ndarray:

@@ -107,7 +107,7 @@ def test_nvjpeg_decodes_on_cuda_like_pillow(tmp_path, photos, embedder):
     cpu = ImageFileDataset([], embedder.prepare, DecodeLimits(), embedder.image_size, RegionSpec())
     device = DeviceJpegReader("cuda", cpu)
     got = [item for batch in device.batches(paths, 8) for item in batch]
-    on_gpu = [g for g in got if g.error is None and hasattr(g.pixels, "device") and g.pixels.device.type == "cuda"]
+    on_gpu = [g for g in got if g.error is None and isinstance(g.pixels, torch.Tensor) and g.pixels.is_cuda]
     assert len(on_gpu) >= len(paths) - 8
     for item in on_gpu:
         want = cpu.read(item.path)
