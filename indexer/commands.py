@@ -95,8 +95,8 @@ def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
         return 0
     if restoration is not None:
         print(_restoration_line(restoration), file=out)
-    if not embedder.identity.semantic:
-        print("note: untrained model weights (LOUPE_PRETRAINED=none): results are not semantic", file=out)
+    if embedder.identity.caveat():
+        print(f"note: {embedder.identity.caveat()}", file=out)
     if not page.results:
         print("no results", file=out)
     if page.copy_found is False:
@@ -166,6 +166,7 @@ def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
 
 def cmd_status(settings: Settings, args, out: TextIO) -> int:
     from .embedder import resolve_device
+    from .vectorstore import faiss_build
 
     library = open_library(settings)
     stored = library.stored_identity()
@@ -178,7 +179,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
             "configured": {"architecture": settings.model, "pretrained": settings.pretrained},
             "index": stored.as_dict() if stored else None,
         },
-        "index": {**store.describe(), "path": str(settings.index_path)},
+        "index": {**store.describe(), "path": str(settings.index_path), "faiss": faiss_build()},
         "regions": {**library.regions.store.describe(), "path": str(settings.regions_path),
                     "scales": settings.regions.describe()},
         "matching": library.match_cutoff().as_dict(),
@@ -207,9 +208,14 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
           f"{counts['failed']} failed, {counts['missing']} missing", file=out)
     print(f"model:    {stored.describe() if stored else 'none yet'} "
           f"(configured: {settings.model}/{settings.pretrained})", file=out)
+    if stored is not None and stored.caveat():
+        print(f"note:     {stored.caveat()}", file=out)
     mapped = ", memory-mapped" if store.mapped else ""
     print(f"index:    {store.spec.factory}, {len(store)} vectors, {store.device}{mapped} ({settings.index_path})",
           file=out)
+    build = report["index"]["faiss"]
+    print(f"faiss:    {build['version']}, {'GPU' if build['gpu_build'] else 'CPU-only'} build, "
+          f"GPUs visible: {build['gpus']}", file=out)
     regions = library.regions.store
     print(f"regions:  {regions.spec.factory}, {len(regions)} vectors, scales {settings.regions.describe()} "
           f"({settings.regions_path})", file=out)

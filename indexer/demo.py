@@ -61,6 +61,9 @@ def run_demo(settings: Settings, out: TextIO, progress: bool = True) -> Settings
         print("loupe demo: continuing with untrained weights: the searches below are NOT semantic", file=out)
         demo = demo.with_overrides(pretrained="none")
         embedder = load_embedder(demo)
+    else:
+        if embedder.identity.caveat():
+            print(f"loupe demo: note: {embedder.identity.caveat()}", file=out)
     library = open_library(demo)
     try:
         library.bind_model(embedder.identity)

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # Squash keeps the whole picture (no centre crop): borders matter for reverse lookup.
 RESIZE_MODE = "squash"
 UNTRAINED_SEED = 0
+UNKNOWN = "unknown"  # `semantic` of a checkpoint file's weights
+CHECKPOINT_SUFFIXES = (".pt", ".bin", ".safetensors", ".pth")
 _PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST,
                 "lanczos": Image.LANCZOS}
 
@@ -44,9 +46,18 @@ class ModelIdentity:
     embed_dim: int
 
     @property
-    def semantic(self) -> bool:
-        """False for untrained weights: their nearest neighbours are not meaningful."""
-        return self.pretrained != "none"
+    def semantic(self) -> bool | str:
+        """Whether nearest neighbours mean something (see `semantic_of`)."""
+        return semantic_of(self.pretrained)
+
+    def caveat(self) -> str | None:
+        """A line to print beside results when they may not be semantic, else None."""
+        if self.semantic is False:
+            return "untrained model weights (LOUPE_PRETRAINED=none): results are not semantic"
+        if self.semantic == UNKNOWN:
+            return ("model weights from a checkpoint file: Loupe cannot tell whether they are trained, "
+                    "so results may not be semantic")
+        return None
 
     def same_weights(self, other: "ModelIdentity") -> bool:
         return (self.architecture, self.pretrained, self.checkpoint_sha256) == (
@@ -70,6 +81,39 @@ class ModelIdentity:
             "embed_dim": self.embed_dim,
             "semantic": self.semantic,
         }
+
+
+def weights_kind(pretrained: str) -> str:
+    """How a `LOUPE_PRETRAINED` value names the weights, as an identity records it:
+    "none" (untrained), "file" (a checkpoint path) or the value itself (a pretrained tag)."""
+    if pretrained.lower() == "none":
+        return "none"
+    if os.sep in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES) or Path(pretrained).expanduser().is_file():
+        return "file"
+    return pretrained
+
+
+def semantic_of(pretrained: str) -> bool | str:
+    """`model.semantic` for an identity's `pretrained` field: False for untrained weights
+    ("none"), "unknown" for a checkpoint file (Loupe cannot tell whether it was trained), True
+    for a pretrained tag (`create_embedder` accepts only the tags open_clip publishes)."""
+    if pretrained == "none":
+        return False
+    return UNKNOWN if pretrained == "file" else True
+
+
+def configured_model(architecture: str, pretrained: str) -> dict:
+    """`ModelIdentity.as_dict()`'s facts for configured weights that nothing has loaded yet:
+    the setting as given, no hash or dimension; a tag open_clip does not publish is "unknown"."""
+    kind = weights_kind(pretrained)
+    semantic = semantic_of(kind)
+    if semantic is True:
+        import open_clip
+
+        if pretrained not in open_clip.list_pretrained_tags_by_model(architecture):
+            semantic = UNKNOWN
+    return {"architecture": architecture, "pretrained": pretrained, "checkpoint_sha256": None,
+            "embed_dim": None, "semantic": semantic}
 
 
 def resolve_device(requested: str) -> str:
@@ -234,14 +278,15 @@ def _resolve_weights(spec: ModelSpec, models_dir: Path) -> tuple[Path | None, st
     """(checkpoint file or None for a hub tag, identity's pretrained field, sha256)."""
     import open_clip
 
-    if spec.pretrained.lower() == "none":
+    kind = weights_kind(spec.pretrained)
+    if kind == "none":
         path = untrained_checkpoint(spec.architecture, models_dir)
         return path, "none", file_sha256(path)
-    candidate = Path(spec.pretrained).expanduser()
-    if candidate.is_file():
+    if kind == "file":
+        candidate = Path(spec.pretrained).expanduser()
+        if not candidate.is_file():
+            raise ConfigError(f"LOUPE_PRETRAINED={spec.pretrained} is not an existing checkpoint file")
         return candidate.absolute(), "file", file_sha256(candidate)
-    if os.sep in spec.pretrained or spec.pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
-        raise ConfigError(f"LOUPE_PRETRAINED={spec.pretrained} is not an existing checkpoint file")
     tags = open_clip.list_pretrained_tags_by_model(spec.architecture)
     if spec.pretrained not in tags:
         known = ", ".join(tags) or "none published"

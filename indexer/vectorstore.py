@@ -333,6 +333,14 @@ def tune_nprobe(index, vectors: np.ndarray, queries: np.ndarray, target: float =
         nprobe = min(nprobe * 2, ivf.nlist)
 
 
+def faiss_build() -> dict:
+    """The FAISS build this process loaded: its version, whether it was built with GPU support
+    (faiss-gpu, not faiss-cpu), and how many GPUs it sees."""
+    import faiss
+
+    return {"version": faiss.__version__, "gpu_build": hasattr(faiss, "StandardGpuResources"), "gpus": gpu_count()}
+
+
 def gpu_count() -> int:
     """GPUs FAISS can use (0 with the faiss-cpu build)."""
     import faiss

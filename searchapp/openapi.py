@@ -133,10 +133,23 @@ SCHEMAS = {
                     "pretrained": {"type": "string"},
                     "checkpoint_sha256": NULLABLE_STR,
                     "embed_dim": NULLABLE_INT,
-                    "semantic": {"type": "boolean"},
+                    "semantic": {"oneOf": [{"type": "boolean"}, {"const": "unknown"}], "description":
+                                 "true for a published pretrained tag, false for untrained weights (none), "
+                                 "\"unknown\" for a checkpoint file: Loupe cannot tell whether it is trained"},
                 },
             },
-            "index": {"type": "object", "required": ["type", "vectors"]},
+            "index": {
+                "type": "object",
+                "required": ["type", "vectors"],
+                "properties": {
+                    "faiss": {
+                        "type": "object",
+                        "description": "the FAISS build loaded: version, built with GPU support, GPUs it sees",
+                        "properties": {"version": {"type": "string"}, "gpu_build": {"type": "boolean"},
+                                       "gpus": {"type": "integer"}},
+                    },
+                },
+            },
             "device": {"type": "string"},
         },
     },

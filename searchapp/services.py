@@ -12,12 +12,13 @@ from pathlib import Path
 from flask import Flask, current_app
 
 from indexer.commands import load_embedder, open_library
-from indexer.embedder import resolve_device
+from indexer.embedder import configured_model, resolve_device
 from indexer.errors import JobLockedError, NotIndexedError
 from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, load_image_file
 from indexer.library import Library, SearchPage
 from indexer.settings import Settings
 from indexer.thumbnails import remove_thumbnail
+from indexer.vectorstore import faiss_build
 
 from .jobs import WRITER_WAIT_SECONDS, JobRunner
 
@@ -217,14 +218,9 @@ class SearchService:
     def health(self) -> dict:
         library = self.library
         identity = library.stored_identity()
-        index = {"type": None, "vectors": 0}
-        if identity is not None:
-            index = library.store.describe()
-        model = identity.as_dict() if identity else {
-            "architecture": self.settings.model, "pretrained": self.settings.pretrained,
-            "checkpoint_sha256": None, "embed_dim": None,
-            "semantic": self.settings.pretrained.lower() != "none",
-        }
+        index = library.store.describe() if identity is not None else {"type": None, "vectors": 0}
+        index["faiss"] = faiss_build()
+        model = identity.as_dict() if identity else configured_model(self.settings.model, self.settings.pretrained)
         return {
             "status": "ok",
             "images": library.counts()["indexed"],

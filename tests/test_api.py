@@ -51,6 +51,26 @@ def test_health(client, env):
     assert body["status"] == "ok" and body["images"] == 24 and body["device"] == "cpu"
     assert body["model"]["architecture"] == env["LOUPE_MODEL"] and body["model"]["semantic"] is False
     assert body["index"]["type"] == "Flat"
+    assert body["index"]["faiss"]["gpu_build"] is False and body["index"]["faiss"]["gpus"] == 0
+
+
+def test_checkpoint_file_weights_are_of_unknown_training(env, photos, embedder, tmp_path):
+    import torch
+
+    from indexer.settings import Settings
+
+    checkpoint = tmp_path / "weights.pt"
+    torch.save(embedder.model.state_dict(), checkpoint)
+    file_env = {**env, "LOUPE_PRETRAINED": str(checkpoint)}
+    client = make_app(Settings.from_env(file_env)).test_client()
+    body = check_schema(client.get("/api/health"), "/api/health")  # nothing indexed: the setting
+    assert body["model"]["semantic"] == "unknown" and body["index"]["faiss"]["gpus"] == 0
+    run_json(["index", str(photos), "--no-progress"], file_env)
+    body = check_schema(client.get("/api/health"), "/api/health")  # the index's identity
+    assert body["model"]["pretrained"] == "file" and body["model"]["semantic"] == "unknown"
+    html = client.get("/").get_data(as_text=True)
+    assert 'id="unknown-weights-banner"' in html and 'id="untrained-banner"' not in html
+    assert "cannot tell whether they are trained" in html
 
 
 def test_text_search_pages(client):
@@ -299,6 +319,7 @@ def test_security_headers_on_page_and_api(client):
 def test_page_shows_untrained_banner_and_counts(client):
     html = client.get("/").get_data(as_text=True)
     assert 'id="untrained-banner"' in html and "24 pictures" in html
+    assert 'id="unknown-weights-banner"' not in html
 
 
 def test_search_before_anything_is_indexed(env, settings):

@@ -106,7 +106,11 @@ def test_checkpoint_file_weights_are_identified_by_hash(env, photos, embedder, t
     run_json(["index", str(photos), "--no-progress"], file_env)
     model = run_json(["status"], file_env)["model"]["index"]
     assert model["pretrained"] == "file" and len(model["checkpoint_sha256"]) == 64
-    assert model["semantic"] is True
+    assert model["semantic"] == "unknown"  # Loupe cannot tell whether a file's weights are trained
+    code, out, _ = run_cli(["status"], file_env)
+    assert code == 0 and "cannot tell whether they are trained" in out
+    code, out, _ = run_cli(["search", "a cat", "-k", "1"], file_env)
+    assert code == 0 and "cannot tell whether they are trained" in out and "not semantic" not in out
 
 
 def test_status_reports_counts_model_index_device_database(env, photos):
@@ -121,6 +125,17 @@ def test_status_reports_counts_model_index_device_database(env, photos):
     assert status["last_job"]["state"] == "finished"
     code, out, _ = run_cli(["status"], env)
     assert code == 0 and "24 indexed" in out and "Flat" in out
+    assert "results are not semantic" in out
+
+
+def test_status_names_the_faiss_build(env, photos):
+    import faiss
+
+    run_json(["index", str(photos), "--no-progress"], env)
+    build = run_json(["status"], env)["index"]["faiss"]
+    assert build == {"version": faiss.__version__, "gpu_build": False, "gpus": 0}  # faiss-cpu here
+    code, out, _ = run_cli(["status"], env)
+    assert code == 0 and f"faiss:    {faiss.__version__}, CPU-only build, GPUs visible: 0" in out
 
 
 def test_database_password_is_not_printed(env):

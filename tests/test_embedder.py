@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.embedder import ModelSpec, create_embedder, resolve_device
+from indexer.embedder import ModelIdentity, ModelSpec, configured_model, create_embedder, resolve_device
 from indexer.errors import ConfigError
 
 
@@ -94,3 +94,21 @@ def test_prepared_pixels_match_open_clip_preprocessing(embedder, photo_arrays):
     assert prepared[0].dtype == np.uint8 and prepared[0].shape == (32, 32, 3)
     np.testing.assert_allclose(embedder.encode_batch(prepared), reference, atol=1e-5)
     np.testing.assert_allclose(embedder.encode_batch(np.stack(prepared)), reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("pretrained, semantic", [
+    ("laion2b_s34b_b79k", True), ("none", False), ("file", "unknown"),
+])
+def test_identity_is_semantic_only_for_a_pretrained_tag(pretrained, semantic):
+    identity = ModelIdentity("ViT-B-32", pretrained, None if pretrained != "file" else "0" * 64, 512)
+    assert identity.as_dict()["semantic"] == semantic and type(identity.semantic) is type(semantic)
+    assert (identity.caveat() is None) == (semantic is True)
+
+
+@pytest.mark.parametrize("pretrained, semantic", [
+    ("laion2b_s34b_b79k", True), ("none", False), ("made-up-tag", "unknown"), ("/some/weights.pt", "unknown"),
+])
+def test_configured_weights_are_described_before_loading(pretrained, semantic):
+    model = configured_model("ViT-B-32", pretrained)
+    assert model["semantic"] == semantic and type(model["semantic"]) is type(semantic)
+    assert model["pretrained"] == pretrained and model["embed_dim"] is None
