@@ -63,6 +63,9 @@ def _add_training_options(parser: argparse.ArgumentParser, restarted: str) -> No
     parser.add_argument("--max-pictures", type=int, default=20_000,
                         help="indexed pictures to learn from (a seeded sample when there are more)")
     parser.add_argument("--restart", action="store_true", help=f"discard {restarted} and start over")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="stop each model after this many training steps in this run, within the time budget "
+                             "(seeded: the same steps give the same model)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -83,8 +86,8 @@ def cmd_train_generator(settings, args, out) -> int:
 
     device = resolve_device(args.device or settings.device)
     size = args.size or (64 if device.startswith("cuda") else 32)
-    if args.minutes <= 0 or args.batch_size < 1 or size < 16 or size % 8:
-        raise LoupeError("--minutes and --batch-size must be positive, --size a multiple of 8 from 16")
+    if args.minutes <= 0 or args.batch_size < 1 or size < 16 or size % 8 or (args.steps is not None and args.steps < 1):
+        raise LoupeError("--minutes, --batch-size and --steps must be positive, --size a multiple of 8 from 16")
     folder = settings.home / OWN_MODEL_FOLDER
     if args.restart:
         shutil.rmtree(folder, ignore_errors=True)
@@ -99,7 +102,7 @@ def cmd_train_generator(settings, args, out) -> int:
     if not paths:
         raise LoupeError("nothing is indexed yet: the generator trains on the indexed pictures (loupe index PATH)")
     pictures = load_pictures(paths, config.sample_size, args.max_pictures)
-    options = TrainOptions(budget_seconds=args.minutes * 60, batch_size=args.batch_size,
+    options = TrainOptions(budget_seconds=args.minutes * 60, batch_size=args.batch_size, max_steps=args.steps,
                            progress=not args.no_progress)
     summary = train(folder, pictures, config, options, device=device)
     if args.json:
@@ -158,8 +161,9 @@ def cmd_train_restorer(settings, args, out) -> int:
     from .restoration import embedding, pixel
     from .restoration.training import PixelTraining, train_embedding, train_pixel_restorer
 
-    if args.minutes <= 0 or args.embedding_minutes <= 0 or args.batch_size < 1 or args.max_pictures < 1:
-        raise LoupeError("--minutes, --embedding-minutes, --batch-size and --max-pictures must be positive")
+    if (args.minutes <= 0 or args.embedding_minutes <= 0 or args.batch_size < 1 or args.max_pictures < 1
+            or (args.steps is not None and args.steps < 1)):
+        raise LoupeError("--minutes, --embedding-minutes, --batch-size, --max-pictures and --steps must be positive")
     device = resolve_device(args.device or settings.device)
     library = open_library(settings)
     report: dict = {}
@@ -176,14 +180,15 @@ def cmd_train_restorer(settings, args, out) -> int:
             size = embedder.input_size[0] if embedder is not None else PixelTraining.input_size
             summary = train_pixel_restorer(library, folder, PixelTraining(
                 budget_seconds=args.minutes * 60, batch_size=args.batch_size, max_pictures=args.max_pictures,
-                input_size=size, progress=not args.no_progress), device)
+                input_size=size, max_steps=args.steps, progress=not args.no_progress), device)
             report["pixel"] = {**asdict(summary), "folder": str(folder)}
             if not args.json:
                 print(f"loupe: pixel restorer: {summary.line()}; saved in {folder}", file=out)
         if embedder is not None:
             folder = settings.home / embedding.OWN_FOLDER
             summary = train_embedding(library, embedder, folder, args.embedding_minutes * 60,
-                                      embedding.PairOptions(max_pictures=args.max_pictures), progress=not args.no_progress)
+                                      embedding.PairOptions(max_pictures=args.max_pictures), max_steps=args.steps,
+                                      progress=not args.no_progress)
             report["embedding"] = {**asdict(summary), "folder": str(folder)}
             if not args.json:
                 print(f"loupe: {summary.line()}; saved in {folder}", file=out)

@@ -52,19 +52,25 @@ def models_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
-@pytest.fixture
-def env(tmp_path, tiny_model_config, models_dir) -> dict[str, str]:
-    """An environment for Loupe: temp home, tiny model, seeded untrained weights, CPU."""
-    home = tmp_path / "home"
-    home.mkdir()
+def make_env(folder: Path, models_dir: Path) -> dict[str, str]:
+    """An environment for Loupe under `folder`: its own home (sharing the session's model
+    weights), the tiny model, seeded untrained weights, CPU."""
+    home = folder / "home"
+    home.mkdir(parents=True)
     (home / "models").symlink_to(models_dir, target_is_directory=True)
     return {
-        "HOME": str(tmp_path),
+        "HOME": str(folder),
         "LOUPE_HOME": str(home),
         "LOUPE_MODEL": TINY_MODEL,
         "LOUPE_PRETRAINED": "none",
         "LOUPE_DEVICE": "cpu",
     }
+
+
+@pytest.fixture
+def env(tmp_path, tiny_model_config, models_dir) -> dict[str, str]:
+    """An environment for Loupe: temp home, tiny model, seeded untrained weights, CPU."""
+    return make_env(tmp_path, models_dir)
 
 
 @pytest.fixture
@@ -114,14 +120,18 @@ def write_photos(folder: Path, photos: dict[str, np.ndarray], variants: int = 1,
     return paths
 
 
-@pytest.fixture
-def photos(tmp_path, photo_arrays) -> Path:
-    """A folder of real photographs: 8 originals and 2 crops of each (24 files), in 2 subfolders."""
-    root = tmp_path / "photos"
+def write_photo_folder(root: Path, photo_arrays: dict[str, np.ndarray]) -> Path:
+    """8 originals and 2 crops of each (24 files), in 2 subfolders under `root`."""
     items = list(photo_arrays.items())
     write_photos(root / "a", dict(items[:4]), variants=3)
     write_photos(root / "b" / "nested", dict(items[4:]), variants=3, seed=1)
     return root
+
+
+@pytest.fixture
+def photos(tmp_path, photo_arrays) -> Path:
+    """A folder of real photographs: 8 originals and 2 crops of each (24 files), in 2 subfolders."""
+    return write_photo_folder(tmp_path / "photos", photo_arrays)
 
 
 @pytest.fixture(scope="session")

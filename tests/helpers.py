@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from contextlib import redirect_stderr, redirect_stdout
 
 from sqlalchemy import select
+
+
+def full_run() -> bool:
+    """`LOUPE_TEST_FULL=1`: the long fuzz counts, every kill point and every crash round. The
+    default is the size CI runs; README documents both."""
+    return os.environ.get("LOUPE_TEST_FULL") == "1"
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now (not its lifetime peak), from /proc/self/statm."""
+    with open("/proc/self/statm") as fh:
+        resident_pages = int(fh.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 # Runs `loupe` in a child process with the tiny test architecture registered.

@@ -232,7 +232,7 @@ def generator(settings, page):
     library.close()
     config = UNetConfig(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
     train(settings.home / "generator", load_pictures(paths, 16, 50), config,
-          TrainOptions(budget_seconds=2, batch_size=4, progress=False))
+          TrainOptions(budget_seconds=3600, max_steps=8, batch_size=4, progress=False))
     return page
 
 
@@ -302,7 +302,7 @@ def restorer(page, settings):
     library = open_library(settings)
     try:
         train_pixel_restorer(library, settings.home / OWN_FOLDER,
-                             PixelTraining(budget_seconds=2, input_size=32, progress=False), "cpu")
+                             PixelTraining(budget_seconds=3600, max_steps=8, input_size=32, progress=False), "cpu")
     finally:
         library.close()
     return page

@@ -4,6 +4,8 @@ concurrent adds and removes through the API keep catalog and index consistent (P
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_index_matches_catalog, run_cli, run_json
+from helpers import assert_index_matches_catalog, loupe_argv, run_cli, run_json
 from indexer.settings import Settings
 from searchapp import create_app
 
@@ -26,7 +28,8 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, settings, photo_arrays, tmp_path):
+def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, settings, photo_arrays, tmp_path,
+                                                                tiny_model_config):
     run_json(["index", str(photos), "--no-progress"], env)
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
     assert client.get("/api/search?q=warm").status_code == 200
@@ -66,7 +69,9 @@ def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, sett
             time.sleep(0.05)
         assert client.get(f"/api/jobs/{job['id']}").get_json()["state"] == "finished"
         # Another process adds pictures and saves the index: the server swaps it in.
-        run_json(["index", str(later), "--no-progress"], env)
+        other = subprocess.run(loupe_argv(tiny_model_config, "index", later, "--no-progress"),
+                               env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+        assert other.returncode == 0, other.stderr
         deadline = time.monotonic() + 30
         while (not seen or seen[-1][1] < 154) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -78,6 +83,7 @@ def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, sett
     totals = [total for _, total in seen]
     assert len(totals) > 20
     assert min(totals) >= 24, "a search saw a half-loaded index"
+    assert any(24 < t < 144 for t in totals), "no search was answered while the job was adding pictures"
     assert max(totals) == 154
     assert_index_matches_catalog(settings)
 
@@ -126,24 +132,37 @@ def test_concurrent_adds_and_removes_on_postgres(env, postgres_url):
 
 def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photos, monkeypatch):
     """A library that outgrows the exact index is rebuilt as IVF (images and regions) while
-    other threads search it: the new index is built aside and swapped in whole."""
+    other threads search it: the new index is built aside and swapped in whole. Each search's
+    start and end are recorded, so the test shows searches answered during the rebuild."""
     import indexer.mirror as mirror_module
     from indexer.library import Library
-    from indexer.vectorstore import choose_index_spec
+    from indexer.vectorstore import VectorStore, choose_index_spec
 
     run_json(["index", str(photos), "--no-progress"], env)
     library = Library.open(Settings.from_env(env))
     queries = [library.vector_of(i) for i in sorted(library.store.ids().tolist())[:6]]
     assert library.store.spec.factory == "Flat"
     monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d: choose_index_spec(n, d, exact_limit=20))
+    builds: list[tuple[float, float]] = []
+    real_build = VectorStore.build
+
+    def slow_build(*args, **kwargs):  # a rebuild long enough to search through, as a big library's is
+        started = time.perf_counter()
+        store = real_build(*args, **kwargs)
+        time.sleep(0.3)
+        builds.append((started, time.perf_counter()))
+        return store
+
+    monkeypatch.setattr(VectorStore, "build", staticmethod(slow_build))
     stop = threading.Event()
-    answered, errors = [], []
+    answered, errors = [], []  # (results, started, ended)
 
     def searcher(i: int) -> None:
         while not stop.is_set():
+            started = time.perf_counter()
             try:
                 page = library.search(queries[i % len(queries)], k=5, regions=True)
-                answered.append(len(page.results))
+                answered.append((len(page.results), started, time.perf_counter()))
             except Exception as err:  # any failure mid-swap is the bug this test looks for
                 errors.append(repr(err))
 
@@ -159,6 +178,10 @@ def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photo
         for t in threads:
             t.join()
     assert not errors, errors[:3]
-    assert answered and set(answered) == {5}
+    assert answered and {n for n, _, _ in answered} == {5}
+    assert len(builds) == 2  # images and regions
+    for built_from, built_to in builds:
+        during = [a for a in answered if built_from < a[1] and a[2] < built_to]
+        assert during, "no search was answered while an index was being rebuilt"
     assert library.store.spec.factory.startswith("IVF") and library.regions.store.spec.factory.startswith("IVF")
     library.close()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_env, write_photo_folder
 from helpers import check_schema, run_json
 from searchapp import create_app
 from searchapp.cli import main as loupe_main
@@ -21,6 +22,7 @@ from searchapp.generation.backends import OWN_MODEL_FOLDER
 pytestmark = pytest.mark.slow
 
 TINY = UNetConfig(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
+TRAIN_STEPS = 8
 
 
 @pytest.fixture
@@ -29,18 +31,30 @@ def indexed(env, photos):
     return env
 
 
-@pytest.fixture
-def trained(indexed, settings):
-    """A tiny generator trained for a few seconds on the indexed photographs."""
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
+    """Photographs indexed, and a tiny generator trained on them for a few seeded steps: built
+    once for the module; each test's generations are its own jobs."""
     from indexer.commands import open_library
+    from indexer.settings import Settings
 
+    folder = tmp_path_factory.mktemp("generate")
+    env = make_env(folder, models_dir)
+    run_json(["index", str(write_photo_folder(folder / "photos", photo_arrays)), "--no-progress"], env)
+    settings = Settings.from_env(env)
     library = open_library(settings)
     paths = library.indexed_paths()
     library.close()
     pictures = load_pictures([p for p in paths], TINY.sample_size, limit=100)
-    train(settings.home / OWN_MODEL_FOLDER, pictures, TINY,
-          TrainOptions(budget_seconds=2, batch_size=4, progress=False, checkpoint_seconds=1))
+    summary = train(settings.home / OWN_MODEL_FOLDER, pictures, TINY,
+                    TrainOptions(budget_seconds=3600, max_steps=TRAIN_STEPS, batch_size=4, progress=False))
+    assert summary.steps == TRAIN_STEPS
     return settings
+
+
+@pytest.fixture
+def trained(trained_home):
+    return trained_home
 
 
 @pytest.fixture
@@ -57,24 +71,25 @@ def _png(client, url) -> np.ndarray:
 def test_training_resumes_where_it_stopped(indexed, settings, tmp_path):
     pictures = load_pictures([str(p) for p in sorted((tmp_path / "photos").rglob("*.*"))], 16, limit=50)
     folder = tmp_path / "model"
-    options = TrainOptions(budget_seconds=1.5, batch_size=4, progress=False)
+    options = TrainOptions(budget_seconds=3600, max_steps=3, batch_size=4, progress=False)
     first = train(folder, pictures, TINY, options)
     second = train(folder, pictures, TINY, options)
     assert not first.resumed and second.resumed
-    assert second.total_steps == first.total_steps + second.steps and second.steps > 0
+    assert (first.steps, second.steps, second.total_steps) == (3, 3, 6)
     assert read_info(folder)["steps"] == second.total_steps
     with pytest.raises(ValueError, match="another configuration"):
         train(folder, pictures, UNetConfig(sample_size=16, block_out_channels=(8, 8), norm_num_groups=4), options)
 
 
 def test_train_generator_command(indexed, capsys):
-    args = ["train-generator", "--minutes", "0.03", "--batch-size", "2", "--size", "32", "--no-progress", "--json"]
+    args = ["train-generator", "--steps", "2", "--batch-size", "2", "--size", "32", "--no-progress", "--json"]
     assert loupe_main(args, indexed) == 0
     first = json.loads(capsys.readouterr().out)
     assert loupe_main(args, indexed) == 0
     second = json.loads(capsys.readouterr().out)
-    assert first["steps"] > 0 and second["resumed"] and second["total_steps"] > first["total_steps"]
+    assert first["steps"] == second["steps"] == 2 and second["resumed"] and second["total_steps"] == 4
     assert loupe_main(["train-generator", "--minutes", "0"], indexed) == 1
+    assert loupe_main(["train-generator", "--steps", "0"], indexed) == 1
 
 
 def test_generate_from_an_indexed_image_with_neighbours(client):

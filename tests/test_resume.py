@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import create_engine, text
 
-from helpers import assert_index_matches_catalog, loupe_argv, run_json
+from helpers import assert_index_matches_catalog, full_run, loupe_argv, run_json
 from indexer.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def _start(env, config, folder, tmp_path):
     )
 
 
-@pytest.mark.parametrize("kill_after", [1, 60, 150])
+@pytest.mark.parametrize("kill_after", [1, 60, 150] if full_run() else [60])
 def test_sigkill_mid_job_then_rerun_completes_without_duplicates(env, tiny_model_config, many_photos, tmp_path, kill_after):
     settings = Settings.from_env(env)
     proc = _start(env, tiny_model_config, many_photos, tmp_path)

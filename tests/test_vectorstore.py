@@ -420,7 +420,7 @@ def test_first_write_copies_a_mapped_index_and_leaves_its_file_alone(tmp_path, s
     mapped = VectorStore.load(path, mapped=True)
     replacement = VectorStore.create(DIM)
     replacement.add(np.array([1], np.int64), unit_vectors(1, seed=5))
-    replacement.save(path)  # another process replaces the file after it was mapped
+    replacement.save(path)  # the file is replaced after it was mapped, as a save by another process does
 
     new = unit_vectors(3, seed=6)
     mapped.add(np.array([9001, 9002, 9003], np.int64), new)  # FAISS would abort on the mapping itself

@@ -30,6 +30,7 @@ class PixelTraining:
     max_pictures: int = 20_000
     input_size: int = 224  # the embedder's input side
     patch_size: int = PATCH_SIZE
+    max_steps: int | None = None  # stop after this many steps, even within the budget
     progress: bool = True
 
 
@@ -49,12 +50,13 @@ def train_pixel_restorer(library: Library, folder: Path, options: PixelTraining,
     top = timestep_for(config.create_scheduler("ddpm").alphas_cumprod.numpy(), MAX_SIGMA) + 1
     pictures = load_pictures(paths, config.sample_size, options.max_pictures, squash=options.input_size)
     train_options = TrainOptions(budget_seconds=options.budget_seconds, batch_size=options.batch_size,
-                                 max_timestep=top, progress=options.progress)
+                                 max_timestep=top, max_steps=options.max_steps, progress=options.progress)
     return train(folder, pictures, config, train_options, device=device)
 
 
 def train_embedding(library: Library, embedder, folder: Path, budget_seconds: float = 120.0,
-                    pairs: PairOptions = PairOptions(), progress: bool = True) -> EmbeddingTrainSummary:
+                    pairs: PairOptions = PairOptions(), max_steps: int | None = None,
+                    progress: bool = True) -> EmbeddingTrainSummary:
     """Embed damaged copies of the indexed pictures and train the embedding restorer on them."""
     from indexer.errors import LoupeError
 
@@ -66,5 +68,6 @@ def train_embedding(library: Library, embedder, folder: Path, budget_seconds: fl
     clean_pairs, damaged = training_pairs([p for _, p in pictures], clean, embedder.encode_images, pairs,
                                           progress=progress)
     identity = library.stored_identity().as_dict()
+    steps = {} if max_steps is None else {"max_steps": max_steps}
     return train_embedding_restorer(folder, clean_pairs, damaged, identity, EmbeddingConfig(dim=clean.shape[1]),
-                                    budget_seconds=budget_seconds, progress=progress)
+                                    budget_seconds=budget_seconds, progress=progress, **steps)
