@@ -9,7 +9,12 @@ replays its training pictures.
 It indexes the corpus in a fresh LOUPE_HOME (whole pictures), trains Loupe's own generator on
 it with `loupe train-generator` (unless --model-dir gives one), then makes `--n` variations of
 `--sources` indexed pictures at each strength, the way the API does (`OwnGenerator`,
-SDEdit with DDIM), and reports per strength:
+SDEdit with DDIM), and reports per strength, for the trained model and, as the baseline, for an
+untrained UNet of the same configuration (its seeded random initialisation, as training starts
+from it) with the same sampler, strength, steps and seeds. SDEdit keeps part of its source
+whatever the network does (it starts from the noised source), so the figures that say
+"related to the source" (clip src, pix src, src in top5) only mean what the trained model
+learnt where they beat the untrained row:
 
   s/image      seconds per generated picture on this machine
   clip src     CLIP cosine between a variation and its source
@@ -30,17 +35,27 @@ grid of sources and their variations) are what show relatedness then.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_HOME, bench_workspace, make_corpus  # noqa: E402
+from common import DEFAULT_HOME, bench_workspace, clip_model_label, make_corpus, untrained_unet_folder  # noqa: E402
+from provenance import print_header, print_result  # noqa: E402
+
+COLUMNS = (("s/image", "seconds_per_image", 9, 2), ("clip src", "clip_source", 10, 4),
+           ("pix src", "pixel_source", 9, 3), ("pix other", "pixel_other", 10, 3),
+           ("diversity", "diversity", 11, 4), ("src in top5", "source_in_top5", 13, 2),
+           ("copy", "copy_max", 7, 4), ("copy src", "copy_baseline", 10, 4),
+           ("pix copy", "pixel_copy_max", 10, 3), ("pix copy src", "pixel_copy_baseline", 14, 3))
 
 
 def thumb_vector(image: Image.Image) -> np.ndarray:
@@ -49,104 +64,141 @@ def thumb_vector(image: Image.Image) -> np.ndarray:
     return grey / (np.linalg.norm(grey) + 1e-9)
 
 
-def run(args) -> int:
+@dataclass
+class Corpus:
+    """The indexed pictures and what the figures compare variations with."""
+
+    library: object
+    embedder: object
+    records: list
+    pictures: dict
+    vectors: dict
+    thumbs: dict
+
+    @classmethod
+    def load(cls, library, embedder) -> "Corpus":
+        from indexer.images import load_image_file
+
+        records = [library.image(i) for i in sorted(library.images.store.ids().tolist())]
+        pictures = {r.id: load_image_file(Path(r.path)).image for r in records}
+        return cls(library, embedder, records, pictures, {r.id: library.vector_of(r.id) for r in records},
+                   {r.id: thumb_vector(p) for r, p in zip(records, pictures.values())})
+
+
+def train_or_reuse(args, env: dict, model_dir: Path) -> None:
+    """The generator in `model_dir`: a copy of --model-dir, or trained by `loupe train-generator`."""
+    from searchapp.cli import main as loupe_main
+
+    if args.model_dir:
+        shutil.copytree(args.model_dir, model_dir)
+        print(f"model:   reused {args.model_dir}")
+        return
+    train_args = ["train-generator", "--minutes", str(args.minutes), "--no-progress", "--json"]
+    if args.size:
+        train_args += ["--size", str(args.size)]
+    if args.quick:
+        train_args += ["--batch-size", "4"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert loupe_main(train_args, env) == 0
+    trained = json.loads(out.getvalue())
+    print(f"trained: {trained['steps']} steps in {trained['seconds']:.0f} s on {trained['pictures']} "
+          f"pictures, loss {trained['first_loss']:.4f} -> {trained['last_loss']:.4f}")
+    if args.keep_model:
+        shutil.rmtree(args.keep_model, ignore_errors=True)
+        shutil.copytree(model_dir, args.keep_model)
+
+
+def variation_figures(generator, strength: float, corpus: Corpus, sources: list, args) -> tuple[dict, list]:
+    """The figures (see the module docstring) of `generator`'s variations of `sources` at
+    `strength`, and the figure's rows (a source, then its variations)."""
+    from searchapp.generation.backends import Variations
+
+    f = {key: [] for _, key, _, _ in COLUMNS}
+    rows = []
+    for n_source, record in enumerate(sources):
+        request = Variations(n=args.n, strength=strength, seed=args.seed + 100 * n_source, steps=args.steps)
+        t0 = time.perf_counter()
+        made = generator.generate(corpus.pictures[record.id], request, lambda d, t: None, lambda: False)
+        f["seconds_per_image"].append((time.perf_counter() - t0) / len(made))
+        embedded = corpus.embedder.encode_images(made)
+        made_thumbs = [thumb_vector(m) for m in made]
+        own = corpus.thumbs[record.id]
+        others = [o.id for o in corpus.records if o.id != record.id]
+        f["clip_source"] += list(embedded @ corpus.vectors[record.id])
+        f["pixel_source"] += [float(t @ own) for t in made_thumbs]
+        f["pixel_other"] += [float(corpus.thumbs[o] @ own) for o in others]
+        f["pixel_copy_max"] += [max(float(t @ corpus.thumbs[o]) for o in others) for t in made_thumbs]
+        f["pixel_copy_baseline"].append(max(float(own @ corpus.thumbs[o]) for o in others))
+        pairs = embedded @ embedded.T
+        f["diversity"].append(1 - pairs[np.triu_indices(len(made), 1)].mean())
+        for vector in embedded:
+            hits = corpus.library.search(vector, 6).results
+            f["source_in_top5"].append(record.id in [h.id for h in hits[:5]])
+            f["copy_max"].append(max(h.score for h in hits if h.id != record.id))
+        source_hits = corpus.library.search(corpus.vectors[record.id], 2).results
+        f["copy_baseline"].append(max(h.score for h in source_hits if h.id != record.id))
+        rows.append([corpus.pictures[record.id]] + made)
+    return {key: float(np.mean(values)) for key, values in f.items()}, rows
+
+
+def print_row(strength: float, name: str, figures: dict) -> None:
+    print(f"{strength:>8.2f} {name:<10}" + "".join(f"{figures[key]:>{width}.{digits}f}"
+                                                   for _, key, width, digits in COLUMNS), flush=True)
+
+
+def run(args, header: dict) -> int:
     from indexer.cli import main as indexer_main
     from indexer.commands import load_embedder, open_library
-    from indexer.images import load_image_file
     from indexer.settings import Settings
-    from searchapp.cli import main as loupe_main
-    from searchapp.generation.backends import OWN_MODEL_FOLDER, OwnGenerator, Variations
+    from searchapp.diffusion.training import TrainOptions
+    from searchapp.generation.backends import OWN_MODEL_FOLDER, OwnGenerator
 
     work, env = bench_workspace("loupe-generate-", args.home, args.model, args.pretrained)
     env["LOUPE_REGIONS"] = "off"
     try:
-        corpus = args.corpus
-        if corpus is None:
-            corpus = work / "corpus"
-            make_corpus(corpus, 12 if args.quick else 48)
+        corpus_dir = args.corpus
+        if corpus_dir is None:
+            corpus_dir = work / "corpus"
+            make_corpus(corpus_dir, 12 if args.quick else 48)
         t0 = time.perf_counter()
-        assert indexer_main(["index", str(corpus), "--no-progress"], env) == 0
+        assert indexer_main(["index", str(corpus_dir), "--no-progress"], env) == 0
         settings = Settings.from_env(env)
-        print(f"indexed {corpus} in {time.perf_counter() - t0:.1f} s ({args.model}/{args.pretrained})")
+        print(f"indexed {corpus_dir} in {time.perf_counter() - t0:.1f} s ({args.model}/{args.pretrained})")
         model_dir = settings.home / OWN_MODEL_FOLDER
-        if args.model_dir:
-            shutil.copytree(args.model_dir, model_dir)
-            print(f"model:   reused {args.model_dir}")
-        else:
-            train_args = ["train-generator", "--minutes", str(args.minutes), "--no-progress", "--json"]
-            if args.size:
-                train_args += ["--size", str(args.size)]
-            if args.quick:
-                train_args += ["--batch-size", "4"]
-            import contextlib
-            import io
-
-            out = io.StringIO()
-            with contextlib.redirect_stdout(out):
-                assert loupe_main(train_args, env) == 0
-            trained = json.loads(out.getvalue())
-            print(f"trained: {trained['steps']} steps in {trained['seconds']:.0f} s on {trained['pictures']} "
-                  f"pictures, loss {trained['first_loss']:.4f} -> {trained['last_loss']:.4f}")
-            if args.keep_model:
-                shutil.rmtree(args.keep_model, ignore_errors=True)
-                shutil.copytree(model_dir, args.keep_model)
-        generator = OwnGenerator(model_dir, "cpu")
-        print(f"backend: {generator.describe()['note']}, {generator.info['steps']} training steps")
+        train_or_reuse(args, env, model_dir)
+        trained = OwnGenerator(model_dir, "cpu")
+        init_seed = TrainOptions().seed
+        untrained = OwnGenerator(untrained_unet_folder(work / "untrained", trained.config, init_seed), "cpu")
+        print(f"backend: {trained.describe()['note']}, {trained.info['steps']} training steps; baseline: the same "
+              f"configuration untrained (seeded initialisation, seed {init_seed})")
 
         library = open_library(settings)
-        embedder = load_embedder(settings)
-        records = [library.image(i) for i in sorted(library.images.store.ids().tolist())]
+        corpus = Corpus.load(library, load_embedder(settings))
         rng = np.random.default_rng(args.seed)
-        sources = [records[i] for i in sorted(rng.choice(len(records), min(args.sources, len(records)),
-                                                          replace=False))]
-        pictures = {r.id: load_image_file(Path(r.path)).image for r in records}
-        vectors = {r.id: library.vector_of(r.id) for r in records}
-        thumbs = {r.id: thumb_vector(p) for r, p in zip(records, pictures.values())}
-        grid_rows = []
+        chosen = sorted(rng.choice(len(corpus.records), min(args.sources, len(corpus.records)), replace=False))
+        sources = [corpus.records[i] for i in chosen]
+        grid_rows, results = [], {}
         print()
-        print(f"{'strength':>8}{'s/image':>9}{'clip src':>10}{'pix src':>9}{'pix other':>10}{'diversity':>11}"
-              f"{'src in top5':>13}{'copy':>7}{'copy src':>10}{'pix copy':>10}{'pix copy src':>14}")
+        print(f"{'strength':>8} {'generator':<10}" + "".join(f"{title:>{width}}" for title, _, width, _ in COLUMNS))
         for strength in args.strengths:
-            seconds, clip_src, pix_src, pix_other, diversity, in_top, copy, copy_base = ([] for _ in range(8))
-            pix_copy, pix_copy_base = [], []
-            for n_source, record in enumerate(sources):
-                request = Variations(n=args.n, strength=strength, seed=args.seed + 100 * n_source, steps=args.steps)
-                t0 = time.perf_counter()
-                made = generator.generate(pictures[record.id], request, lambda d, t: None, lambda: False)
-                seconds.append((time.perf_counter() - t0) / len(made))
-                embedded = embedder.encode_images(made)
-                clip_src += list(embedded @ vectors[record.id])
-                pix_src += [float(thumb_vector(m) @ thumbs[record.id]) for m in made]
-                others = [o.id for o in records if o.id != record.id]
-                pix_other += [float(thumbs[o] @ thumbs[record.id]) for o in others]
-                pix_copy += [max(float(thumb_vector(m) @ thumbs[o]) for o in others) for m in made]
-                pix_copy_base.append(max(float(thumbs[record.id] @ thumbs[o]) for o in others))
-                pairs = embedded @ embedded.T
-                diversity.append(1 - pairs[np.triu_indices(len(made), 1)].mean())
-                for vector in embedded:
-                    hits = library.search(vector, 6).results
-                    in_top.append(record.id in [h.id for h in hits[:5]])
-                    copy.append(max(h.score for h in hits if h.id != record.id))
-                source_hits = library.search(vectors[record.id], 2).results
-                copy_base.append(max(h.score for h in source_hits if h.id != record.id))
-                if strength == args.figure_strength and len(grid_rows) < args.figure_rows:
-                    grid_rows.append([pictures[record.id]] + made)
-            print(f"{strength:>8.2f}{np.mean(seconds):>9.2f}{np.mean(clip_src):>10.4f}{np.mean(pix_src):>9.3f}"
-                  f"{np.mean(pix_other):>10.3f}{np.mean(diversity):>11.4f}{np.mean(in_top):>13.2f}"
-                  f"{np.mean(copy):>7.4f}{np.mean(copy_base):>10.4f}{np.mean(pix_copy):>10.3f}"
-                  f"{np.mean(pix_copy_base):>14.3f}")
-            print(f"bench=generate strength={strength} n={args.n} steps={args.steps} sources={len(sources)} "
-                  f"seconds_per_image={np.mean(seconds):.3f} clip_source={np.mean(clip_src):.4f} "
-                  f"pixel_source={np.mean(pix_src):.4f} pixel_other={np.mean(pix_other):.4f} "
-                  f"diversity={np.mean(diversity):.4f} source_in_top5={np.mean(in_top):.3f} "
-                  f"copy_max={np.mean(copy):.4f} copy_baseline={np.mean(copy_base):.4f} "
-                  f"pixel_copy_max={np.mean(pix_copy):.4f} pixel_copy_baseline={np.mean(pix_copy_base):.4f}", flush=True)
+            results[str(strength)] = {}
+            for name, generator in (("trained", trained), ("untrained", untrained)):
+                figures, rows = variation_figures(generator, strength, corpus, sources, args)
+                results[str(strength)][name] = figures
+                print_row(strength, name, figures)
+                if name == "trained" and strength == args.figure_strength:
+                    grid_rows += rows[: args.figure_rows - len(grid_rows)]
         library.close()
+        print("(untrained: the same UNet configuration, sampler, strength, steps and seeds with the weights training "
+              "starts from; a trained figure means what it says where it differs from this row)")
         if args.figure and grid_rows:
-            save_grid(grid_rows, args.figure, generator.config.sample_size)
+            save_grid(grid_rows, args.figure, trained.config.sample_size)
             print(f"\nfigure:  {args.figure} (rows: a source, then its variations at strength {args.figure_strength})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    print_result("generate", {"n": args.n, "steps": args.steps, "sources": len(sources),
+                              "trained_steps": trained.info["steps"], "strengths": results}, header)
     return 0
 
 
@@ -184,7 +236,9 @@ def main(argv=None) -> int:
     if args.quick:
         args.minutes, args.size, args.sources, args.n, args.steps = 0.1, 16, 2, 2, 10
         args.strengths = [0.6]
-    return run(args)
+    header = print_header("generate", args, model=f"CLIP {clip_model_label(args.model, args.pretrained)}; generator: "
+                          + (f"reused {args.model_dir}" if args.model_dir else f"trained here for {args.minutes} min"))
+    return run(args, header)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ random weights of the real sizes (no weights can be downloaded here; the compute
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,16 +22,18 @@ from pathlib import Path
 
 from PIL import Image
 
+from common import untrained_unet_folder
+from provenance import print_header, print_result
+
+SD_UNET_WIDTHS, SD_VAE_WIDTHS = (320, 640, 1280, 1280), (128, 256, 512, 512)
+
 
 def own_model(folder: Path, size: int) -> Path:
-    from searchapp.diffusion.training import INFO_FILE
-    from searchapp.diffusion.unet import UNetConfig, save_unet
+    """Loupe's own generator at `size` px (the 64-px configuration is the CUDA one), untrained."""
+    from searchapp.diffusion.unet import UNetConfig
 
     config = UNetConfig(sample_size=size, block_out_channels=(32, 64, 128, 128)[: 4 if size >= 64 else 3])
-    folder.mkdir(parents=True, exist_ok=True)
-    save_unet(config.create_unet(), folder)
-    (folder / INFO_FILE).write_text(json.dumps({"config": config.as_dict(), "steps": 0}))
-    return folder
+    return untrained_unet_folder(folder, config)
 
 
 def timed(generator, source, n: int, steps: int, strength: float, repeat: int) -> float:
@@ -70,30 +71,34 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.resolution, args.repeat, args.n = 4, 128, 1, 2
+    size = 64 if args.device.startswith("cuda") else 32
+    narrow = 4 if args.quick else 1
+    sd_label = "SD-1.5-sized" if narrow == 1 else f"SD-1.5 {narrow}x narrower"
+    header = print_header("generate_speed", args, model=f"random weights: loupe-ddpm {size} px; diffusers img2img "
+                          f"{sd_label} at {args.resolution} px")
     from searchapp.generation.backends import DiffusersImg2Img, OwnGenerator
     from searchapp.generation.random_pipeline import PipelineShape, save_random_pipeline
 
     source = Image.new("RGB", (640, 480), (120, 140, 90))
-    size = 64 if args.device.startswith("cuda") else 32
     with tempfile.TemporaryDirectory(prefix="loupe-genspeed-") as folder:
         own = OwnGenerator(own_model(Path(folder) / "own", size), args.device)
-        per = timed(own, source, args.n, args.steps, args.strength, args.repeat)
+        own_s = timed(own, source, args.n, args.steps, args.strength, args.repeat)
         print(f"loupe-ddpm        {size}x{size}, {args.steps} DDIM steps at strength {args.strength}: "
-              f"{per:.3f} s/image (batch of {args.n}) on {args.device}")
-        print(f"bench=generate_speed backend=loupe-ddpm device={args.device} size={size} steps={args.steps} "
-              f"strength={args.strength} n={args.n} seconds_per_image={per:.4f}", flush=True)
+              f"{own_s:.3f} s/image (batch of {args.n}) on {args.device}", flush=True)
         t0 = time.perf_counter()
-        narrow = 4 if args.quick else 1
-        shape = PipelineShape(resolution=args.resolution, unet_widths=tuple(c // narrow for c in (320, 640, 1280, 1280)),
-                              vae_widths=tuple(c // narrow for c in (128, 256, 512, 512)), norm_groups=32 // narrow)
+        shape = PipelineShape(resolution=args.resolution, unet_widths=tuple(c // narrow for c in SD_UNET_WIDTHS),
+                              vae_widths=tuple(c // narrow for c in SD_VAE_WIDTHS), norm_groups=32 // narrow)
         sd = DiffusersImg2Img(str(save_random_pipeline(Path(folder) / "sd", shape)), args.device)
         built = time.perf_counter() - t0
-        per = timed(sd, source, args.n, args.steps, args.strength, args.repeat)
-        label = "SD-1.5-sized" if narrow == 1 else f"SD-1.5 {narrow}x narrower"
-        print(f"diffusers-img2img {label}, {args.resolution}x{args.resolution}, {args.steps} steps at strength "
-              f"{args.strength}: {per:.3f} s/image (batch of {args.n}) on {args.device} (built in {built:.0f} s)")
-        print(f"bench=generate_speed backend=diffusers-img2img device={args.device} size={args.resolution} "
-              f"steps={args.steps} strength={args.strength} n={args.n} seconds_per_image={per:.4f}", flush=True)
+        sd_s = timed(sd, source, args.n, args.steps, args.strength, args.repeat)
+        print(f"diffusers-img2img {sd_label}, {args.resolution}x{args.resolution}, {args.steps} steps at strength "
+              f"{args.strength}: {sd_s:.3f} s/image (batch of {args.n}) on {args.device} (built in {built:.0f} s)")
+    print("(best of --repeat runs after a warm-up)")
+    print_result("generate_speed", {
+        "device": args.device, "steps": args.steps, "strength": args.strength, "n": args.n,
+        "loupe_ddpm": {"size": size, "seconds_per_image": own_s},
+        "diffusers_img2img": {"size": args.resolution, "narrower": narrow, "seconds_per_image": sd_s},
+    }, header)
     return 0
 
 

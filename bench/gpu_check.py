@@ -91,7 +91,7 @@ def main() -> int:
         results[f"index throughput ({decode}, regions {regions})"] = step(
             f"index throughput, decode {decode}, regions {regions}",
             [py, "bench/index_throughput.py", "--device", "cuda", "--photos", str(photos),
-             "--batch-size", str(args.batch_size), "--decode", decode, "--regions", regions,
+             "--batch-size", str(args.batch_size), "--decode", decode, "--regions", regions, "--repeat", "1",
              "--home", "/tmp/loupe-gpu-bench"],
             300,
         )

@@ -2,42 +2,53 @@
 """Indexing throughput: decoding alone, the model alone, and the whole `loupe index` job.
 
     python bench/index_throughput.py                  # ViT-B-32, untrained weights, 256 JPEGs
-    python bench/index_throughput.py --quick          # CI smoke run (48 images, 2 batches)
+    python bench/index_throughput.py --quick          # CI smoke run (16 images, 2 batches, one repeat)
     python bench/index_throughput.py --photos DIR     # your own photographs
     python bench/index_throughput.py --phases         # also: where the job's time goes
+    python bench/index_throughput.py --regions off    # whole images only (default: default,off)
 
 Without --photos it writes N distinct JPEGs (about 1024 px on the long side, quality 90) made
 by seeded random crops, flips and scales of the real photographs scikit-image ships (the ones
 `loupe demo` uses), so what is measured is decoding real photographic JPEGs, and no file is a
 byte-for-byte duplicate of another (the job would skip those).
 
-Three rates are measured, in this order, with one loaded model:
+Three rates are measured with one loaded model, the last two for each region setting of
+--regions (a comma list; `default` is what `loupe index` does with LOUPE_REGIONS unset, R-MAC
+regions at scale 2, about 7-8 vectors per picture; `off` is whole pictures only; scales such as
+`2` or `2+3` set LOUPE_REGIONS=2 or 2,3):
 
+  model   embedder.encode_batch on ready preprocessed whole pictures, batches of the same
+          sizes as the job's, on the same device, after a warm-up batch of each size;
   decode  the job's per-file work (indexer.jobs.ImageFileDataset: read, sha256, decode in
-          JPEG draft mode, preprocess) through the job's DataLoader (iter_read_batches) with
-          the same worker count, and nothing else running;
-  model   embedder.encode_batch on ready preprocessed tensors, batches of the same sizes as
-          the job's, on the same device, after a warm-up batch of each size;
-  job     indexer.jobs.IndexJob on a fresh LOUPE_HOME (SQLite, FAISS), progress off.
+          JPEG draft mode, preprocess, cut the regions) through the job's reader
+          (iter_read_batches) with the same worker count, and nothing else running;
+  job     indexer.jobs.IndexJob on a fresh LOUPE_HOME (SQLite, FAISS), progress off; with
+          regions it also embeds each region, so its vectors/s is given beside images/s.
 
-job/model near 1 means decoding and bookkeeping are hidden behind inference. Each stage also
-reports the CPU seconds of this process and of its decode workers, and how many cores other
-processes kept busy meanwhile (from /proc/stat): on a shared machine a busy neighbour skews
-the rates, which the output then says; use --repeat 3 (best of three) for steadier numbers.
+Each is measured --repeat times (3; 1 with --quick), interleaved, and the tables give the
+min, median and max images/s over the repeats. job/model near 1 (regions off) means decoding
+and bookkeeping are hidden behind inference. Each stage also reports the CPU seconds of this
+process and of its decode workers, and how many cores other processes kept busy meanwhile
+(from /proc/stat), of its median run: on a shared machine a busy neighbour skews the rates,
+which the output then says.
+
+With --ray, the job also runs on Ray (the first region setting) and the exit status is 1 when
+its catalog differs from the local job's: the images (ids, paths, statuses), the regions
+(image, box) or any vector, whole or regional, by more than VECTOR_TOLERANCE.
 
 Everything the benchmark writes lives under --home (default /tmp/loupe-bench-home): the
 seeded untrained checkpoint in models/ (about 600 MB for ViT-B-32, created once and reused
 between runs; `LOUPE_PRETRAINED=none` gives the real architecture's compute cost without
 downloadable weights) and, per run, the generated photographs and a fresh LOUPE_HOME for
 each job, which are deleted at the end unless --keep is given. Nothing is written to the
-user's own LOUPE_HOME. The exit status is 0 unless something errors: no timing fails it.
+user's own LOUPE_HOME. No timing fails the run: the exit status is 0 unless something errors
+or the Ray job builds another index than the local one.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import random
 import resource
@@ -46,12 +57,18 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_HOME = Path(tempfile.gettempdir()) / "loupe-bench-home"
-QUICK_COUNT = 48
+import common
+from provenance import print_header, print_result
+
+DEFAULT_HOME = Path(common.DEFAULT_HOME)
+QUICK_COUNT = 16
+QUICK_BATCH = 8
 LONG_SIDE = 1024
 JPEG_QUALITY = 90
+VECTOR_TOLERANCE = 1e-4  # largest difference between the Ray job's and the local job's vectors
 
 
 # -- arguments ------------------------------------------------------------------------------------
@@ -60,11 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--photos", type=Path, help="folder of photographs to index (default: generate --count JPEGs)")
-    p.add_argument("--count", type=int, default=None, help="images to generate (default 256; 48 with --quick)")
+    p.add_argument("--count", type=int, default=None, help=f"images to generate (default 256; {QUICK_COUNT} with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed for the generated photographs")
     p.add_argument("--model", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
     p.add_argument("--pretrained", default="none", help="pretrained tag, checkpoint path or none (default none)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help=f"default 32; {QUICK_BATCH} with --quick")
     p.add_argument(
         "--workers",
         type=int,
@@ -78,14 +95,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="torch.set_num_threads in this process (default: leave torch's default)",
     )
-    p.add_argument("--repeat", type=int, default=1, help="measure each rate this many times, report the best")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="measure each rate this many times (default 3; 1 with --quick); min/median/max are reported")
     p.add_argument(
         "--phases",
         action="store_true",
         help="also run an instrumented copy of the job and time its per-batch phases, "
         "and time the per-image decode steps in this process",
     )
-    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_COUNT} images, a couple of batches")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: {QUICK_COUNT} images in batches of {QUICK_BATCH}, one repeat")
     p.add_argument(
         "--home",
         type=Path,
@@ -98,18 +117,59 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="also run the job on Ray (`loupe index --ray ADDRESS`; auto: the running cluster, else a "
                         "local Ray on this machine) and check that it builds the local job's index")
-    p.add_argument("--regions", default="off",
-                   help="LOUPE_REGIONS for the job (default off: whole images, so job/model compares like with like)")
+    p.add_argument("--regions", default="default,off",
+                   help="region settings to measure the job with, a comma list of `default` (LOUPE_REGIONS "
+                        "unset, as `loupe index`), `off`, or scales such as 2 or 2+3 (default: default,off)")
     args = p.parse_args(argv)
     if args.count is None:
         args.count = QUICK_COUNT if args.quick else 256
-    if args.quick:
-        args.repeat = 1
+    if args.batch_size is None:
+        args.batch_size = QUICK_BATCH if args.quick else 32
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    try:
+        parse_regions(args.regions)
+    except ValueError as err:
+        p.error(str(err))
     if args.count < 1 or args.batch_size < 1 or (args.workers or 0) < 0 or args.repeat < 1:
         p.error("--count, --batch-size and --repeat must be positive, --workers not negative")
     if args.photos is not None and not args.photos.is_dir():
         p.error(f"--photos {args.photos} is not a folder")
     return args
+
+
+@dataclass(frozen=True)
+class Regions:
+    """One region setting: its label and the LOUPE_REGIONS value (None: unset)."""
+
+    label: str
+    value: str | None
+
+    def spec(self):
+        from indexer.regions import RegionSpec
+
+        return RegionSpec.parse(self.value)
+
+    def describe(self) -> str:
+        scales = ",".join(map(str, self.spec().scales)) or "off"
+        return f"{self.label} ({scales})" if self.label != scales else self.label
+
+
+def parse_regions(text: str) -> list[Regions]:
+    """`default,off,2+3` as region settings (ValueError when one is not valid)."""
+    from indexer.errors import ConfigError
+
+    settings = []
+    for part in filter(None, (x.strip().lower() for x in text.split(","))):
+        setting = Regions(part, None if part == "default" else part.replace("+", ","))
+        try:
+            setting.spec()
+        except ConfigError as err:
+            raise ValueError(f"--regions {part!r}: {err}") from None
+        settings.append(setting)
+    if not settings:
+        raise ValueError("--regions names no setting")
+    return settings
 
 
 # -- photographs ----------------------------------------------------------------------------------
@@ -232,15 +292,14 @@ def decoders_label(workers: int, threads: int) -> str:
 
 
 def measure_decode(paths, embedder, batch_size: int, workers: int, threads: int,
-                   regions: str = "off", on_device: bool = False) -> tuple[Meter, int, int]:
+                   regions: Regions, on_device: bool = False) -> tuple[Meter, int, int]:
     """The job's reading path (dataset + its decode processes or threads, or the device JPEG
     reader) with nothing else running."""
     from indexer.images import DecodeLimits
     from indexer.jobs import ImageFileDataset, default_workers, iter_read_batches
-    from indexer.regions import RegionSpec
 
     dataset = ImageFileDataset([str(p) for p in paths], embedder.prepare, DecodeLimits(), embedder.image_size,
-                               regions=RegionSpec.parse(regions))
+                               regions=regions.spec())
     if on_device:
         from indexer.gpudecode import DeviceJpegReader
 
@@ -305,28 +364,25 @@ def measure_model(embedder, pixels, sizes: list[int]) -> tuple[Meter, list[float
     return meter, times
 
 
-def job_settings(home: Path, args):
+def job_settings(home: Path, args, regions: Regions | None = None):
+    """The Settings `loupe index` would have with this LOUPE_HOME, model, device and regions."""
     from indexer.settings import Settings
 
-    return Settings.from_env(
-        {
-            "LOUPE_HOME": str(home),
-            "LOUPE_MODEL": args.model,
-            "LOUPE_PRETRAINED": args.pretrained,
-            "LOUPE_DEVICE": args.device,
-            "LOUPE_REGIONS": args.regions,
-        }
-    )
+    env = {"LOUPE_HOME": str(home), "LOUPE_MODEL": args.model, "LOUPE_PRETRAINED": args.pretrained,
+           "LOUPE_DEVICE": args.device}
+    if regions is not None and regions.value is not None:
+        env["LOUPE_REGIONS"] = regions.value
+    return Settings.from_env(env)
 
 
-def run_job(photo_dir: Path, embedder, args, parent: Path, make_job=None, keep_home: bool = False):
+def run_job(photo_dir: Path, embedder, args, parent: Path, regions: Regions, make_job=None, keep_home: bool = False):
     """One IndexJob (or `make_job(library, embedder, options)`) over `photo_dir` on a fresh
-    LOUPE_HOME: (meter, summary, job); `job.home` is deleted unless kept."""
+    LOUPE_HOME with `regions`: (meter, summary, job); `job.home` is deleted unless kept."""
     from indexer.commands import open_library
     from indexer.jobs import IndexJob, IndexOptions
 
     home = Path(tempfile.mkdtemp(prefix="job-home-", dir=parent))
-    library = open_library(job_settings(home, args))
+    library = open_library(job_settings(home, args, regions))
     try:
         options = IndexOptions(batch_size=args.batch_size, workers=args.workers, progress=False, decode=args.decode)
         job = (make_job or IndexJob)(library, embedder, options)
@@ -341,29 +397,47 @@ def run_job(photo_dir: Path, embedder, args, parent: Path, make_job=None, keep_h
     return meter, summary, job
 
 
-def catalog_vectors(home: Path, args) -> tuple[list, object]:
-    """(id, path, status) rows and the stored whole-image vectors of a job's catalog, by id."""
+def catalog_snapshot(home: Path, args) -> tuple[list, object]:
+    """What a job put in its catalog: the (id, path, status) of every image and the (image id,
+    box) of every region, in id and box order, and their vectors (whole ones, then regions)."""
     import numpy as np
     from sqlalchemy import select
 
-    from indexer.catalog import ImageRecord
+    from indexer.catalog import ImageRecord, RegionRecord
     from indexer.database import make_engine
 
     engine = make_engine(job_settings(home, args).database_url)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.embedding)
-                                .order_by(ImageRecord.id)).all()
+            images = conn.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.embedding)
+                                  .order_by(ImageRecord.id)).all()
+            regions = conn.execute(select(RegionRecord.image_id, RegionRecord.x, RegionRecord.y, RegionRecord.w,
+                                          RegionRecord.h, RegionRecord.embedding)
+                                   .order_by(RegionRecord.image_id, RegionRecord.x, RegionRecord.y,
+                                             RegionRecord.w, RegionRecord.h)).all()
     finally:
         engine.dispose()
-    vectors = np.stack([np.frombuffer(r.embedding, np.float32) for r in rows if r.embedding is not None])
-    return [(r.id, r.path, str(r.status)) for r in rows], vectors
+    rows = [(r.id, r.path, str(r.status)) for r in images] + [tuple(r[:5]) for r in regions]
+    blobs = [r.embedding for r in images if r.embedding is not None] + [r.embedding for r in regions]
+    vectors = np.stack([np.frombuffer(b, np.float32) for b in blobs]) if blobs else np.zeros((0, 0), np.float32)
+    return rows, vectors
 
 
-def run_ray_comparison(photo_dir: Path, embedder, args, parent: Path, local_home: Path, local_s: float) -> list[str]:
-    """The same job on Ray: its rate, Ray's start-up, and whether its index equals the local one."""
+def compare_catalogs(local_home: Path, other_home: Path, args) -> tuple[bool, float]:
+    """(same images and regions, largest vector difference: NaN when the rows differ)."""
     import numpy as np
 
+    local_rows, local_vectors = catalog_snapshot(local_home, args)
+    other_rows, other_vectors = catalog_snapshot(other_home, args)
+    if local_rows != other_rows or local_vectors.shape != other_vectors.shape:
+        return False, float("nan")
+    return True, float(np.abs(local_vectors - other_vectors).max()) if local_vectors.size else 0.0
+
+
+def run_ray_comparison(photo_dir: Path, embedder, args, parent: Path, regions: Regions, local_home: Path,
+                       local_s: float) -> tuple[list[str], dict]:
+    """The same job on Ray: its rate, Ray's start-up, and whether its index equals the local
+    one; (lines, figures with `same_index`)."""
     from indexer.distributed import RayIndexJob, RayOptions, _connect
 
     t0 = time.perf_counter()
@@ -374,7 +448,7 @@ def run_ray_comparison(photo_dir: Path, embedder, args, parent: Path, local_home
 
         cluster = ray.cluster_resources()
         meter, summary, job = run_job(
-            photo_dir, embedder, args, parent, keep_home=True,
+            photo_dir, embedder, args, parent, regions, keep_home=True,
             make_job=lambda library, emb, options: RayIndexJob(library, emb, options, RayOptions(address=args.ray)),
         )
     finally:
@@ -382,20 +456,24 @@ def run_ray_comparison(photo_dir: Path, embedder, args, parent: Path, local_home
             import ray
 
             ray.shutdown()
-    local_rows, local_vectors = catalog_vectors(local_home, args)
-    ray_rows, ray_vectors = catalog_vectors(job.home, args)
-    same_rows = local_rows == ray_rows
-    diff = float(np.abs(local_vectors - ray_vectors).max()) if same_rows and len(local_vectors) else float("nan")
+    same_rows, diff = compare_catalogs(local_home, job.home, args)
+    same = same_rows and diff <= VECTOR_TOLERANCE
     if not args.keep:
         shutil.rmtree(job.home, ignore_errors=True)
     rate = summary.embedded / meter.wall if meter.wall > 0 else 0.0
-    return [
+    lines = [
         f"ray:     cluster {dict(sorted((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU')))}, "
-        f"{'connected' if not started else 'started'} in {start_s:.1f} s (not in the job's time)",
-        f"{'job (RayIndexJob)':<22}{summary.embedded:>7}{meter.wall:>9.2f}{rate:>10.1f}",
-        f"ray/local time: {meter.wall / local_s:.2f}; same ids, paths and statuses as the local job: "
-        f"{'yes' if same_rows else 'NO'}; largest vector difference {diff:.2e}",
+        f"{'connected' if not started else 'started'} in {start_s:.1f} s (not in the job's time), "
+        f"regions {regions.describe()}",
+        f"job (RayIndexJob): {summary.embedded} images in {meter.wall:.2f} s, {rate:.1f} images/s (one run)",
+        f"ray/local time: {meter.wall / local_s:.2f}; same images (ids, paths, statuses) and regions as the local "
+        f"job: {'yes' if same_rows else 'NO'}; largest vector difference {diff:.2e} (tolerance {VECTOR_TOLERANCE:.0e})",
     ]
+    if not same:
+        lines.append("FAILED: the Ray job built another index than the local job")
+    figures = {"regions": regions.label, "images_per_s": rate, "seconds": meter.wall, "start_s": start_s,
+               "same_rows": same_rows, "max_vector_diff": diff if same_rows else None, "same_index": same}
+    return lines, figures
 
 
 # -- the instrumented copy (--phases) -----------------------------------------------------------------
@@ -507,9 +585,9 @@ def decode_steps(paths, embedder) -> list[str]:
     return lines
 
 
-def run_phases(photo_dir, paths, embedder, args, parent, model_batch_s: float) -> list[str]:
+def run_phases(photo_dir, paths, embedder, args, parent, regions: Regions, model_batch_s: float) -> list[str]:
     lines = decode_steps(paths, embedder)
-    meter, summary, job = run_job(photo_dir, embedder, args, parent, make_job=make_timed_job_class())
+    meter, summary, job = run_job(photo_dir, embedder, args, parent, regions, make_job=make_timed_job_class())
     wall = meter.wall
     nb = max(1, len(job.waits))
     sql = job.t["write"] - job.t["encode"] - job.t["apply"]
@@ -523,7 +601,7 @@ def run_phases(photo_dir, paths, embedder, args, parent, model_batch_s: float) -
     ]
     lines.append("")
     lines.append(
-        f"instrumented job: {summary.embedded} images in {nb} batches, {wall:.2f} s "
+        f"instrumented job, regions {regions.describe()}: {summary.embedded} images in {nb} batches, {wall:.2f} s "
         f"({summary.embedded / wall:.1f} images/s)"
     )
     lines.append(f"  {'phase':<34}{'seconds':>9}{'ms/batch':>10}{'share':>8}")
@@ -536,6 +614,8 @@ def run_phases(photo_dir, paths, embedder, args, parent, model_batch_s: float) -
         lines.append(
             f"  a full batch's encode_batch: {1000 * mean:.0f} ms in the job, "
             f"{1000 * model_batch_s:.0f} ms alone (x{mean / model_batch_s:.2f})"
+            + (f"; the job's batches also encode the regions, {job.region_vectors / max(1, summary.embedded):.1f} "
+               "per image" if job.region_vectors else "")
         )
     lines.append(
         f"  CPU: main process {meter.main:.2f} s ({meter.main / wall:.2f} cores), decode workers "
@@ -548,6 +628,8 @@ def run_phases(photo_dir, paths, embedder, args, parent, model_batch_s: float) -
 # -- main -------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     args = parse_args(argv)
+    header = print_header("index_throughput", args, model=common.clip_model_label(args.model, args.pretrained))
+    args.region_settings = parse_regions(args.regions)
 
     import torch
 
@@ -558,7 +640,7 @@ def main(argv=None) -> int:
     runs.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
     try:
-        return bench(args, run_dir)
+        return bench(args, run_dir, header)
     finally:
         if args.keep:
             print(f"kept {run_dir}")
@@ -566,23 +648,147 @@ def main(argv=None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def bench(args, run_dir: Path) -> int:
-    import torch
+@dataclass
+class Runs:
+    """The repeated measurements of one stage: (count, vectors, meter) per run."""
 
-    from indexer.commands import load_embedder
-    from indexer.embedder import resolve_device
+    label: str
+    runs: list = field(default_factory=list)
 
+    def add(self, count: int, meter: Meter, vectors: int | None = None) -> None:
+        self.runs.append((count, count if vectors is None else vectors, meter))
+
+    def rates(self, vectors: bool = False) -> list[float]:
+        return [(v if vectors else n) / m.wall if m.wall > 0 else 0.0 for n, v, m in self.runs]
+
+    def median_run(self) -> tuple[int, int, Meter]:
+        return sorted(self.runs, key=lambda run: run[2].wall)[(len(self.runs) - 1) // 2]
+
+
+def prepare_photos(args, run_dir: Path) -> tuple[Path, list[Path], str]:
+    """(folder, files, where they came from): --photos, or --count generated JPEGs."""
     if args.photos is not None:
         photo_dir = args.photos.expanduser().absolute()
         paths = list_photos(photo_dir)
         if not paths:
             raise SystemExit(f"no image files under {photo_dir}")
-        origin = str(photo_dir)
-    else:
-        photo_dir = run_dir / "photos"
-        t0 = time.perf_counter()
-        paths = make_photos(photo_dir, args.count, args.seed)
-        origin = f"made from scikit-image's photographs in {time.perf_counter() - t0:.1f} s"
+        return photo_dir, paths, str(photo_dir)
+    t0 = time.perf_counter()
+    paths = make_photos(run_dir / "photos", args.count, args.seed)
+    return run_dir / "photos", paths, f"made from scikit-image's photographs in {time.perf_counter() - t0:.1f} s"
+
+
+def measure_all(args, photo_dir: Path, paths, embedder, pixels, decoding: dict, run_dir: Path) -> dict:
+    """--repeat rounds of: the model, then per region setting its decode and its job (the
+    last round keeps the first setting's job home for --ray). Returns the Runs by key, notes,
+    the model's mean seconds per full batch (its best round) and the kept home."""
+    n = len(paths)
+    sizes = batch_sizes(n, args.batch_size)
+    model = Runs(f"model (batch {args.batch_size})")
+    decode = {r.label: Runs(f"decode ({decoding['label']})") for r in args.region_settings}
+    job = {r.label: Runs("job (IndexJob)") for r in args.region_settings}
+    notes: list[str] = []
+    full_batch_s: list[float] = []
+    kept_home = None
+    for round_ in range(args.repeat):
+        meter, per_batch = measure_model(embedder, pixels, sizes)
+        model.add(n, meter)
+        full = [t for t, size in zip(per_batch, sizes) if size == args.batch_size]
+        if full:
+            full_batch_s.append(sum(full) / len(full))
+        for regions in args.region_settings:
+            meter, got, failed = measure_decode(paths, embedder, args.batch_size, decoding["workers"],
+                                                decoding["threads"], regions, on_device=decoding["on_device"])
+            if failed:
+                notes.append(f"decode: {failed} of {got} files could not be read")
+            decode[regions.label].add(got, meter)
+            keep = bool(args.ray) and regions is args.region_settings[0] and round_ == args.repeat - 1
+            meter, summary, done = run_job(photo_dir, embedder, args, run_dir, regions, keep_home=keep)
+            if keep:
+                kept_home = done.home
+            if summary.embedded != n:
+                notes.append(f"job, regions {regions.label}: {summary.line()}")
+            job[regions.label].add(summary.embedded, meter, summary.embedded + done.region_vectors)
+    return {"model": model, "decode": decode, "job": job, "notes": notes, "kept_home": kept_home,
+            "model_batch_s": min(full_batch_s) if full_batch_s else 0.0}
+
+
+def rate_row(runs: Runs, vectors: bool = False) -> str:
+    count, _, m = runs.median_run()
+    rates = common.spread(runs.rates())
+    per_vector = f"{common.spread(runs.rates(vectors=True))['median']:>10.1f}" if vectors else f"{'':>10}"
+    return (f"{runs.label:<26}{count:>7}{m.wall:>9.2f}{rates['min']:>9.1f}{rates['median']:>9.1f}{rates['max']:>9.1f}"
+            f"{per_vector}{m.main:>9.2f}{m.workers:>9.2f}{m.other_cores:>7.2f}")
+
+
+def job_model_ratios(job: Runs, model: Runs) -> dict:
+    """min/median/max of job images/s over model images/s, run by run."""
+    return common.spread([j / m for j, m in zip(job.rates(), model.rates()) if m > 0])
+
+
+def print_tables(args, measured: dict) -> None:
+    """The rates table: the model, then a block per region setting."""
+    model = measured["model"]
+    print(f"{'':<26}{'':>7}{'median':>9}{'images/s':>18}{'':>9}{'vectors/s':>10}{'cpu':>9}{'cpu':>9}{'other':>7}")
+    print(f"{'stage':<26}{'images':>7}{'seconds':>9}{'min':>9}{'median':>9}{'max':>9}{'median':>10}"
+          f"{'main':>9}{'wkrs':>9}{'cores':>7}")
+    print(rate_row(model))
+    for regions in args.region_settings:
+        job = measured["job"][regions.label]
+        images, vectors, _ = job.median_run()
+        print(f"-- regions {regions.describe()}: {vectors} vectors for {images} images "
+              f"({vectors / max(1, images):.1f} per image)")
+        print(rate_row(measured["decode"][regions.label]))
+        print(rate_row(job, vectors=True))
+        r = job_model_ratios(job, model)
+        print(f"{'job/model':<26}{'':>7}{'':>9}{r['min']:>9.2f}{r['median']:>9.2f}{r['max']:>9.2f}")
+    print(f"(min/median/max over {args.repeat} run{'s' if args.repeat > 1 else ''}; seconds and cpu: the median "
+          "run's; cpu: CPU seconds of this process and of its decode workers; other: cores busy with other "
+          "processes meanwhile; job/model < 1 with regions: the job also embeds each region)")
+
+
+def print_notes(measured: dict) -> float:
+    """Print the notes (failures, a busy machine); return the most cores others kept busy."""
+    every = [measured["model"], *measured["decode"].values(), *measured["job"].values()]
+    busy = max(m.other_cores for runs in every for _, _, m in runs.runs)
+    notes = list(measured["notes"])
+    if busy > 0.15:
+        notes.append(f"other processes kept {busy:.2f} cores busy during a measurement: the rates are unreliable")
+    for note in notes:
+        print(f"note: {note}")
+    return busy
+
+
+def region_figures(args, measured: dict) -> dict:
+    """Per region setting: its scales, and its decode and job figures."""
+    figures = {}
+    for regions in args.region_settings:
+        job = measured["job"][regions.label]
+        figures[regions.label] = {
+            "regions": ",".join(map(str, regions.spec().scales)) or "off",
+            "decode": stage_figures(measured["decode"][regions.label]),
+            "job": stage_figures(job, vectors=True),
+            "job_model_ratio": job_model_ratios(job, measured["model"]),
+        }
+    return figures
+
+
+def stage_figures(runs: Runs, vectors: bool = False) -> dict:
+    figures = {"images_per_s": common.spread(runs.rates())}
+    if vectors:
+        figures["vectors_per_s"] = common.spread(runs.rates(vectors=True))
+        figures["vectors"] = runs.median_run()[1]
+    return figures
+
+
+def bench(args, run_dir: Path, header: dict) -> int:
+    import torch
+
+    from indexer.commands import load_embedder
+    from indexer.embedder import resolve_device
+    from indexer.jobs import choose_decoders
+
+    photo_dir, paths, origin = prepare_photos(args, run_dir)
     n = len(paths)
 
     # The model, once: its checkpoint lives in --home/models and is reused between runs.
@@ -591,123 +797,52 @@ def bench(args, run_dir: Path) -> int:
     load_s = time.perf_counter() - t0
     device = resolve_device(args.device)
     threads = torch.get_num_threads()
-    from indexer.jobs import choose_decoders
-
     job_workers, job_threads = choose_decoders(n, args.batch_size, args.workers, embedder.device, threads)
     on_device = decodes_on_device(args, embedder)
-    decode_label = f"torchvision on {embedder.device}" if on_device else decoders_label(job_workers, job_threads)
+    decoding = {"workers": job_workers, "threads": job_threads, "on_device": on_device,
+                "label": f"torchvision on {embedder.device}" if on_device else decoders_label(job_workers, job_threads)}
     print(
         f"model:   {embedder.identity.describe()} on {device}, loaded in {load_s:.1f} s, "
         f"image size {embedder.image_size}"
     )
     print(f"photos:  {describe_photos(paths)}; {origin}")
     print(
-        f"setup:   torch threads {threads}, decode: {decode_label}, "
-        f"batch size {args.batch_size}, {os.cpu_count()} cpus, torch {torch.__version__}"
+        f"setup:   torch threads {threads}, decode: {decoding['label']}, batch size {args.batch_size}, "
+        f"{os.cpu_count()} cpus, torch {torch.__version__}, regions {', '.join(r.describe() for r in args.region_settings)}, "
+        f"{args.repeat} run{'s' if args.repeat > 1 else ''} each"
     )
 
-    sizes = batch_sizes(n, args.batch_size)
     pixels = ready_pixels(paths, embedder, args.batch_size)
-    for size in sorted(set(sizes), reverse=True):  # warm up every batch shape the runs will use
+    for size in sorted(set(batch_sizes(n, args.batch_size)), reverse=True):  # warm up every batch shape
         embedder.encode_batch(pixels[:size])
-
-    best: dict[str, tuple[float, int, Meter]] = {}
-    notes: list[str] = []
-    model_batch_s = math.inf
-    region_vectors = 0
-
-    def keep_best(key, meter, count):
-        if key not in best or meter.wall < best[key][2].wall:
-            best[key] = (count / meter.wall if meter.wall > 0 else 0.0, count, meter)
-
-    for _ in range(args.repeat):
-        meter, got, failed = measure_decode(paths, embedder, args.batch_size, job_workers, job_threads, args.regions,
-                                            on_device=on_device)
-        if failed:
-            notes.append(f"decode: {failed} of {got} files could not be read")
-        keep_best("decode", meter, got)
-
-        meter, per_batch = measure_model(embedder, pixels, sizes)
-        keep_best("model", meter, n)
-        full = [t for t, s in zip(per_batch, sizes) if s == args.batch_size]
-        if full:
-            model_batch_s = min(model_batch_s, sum(full) / len(full))
-
-        meter, summary, job = run_job(photo_dir, embedder, args, run_dir, keep_home=bool(args.ray))
-        if args.ray:
-            local_home = job.home
-        if summary.embedded != n:
-            notes.append(f"job: {summary.line()}")
-        keep_best("job", meter, summary.embedded)
-        region_vectors = job.region_vectors
-
-    rate = {key: value[0] for key, value in best.items()}
-    ratio = rate["job"] / rate["model"] if rate["model"] > 0 else 0.0
+    measured = measure_all(args, photo_dir, paths, embedder, pixels, decoding, run_dir)
 
     print()
-    labels = {
-        "decode": f"decode ({decode_label})",
-        "model": f"model (batch {args.batch_size})",
-        "job": "job (IndexJob)",
-    }
-    print(f"{'stage':<22}{'images':>7}{'seconds':>9}{'images/s':>10}{'cpu main':>10}{'cpu wkrs':>10}{'other':>7}")
-    for key in ("decode", "model", "job"):
-        r, count, m = best[key]
-        print(
-            f"{labels[key]:<22}{count:>7}{m.wall:>9.2f}{r:>10.1f}{m.main:>10.2f}{m.workers:>10.2f}{m.other_cores:>7.2f}"
-        )
-    print(f"{'job/model':<22}{'':>7}{'':>9}{ratio:>10.2f}")
+    print_tables(args, measured)
+    ray_ok, ray_figures = True, None
     if args.ray:
-        for line in run_ray_comparison(photo_dir, embedder, args, run_dir, local_home, best["job"][2].wall):
-            print(line)
-    if region_vectors:
-        job_s = best["job"][2].wall
-        vectors = best["job"][1] + region_vectors
-        print(f"regions {args.regions}: {region_vectors} region vectors besides {best['job'][1]} whole images; the job "
-              f"embedded {vectors / job_s:.1f} vectors/s ({vectors / job_s / rate['model']:.2f} of the model's rate)")
-    print(
-        "(cpu: CPU seconds of this process and of its decode workers; other: cores busy with other "
-        f"processes meanwhile{f'; best of {args.repeat} runs each' if args.repeat > 1 else ''})"
-    )
-    busy = max(m.other_cores for _, _, m in best.values())
-    if busy > 0.15:
-        notes.append(f"other processes kept {busy:.2f} cores busy during a measurement: the rates are unreliable")
-    for note in notes:
-        print(f"note: {note}")
-
+        first = args.region_settings[0]
+        local_s = measured["job"][first.label].median_run()[2].wall
+        lines, ray_figures = run_ray_comparison(photo_dir, embedder, args, run_dir, first, measured["kept_home"],
+                                                local_s)
+        ray_ok = ray_figures["same_index"]
+        print("\n".join(lines))
+    busy = print_notes(measured)
     if args.phases:
         print()
-        print(
-            "\n".join(
-                run_phases(
-                    photo_dir, paths, embedder, args, run_dir, model_batch_s if model_batch_s < math.inf else 0.0
-                )
-            )
-        )
+        print("\n".join(run_phases(photo_dir, paths, embedder, args, run_dir, args.region_settings[0],
+                                   measured["model_batch_s"])))
 
     print()
-    fields = {
-        "bench": "index_throughput",
-        "model": args.model,
-        "pretrained": args.pretrained,
-        "device": device,
-        "images": n,
-        "image_size": embedder.image_size,
-        "batch_size": args.batch_size,
-        "workers": job_workers,
-        "decode_threads": job_threads,
-        "decode_on_device": on_device,
-        "torch_threads": threads,
-        "cpus": os.cpu_count(),
-        "decode_ips": f"{rate['decode']:.2f}",
-        "model_ips": f"{rate['model']:.2f}",
-        "job_ips": f"{rate['job']:.2f}",
-        "job_model_ratio": f"{ratio:.3f}",
-        "regions": args.regions,
-        "region_vectors": region_vectors,
-        "other_load": f"{busy:.2f}",
-    }
-    print(" ".join(f"{k}={v}" for k, v in fields.items()))
+    print_result("index_throughput", {
+        "device": device, "images": n, "image_size": embedder.image_size, "batch_size": args.batch_size,
+        "workers": job_workers, "decode_threads": job_threads, "decode_on_device": on_device,
+        "torch_threads": threads, "repeat": args.repeat, "model": stage_figures(measured["model"]),
+        "regions": region_figures(args, measured), "ray": ray_figures, "other_load": busy,
+    }, header)
+    if not ray_ok:
+        print("exit 1: the Ray job's index differs from the local job's", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,26 +11,27 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
 
 from common import (
     DEFAULT_HOME,
     TEXT_QUERIES,
     bench_workspace,
-    free_port,
+    clip_model_label,
+    image_search_request,
+    index_folder,
     make_corpus,
-    multipart,
     percentile,
+    serving,
+    text_search_request,
     timed_request,
-    wait_healthy,
 )
+from provenance import print_header, print_result
 
 
 def rss_mb(pid: int) -> float:
@@ -41,7 +42,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -51,72 +52,68 @@ def main() -> int:
     parser.add_argument("--corpus", type=int, default=200)
     parser.add_argument("--home", default=DEFAULT_HOME)
     parser.add_argument("--quick", action="store_true", help="10 s on a small corpus")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.corpus = 10.0, 24
+        args.seconds, args.corpus = 10.0, 12
+    return args
 
-    work, env = bench_workspace("loupe-load-", args.home, args.model, args.pretrained)
-    photos = make_corpus(work / "photos", args.corpus)
-    subprocess.run([sys.executable, "-m", "searchapp.cli", "index", str(work / "photos"), "--no-progress"],
-                   env=env, check=True, stdout=subprocess.DEVNULL)
-    uploads = [p.read_bytes() for p in photos[:32]]
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "searchapp.cli", "serve", "--port", str(port),
-                               "--threads", str(args.clients)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+def run_load(base: str, pid: int, uploads: list[bytes], args) -> tuple[dict, list[str], list[float], float]:
+    """`args.clients` clients of mixed searches for `args.seconds`, and the server's RSS each
+    second: (latencies ms by kind, errors, RSS samples MB, wall seconds)."""
     latencies: dict[str, list[float]] = {"text": [], "image": []}
     errors: list[str] = []
-    memory: list[float] = []
+    memory = [rss_mb(pid)]
     lock = threading.Lock()
-    try:
-        wait_healthy(base, time.monotonic() + 120)
-        timed_request(urllib.request.Request(f"{base}/api/search?q=warm+up"))  # loads the model
-        memory.append(rss_mb(server.pid))
-        stop_at = time.monotonic() + args.seconds
+    stop_at = time.monotonic() + args.seconds
 
-        def client(seed: int) -> None:
-            rng = random.Random(seed)
-            while time.monotonic() < stop_at:
-                if rng.random() < args.image_share:
-                    kind = "image"
-                    body, ctype = multipart("image", "q.jpg", rng.choice(uploads))
-                    request = urllib.request.Request(f"{base}/api/search/image?k=20", data=body, method="POST",
-                                                     headers={"Content-Type": ctype})
-                else:
-                    kind = "text"
-                    q = urllib.parse.quote(rng.choice(TEXT_QUERIES))
-                    request = urllib.request.Request(f"{base}/api/search?q={q}&k=20")
-                try:
-                    ms = timed_request(request)
-                except (urllib.error.URLError, OSError, ValueError) as err:
-                    with lock:
-                        errors.append(f"{kind}: {err}")
-                    continue
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        while time.monotonic() < stop_at:
+            if rng.random() < args.image_share:
+                kind, request = "image", image_search_request(base, rng.choice(uploads))
+            else:
+                kind, request = "text", text_search_request(base, rng.choice(TEXT_QUERIES))
+            try:
+                ms = timed_request(request)
+            except (urllib.error.URLError, OSError, ValueError) as err:
                 with lock:
-                    latencies[kind].append(ms)
+                    errors.append(f"{kind}: {err}")
+                continue
+            with lock:
+                latencies[kind].append(ms)
 
-        def sample_memory() -> None:
-            while time.monotonic() < stop_at:
-                time.sleep(1.0)
-                memory.append(rss_mb(server.pid))
+    def sample_memory() -> None:
+        while time.monotonic() < stop_at:
+            time.sleep(1.0)
+            memory.append(rss_mb(pid))
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-        threads.append(threading.Thread(target=sample_memory))
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    threads.append(threading.Thread(target=sample_memory))
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors, memory, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    header = print_header("load", args, model=clip_model_label(args.model, args.pretrained))
+    work, env = bench_workspace("loupe-load-", args.home, args.model, args.pretrained)
+    try:
+        photos = make_corpus(work / "photos", args.corpus)
+        index_folder(work / "photos", env)
+        uploads = [p.read_bytes() for p in photos[:32]]
+        with serving(env, work / "server.log", threads=args.clients) as (base, pid):
+            latencies, errors, memory, wall = run_load(base, pid, uploads, args)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
 
     every = latencies["text"] + latencies["image"]
-    print(f"{args.clients} clients for {wall:.1f} s, {args.image_share:.0%} image searches, "
-          f"model {args.model}/{args.pretrained}, corpus {args.corpus}, loopback")
+    print(f"{args.clients} clients for {wall:.1f} s, {args.image_share:.0%} image searches (indexed files), "
+          f"corpus {args.corpus}, loopback")
     print(f"{'kind':<8}{'requests':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for kind, values in (("text", latencies["text"]), ("image", latencies["image"]), ("all", every)):
         print(f"{kind:<8}{len(values):>10}{percentile(values, 50):>10.0f}{percentile(values, 99):>10.0f}")
@@ -126,12 +123,11 @@ def main() -> int:
           f"{half:.0f} MB halfway, {last:.0f} MB at the end, max {max(memory):.0f} MB")
     for line in errors[:5]:
         print("  error:", line)
-    print(
-        "RESULT "
-        f"clients={args.clients} seconds={wall:.1f} requests={len(every)} errors={len(errors)} "
-        f"rps={len(every) / wall:.2f} p50_ms={statistics.median(every) if every else float('nan'):.1f} "
-        f"p99_ms={percentile(every, 99):.1f} rss_start_mb={first:.0f} rss_end_mb={last:.0f} rss_max_mb={max(memory):.0f}"
-    )
+    print_result("load", {
+        "clients": args.clients, "seconds": wall, "requests": len(every), "errors": len(errors),
+        "rps": len(every) / wall, "p50_ms": statistics.median(every) if every else float("nan"),
+        "p99_ms": percentile(every, 99), "rss_start_mb": first, "rss_end_mb": last, "rss_max_mb": max(memory),
+    }, header)
     return 0
 
 

@@ -104,11 +104,21 @@ def print_header(bench: str, args: Namespace | dict | None = None, model: str | 
 def print_result(bench: str, figures: dict, header: dict | None = None) -> None:
     """The last line: `RESULT {json}` with the commit and every figure, for scripts to read."""
     record = {"bench": bench, "commit": (header or {}).get("commit") or commit_identity(), **figures}
-    print("RESULT " + json.dumps(record, sort_keys=True, default=_plain), flush=True)
+    print("RESULT " + json.dumps(_plain(record), sort_keys=True, allow_nan=False), flush=True)
 
 
 def _plain(value):
+    """JSON-ready: numpy numbers as Python ones, NaN and infinities as null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, str)):
+        return value
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
+    return int(value) if isinstance(value, int) else number

@@ -1,18 +1,28 @@
 """Robustness of reverse-image lookup to damaged queries.
 
-Indexes a corpus of photographs into a temporary LOUPE_HOME, makes seeded corrupted queries
-from every corpus image (noise, crops, re-compression, blur, downscale, rotation, overlaid
-text, a strong combination), runs each through the real search path (encode the query bytes,
-decode, embed, kNN, catalog join), and prints per kind recall@1, recall@10 and MRR of the
-original, the false-match rate on held-out photographs that are not in the corpus, and p50
-latency per stage, for each configuration asked (`--stages off,regional,blur`). Differences
-between configurations come with paired bootstrap 95% intervals. It also reports how match
+Indexes a corpus of photographs into a temporary LOUPE_HOME, makes seeded damaged queries
+(bench/damage.py: noise, crops, re-compression, blur, downscale, rotation, overlaid text, a
+strong combination) from the corpus pictures of one part (`--query-part`), runs each through
+the real search path (encode the query bytes, decode, embed, kNN, catalog join), and prints per
+kind recall@1, recall@10 and MRR of the original, the false-match rate on held-out photographs
+that are not in the corpus, and p50 latency per stage, for each configuration asked
+(`--stages off,auto,blur`). Differences between configurations come with paired 95% intervals
+from a bootstrap over pictures (each picture's queries resampled together). It also reports how match
 labels behave: how often the original is found *and* labelled a copy (exact or
 near-duplicate) with the cut-off the index calibrated for itself, and how often a held-out
 photograph is wrongly labelled a copy (the false-match rate of that cut-off).
 
     python bench/robustness.py --quick                        # scikit-image's photographs (CI)
-    python bench/robustness.py --corpus DIR --heldout DIR     # see bench/README.md for a corpus
+    python bench/robustness.py --corpus DIR --heldout DIR/report --query-part report   # bench/README.md
+
+Held-out rules. The corpus folder may hold parts (bench/gather_photos.py makes `tune` and
+`report`): the whole corpus is indexed, and only the pictures of `--query-part` are queried.
+Tune anything (region settings, policies) with `--query-part tune`; report with `report`.
+Restorers (`--restorers HOME`) must be trained in a home that indexed the tune part only: the
+benchmark refuses to run when a queried picture is in that home's catalog. The damage here is
+written apart from the restorers' training damage, whose random families leave out these
+kinds' parameters (searchapp.restoration.corruptions.HELD_OUT). Kinds without randomness make
+one query per picture.
 
 Configurations (`--stages`): `whole` (the whole-image index alone, no restoration), and each
 query-restoration mode on the regional index: `off` (the query as given), `auto` (what the
@@ -39,7 +49,8 @@ import numpy as np
 from PIL import Image
 
 from common import DEFAULT_HOME, bench_workspace
-from searchapp.restoration.corruptions import KINDS, corrupt
+from damage import KINDS, damage, queries_per_picture
+from provenance import print_header, print_result
 from searchapp.restoration.stages import CONDITIONS, MODES
 
 CONFIGS = ("whole",) + MODES
@@ -80,6 +91,8 @@ def photos_in(folder: Path) -> list[Path]:
 # -- measuring ------------------------------------------------------------------------------------------
 @dataclass
 class Outcome:
+    picture: int  # index of the queried picture: the bootstrap resamples pictures
+    seed: int
     rank: int | None  # 1-based rank of the original, None if not in the top k
     top_score: float
     copy_found: bool  # the service said a result is the query's picture
@@ -87,6 +100,7 @@ class Outcome:
     ms: dict[str, float]
     detected: tuple[str, ...] = ()
     applied: tuple[str, ...] = ()
+    top_found_by: str | None = None  # how the top result was found after a restoration (raw, restored, both)
 
 
 @dataclass
@@ -145,13 +159,66 @@ def build_index(work: Path, name: str, env: dict, corpus_dir: Path, regions: str
     return IndexedCorpus(library, embedder, restorers, original_id, seconds, summary.embedded, vectors, size)
 
 
-def bootstrap_diff(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of b - a with a paired bootstrap 95% interval."""
+def bootstrap_diff(a: np.ndarray, b: np.ndarray, groups: np.ndarray, rounds: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Mean of b − a over queries, with a paired 95% interval from a bootstrap over `groups`
+    (the queried picture of each query): a picture's queries are resampled together, since
+    queries made from one picture are not independent."""
     rng = np.random.default_rng(seed)
     diff = b.astype(float) - a.astype(float)
-    idx = rng.integers(0, len(diff), size=(rounds, len(diff)))
-    means = diff[idx].mean(axis=1)
+    labels, group_of = np.unique(groups, return_inverse=True)
+    sums = np.bincount(group_of, weights=diff, minlength=len(labels))
+    counts = np.bincount(group_of, minlength=len(labels)).astype(float)
+    picks = rng.integers(0, len(labels), size=(rounds, len(labels)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def query_pictures(corpus_dir: Path, part: str | None) -> list[Path]:
+    """The corpus pictures to query: those under corpus/<part>, or all of them without a part."""
+    if part is None:
+        return photos_in(corpus_dir)
+    folder = corpus_dir / part
+    if not folder.is_dir():
+        raise SystemExit(f"robustness: {folder} does not exist (--query-part names a subfolder of --corpus)")
+    return photos_in(folder)
+
+
+def refuse_trained_on_queries(restorers_home: Path | None, pictures: list[Path]) -> None:
+    """Stop when a queried picture is in the catalog of the home the restorers were trained in."""
+    import hashlib
+    import sqlite3
+
+    if restorers_home is None:
+        return
+    database = restorers_home / "loupe.db"
+    if not database.is_file():
+        raise SystemExit(f"robustness: {database} not found: --restorers must be the LOUPE_HOME whose "
+                         "indexed pictures (the tune part) trained the restorers")
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        trained = {row[0] for row in db.execute("SELECT sha256 FROM images WHERE sha256 IS NOT NULL")}
+    seen = [p for p in pictures if hashlib.sha256(p.read_bytes()).hexdigest() in trained]
+    if seen:
+        raise SystemExit(f"robustness: {len(seen)} queried pictures (e.g. {seen[0].name}) are in the catalog the "
+                         f"restorers in {restorers_home} were trained on: query another part")
+
+
+def print_regressions(outcomes, configs, kinds, corpus: list[Path], limit: int) -> None:
+    """Name the queries the baseline ranks first and another configuration does not: the picture,
+    kind and seed, the rank each gave, what restoration detected and ran, and how the new top
+    result was found, so that a regression can be traced to a stage."""
+    base = configs[0]
+    for config in configs[1:]:
+        rows = [(kind, a, b) for kind in kinds for a, b in zip(outcomes[(base, kind)], outcomes[(config, kind)])
+                if a.rank == 1 and b.rank != 1]
+        if not rows:
+            print(f"\nno query that {base!r} answers is lost by {config!r}")
+            continue
+        print(f"\nqueries {base!r} answers and {config!r} does not ({len(rows)}; first {min(limit, len(rows))}):")
+        for kind, a, b in rows[:limit]:
+            print(f"  {corpus[a.picture].name[:36]:<37}{kind:<13}seed {a.seed}  rank {a.rank} -> {b.rank or '>10'}  "
+                  f"detected {','.join(b.detected) or '-'}  ran {','.join(b.applied) or '-'}  "
+                  f"top found by {b.top_found_by or '-'}")
 
 
 def main() -> int:
@@ -166,7 +233,12 @@ def main() -> int:
     parser.add_argument("--region-penalty", type=float, default=None,
                         help="subtracted from region scores (default: Loupe's)")
     parser.add_argument("--kinds", default=",".join(KINDS))
-    parser.add_argument("--seeds", type=int, default=2, help="corrupted queries per image and kind")
+    parser.add_argument("--seeds", type=int, default=2,
+                        help="damaged queries per picture and kind (kinds without randomness: always 1)")
+    parser.add_argument("--query-part", default=None,
+                        help="query only the pictures in this subfolder of --corpus (tune or report)")
+    parser.add_argument("--regressions", type=int, default=20,
+                        help="list up to this many queries the baseline answers and another configuration does not")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="none")
     parser.add_argument("--home", default=DEFAULT_HOME)
@@ -179,6 +251,7 @@ def main() -> int:
         parser.error(f"unknown configuration(s) {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     if args.quick:
         args.seeds = 1
+    header = print_header("robustness", args, model=f"{args.model} ({args.pretrained})")
 
     work, env = bench_workspace("loupe-robustness-", args.home, args.model, args.pretrained)
     if args.corpus is None or args.heldout is None:
@@ -202,10 +275,13 @@ def main() -> int:
         if reason is not None:
             print(f"robustness: cannot run {stage!r}: {reason} (see --restorers)", file=sys.stderr)
             return 2
-    corpus = [path for path in photos_in(corpus_dir) if path in first.original_id]
+    indexed = [path for path in photos_in(corpus_dir) if path in first.original_id]
+    corpus = [path for path in query_pictures(corpus_dir, args.query_part) if path in first.original_id]
+    refuse_trained_on_queries(args.restorers, corpus)
     heldout = photos_in(heldout_dir)
-    print(f"corpus {len(corpus)} photos, held-out {len(heldout)}, model {first.embedder.identity.describe()}, "
-          f"{args.seeds} seed(s) per image and kind")
+    print(f"corpus {len(indexed)} photos indexed, {len(corpus)} queried (part {args.query_part or 'all'}), "
+          f"held-out {len(heldout)}, model {first.embedder.identity.describe()}, {args.seeds} seed(s) per picture "
+          f"and random kind, 1 for {', '.join(k for k in kinds if queries_per_picture(k, 2) == 1)}")
 
     outcomes: dict[tuple[str, str], list[Outcome]] = {}
     false_copies: dict[str, list[bool]] = {c: [] for c in configs}
@@ -216,20 +292,22 @@ def main() -> int:
             rows = outcomes.setdefault((config, kind), [])
             for i, path in enumerate(corpus):
                 original = Image.open(path).convert("RGB")
-                for seed in range(args.seeds):
+                for seed in range(queries_per_picture(kind, args.seeds)):
                     rng = np.random.default_rng([i, seed, KINDS.index(kind) if kind in KINDS else 0])
-                    page, report, ms = search(index, query_bytes(corrupt(original, kind, rng)), config, 10)
+                    page, report, ms = search(index, query_bytes(damage(original, kind, rng)), config, 10)
                     ids = [r.id for r in page.results]
                     want = index.original_id[path]
                     rank = ids.index(want) + 1 if want in ids else None
                     labelled = any(r.id == want and r.match in ("exact", "near-duplicate") for r in page.results)
                     top = page.results[0].score if page.results else 0.0
                     detected = report.detection.conditions if report.detection else ()
-                    rows.append(Outcome(rank, top, bool(page.copy_found), labelled, ms, detected, report.applied))
+                    found_by = getattr(page.results[0], "found_by", None) if page.results else None
+                    rows.append(Outcome(i, seed, rank, top, bool(page.copy_found), labelled, ms, detected,
+                                        report.applied, found_by))
             for i, path in enumerate(heldout):
                 image = Image.open(path).convert("RGB")
                 rng = np.random.default_rng([10_000 + i, KINDS.index(kind) if kind in KINDS else 0])
-                page, _, _ = search(index, query_bytes(corrupt(image, kind, rng)), config, 1)
+                page, _, _ = search(index, query_bytes(damage(image, kind, rng)), config, 1)
                 false_copies[config].append(bool(page.copy_found))
                 false_tops[config].append(page.results[0].score if page.results else 0.0)
 
@@ -283,16 +361,39 @@ def main() -> int:
 
     if len(configs) > 1:
         base = configs[0]
-        print(f"\nrecall@1 difference against {base!r} (paired bootstrap 95% interval):")
+        print(f"\nrecall@1 difference against {base!r} (paired; 95% interval from a bootstrap over pictures):")
         for config in configs[1:]:
             for kind in kinds:
                 a = np.array([o.rank == 1 for o in outcomes[(base, kind)]])
                 b = np.array([o.rank == 1 for o in outcomes[(config, kind)]])
-                mean, lo, hi = bootstrap_diff(a, b)
-                print(f"  {config:<10}{kind:<10}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
+                lost, won = int(np.sum(a & ~b)), int(np.sum(~a & b))
+                mean, lo, hi = bootstrap_diff(a, b, np.array([o.picture for o in outcomes[(base, kind)]]))
+                print(f"  {config:<10}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]  lost {lost}, won {won}")
+        print_regressions(outcomes, configs, kinds, corpus, args.regressions)
+
+    figures = {}
+    for (config, kind), rows in outcomes.items():
+        figures[f"{config}.{kind}.r1"] = round(float(np.mean([o.rank == 1 for o in rows])), 4)
+        figures[f"{config}.{kind}.copy"] = round(float(np.mean([o.copy_is_original for o in rows])), 4)
+    for config in configs:
+        figures[f"{config}.false_copy_rate"] = round(float(np.mean(false_copies[config])), 4) if false_copies[config] else None
+    figures.update(queried=len(corpus), indexed=len(indexed), part=args.query_part or "all")
+    print_result("robustness", figures, header)
     for index in indexes.values():
         index.library.close()
-    return 0
+    return clean_floor(outcomes, configs, kinds)
+
+
+def clean_floor(outcomes, configs, kinds) -> int:
+    """The smoke floor CI enforces: an undamaged copy of an indexed picture is found first by
+    every configuration (exit status 1 otherwise)."""
+    if "clean" not in kinds:
+        return 0
+    failing = [c for c in configs if not all(o.rank == 1 for o in outcomes[(c, "clean")])]
+    for config in failing:
+        print(f"robustness: FLOOR FAILED: {config!r} does not rank every clean query's original first",
+              file=sys.stderr)
+    return 1 if failing else 0
 
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@
 exact it is.
 
     python bench/search_scale.py                        # 100k and 1M CLIP-like synthetic vectors
-    python bench/search_scale.py --quick                # 60k (CI)
+    python bench/search_scale.py --quick                # 60k, 300 queries (CI; fails if recall@10 < 0.9)
     python bench/search_scale.py --vectors EMB.npy      # real embeddings (N x D float32), sizes cut from it
 
 For each size it builds the index `indexer.vectorstore.choose_index_spec` picks, the way a
 library does (`VectorStore.build`: k-means on a sample, nprobe tuned to reach recall@10 0.95
-on a held-out sample), then measures on 1,000 queries that are not in the index: p50/p99
+on a held-out sample), then measures on `--queries` (1,000) queries that are not in the index: p50/p99
 latency of single queries, throughput of one batch of all of them, recall@10 against exact
 search (`faiss.knn`), memory per vector (the serialised index) and build time. An exact
 `Flat` index is measured beside it as the baseline. The chosen index is then saved and opened
@@ -19,10 +19,19 @@ merged into one list file on disk (`indexer.ondisk`). Each reports its anonymous
 share), single-query p50 with the file in the page cache, and recall@10.
 
 Without `--vectors` the vectors are synthetic and say so: unit vectors in a narrow cone around a
-shared direction (as CLIP image embeddings are), grouped into topics of Zipf-distributed
-sizes with sub-topics and per-picture noise, so that neighbours are clustered unevenly as in
-a photo collection. The script prints the mean cosine of random pairs and of each query's
-nearest neighbour so the structure can be compared with real embeddings.
+shared direction (as CLIP image embeddings are), grouped into TOPICS topics of Zipf-distributed
+sizes (a few hold much of the collection, most hold little), with continuous variation inside
+each topic (a random direction of the topic's own SUBSPACE-dimensional subspace) and
+per-picture noise, so that neighbours are clustered unevenly as in a photo collection. The
+topic count is fixed, whatever the size, and far from the list counts of the IVF indexes built
+here (1024 lists up to about 260k vectors, 4096 at 1M): data with about one cluster per list
+would let k-means find the clusters and flatter IVF. The script prints the mean cosine of
+random pairs and of each query's nearest neighbour so the structure can be compared with real
+embeddings.
+
+Speed figures never fail the run. With --quick (what CI runs) the exit status is 1 when the
+chosen index's recall@10 against exact search is below QUICK_RECALL_FLOOR (a smoke check of
+the nprobe tuning); the figure is printed either way.
 """
 
 from __future__ import annotations
@@ -38,29 +47,55 @@ from pathlib import Path
 
 import numpy as np
 
-QUERIES = 1_000
+from provenance import print_header, print_result
+
+QUERIES, QUICK_QUERIES = 1_000, 300
+QUICK_SIZE = 60_000
+QUICK_RECALL_FLOOR = 0.9
 K = 10
+TOPICS = 300  # fixed: unrelated to any IVF list count used here (1024, 4096)
+TOPIC_EXPONENT = 1.1  # Zipf topic sizes: the largest topic holds about 20%, the smallest 0.04%
+SUBSPACE = 8  # dimensions of each topic's own continuous variation
+
+
+def topic_weights() -> np.ndarray:
+    weights = 1.0 / np.arange(1, TOPICS + 1) ** TOPIC_EXPONENT
+    return weights / weights.sum()
+
+
+def describe_synthetic() -> str:
+    weights = topic_weights()
+    return (f"synthetic CLIP-like vectors: {TOPICS} topics (whatever the size), Zipf sizes (exponent "
+            f"{TOPIC_EXPONENT}: largest {weights[0]:.0%}, median {np.median(weights):.2%}, smallest "
+            f"{weights[-1]:.2%}), continuous {SUBSPACE}-d variation within a topic, per-picture noise")
 
 
 def clip_like_vectors(n: int, dim: int, seed: int, chunk: int = 100_000) -> np.ndarray:
     """`n` synthetic unit vectors with CLIP-like neighbour structure (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    topics = max(16, n // 2_000)
-    subtopics = 8
     shared = _unit(rng.standard_normal(dim))
-    topic_dirs = _unit(rng.standard_normal((topics, dim)))
-    sub_dirs = _unit(topic_dirs[:, None, :] + 0.9 * _unit(rng.standard_normal((topics, subtopics, dim))))
-    weights = 1.0 / np.arange(1, topics + 1) ** 0.8  # Zipf-like topic sizes
-    weights /= weights.sum()
+    topic_dirs = _unit(rng.standard_normal((TOPICS, dim)))
+    bases = _unit(rng.standard_normal((TOPICS, SUBSPACE, dim)))
+    weights = topic_weights()
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        t = rng.choice(topics, size=m, p=weights)
-        s = rng.integers(0, subtopics, size=m)
+        topic = rng.choice(TOPICS, size=m, p=weights)
+        within = _within_topic(topic, rng.standard_normal((m, SUBSPACE)).astype(np.float32), bases)
         noise = _unit(rng.standard_normal((m, dim)))
-        x = 0.75 * shared + 0.5 * sub_dirs[t, s] + 0.45 * noise
-        out[start : start + m] = _unit(x)
+        out[start : start + m] = _unit(0.75 * shared + 0.5 * topic_dirs[topic] + 0.4 * within + 0.4 * noise)
     return out
+
+
+def _within_topic(topic: np.ndarray, coefficients: np.ndarray, bases: np.ndarray) -> np.ndarray:
+    """Unit directions, each a random combination of its topic's subspace basis."""
+    within = np.empty((len(topic), bases.shape[2]), dtype=np.float32)
+    order = np.argsort(topic, kind="stable")
+    bounds = np.searchsorted(topic[order], np.arange(len(bases) + 1))
+    for t in range(len(bases)):
+        rows = order[bounds[t] : bounds[t + 1]]
+        within[rows] = coefficients[rows] @ bases[t]
+    return _unit(within)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -167,22 +202,21 @@ def build_from_shards(store, vectors: np.ndarray, ids: np.ndarray, folder: Path,
 
 
 def compare_mapped(store, n: int, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-                   shards: int) -> None:
+                   shards: int) -> list[dict]:
     """Save `store`, then open it read and mapped in fresh processes; with `shards`, also
-    build it from shards merged on disk and open that. Prints each."""
+    build it from shards merged on disk and open that. Prints each; returns their figures."""
+    opened = []
     with tempfile.TemporaryDirectory(prefix="loupe-scale-") as folder:
         path, queries_path = os.path.join(folder, "index.faiss"), os.path.join(folder, "queries.npy")
         store.save(Path(path))
         np.save(queries_path, queries)
-        size = os.path.getsize(path)
         modes = [("read", path), ("mapped", path)]
+        size_of = {}
         if shards and not store.spec.exact:
             merged, timing = build_from_shards(store, vectors, ids, Path(folder), shards)
             print(f"{'':>9} {'  merged shards':<16}{timing}", flush=True)
             modes.append(("merged", str(merged)))
-            size_of = {"merged": os.path.getsize(merged) + os.path.getsize(merged.with_suffix(".ivfdata"))}
-        else:
-            size_of = {}
+            size_of["merged"] = os.path.getsize(merged) + os.path.getsize(merged.with_suffix(".ivfdata"))
         for mode, file in modes:
             size = size_of.get(mode, os.path.getsize(path))
             m = open_in_fresh_process(file, queries_path, mode, truth)
@@ -191,12 +225,15 @@ def compare_mapped(store, n: int, vectors: np.ndarray, ids: np.ndarray, queries:
                   f"{m['file'] / 2**20:.0f} MiB (index file {size / 2**20:.0f} MiB, plus libraries); "
                   f"first query {m['first_ms']:.2f} ms, p50 {m['p50_ms']:.2f} ms, recall@10 {m['recall']:.3f}",
                   flush=True)
-            print(f"bench=search_scale_open vectors={n} type={store.spec.factory} mode={mode} "
-                  f"open_s={m['open_s']:.3f} anon_bytes={m['anon']} file_bytes={m['file']} index_file_bytes={size} "
-                  f"first_ms={m['first_ms']:.3f} p50_ms={m['p50_ms']:.3f} recall_at_10={m['recall']:.4f}", flush=True)
+            opened.append({"mode": mode, "open_s": m["open_s"], "anon_bytes": m["anon"], "file_bytes": m["file"],
+                           "index_file_bytes": size, "first_ms": m["first_ms"], "p50_ms": m["p50_ms"],
+                           "recall_at_10": m["recall"]})
+    return opened
 
 
-def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool, shards: int = 4) -> list[str]:
+def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool, shards: int = 4) -> list[dict]:
+    """The chosen index for the first `n` vectors (then opened from disk) and the exact
+    baseline: a table row each; their figures."""
     import faiss
 
     from indexer.vectorstore import IndexSpec, VectorStore, choose_index_spec
@@ -207,7 +244,7 @@ def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool,
     _, rows = faiss.knn(queries, vectors, K, metric=faiss.METRIC_INNER_PRODUCT)
     truth = ids[rows]
     truth_s = time.perf_counter() - t0
-    lines = []
+    figures = []
     specs = [choose_index_spec(n, vectors.shape[1])]
     if flat_baseline and specs[0].factory != "Flat":
         specs.append(IndexSpec("Flat"))
@@ -218,57 +255,92 @@ def run_size(n: int, data: np.ndarray, queries: np.ndarray, flat_baseline: bool,
         m = measure(store, queries, truth)
         size = serialised_bytes(store)
         tuned = f"nprobe {store.spec.nprobe} (tuned: recall {store.tuned.recall:.3f})" if store.tuned else "exact"
-        lines.append(
-            f"{n:>9,} {store.spec.factory:<16}{tuned:<32}{build_s:>8.1f}{size / n:>9.0f}"
-            f"{m['p50_ms']:>8.2f}{m['p99_ms']:>8.2f}{m['batch_qps']:>11.0f}{m['recall']:>8.3f}"
-        )
-        print(lines[-1], flush=True)
-        print(f"bench=search_scale vectors={n} type={store.spec.factory} nprobe={store.spec.nprobe} "
-              f"build_s={build_s:.1f} bytes_per_vector={size / n:.0f} p50_ms={m['p50_ms']:.3f} "
-              f"p99_ms={m['p99_ms']:.3f} batch_qps={m['batch_qps']:.0f} recall_at_10={m['recall']:.4f} "
-              f"exact_truth_s={truth_s:.1f}", flush=True)
+        print(f"{n:>9,} {store.spec.factory:<16}{tuned:<32}{build_s:>8.1f}{size / n:>9.0f}"
+              f"{m['p50_ms']:>8.2f}{m['p99_ms']:>8.2f}{m['batch_qps']:>11.0f}{m['recall']:>8.3f}", flush=True)
+        figures.append({"vectors": n, "type": store.spec.factory, "chosen": spec is specs[0],
+                        "nprobe": store.spec.nprobe, "build_s": build_s, "bytes_per_vector": size / n,
+                        "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"], "batch_qps": m["batch_qps"],
+                        "recall_at_10": m["recall"], "exact_truth_s": truth_s})
         if spec is specs[0]:
-            compare_mapped(store, n, vectors, ids, queries, truth, shards)
+            figures[-1]["files"] = compare_mapped(store, n, vectors, ids, queries, truth, shards)
         del store
-    return lines
+    return figures
 
 
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated vector counts")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--vectors", help="a .npy file of real embeddings (rows beyond the largest size are queries)")
+    parser.add_argument("--queries", type=int, default=None, help=f"held-out queries (default {QUERIES:,}; "
+                        f"{QUICK_QUERIES} with --quick)")
     parser.add_argument("--no-flat", action="store_true", help="skip the exact Flat baseline")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="60k vectors (CI)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_SIZE:,} vectors (CI); exit 1 if recall@10 < {QUICK_RECALL_FLOOR}")
     parser.add_argument("--shards", type=int, default=4,
                         help="also build the index from this many shards merged on disk (0: skip)")
-    args = parser.parse_args()
-    sizes = [60_000] if args.quick else [int(s) for s in args.sizes.split(",")]
-    largest = max(sizes)
-    t0 = time.perf_counter()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes = str(QUICK_SIZE)
+    if args.queries is None:
+        args.queries = QUICK_QUERIES if args.quick else QUERIES
+    return args
+
+
+def load_data(args) -> tuple[np.ndarray, np.ndarray, str]:
+    """(indexed vectors, held-out queries, where they came from)."""
+    rows = max(int(s) for s in args.sizes.split(",")) + args.queries
     if args.vectors:
         data = np.load(args.vectors, mmap_mode="r")
-        if len(data) < largest + QUERIES:
-            parser.error(f"{args.vectors} has {len(data)} rows; need {largest + QUERIES}")
-        data = _unit(np.asarray(data[: largest + QUERIES], dtype=np.float32))
-        origin = f"real embeddings from {args.vectors}"
+        if len(data) < rows:
+            raise SystemExit(f"{args.vectors} has {len(data)} rows; need {rows}")
+        data, origin = _unit(np.asarray(data[:rows], dtype=np.float32)), f"real embeddings from {args.vectors}"
     else:
-        data = clip_like_vectors(largest + QUERIES, args.dim, args.seed)
-        origin = "synthetic CLIP-like vectors (see --help)"
-    queries, data = data[-QUERIES:], data[:-QUERIES]
+        data, origin = clip_like_vectors(rows, args.dim, args.seed), describe_synthetic()
+    return data[: -args.queries], data[-args.queries :], origin
+
+
+def neighbour_structure(data: np.ndarray, queries: np.ndarray) -> dict:
+    """Mean cosine of random pairs, and of a query's nearest neighbour (among 200k at most)."""
     sample = data[np.random.default_rng(1).choice(len(data), size=min(2_000, len(data)), replace=False)]
     pairs = sample @ sample.T
     np.fill_diagonal(pairs, -1.0)
     nearest = np.max(queries[:200] @ data[: min(len(data), 200_000)].T, axis=1)
-    print(f"{origin}: {largest:,} x {data.shape[1]} in {time.perf_counter() - t0:.1f} s; mean cosine of random "
-          f"pairs {pairs[pairs > -1].mean():.3f}, of a query's nearest neighbour {nearest.mean():.3f}; "
-          f"{os.cpu_count()} cpus, {QUERIES} held-out queries, k={K}")
+    return {"random_pair_cosine": float(pairs[pairs > -1].mean()), "nearest_cosine": float(nearest.mean())}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model = f"none (embeddings from {args.vectors})" if args.vectors else "none (synthetic CLIP-like vectors)"
+    header = print_header("search_scale", args, model=model)
+    t0 = time.perf_counter()
+    data, queries, origin = load_data(args)
+    structure = neighbour_structure(data, queries)
+    print(f"{origin}")
+    print(f"{len(data):,} x {data.shape[1]} in {time.perf_counter() - t0:.1f} s; mean cosine of random pairs "
+          f"{structure['random_pair_cosine']:.3f}, of a query's nearest neighbour {structure['nearest_cosine']:.3f}; "
+          f"{os.cpu_count()} cpus, {len(queries)} held-out queries, k={K}")
     print(f"{'vectors':>9} {'index':<16}{'probes':<32}{'build s':>8}{'B/vec':>9}{'p50 ms':>8}{'p99 ms':>8}"
           f"{'batch q/s':>11}{'R@10':>8}")
-    for n in sizes:
-        run_size(n, data, queries, flat_baseline=not args.no_flat, shards=args.shards)
-    return 0
+    runs = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        runs += run_size(n, data, queries, flat_baseline=not args.no_flat, shards=args.shards)
+    floor = smoke_floor(args, runs)
+    print_result("search_scale", {"data": origin, "topics": None if args.vectors else TOPICS, "queries": len(queries),
+                                  **structure, "runs": runs, "recall_floor": floor}, header)
+    return 0 if floor is None or floor["passed"] else 1
+
+
+def smoke_floor(args, runs: list[dict]) -> dict | None:
+    """With --quick: whether every chosen index reached QUICK_RECALL_FLOOR (printed either way)."""
+    if not args.quick:
+        return None
+    worst = min(run["recall_at_10"] for run in runs if run["chosen"])
+    passed = worst >= QUICK_RECALL_FLOOR
+    print(f"smoke floor: the chosen index's recall@10 {worst:.3f} against exact search "
+          f"{'>=' if passed else 'is BELOW'} {QUICK_RECALL_FLOOR}{'' if passed else ': FAILED'}")
+    return {"floor": QUICK_RECALL_FLOOR, "recall_at_10": worst, "passed": passed}
 
 
 if __name__ == "__main__":
