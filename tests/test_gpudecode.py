@@ -107,8 +107,12 @@ def test_nvjpeg_decodes_on_cuda_like_pillow(tmp_path, photos, embedder):
     cpu = ImageFileDataset([], embedder.prepare, DecodeLimits(), embedder.image_size, RegionSpec())
     device = DeviceJpegReader("cuda", cpu)
     got = [item for batch in device.batches(paths, 8) for item in batch]
+    assert [g.path for g in got] == paths
+    for item in got:  # nvJPEG must accept and refuse exactly the files the Pillow path does
+        want = cpu.read(item.path)
+        assert (item.error is None) == (want.error is None), (item.path, item.error, want.error)
     on_gpu = [g for g in got if g.error is None and isinstance(g.pixels, torch.Tensor) and g.pixels.is_cuda]
     assert len(on_gpu) >= len(paths) - 8
     for item in on_gpu:
         want = cpu.read(item.path)
-        assert np.abs(item.pixels.cpu().numpy().astype(int) - want.pixels.astype(int)).mean() < 6
+        assert np.abs(item.pixels.cpu().numpy().astype(int) - want.pixels.astype(int)).mean() < 6, item.path
