@@ -47,6 +47,15 @@ class JpegFile:
     height: int
 
 
+def jpeg_looks_complete(data: bytes) -> bool:
+    """Whether the JPEG's last scan is followed by an end-of-image marker. nvJPEG decodes a
+    truncated file without complaint (the missing part comes out black) where Pillow and
+    libjpeg refuse it; such files go to the CPU path, which records the same error as always.
+    (An EXIF thumbnail's own end marker comes before the first scan, so it does not count.)"""
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan >= 0 and data.rfind(b"\xff\xd9") > last_scan
+
+
 def device_decode_available(device: str) -> bool:
     """Whether torchvision can decode JPEGs on `device` (nvJPEG for CUDA)."""
     try:
@@ -96,7 +105,8 @@ class DeviceJpegReader:
                 orientation = header.getexif().get(0x0112) if fmt == "JPEG" else None
         except (ImageReadError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             return self.cpu_reader.read(path)  # the CPU path words the error the same way as always
-        if fmt != "JPEG" or header.mode not in ("RGB", "L") or width * height > self.limits.max_pixels:
+        if (fmt != "JPEG" or header.mode not in ("RGB", "L") or width * height > self.limits.max_pixels
+                or not jpeg_looks_complete(raw.data)):
             return self.cpu_reader.read(path)
         if orientation in _TRANSPOSED:
             width, height = height, width

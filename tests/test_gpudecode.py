@@ -63,7 +63,8 @@ def test_device_reader_matches_the_pillow_path_file_by_file(tmp_path, photos, em
         decoded_on_device += not isinstance(item.pixels, np.ndarray)
     jpegs = sum(p.endswith(".jpg") and "magic" not in p and "html" not in p and "empty" not in p for p in paths)
     assert decoded_on_device >= jpegs - 3  # CMYK, the truncated and the absurd-EXIF JPEGs may fall back
-    assert device.fell_back >= 1  # the truncated JPEG: refused by libjpeg, worded by the Pillow path
+    truncated = next(g for g in got if g.path.endswith("truncated.jpg"))  # left to the Pillow path, which refuses it
+    assert truncated.error and "truncated" in truncated.error
 
     vectors = embedder.encode_batch([g.pixels for g in got if g.error is None])
     reference = embedder.encode_batch([w.pixels for w in expected if w.error is None])
@@ -116,3 +117,26 @@ def test_nvjpeg_decodes_on_cuda_like_pillow(tmp_path, photos, embedder):
     for item in on_gpu:
         want = cpu.read(item.path)
         assert np.abs(item.pixels.cpu().numpy().astype(int) - want.pixels.astype(int)).mean() < 6, item.path
+
+
+def test_truncated_jpegs_are_left_to_the_pillow_path():
+    """nvJPEG decodes a truncated JPEG as if whole (seen on an H200); the reader must send it
+    to the Pillow path, which refuses it as always."""
+    from indexer.gpudecode import jpeg_looks_complete
+
+    whole = io.BytesIO()
+    thumb = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 10, 10)).save(thumb, "JPEG")
+    exif = Image.Exif()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(
+        whole, "JPEG", quality=90, exif=exif)
+    data = whole.getvalue()
+    assert jpeg_looks_complete(data) and jpeg_looks_complete(data + b"trailing bytes")
+    assert not jpeg_looks_complete(data[: len(data) // 2]) and not jpeg_looks_complete(data[:-2])
+    app1 = b"Exif\0\0" + thumb.getvalue()  # a segment holding a whole JPEG, end marker included
+    with_thumbnail = data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+    assert jpeg_looks_complete(with_thumbnail) and not jpeg_looks_complete(with_thumbnail[:-40])
+    progressive = io.BytesIO()
+    Image.open(io.BytesIO(data)).save(progressive, "JPEG", progressive=True, quality=90)
+    cut = progressive.getvalue()[: len(progressive.getvalue()) * 2 // 3]  # cut after some of its scans
+    assert jpeg_looks_complete(progressive.getvalue()) and not jpeg_looks_complete(cut)
