@@ -5,6 +5,7 @@ replays its training pictures.
     python bench/generate.py --corpus /tmp/loupe-photos/corpus --minutes 25   # train, then measure
     python bench/generate.py --corpus DIR --model-dir DIR                    # reuse a trained model
     python bench/generate.py --quick                                         # CI: tiny model, seconds
+    python bench/generate.py --corpus /tmp/loupe-photos/corpus --source-part report --minutes 25  # held out
 
 It indexes the corpus in a fresh LOUPE_HOME (whole pictures), trains Loupe's own generator on
 it with `loupe train-generator` (unless --model-dir gives one), then makes `--n` variations of
@@ -161,12 +162,21 @@ def run(args, header: dict) -> int:
         if corpus_dir is None:
             corpus_dir = work / "corpus"
             make_corpus(corpus_dir, 12 if args.quick else 48)
-        t0 = time.perf_counter()
-        assert indexer_main(["index", str(corpus_dir), "--no-progress"], env) == 0
         settings = Settings.from_env(env)
-        print(f"indexed {corpus_dir} in {time.perf_counter() - t0:.1f} s ({args.model}/{args.pretrained})")
         model_dir = settings.home / OWN_MODEL_FOLDER
+        held_out = corpus_dir / args.source_part if args.source_part else None
+        if held_out is not None and not held_out.is_dir():
+            raise SystemExit(f"generate: {held_out} does not exist (--source-part names a subfolder of --corpus)")
+        # With --source-part, the generator trains before those pictures are indexed: it never sees them.
+        first = [d for d in sorted(corpus_dir.iterdir()) if d.is_dir() and d != held_out] if held_out else [corpus_dir]
+        t0 = time.perf_counter()
+        for folder in first:
+            assert indexer_main(["index", str(folder), "--no-progress"], env) == 0
+        print(f"indexed {', '.join(map(str, first))} in {time.perf_counter() - t0:.1f} s ({args.model}/{args.pretrained})")
         train_or_reuse(args, env, model_dir)
+        if held_out is not None:
+            assert indexer_main(["index", str(held_out), "--no-progress"], env) == 0
+            print(f"indexed {held_out} after training: variations are made of these pictures only")
         trained = OwnGenerator(model_dir, "cpu")
         init_seed = TrainOptions().seed
         untrained = OwnGenerator(untrained_unet_folder(work / "untrained", trained.config, init_seed), "cpu")
@@ -176,8 +186,10 @@ def run(args, header: dict) -> int:
         library = open_library(settings)
         corpus = Corpus.load(library, load_embedder(settings))
         rng = np.random.default_rng(args.seed)
-        chosen = sorted(rng.choice(len(corpus.records), min(args.sources, len(corpus.records)), replace=False))
-        sources = [corpus.records[i] for i in chosen]
+        candidates = [r for r in corpus.records
+                      if held_out is None or Path(r.path).resolve().is_relative_to(held_out.resolve())]
+        chosen = sorted(rng.choice(len(candidates), min(args.sources, len(candidates)), replace=False))
+        sources = [candidates[i] for i in chosen]
         grid_rows, results = [], {}
         print()
         print(f"{'strength':>8} {'generator':<10}" + "".join(f"{title:>{width}}" for title, _, width, _ in COLUMNS))
@@ -219,6 +231,8 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=25.0, help="training budget (default 25)")
     p.add_argument("--size", type=int, default=None, help="model picture size (default: train-generator's)")
     p.add_argument("--model-dir", type=Path, help="a trained generator folder to reuse instead of training")
+    p.add_argument("--source-part", help="make variations only of the pictures in this subfolder of --corpus "
+                                          "(e.g. report), indexed after training, so the generator never saw them")
     p.add_argument("--keep-model", type=Path, help="copy the trained generator here")
     p.add_argument("--sources", type=int, default=8)
     p.add_argument("--n", type=int, default=4)
