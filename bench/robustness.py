@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import re
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -117,13 +119,38 @@ class IndexedCorpus:
     index_bytes: int
 
 
+def mode_of(config: str) -> str:
+    """A configuration's restoration mode (`whole` for the whole-image index): `off@0.01` is
+    `off` with region penalty 0.01, to compare region penalties on one index, query by query."""
+    return config.split("@", 1)[0]
+
+
+def is_regional(config: str) -> bool:
+    return mode_of(config) in REGIONAL_CONFIGS
+
+
+@contextmanager
+def region_penalty(library, config: str):
+    """The library with `config`'s region penalty (`MODE@PENALTY`) while the block runs."""
+    if "@" not in config:
+        yield
+        return
+    saved = library.settings
+    library.settings = replace(saved, regions=replace(saved.regions, penalty=float(config.split("@", 1)[1])))
+    try:
+        yield
+    finally:
+        library.settings = saved
+
+
 def search(index: IndexedCorpus, data: bytes, config: str, k: int):
     """The service's image-search path (`searchapp.restoration.pipeline.restored_lookup`)."""
     from searchapp.restoration.pipeline import restored_lookup
 
     ms: dict[str, float] = {}
-    page, report = restored_lookup(index.library, index.embedder, data, k, regions=config in REGIONAL_CONFIGS,
-                                   mode="off" if config == "whole" else config, restorers=index.restorers, timings=ms)
+    mode = mode_of(config)
+    page, report = restored_lookup(index.library, index.embedder, data, k, regions=is_regional(config),
+                                   mode="off" if mode == "whole" else mode, restorers=index.restorers, timings=ms)
     return page, report, ms
 
 
@@ -203,6 +230,33 @@ def refuse_trained_on_queries(restorers_home: Path | None, pictures: list[Path])
                          f"restorers in {restorers_home} were trained on: query another part")
 
 
+def measure(index: IndexedCorpus, config: str, kinds, corpus: list[Path], heldout: list[Path], seeds: int,
+            outcomes: dict, false_copies: dict, false_tops: dict) -> None:
+    """Query every kind of damage of every queried picture, and of the held-out ones, with `config`."""
+    for kind in kinds:
+        rows = outcomes.setdefault((config, kind), [])
+        for i, path in enumerate(corpus):
+            original = Image.open(path).convert("RGB")
+            for seed in range(queries_per_picture(kind, seeds)):
+                rng = np.random.default_rng([i, seed, KINDS.index(kind) if kind in KINDS else 0])
+                page, report, ms = search(index, query_bytes(damage(original, kind, rng)), config, 10)
+                ids = [r.id for r in page.results]
+                want = index.original_id[path]
+                rank = ids.index(want) + 1 if want in ids else None
+                labelled = any(r.id == want and r.match in ("exact", "near-duplicate") for r in page.results)
+                top = page.results[0].score if page.results else 0.0
+                detected = report.detection.conditions if report.detection else ()
+                found_by = getattr(page.results[0], "found_by", None) if page.results else None
+                rows.append(Outcome(i, seed, rank, top, bool(page.copy_found), labelled, ms, detected,
+                                    report.applied, found_by))
+        for i, path in enumerate(heldout):
+            image = Image.open(path).convert("RGB")
+            rng = np.random.default_rng([10_000 + i, KINDS.index(kind) if kind in KINDS else 0])
+            page, _, _ = search(index, query_bytes(damage(image, kind, rng)), config, 1)
+            false_copies[config].append(bool(page.copy_found))
+            false_tops[config].append(page.results[0].score if page.results else 0.0)
+
+
 def print_regressions(outcomes, configs, kinds, corpus: list[Path], limit: int) -> None:
     """Name the queries the baseline ranks first and another configuration does not: the picture,
     kind and seed, the rank each gave, what restoration detected and ran, and how the new top
@@ -246,7 +300,7 @@ def main() -> int:
     args = parser.parse_args()
     configs = [c.strip() for c in args.stages.split(",") if c.strip()]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [c for c in configs if c not in CONFIGS]
+    unknown = [c for c in configs if mode_of(c) not in CONFIGS or not re.fullmatch(r"[a-z-]+(@[0-9.]+)?", c)]
     if unknown:
         parser.error(f"unknown configuration(s) {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     if args.quick:
@@ -259,7 +313,7 @@ def main() -> int:
     else:
         corpus_dir, heldout_dir = args.corpus, args.heldout
     indexes: dict[str, IndexedCorpus] = {}
-    for kind_of_index in sorted({"regional" if c in REGIONAL_CONFIGS else "whole" for c in configs}, reverse=True):
+    for kind_of_index in sorted({"regional" if is_regional(c) else "whole" for c in configs}, reverse=True):
         regions = (args.region_scales or "default") if kind_of_index == "regional" else "off"
         indexes[kind_of_index] = built = build_index(work, kind_of_index, env, corpus_dir, regions,
                                                      args.region_penalty, args.restorers)
@@ -270,7 +324,7 @@ def main() -> int:
               f"(whole), {cutoff.region:.4f} (region)")
     first = next(iter(indexes.values()))
     identity = first.library.stored_identity().as_dict()
-    for stage in (c for c in configs if c not in ("whole", "off", "auto")):
+    for stage in {mode_of(c) for c in configs} - {"whole", "off", "auto"}:
         reason = first.restorers.missing(stage, identity)
         if reason is not None:
             print(f"robustness: cannot run {stage!r}: {reason} (see --restorers)", file=sys.stderr)
@@ -287,29 +341,9 @@ def main() -> int:
     false_copies: dict[str, list[bool]] = {c: [] for c in configs}
     false_tops: dict[str, list[float]] = {c: [] for c in configs}
     for config in configs:
-        index = indexes["regional" if config in REGIONAL_CONFIGS else "whole"]
-        for kind in kinds:
-            rows = outcomes.setdefault((config, kind), [])
-            for i, path in enumerate(corpus):
-                original = Image.open(path).convert("RGB")
-                for seed in range(queries_per_picture(kind, args.seeds)):
-                    rng = np.random.default_rng([i, seed, KINDS.index(kind) if kind in KINDS else 0])
-                    page, report, ms = search(index, query_bytes(damage(original, kind, rng)), config, 10)
-                    ids = [r.id for r in page.results]
-                    want = index.original_id[path]
-                    rank = ids.index(want) + 1 if want in ids else None
-                    labelled = any(r.id == want and r.match in ("exact", "near-duplicate") for r in page.results)
-                    top = page.results[0].score if page.results else 0.0
-                    detected = report.detection.conditions if report.detection else ()
-                    found_by = getattr(page.results[0], "found_by", None) if page.results else None
-                    rows.append(Outcome(i, seed, rank, top, bool(page.copy_found), labelled, ms, detected,
-                                        report.applied, found_by))
-            for i, path in enumerate(heldout):
-                image = Image.open(path).convert("RGB")
-                rng = np.random.default_rng([10_000 + i, KINDS.index(kind) if kind in KINDS else 0])
-                page, _, _ = search(index, query_bytes(damage(image, kind, rng)), config, 1)
-                false_copies[config].append(bool(page.copy_found))
-                false_tops[config].append(page.results[0].score if page.results else 0.0)
+        index = indexes["regional" if is_regional(config) else "whole"]
+        with region_penalty(index.library, config):
+            measure(index, config, kinds, corpus, heldout, args.seeds, outcomes, false_copies, false_tops)
 
     print(f"\n{'config':<10}{'kind':<10}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}{'copy':>7}")
     for config in configs:
@@ -324,7 +358,7 @@ def main() -> int:
 
     print("\nheld-out photographs labelled a copy (false-match rate of the calibrated cut-off), by kind:")
     for config in configs:
-        index = indexes["regional" if config in REGIONAL_CONFIGS else "whole"]
+        index = indexes["regional" if is_regional(config) else "whole"]
         flags = false_copies[config]
         per_kind = np.array(flags).reshape(len(kinds), -1).mean(axis=1) if flags else []
         worst = max(zip(per_kind, kinds))[1] if len(flags) else "-"
