@@ -12,7 +12,7 @@ from sqlalchemy import select
 from .catalog import ImageRecord
 from .cli import print_json
 from .errors import ConfigError, LoupeError, NotIndexedError
-from .settings import Settings, redact_url
+from .settings import Settings, ensure_home, redact_url
 
 MAX_K = 200
 
@@ -238,7 +238,7 @@ def cmd_db(settings: Settings, args, out: TextIO) -> int:
     from .database import current_and_head, make_engine, upgrade
 
     if settings.is_sqlite:
-        settings.home.mkdir(parents=True, exist_ok=True)
+        ensure_home(settings.home)
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)

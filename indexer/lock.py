@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import JobLockedError
+from .settings import ensure_home
 
 
 @contextmanager
@@ -18,7 +19,7 @@ def write_lock(home: Path) -> Iterator[None]:
     A POSIX record lock (`lockf`), not `flock`: forked children such as decode workers do not
     inherit it, so a killed job's orphaned workers cannot keep the next job out.
     """
-    home.mkdir(parents=True, exist_ok=True)
+    ensure_home(home)
     path = home / "write.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

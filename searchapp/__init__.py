@@ -5,30 +5,51 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from flask import Flask
+from flask import Flask, Request
+from werkzeug.exceptions import BadRequest
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
+class LoupeRequest(Request):
+    """A request whose JSON body, however deeply nested, never costs more than a 400."""
+
+    def get_json(self, force=False, silent=False, cache=True):
+        try:
+            return super().get_json(force=force, silent=silent, cache=cache)
+        except RecursionError:
+            if silent:
+                return None
+            raise BadRequest("the JSON body is nested too deeply") from None
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """The Flask application. Settings come from the environment unless `test_config` gives
-    `LOUPE_SETTINGS` (an `indexer.settings.Settings`); nothing heavy loads until a request
-    needs it."""
+    `LOUPE_SETTINGS` (an `indexer.settings.Settings`); `LOUPE_SERVE_HOST` (the interface
+    `loupe serve` binds; unset means loopback) decides what the access rules demand. Nothing
+    heavy loads until a request needs it."""
+    from indexer.settings import Settings
+
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.request_class = LoupeRequest
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=DEFAULT_MAX_UPLOAD_BYTES,
         MAX_UPLOAD_PIXELS=50_000_000,
         JSON_SORT_KEYS=False,
+        LOUPE_SERVE_HOST=None,
     )
     if test_config:
         app.config.update(test_config)
+    if app.config.get("LOUPE_SETTINGS") is None:
+        app.config["LOUPE_SETTINGS"] = Settings.from_env()
 
     from . import api, errors, files, pages, security, services
 
+    rules = security.AccessPolicy.create(app.config["LOUPE_SETTINGS"], app.config["LOUPE_SERVE_HOST"])
     services.init_app(app)
     errors.init_app(app)
-    security.init_app(app)
+    security.init_app(app, rules)
     app.register_blueprint(api.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(pages.bp)

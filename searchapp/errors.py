@@ -28,16 +28,24 @@ STATUS_OF = {
 
 
 class ApiError(Exception):
-    """An error raised by a view: a code, a message and an HTTP status."""
+    """An error raised by a view: a code, a message and an HTTP status (and any headers,
+    such as `Retry-After`)."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
 
 
-def error_response(status: int, code: str, message: str):
+def busy(message: str, retry_after: int) -> ApiError:
+    """503 `busy`: the server is at capacity; the client may retry after `retry_after` s."""
+    return ApiError(503, "busy", message, {"Retry-After": str(retry_after)})
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
     response = jsonify(error=code, message=message)
     response.status_code = status
+    response.headers.update(headers or {})
     return response
 
 
@@ -48,7 +56,7 @@ def _wants_json() -> bool:
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
-        return error_response(err.status, err.code, err.message)
+        return error_response(err.status, err.code, err.message, err.headers)
 
     @app.errorhandler(loupe_errors.LoupeError)
     def loupe_error(err: loupe_errors.LoupeError):

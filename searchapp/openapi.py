@@ -30,7 +30,9 @@ JOB_PARAM = {"name": "job_id", "in": "path", "required": True,
              "schema": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}]}}
 GENERATION_ID_PARAM = {"name": "job_id", "in": "path", "required": True,
                        "schema": {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}}
-BEARER = [{"bearer": []}]
+BEARER = [{"bearer": []}, {"session": []}]
+# Reads need a token only when LOUPE_READ_TOKEN is set (or the server is bound beyond loopback).
+READ = [{"bearer": []}, {"session": []}, {}]
 NULLABLE_INT = {"type": ["integer", "null"]}
 NULLABLE_STR = {"type": ["string", "null"]}
 
@@ -257,10 +259,19 @@ IMAGE_BODY = {
 def openapi_document() -> dict:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Loupe API", "version": "1"},
+        "info": {"title": "Loupe API", "version": "1", "description": (
+            "Every request may also answer 400 `bad_host` (a Host name this server does not answer for: DNS "
+            "rebinding) and, when it changes something, 403 `cross_site` (sent from another site's page). "
+            "Reads need a token when LOUPE_READ_TOKEN is set or the server is bound beyond loopback; "
+            "writes need LOUPE_API_TOKEN when it is set. docs/security.md has the whole picture.")},
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "loupe_session",
+                            "description": "set by signing in at /login; requests that change something also "
+                                           "need the header X-Loupe-Request"},
+            },
         },
         "paths": {
             "/api/health": {"get": {"responses": {"200": _json(_ref("Health"), "service state")}}},
@@ -268,7 +279,8 @@ def openapi_document() -> dict:
                 "get": {
                     "parameters": [{"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
                                    *PAGE_PARAMS],
-                    "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 404, 409, 503)},
+                    "security": READ,
+                    "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 401, 403, 404, 409, 503)},
                 }
             },
             "/api/search/image": {
@@ -281,8 +293,9 @@ def openapi_document() -> dict:
                          "description": "off: match whole pictures only, not their regions"},
                     ],
                     "requestBody": {"required": True, "content": IMAGE_BODY},
+                    "security": READ,
                     "responses": {"200": _json(_ref("ImageResults"), "best first"),
-                                  **_errors(400, 404, 409, 413, 503)},
+                                  **_errors(400, 401, 403, 404, 409, 413, 503)},
                 }
             },
             "/api/generate": {
@@ -307,8 +320,8 @@ def openapi_document() -> dict:
                 }
             },
             "/api/images/{image_id}": {
-                "get": {"parameters": [ID_PARAM],
-                        "responses": {"200": _json(_ref("Image"), "metadata"), **_errors(404)}},
+                "get": {"parameters": [ID_PARAM], "security": READ,
+                        "responses": {"200": _json(_ref("Image"), "metadata"), **_errors(401, 403, 404)}},
                 "delete": {
                     "security": BEARER,
                     "parameters": [ID_PARAM],
@@ -329,8 +342,8 @@ def openapi_document() -> dict:
                 }
             },
             "/api/jobs/{job_id}": {
-                "get": {"parameters": [JOB_PARAM], "responses": {
-                    "200": _json({"oneOf": [_ref("Job"), _ref("GenerationJob")]}, "state"), **_errors(404)}}
+                "get": {"parameters": [JOB_PARAM], "security": READ, "responses": {
+                    "200": _json({"oneOf": [_ref("Job"), _ref("GenerationJob")]}, "state"), **_errors(401, 403, 404)}}
             },
             "/api/jobs/{job_id}/images/{number}/add": {
                 "post": {"security": BEARER, "parameters": [
@@ -345,12 +358,12 @@ def openapi_document() -> dict:
                     **_errors(404)}}
             },
             "/images/{image_id}/file": {
-                "get": {"parameters": [ID_PARAM], "responses": {"200": {"description": "the image bytes"},
-                                                                **_errors(404)}}
+                "get": {"parameters": [ID_PARAM], "security": READ,
+                        "responses": {"200": {"description": "the image bytes"}, **_errors(401, 403, 404)}}
             },
             "/images/{image_id}/thumb": {
-                "get": {"parameters": [ID_PARAM], "responses": {"200": {"description": "a JPEG thumbnail"},
-                                                                **_errors(404)}}
+                "get": {"parameters": [ID_PARAM], "security": READ,
+                        "responses": {"200": {"description": "a JPEG thumbnail"}, **_errors(401, 403, 404)}}
             },
         },
     }

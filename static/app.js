@@ -38,6 +38,14 @@
   let genRun = 0; // bumps on every generation started or closed, so old polls stop
   let genJob = null;
 
+  // Every API call says it comes from this page: the server refuses requests that change
+  // something unless they come from its own origin, and a cross-site form cannot set a header.
+  function api(url, init = {}) {
+    const headers = new Headers(init.headers || {});
+    headers.set("X-Loupe-Request", "1");
+    return window.fetch(url, { ...init, headers, credentials: "same-origin" });
+  }
+
   function setState(text, kind = "") {
     els.state.textContent = text;
     els.state.className = "state" + (kind ? " " + kind : "");
@@ -60,14 +68,14 @@
     const params = new URLSearchParams({ k: PAGE, offset: from });
     if (q.kind === "text") {
       params.set("q", q.text);
-      return fetch(`/api/search?${params}`, { signal: controller.signal });
+      return api(`/api/search?${params}`, { signal: controller.signal });
     }
     if (q.kind === "upload") {
       const form = new FormData();
       form.append("image", q.file, q.file.name || "pasted-image");
-      return fetch(`/api/search/image?${params}`, { method: "POST", body: form, signal: controller.signal });
+      return api(`/api/search/image?${params}`, { method: "POST", body: form, signal: controller.signal });
     }
-    return fetch(`/api/search/image?${params}`, {
+    return api(`/api/search/image?${params}`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ image_id: q.id }),
@@ -283,7 +291,7 @@
     els.detailTitle.textContent = "Loading…";
     els.detailImage.removeAttribute("src");
     if (!els.detail.open) els.detail.showModal();
-    const response = await fetch(`/api/images/${id}`);
+    const response = await api(`/api/images/${id}`);
     if (detailId !== id) return;
     if (!response.ok) {
       els.detailTitle.textContent = "Not available";
@@ -352,7 +360,7 @@
     els.genStatus.textContent = "Starting…";
     els.generation.scrollIntoView({ block: "nearest" });
     try {
-      let response = await fetch("/api/generate", init);
+      let response = await api("/api/generate", init);
       if (mine !== genRun) return;
       if (!response.ok) return endGeneration(await errorMessage(response), true);
       let job = await response.json();
@@ -363,7 +371,7 @@
           ? "Waiting for the generator…" : `Generating ${job.parameters.n} variations… ${Math.round(100 * job.progress)}%`;
         await sleep(POLL_MS);
         if (mine !== genRun) return;
-        response = await fetch(`/api/jobs/${job.id}`);
+        response = await api(`/api/jobs/${job.id}`);
         if (mine !== genRun) return;
         if (!response.ok) return endGeneration(await errorMessage(response), true);
         job = await response.json();
@@ -424,7 +432,7 @@
       add.textContent = "Add to the collection";
       add.addEventListener("click", async () => {
         add.disabled = true;
-        const response = await fetch(`/api/jobs/${job.id}/images/${i}/add`, { method: "POST" });
+        const response = await api(`/api/jobs/${job.id}/images/${i}/add`, { method: "POST" });
         add.textContent = response.ok ? `Added (id ${(await response.json()).id})` : await errorMessage(response);
       });
       item.append(picture, label, near, add);
@@ -437,7 +445,7 @@
     if (!genJob) return;
     els.genCancel.disabled = true;
     els.genStatus.textContent = "Cancelling…";
-    await fetch(`/api/jobs/${genJob}/cancel`, { method: "POST" });
+    await api(`/api/jobs/${genJob}/cancel`, { method: "POST" });
   }
 
   function closeGeneration() {

@@ -328,3 +328,59 @@ def test_a_noisy_upload_shows_what_was_detected_and_its_reconstruction(restorer,
     page.set_input_files("#file", str(original))
     page.wait_for_function("document.getElementById('restoration').textContent.startsWith('No damage detected')")
     assert page.is_hidden("#reconstruction")
+
+
+# -- a server that needs a token -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_server(env, photos, settings):
+    """`loupe serve` with a read token and an API token: the page asks for one first."""
+    from dataclasses import replace
+
+    from waitress.server import create_server
+
+    from searchapp import create_app
+
+    run_json(["index", str(photos), "--no-progress"], env)
+    guarded = replace(settings, api_token="browser-write-token", read_token="browser-read-token")
+    server = create_server(create_app({"LOUPE_SETTINGS": guarded}), host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
+    thread.join(timeout=5)
+
+
+def test_sign_in_with_the_read_token_then_search(browser, guarded_server, photos):
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        page.goto(guarded_server)
+        assert page.url.endswith("/login")
+        page.fill("#token", "not-the-token")
+        page.click("#login-form button")
+        page.wait_for_selector("#login-error")
+        page.fill("#token", "browser-read-token")
+        page.click("#login-form button")
+        page.wait_for_selector("#q")
+        assert "read only" in page.inner_text("#access")
+        page.fill("#q", "a rocket")
+        page.wait_for_selector("#results .card")
+        # Thumbnails are image tags: the session cookie carries the read right.
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('#results img')).slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
+        page.locator("#results .card").first.click()
+        page.wait_for_function("document.getElementById('detail-image').complete && "
+                               "document.getElementById('detail-image').naturalWidth > 0")
+        page.click("#detail-close")
+        original = next(photos.rglob("rocket-0.*"))  # a POST: the cookie plus the page's own header
+        page.set_input_files("#file", str(original))
+        page.wait_for_function(f"document.querySelector('#results .card .name')?.textContent === {original.name!r}")
+        page.click("#access button")  # sign out
+        page.wait_for_url("**/login")
+    finally:
+        context.close()
+    assert not errors, errors

@@ -1,0 +1,238 @@
+"""Attacks on the service, each one refused: a bind beyond loopback without a token, DNS
+rebinding, cross-site forms, reads without the read token, job paths that escape the allowed
+roots, files swapped for symlinks after indexing, floods of costly requests, decode bombs,
+FIFOs, lock leaks and deep pages (docs/security.md)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import pytest
+from PIL import Image
+
+from conftest import make_env, write_photo_folder
+from helpers import run_cli, run_json
+from searchapp import create_app
+
+TOKEN = "write-token-0123456789abcdef"
+READ_TOKEN = "read-token-0123456789abcdef"
+EVIL = "http://evil.example"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
+    """A home with the 24 photographs indexed, built once for the tests that only read."""
+    from indexer.settings import Settings
+
+    folder = tmp_path_factory.mktemp("security")
+    env = make_env(folder, models_dir)
+    photos = write_photo_folder(folder / "photos", photo_arrays)
+    run_json(["index", str(photos), "--no-progress"], env)
+    return Settings.from_env(env), env, photos
+
+
+@pytest.fixture
+def indexed(env, photos, settings):
+    """A home of its own with the photographs indexed, for tests that change it."""
+    run_json(["index", str(photos), "--no-progress"], env)
+    return settings
+
+
+def make_app(settings, **config):
+    return create_app({"TESTING": True, "LOUPE_SETTINGS": settings, **config})
+
+
+def png_bytes(colour=(200, 10, 10), size=(24, 24)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# -- exposure: who can reach the port ------------------------------------------------------------------
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("localhost", True), ("::1", True), ("[::1]", True), ("127.0.0.2", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.20", False), ("photos.lan", False), ("", False),
+])
+def test_loopback_is_told_apart(host, loopback):
+    from searchapp.security import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+def test_serve_refuses_the_network_without_a_token(env, monkeypatch):
+    import waitress
+
+    served = []
+    monkeypatch.setattr(waitress, "serve", lambda app, **kw: served.append((app, kw)))
+    code, _, err = run_cli(["serve", "--host", "0.0.0.0", "--port", "0"], env)
+    assert code == 1 and "refusing to serve on 0.0.0.0 without LOUPE_API_TOKEN" in err and not served
+
+    code, out, _ = run_cli(["serve", "--host", "0.0.0.0", "--port", "0", "--insecure-no-token"], env)
+    assert code == 0 and "WARNING" in out
+    page = served[-1][0].test_client().get("/", headers={"Host": "192.168.1.20:8765"})
+    assert page.status_code == 200 and 'id="insecure-banner"' in page.get_data(as_text=True)
+
+    code, out, _ = run_cli(["serve", "--host", "0.0.0.0", "--port", "0"], {**env, "LOUPE_API_TOKEN": TOKEN})
+    assert code == 0 and "reads need" in out
+    client = served[-1][0].test_client()
+    # Beyond loopback, one token guards everything: reads need the API token too.
+    assert client.get("/api/search?q=x").status_code == 401
+    assert client.get("/api/search?q=x", headers=bearer(TOKEN)).status_code in (200, 404)  # 404: nothing indexed
+    assert 'id="insecure-banner"' not in client.get("/login").get_data(as_text=True)
+
+    code, _, _ = run_cli(["serve", "--port", "0"], env)  # loopback needs no token
+    assert code == 0
+
+
+def test_settings_never_print_secrets(env):
+    from indexer.settings import Settings
+
+    settings = Settings.from_env({**env, "LOUPE_API_TOKEN": TOKEN, "LOUPE_READ_TOKEN": READ_TOKEN,
+                                  "LOUPE_DATABASE_URL": "postgresql+psycopg://loupe:hunter2@db/loupe"})
+    text = repr(settings) + str(settings)
+    assert TOKEN not in text and READ_TOKEN not in text and "hunter2" not in text
+
+
+def test_home_is_created_owner_only(tmp_path, tiny_model_config, models_dir):
+    from indexer.settings import Settings
+
+    env = {**make_env(tmp_path, models_dir), "LOUPE_HOME": str(tmp_path / "fresh" / "home")}
+    assert run_cli(["status"], env)[0] == 0
+    assert (Settings.from_env(env).home.stat().st_mode & 0o777) == 0o700
+
+
+# -- DNS rebinding -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", ["/", "/api/search?q=x", "/api/images/1", "/images/1/file", "/images/1/thumb",
+                                 "/api/health"])
+def test_a_foreign_host_header_is_refused(shared, url):
+    """A page on evil.example rebinds its name to 127.0.0.1: the browser then sends its own
+    name as Host, and the server answers nothing."""
+    settings, _, _ = shared
+    client = make_app(settings).test_client()
+    for host in ("evil.example", "evil.example:8765", "localhost.evil.example", "127.0.0.1.nip.io"):
+        response = client.get(url, headers={"Host": host})
+        assert response.status_code == 400 and response.get_json()["error"] == "bad_host", (url, host)
+    for host in ("localhost:8765", "127.0.0.1:8765", "[::1]:8765", "LOCALHOST"):
+        assert client.get(url, headers={"Host": host}).status_code != 400, (url, host)
+
+
+def test_configured_host_names_are_answered(shared):
+    settings, _, _ = shared
+    client = make_app(replace(settings, trusted_hosts=("photos.lan", ".home.arpa"))).test_client()
+    assert client.get("/api/health", headers={"Host": "photos.lan:8765"}).status_code == 200
+    assert client.get("/api/health", headers={"Host": "nas.home.arpa"}).status_code == 200
+    assert client.get("/api/health", headers={"Host": "evil.example"}).status_code == 400
+
+
+# -- cross-site requests ------------------------------------------------------------------------------
+CROSS_SITE = [
+    {"Origin": EVIL, "Sec-Fetch-Site": "cross-site"},
+    {"Origin": EVIL},  # a browser without Fetch Metadata
+    {"Origin": "null"},  # a sandboxed frame or a file: page
+    {"Sec-Fetch-Site": "same-site"},  # a sibling subdomain
+    {"Origin": "http://localhost:9999"},  # another port is another origin
+]
+
+
+@pytest.mark.parametrize("headers", CROSS_SITE)
+def test_cross_site_forms_change_nothing(indexed, headers):
+    """A form on evil.example posts multipart to the loopback server (a simple request: no
+    preflight). Every request that changes or costs something is refused before it runs."""
+    client = make_app(indexed).test_client()
+    before = client.get("/api/health").get_json()["images"]
+    form = lambda: {"image": (io.BytesIO(png_bytes()), "x.png")}  # noqa: E731
+    attempts = [
+        client.post("/api/images", data=form(), headers=headers),
+        client.post("/api/search/image", data=form(), headers=headers),
+        client.post("/api/generate", data=form(), headers=headers),
+        client.post("/api/jobs/gen-0123456789abcdef/images/0/add", headers=headers),
+        client.post("/api/jobs", json={"paths": ["/"]}, headers=headers),
+        client.delete("/api/images/1", headers=headers),
+        client.post("/login", data={"token": "x"}, headers=headers),
+    ]
+    for response in attempts:
+        assert response.status_code == 403 and response.get_json()["error"] == "cross_site", response.request.path
+    assert client.get("/api/health").get_json()["images"] == before
+    assert client.get("/api/images/1").status_code == 200
+
+
+def test_the_page_and_plain_clients_may_write(indexed):
+    client = make_app(indexed).test_client()
+    same = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin", "X-Loupe-Request": "1"}
+    added = client.post("/api/images", data={"image": (io.BytesIO(png_bytes()), "x.png")}, headers=same)
+    assert added.status_code == 201
+    plain = client.post("/api/images", data={"image": (io.BytesIO(png_bytes((1, 2, 3))), "y.png")})
+    assert plain.status_code == 201  # curl and scripts send neither Origin nor Sec-Fetch-Site
+
+
+# -- reads when a read token is set --------------------------------------------------------------------
+def test_reads_need_the_read_token(shared):
+    settings, _, _ = shared
+    client = make_app(replace(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
+    for url in ("/api/search?q=x", "/api/images/1", "/images/1/file", "/images/1/thumb", "/api/jobs/1",
+                "/api/jobs/gen-0123456789abcdef", "/generated/gen-0123456789abcdef/0.png"):
+        response = client.get(url)
+        assert response.status_code == 401 and response.get_json()["error"] == "unauthorized", url
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert client.get(url, headers=bearer("wrong")).status_code == 403, url
+    search = client.post("/api/search/image", json={"image_id": 1})
+    assert search.status_code == 401
+    for token in (READ_TOKEN, TOKEN):  # the API token can read too
+        assert client.get("/api/search?q=x", headers=bearer(token)).status_code == 200
+        assert client.get("/images/1/file", headers=bearer(token)).status_code == 200
+    assert client.get("/api/health").status_code == 200  # liveness stays open
+    assert client.get("/api/openapi.json").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 302 and page.headers["Location"].endswith("/login")
+
+
+def test_the_read_token_cannot_write(indexed):
+    client = make_app(replace(indexed, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
+    response = client.post("/api/images", data={"image": (io.BytesIO(png_bytes()), "x.png")},
+                           headers=bearer(READ_TOKEN))
+    assert response.status_code == 403 and "API token" in response.get_json()["message"]
+    assert client.delete("/api/images/1", headers=bearer(READ_TOKEN)).status_code == 403
+
+
+def test_signing_in_sets_a_strict_cookie_that_is_not_the_token(shared):
+    settings, _, _ = shared
+    client = make_app(replace(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
+    refused = client.post("/login", data={"token": "guess"})
+    assert refused.status_code == 401 and "not valid" in refused.get_data(as_text=True)
+    signed = client.post("/login", data={"token": READ_TOKEN})
+    assert signed.status_code == 303
+    cookie = signed.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and READ_TOKEN not in cookie
+    assert client.get("/").status_code == 200
+    assert client.get("/images/1/file").status_code == 200  # image tags send the cookie
+    # A request that changes something needs the page's header besides the cookie.
+    assert client.post("/api/search/image", json={"image_id": 1}).status_code == 403
+    assert client.post("/api/search/image", json={"image_id": 1}, headers={"X-Loupe-Request": "1"}).status_code == 200
+    # The read session cannot write.
+    denied = client.delete("/api/images/1", headers={"X-Loupe-Request": "1"})
+    assert denied.status_code == 403
+    client.post("/logout")
+    assert client.get("/images/1/file").status_code == 401
+
+
+def test_a_forged_session_cookie_is_refused(shared):
+    settings, _, _ = shared
+    client = make_app(replace(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
+    for value in ("write.", "write.00", "read." + "0" * 64, READ_TOKEN, "write." + TOKEN):
+        client.set_cookie("loupe_session", value)
+        assert client.get("/api/images/1").status_code == 401, value
+
+
+def test_deeply_nested_json_is_a_400(shared):
+    settings, _, _ = shared
+    client = make_app(settings).test_client()
+    deep = '{"image_id": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for url in ("/api/search/image", "/api/jobs", "/api/generate"):
+        response = client.post(url, data=deep, content_type="application/json")
+        assert response.status_code == 400, (url, response.get_json())
+        assert set(response.get_json()) == {"error", "message"}
