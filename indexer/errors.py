@@ -35,3 +35,21 @@ class JobLockedError(LoupeError):
 
 class NotIndexedError(LoupeError):
     code = "not_indexed"
+
+
+class PathNotAllowedError(LoupeError):
+    """A job path outside the folders this server may index (LOUPE_ALLOWED_ROOTS)."""
+
+    code = "path_not_allowed"
+
+
+class JobNotRunningError(LoupeError):
+    """A cancel request for a job that this process is not running."""
+
+    code = "job_not_running"
+
+
+class CancelledError(LoupeError):
+    """A job stopped because it was asked to (between two batches)."""
+
+    code = "cancelled"

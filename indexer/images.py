@@ -40,15 +40,21 @@ class DecodedImage:
     sha256: str
 
 
-def iter_image_files(paths: Iterable[Path], exclude: Path | None = None) -> Iterator[Path]:
+def iter_image_files(paths: Iterable[Path], exclude: Path | None = None,
+                     link_roots: Iterable[Path] | None = None) -> Iterator[Path]:
     """Yield absolute paths of image files under `paths`, folders walked recursively in a
     stable order (each folder's files by name, then its subfolders by name).
 
     A path named explicitly is yielded whatever its suffix; inside folders only image suffixes
-    count, hidden files and folders are skipped, symlinked folders are not followed, and
-    anything under `exclude` (Loupe's own data folder) is left out.
+    count, hidden files and folders are skipped, symlinked folders are not followed, anything
+    under `exclude` (Loupe's own data folder, recognised by device and inode however it is
+    spelled) is left out, and, with `link_roots`, a symlinked file is yielded only when its
+    target lies inside one of them (real paths).
     """
-    excluded = Path(os.path.abspath(exclude)) if exclude else None
+    from .roots import inside, real
+
+    excluded = DataFolder.of(exclude)
+    targets = tuple(real(root) for root in link_roots) if link_roots is not None else None
     for given in paths:
         root = Path(os.path.abspath(given))
         if root.is_file():
@@ -56,13 +62,81 @@ def iter_image_files(paths: Iterable[Path], exclude: Path | None = None) -> Iter
             continue
         for folder, dirnames, filenames in os.walk(root):
             here = Path(folder)
-            if excluded is not None and (here == excluded or excluded in here.parents):
+            if excluded.holds(here):
                 dirnames[:] = []
                 continue
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
-                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield here / name
+                if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                path = here / name
+                if targets is not None and os.path.islink(path) and not inside(real(path), targets):
+                    continue
+                yield path
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """Loupe's data folder as a walk must recognise it: by path, and by device and inode (a
+    root may reach it through another spelling: a symlink, a bind mount)."""
+
+    path: Path | None = None
+    key: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, folder: Path | None) -> "DataFolder":
+        if folder is None:
+            return cls()
+        path = Path(os.path.abspath(folder))
+        try:
+            stat = os.stat(path)
+            return cls(path, (stat.st_dev, stat.st_ino))
+        except OSError:
+            return cls(path)
+
+    def holds(self, folder: Path) -> bool:
+        """Whether `folder` is the data folder or lies inside it."""
+        if self.path is None:
+            return False
+        if folder == self.path or self.path in folder.parents:
+            return True
+        if self.key is None:
+            return False
+        try:
+            stat = os.stat(folder)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self.key
+
+
+def walk_reaches(path: Path, root: Path, excluded: DataFolder, folders: dict | None = None) -> bool:
+    """Whether walking `root` would look at `path`, so that its absence means the file has
+    vanished: the root itself, or an image file below it with no hidden part, not inside the
+    data folder and not behind a symlinked folder. `folders` caches verdicts per folder."""
+    if path == root:
+        return True
+    if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        return False
+    folder = path.parent
+    cache = folders if folders is not None else {}
+    if folder not in cache:
+        cache[folder] = _folder_reached(folder, root, excluded)
+    return cache[folder]
+
+
+def _folder_reached(folder: Path, root: Path, excluded: DataFolder) -> bool:
+    try:
+        below = folder.relative_to(root).parts
+    except ValueError:
+        return False
+    if any(part.startswith(".") for part in below):
+        return False
+    current = folder
+    for _ in range(len(below) + 1):
+        if excluded.holds(current) or (current != root and current.is_symlink()):
+            return False
+        current = current.parent
+    return True
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from flask import Blueprint, jsonify, request, url_for
 
 from indexer.catalog import ImageRecord, JobRecord
+from indexer.roots import allowed_job_paths
 
 from .errors import ApiError
 from .openapi import openapi_document
@@ -188,7 +189,13 @@ def add_generated(job_id: str, number: int):
 
 
 @bp.post("/jobs/<job_id>/cancel")
-def cancel_generation(job_id: str):
+@require_token
+def cancel_job(job_id: str):
+    """Cancel a generation (gen-...) or a bulk indexing job of this server (a number: it stops
+    after its current batch; what it wrote stays)."""
+    if job_id.isdigit():
+        service().jobs.cancel(int(job_id))
+        return jsonify(job_json(_job(int(job_id))))
     return _generation_json(service().generations.cancel(job_id), job_id)
 
 
@@ -238,11 +245,12 @@ def delete_image(image_id: int):
 def start_job():
     body = request.get_json(silent=True)
     paths = body.get("paths") if isinstance(body, dict) else None
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p and "\0" not in p for p in paths):
         raise ApiError(400, "bad_parameter", 'send JSON {"paths": ["/folder", ...]} with absolute server paths')
     if not all(Path(p).is_absolute() for p in paths):
         raise ApiError(400, "bad_parameter", "job paths must be absolute paths on the server")
-    job_id = service().jobs.start([Path(p) for p in paths])
+    # Refused alike whether a path outside the allowed roots exists or not; the job indexes real paths.
+    job_id = service().jobs.start(allowed_job_paths(paths, service().settings.allowed_roots))
     response = jsonify(job_json(_job(job_id)))
     response.status_code = 202
     response.headers["Location"] = url_for("api.job_status", job_id=job_id)

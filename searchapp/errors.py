@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 STATUS_OF = {
     loupe_errors.ImageReadError: 400,
     loupe_errors.ConfigError: 400,
+    loupe_errors.PathNotAllowedError: 403,
+    loupe_errors.JobNotRunningError: 409,
     loupe_errors.NotIndexedError: 404,
     loupe_errors.ModelMismatchError: 409,
     loupe_errors.JobLockedError: 409,

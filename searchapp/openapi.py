@@ -180,7 +180,7 @@ SCHEMAS = {
         "required": ["id", "state", "roots", "files_seen", "added", "failed", "progress"],
         "properties": {
             "id": {"type": "integer"},
-            "state": {"enum": ["running", "finished", "failed", "interrupted"]},
+            "state": {"enum": ["running", "finished", "failed", "interrupted", "cancelled"]},
             "roots": {"type": "array", "items": {"type": "string"}},
             "files_seen": {"type": "integer"},
             "added": {"type": "integer"},
@@ -338,7 +338,9 @@ def openapi_document() -> dict:
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["paths"],
                         "properties": {"paths": {"type": "array", "items": {"type": "string"}}}}}}},
-                    "responses": {"202": _json(_ref("Job"), "started"), **_errors(400, 401, 403, 409)},
+                    "description": "paths must lie inside LOUPE_ALLOWED_ROOTS (by real path); any other is "
+                                   "refused with 403 path_not_allowed, the same answer whether it exists or not",
+                    "responses": {"202": _json(_ref("Job"), "started"), **_errors(400, 401, 403, 409, 503)},
                 }
             },
             "/api/jobs/{job_id}": {
@@ -353,9 +355,13 @@ def openapi_document() -> dict:
                                   **_errors(401, 403, 404, 409)}}
             },
             "/api/jobs/{job_id}/cancel": {
-                "post": {"parameters": [GENERATION_ID_PARAM], "responses": {
-                    "200": _json(_ref("GenerationJob"), "cancellation asked (state becomes cancelled)"),
-                    **_errors(404)}}
+                "post": {"security": BEARER, "parameters": [JOB_PARAM],
+                         "description": "a generation stops within a denoising step; a bulk indexing job of this "
+                                        "server stops after its current batch (what it wrote stays)",
+                         "responses": {
+                             "200": _json({"oneOf": [_ref("Job"), _ref("GenerationJob")]},
+                                          "cancellation asked (state becomes cancelled)"),
+                             **_errors(401, 403, 404, 409)}}
             },
             "/images/{image_id}/file": {
                 "get": {"parameters": [ID_PARAM], "security": READ,

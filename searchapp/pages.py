@@ -17,7 +17,8 @@ def search_page():
     access = {"insecure": rules.insecure, "tokens": rules.reads_protected or rules.writes_protected,
               "signed_in": held.by_cookie and held.role is not None,
               "can_write": not rules.writes_protected or held.role == WRITE}
-    return render_template("search.html", health=service().health(), access=access)
+    return render_template("search.html", health=service().health(), access=access,
+                           running_job=service().jobs.running_id)
 
 
 @bp.get("/login")

@@ -97,6 +97,11 @@ class SearchService:
         return self._embedder
 
     @property
+    def job_embedder(self):
+        """The embedder for bulk jobs (loaded like `embedder`)."""
+        return self.embedder
+
+    @property
     def generations(self):
         """The generation jobs (made on first use; the generator loads with the first job)."""
         if self._generations is None:

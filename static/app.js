@@ -455,6 +455,38 @@
     els.genGrid.replaceChildren();
   }
 
+  // -- a bulk indexing job this server is running ----------------------------------------------
+  async function watchIndexJob(section) {
+    const id = section.dataset.job;
+    const status = $("index-job-status");
+    const progress = $("index-job-progress");
+    const cancel = $("index-job-cancel");
+    if (cancel) {
+      cancel.addEventListener("click", async () => {
+        cancel.disabled = true;
+        status.textContent = `Cancelling indexing job #${id} after its current batch…`;
+        const response = await api(`/api/jobs/${id}/cancel`, { method: "POST" });
+        if (!response.ok) status.textContent = await errorMessage(response);
+      });
+    }
+    for (;;) {
+      const response = await api(`/api/jobs/${id}`);
+      if (!response.ok) return;
+      const job = await response.json();
+      progress.value = job.progress;
+      if (job.state !== "running") {
+        status.textContent = `Indexing job #${id} ${job.state}: ${job.added} added, ${job.failed} failed.`;
+        progress.hidden = true;
+        if (cancel) cancel.hidden = true;
+        return;
+      }
+      if (!cancel || !cancel.disabled) {
+        status.textContent = `Indexing job #${id}: ${job.files_seen} files, ${Math.round(100 * job.progress)}% done.`;
+      }
+      await sleep(1000);
+    }
+  }
+
   // -- wiring ----------------------------------------------------------------------------------
   els.form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -529,6 +561,8 @@
   els.detail.addEventListener("click", (event) => {
     if (event.target === els.detail) els.detail.close(); // a click on the backdrop
   });
+
+  if ($("index-job")) watchIndexJob($("index-job"));
 
   const initial = new URL(window.location).searchParams.get("q");
   if (initial) {

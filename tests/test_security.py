@@ -236,3 +236,158 @@ def test_deeply_nested_json_is_a_400(shared):
         response = client.post(url, data=deep, content_type="application/json")
         assert response.status_code == 400, (url, response.get_json())
         assert set(response.get_json()) == {"error", "message"}
+
+
+# -- job paths -----------------------------------------------------------------------------------------
+def _job_answer(client, path, headers=None):
+    response = client.post("/api/jobs", json={"paths": [str(path)]}, headers=headers or {})
+    return response.status_code, response.get_json()
+
+
+def test_job_paths_outside_the_allowed_roots_are_refused_alike(indexed, photos, tmp_path):
+    """Every escape gets the same answer, token or not, whether the target exists or not, is
+    readable or not: no oracle for the file system outside the roots."""
+    allowed = photos / "a"
+    (allowed / "escape").symlink_to("/etc", target_is_directory=True)
+    (allowed / "passwd.jpg").symlink_to("/etc/passwd")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "unreadable").mkdir(mode=0)
+    for settings, headers in ((replace(indexed, allowed_roots=(allowed,)), None),
+                              (replace(indexed, allowed_roots=(allowed,), api_token=TOKEN), bearer(TOKEN))):
+        client = make_app(settings).test_client()
+        answers = {_job_answer(client, path, headers)[1]["message"]: path for path in (
+            "/etc", "/etc/passwd", "/no/such/folder", secret, secret / "unreadable", secret / "missing.jpg",
+            allowed / ".." / "b", allowed / "escape", allowed / "escape" / "passwd", allowed / "passwd.jpg",
+            photos, "/")}
+        assert len(answers) == 1, answers  # one message for all
+        status, body = _job_answer(client, "/etc", headers)
+        assert status == 403 and body["error"] == "path_not_allowed"
+    nothing = make_app(indexed).test_client()  # no LOUPE_ALLOWED_ROOTS: no jobs over HTTP at all
+    status, body = _job_answer(nothing, allowed)
+    assert status == 403 and "LOUPE_ALLOWED_ROOTS" in body["message"]
+
+
+def test_a_job_inside_the_allowed_roots_runs(indexed, photos, tmp_path, photo_arrays):
+    folder = tmp_path / "allowed" / "new"
+    folder.mkdir(parents=True)
+    Image.fromarray(photo_arrays["moon"][::2, ::2]).save(folder / "moon-small.png")
+    client = make_app(replace(indexed, allowed_roots=(tmp_path / "allowed",))).test_client()
+    status, body = _job_answer(client, folder)
+    assert status == 202
+    _wait_for_job(client, body["id"])
+    assert client.get(f"/api/jobs/{body['id']}").get_json()["added"] == 1
+
+
+def _wait_for_job(client, job_id, seconds=60):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        job = client.get(f"/api/jobs/{job_id}").get_json()
+        if job["state"] != "running":
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def test_symlinked_files_are_followed_only_into_allowed_roots(env, settings, tmp_path, photo_arrays):
+    from helpers import catalog_rows
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(photo_arrays["coins"]).save(outside / "private.png")
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    Image.fromarray(photo_arrays["camera"]).save(root / "sub" / "camera.png")
+    (root / "link-inside.png").symlink_to(root / "sub" / "camera.png")
+    (root / "link-outside.png").symlink_to(outside / "private.png")
+
+    run_json(["index", str(root), "--no-progress"], env)  # the CLI: the named root bounds the links
+    paths = {r.path for r in catalog_rows(settings)}
+    assert str(root / "link-inside.png") in paths and str(root / "link-outside.png") not in paths
+    assert not any(p.startswith(str(outside)) for p in paths)
+
+    client = make_app(replace(settings, allowed_roots=(root,))).test_client()  # over HTTP: the same rule
+    _wait_for_job(client, _job_answer(client, root)[1]["id"])
+    assert str(root / "link-outside.png") not in {r.path for r in catalog_rows(settings)}
+
+
+def test_uploads_and_hidden_files_never_count_as_vanished(tmp_path, tiny_model_config, models_dir, photo_arrays):
+    """A root that holds LOUPE_HOME (spelled directly, or through a symlink) or hidden folders:
+    indexing it neither catalogues Loupe's own files nor marks the uploads missing, so
+    `loupe remove --missing` keeps them."""
+    from helpers import catalog_rows
+    from indexer.settings import Settings
+
+    root = tmp_path / "everything"
+    env = make_env(root, models_dir)  # LOUPE_HOME = everything/home
+    write_photo_folder(root / "photos", dict(list(photo_arrays.items())[:2]))
+    hidden = root / ".cache" / "kept.png"
+    hidden.parent.mkdir()
+    Image.fromarray(photo_arrays["moon"]).save(hidden)
+    run_json(["index", str(hidden), "--no-progress"], env)  # named explicitly: catalogued
+    settings = Settings.from_env(env)
+    client = make_app(settings).test_client()
+    upload = client.post("/api/images", data={"image": (io.BytesIO(png_bytes()), "up.png")})
+    assert upload.status_code == 201
+    client.get(f"/images/{upload.get_json()['id']}/thumb")  # a thumbnail JPEG now sits in the home
+
+    (tmp_path / "alias").symlink_to(root, target_is_directory=True)
+    for spelling in (root, tmp_path / "alias"):
+        summary = run_json(["index", str(spelling), "--no-progress"], env)
+        assert summary["missing"] == 0, spelling
+    rows = catalog_rows(settings)
+    assert not any(r.missing_since for r in rows)
+    assert not any("/thumbs/" in r.path or r.path.count("/uploads/") > 1 for r in rows)
+    assert not any(r.path.startswith(str(tmp_path / "alias" / "home")) for r in rows)
+    removed = run_json(["remove", "--missing"], env)
+    assert removed["removed"] == 0
+
+
+# -- cancelling a bulk job -----------------------------------------------------------------------------
+def test_a_bulk_job_can_be_cancelled(indexed, tmp_path, photo_arrays, monkeypatch):
+    from helpers import assert_index_matches_catalog
+    from indexer.jobs import IndexOptions
+    from searchapp.jobs import JobRunner
+
+    monkeypatch.setattr(JobRunner, "_options", lambda self, calibrate=True: IndexOptions(
+        batch_size=2, workers=0, progress=False, calibrate=calibrate))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):
+        Image.fromarray(photo_arrays["coffee"][i:, i:]).save(folder / f"c{i:02d}.png")
+    client = make_app(replace(indexed, allowed_roots=(tmp_path,), api_token=TOKEN)).test_client()
+    started = client.post("/api/jobs", json={"paths": [str(folder)]}, headers=bearer(TOKEN)).get_json()
+    assert client.post(f"/api/jobs/{started['id']}/cancel").status_code == 401  # a write: the token
+    cancelled = client.post(f"/api/jobs/{started['id']}/cancel", headers=bearer(TOKEN))
+    assert cancelled.status_code == 200 and cancelled.get_json()["id"] == started["id"]
+    job = _wait_for_job(client, started["id"])
+    assert job["state"] == "cancelled" and job["added"] < 40
+    assert_index_matches_catalog(indexed)
+    again = client.post(f"/api/jobs/{started['id']}/cancel", headers=bearer(TOKEN))
+    assert again.status_code == 409 and "not running" in again.get_json()["message"]
+    assert client.post("/api/jobs/999999/cancel", headers=bearer(TOKEN)).status_code == 404
+
+
+# -- the write lock --------------------------------------------------------------------------------------
+def test_a_failed_job_start_releases_the_write_lock(indexed, photos, monkeypatch):
+    """The model fails to load when a job starts: the next request must not find the server
+    locked forever (409) but fail the same way, then work once the model loads."""
+    import searchapp.services as services
+    from indexer.errors import WeightsUnavailableError
+
+    real = services.load_embedder
+
+    def broken(*args, **kwargs):
+        raise WeightsUnavailableError("no weights here")
+
+    monkeypatch.setattr(services, "load_embedder", broken)
+    client = make_app(replace(indexed, allowed_roots=(photos,))).test_client()
+    for _ in range(2):
+        response = client.post("/api/jobs", json={"paths": [str(photos)]})
+        assert response.status_code == 503 and response.get_json()["error"] == "weights_unavailable"
+    monkeypatch.setattr(services, "load_embedder", real)
+    response = client.post("/api/jobs", json={"paths": [str(photos)]})
+    assert response.status_code == 202
+    _wait_for_job(client, response.get_json()["id"])
