@@ -53,3 +53,16 @@ class CancelledError(LoupeError):
     """A job stopped because it was asked to (between two batches)."""
 
     code = "cancelled"
+
+
+class FileMissingError(LoupeError):
+    """A catalogued file is no longer at its path."""
+
+    code = "file_missing"
+
+
+class FileChangedError(LoupeError):
+    """A catalogued path now holds something other than the file that was indexed (another
+    size or mtime, not a regular file, or a symlink leading out of the roots)."""
+
+    code = "file_changed"

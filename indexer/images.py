@@ -8,7 +8,8 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from stat import S_ISREG
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -147,15 +148,27 @@ class FileBytes:
 
 
 def read_file(path: Path, limits: DecodeLimits) -> FileBytes:
-    """The file's bytes and stat, refusing files over the size cap before reading them."""
+    """The file's bytes and stat, refusing files over the size cap before reading them, and
+    anything but a regular file (opened without blocking: a FIFO named `*.jpg` cannot hang a job)."""
     try:
-        with open(path, "rb") as fh:
-            stat = os.fstat(fh.fileno())
-            if stat.st_size > limits.max_file_bytes:
-                raise ImageReadError(f"file is {stat.st_size} bytes, over the {limits.max_file_bytes}-byte cap")
-            if stat.st_size == 0:
-                raise ImageReadError("file is empty")
-            data = fh.read(limits.max_file_bytes + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise ImageReadError(f"cannot read file: {err.strerror or err}") from err
+    with os.fdopen(fd, "rb") as fh:
+        return read_open_file(fh, limits)
+
+
+def read_open_file(fh: BinaryIO, limits: DecodeLimits) -> FileBytes:
+    """The bytes of an open file (see `read_file`)."""
+    try:
+        stat = os.fstat(fh.fileno())
+        if not S_ISREG(stat.st_mode):
+            raise ImageReadError("not a regular file")
+        if stat.st_size > limits.max_file_bytes:
+            raise ImageReadError(f"file is {stat.st_size} bytes, over the {limits.max_file_bytes}-byte cap")
+        if stat.st_size == 0:
+            raise ImageReadError("file is empty")
+        data = fh.read(limits.max_file_bytes + 1)
     except OSError as err:
         raise ImageReadError(f"cannot read file: {err.strerror or err}") from err
     if len(data) > limits.max_file_bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import Blueprint, jsonify, request, url_for
 
 from indexer.catalog import ImageRecord, JobRecord
-from indexer.roots import allowed_job_paths
+from indexer.roots import allowed_job_paths, relative_to_root
 
 from .errors import ApiError
 from .openapi import openapi_document
@@ -24,6 +24,7 @@ MAX_K = 200
 DEFAULT_K = 20
 MAX_OFFSET = 10_000
 REGION_MODES = ("on", "off")
+PATH_MODES = ("absolute", "relative")
 MAX_VARIATIONS = 8
 
 
@@ -76,8 +77,25 @@ def _results(page, min_score: float | None, **extra) -> dict:
     body = page.as_dict()
     if min_score is not None:
         body["results"] = [r for r in body["results"] if r["score"] >= min_score]
+    if _relative_paths():
+        _make_relative(body["results"])
     body.update(extra)
     return body
+
+
+def _relative_paths() -> bool:
+    """`paths=relative`: give each path relative to the folder it was indexed from (its job's
+    root), not the server's absolute path; `absolute` (the default) keeps the contract's paths."""
+    mode = str(_param("paths", "absolute")).lower()
+    if mode not in PATH_MODES:
+        raise ApiError(400, "bad_parameter", f"paths must be one of {', '.join(PATH_MODES)}, not {mode!r}")
+    return mode == "relative"
+
+
+def _make_relative(items: list[dict]) -> None:
+    roots = service().library.roots_of([item["id"] for item in items])
+    for item in items:
+        item["path"] = relative_to_root(item["path"], roots.get(item["id"], []))
 
 
 @bp.get("/health")
@@ -126,7 +144,7 @@ def search_image():
 def generate():
     """Start "generate similar" on an upload or an indexed image; answers with the finished
     job when it ends within `wait` seconds (200), else with the running job (202)."""
-    from indexer.images import decode_image, load_image_file
+    from indexer.images import decode_image
 
     from .generation.backends import Variations
 
@@ -153,7 +171,7 @@ def generate():
         record = service().library.image(_as_id(image_id))
         if record is None or record.status == "failed":
             raise ApiError(404, "not_found", f"no readable image with id {image_id}")
-        source_image = load_image_file(Path(record.path)).image
+        source_image = decode_image(service().library.read_image_bytes(record.id)).image
         source = {"image_id": record.id}
     if not service().generator_configured():
         from .generation.backends import GeneratorUnavailable
@@ -210,7 +228,10 @@ def image_metadata(image_id: int):
     record = service().library.image(image_id)
     if record is None:
         raise ApiError(404, "not_found", f"no image with id {image_id}")
-    return jsonify(image_json(record))
+    body = image_json(record)
+    if _relative_paths():
+        _make_relative([body])
+    return jsonify(body)
 
 
 @bp.post("/images")

@@ -20,6 +20,8 @@ STATUS_OF = {
     loupe_errors.PathNotAllowedError: 403,
     loupe_errors.JobNotRunningError: 409,
     loupe_errors.NotIndexedError: 404,
+    loupe_errors.FileMissingError: 404,
+    loupe_errors.FileChangedError: 404,
     loupe_errors.ModelMismatchError: 409,
     loupe_errors.JobLockedError: 409,
     loupe_errors.WeightsUnavailableError: 503,

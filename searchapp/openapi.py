@@ -19,10 +19,14 @@ def _errors(*codes: int) -> dict:
     return {str(code): _json(_ref("Error"), "error") for code in codes}
 
 
+PATHS_PARAM = {"name": "paths", "in": "query", "schema": {"enum": ["absolute", "relative"], "default": "absolute"},
+               "description": "relative: each path relative to the folder it was indexed from, not the server's "
+                              "absolute path"}
 PAGE_PARAMS = [
     {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
     {"name": "min_score", "in": "query", "schema": {"type": "number"}},
+    PATHS_PARAM,
 ]
 ID_PARAM = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 JOB_PARAM = {"name": "job_id", "in": "path", "required": True,
@@ -320,8 +324,8 @@ def openapi_document() -> dict:
                 }
             },
             "/api/images/{image_id}": {
-                "get": {"parameters": [ID_PARAM], "security": READ,
-                        "responses": {"200": _json(_ref("Image"), "metadata"), **_errors(401, 403, 404)}},
+                "get": {"parameters": [ID_PARAM, PATHS_PARAM], "security": READ,
+                        "responses": {"200": _json(_ref("Image"), "metadata"), **_errors(400, 401, 403, 404)}},
                 "delete": {
                     "security": BEARER,
                     "parameters": [ID_PARAM],

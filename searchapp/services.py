@@ -14,7 +14,7 @@ from flask import Flask, current_app
 from indexer.commands import load_embedder, open_library
 from indexer.embedder import configured_model, resolve_device
 from indexer.errors import JobLockedError, NotIndexedError
-from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, load_image_file
+from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image
 from indexer.library import Library, SearchPage
 from indexer.settings import Settings
 from indexer.thumbnails import remove_thumbnail
@@ -177,7 +177,8 @@ class SearchService:
         vector = library.vector_of(image_id)
         record = library.image(image_id)
         page = library.search(vector, k, offset, started=t0, regions=regions, exclude=[image_id])
-        page = library.label(page, record.content_hash, lambda: load_image_file(Path(record.path)).image,
+        page = library.label(page, record.content_hash,
+                             lambda: decode_image(library.read_image_bytes(image_id)).image,
                              (record.width, record.height))
         return replace(page, total=max(page.total - 1, 0), took_ms=(time.perf_counter() - t0) * 1000)
 

@@ -391,3 +391,155 @@ def test_a_failed_job_start_releases_the_write_lock(indexed, photos, monkeypatch
     response = client.post("/api/jobs", json={"paths": [str(photos)]})
     assert response.status_code == 202
     _wait_for_job(client, response.get_json()["id"])
+
+
+# -- reading catalogued files -----------------------------------------------------------------------------
+def _id_of(client, path) -> int:
+    results = client.get("/api/search?q=x&k=200").get_json()["results"]
+    return next(r["id"] for r in results if r["path"] == str(path))
+
+
+def _get_within(client, url, seconds=10):
+    """GET `url` on a thread; fails instead of hanging when the server blocks."""
+    import threading
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(response=client.get(url)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert "response" in box, f"{url} hung"
+    return box["response"]
+
+
+def test_a_file_swapped_for_a_symlink_after_indexing_is_not_served(indexed, photos, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n" * 10)
+    client = make_app(indexed).test_client()
+    victim = next(photos.rglob("coffee-0.*"))
+    image_id = _id_of(client, victim)
+    assert client.get(f"/images/{image_id}/file").status_code == 200
+    victim.unlink()
+    victim.symlink_to(secret)
+    for url in (f"/images/{image_id}/file", f"/images/{image_id}/thumb"):
+        response = client.get(url)
+        assert response.status_code == 404 and response.get_json()["error"] == "file_changed", url
+        assert b"root:" not in response.data
+    assert client.get(f"/api/images/{image_id}").get_json()["missing"] is True  # the row is flagged
+
+
+def test_a_folder_swapped_for_a_symlink_is_not_followed(indexed, photos, tmp_path):
+    """`a/` becomes a link to a look-alike folder outside the roots: the real path gives it away."""
+    import shutil
+
+    client = make_app(indexed).test_client()
+    victim = next((photos / "a").glob("rocket-0.*"))
+    image_id = _id_of(client, victim)
+    decoy = tmp_path / "decoy"
+    shutil.copytree(photos / "a", decoy, copy_function=shutil.copy2)  # same names, sizes and mtimes
+    (photos / "a").rename(tmp_path / "a-moved")
+    (photos / "a").symlink_to(decoy, target_is_directory=True)
+    response = client.get(f"/images/{image_id}/file")
+    assert response.status_code == 404 and response.get_json()["error"] == "file_changed"
+
+
+def test_a_file_replaced_in_place_is_not_served(indexed, photos):
+    client = make_app(indexed).test_client()
+    victim = next(photos.rglob("moon-0.*"))
+    image_id = _id_of(client, victim)
+    victim.write_bytes(png_bytes())
+    response = client.get(f"/images/{image_id}/file")
+    assert response.status_code == 404 and response.get_json()["error"] == "file_changed"
+
+
+def test_a_fifo_in_place_of_a_catalogued_file_never_hangs(indexed, photos):
+    import os
+
+    client = make_app(indexed).test_client()
+    victim = next(photos.rglob("camera-0.*"))
+    image_id = _id_of(client, victim)
+    victim.unlink()
+    os.mkfifo(victim)
+    for url in (f"/images/{image_id}/file", f"/images/{image_id}/thumb"):
+        response = _get_within(client, url)
+        assert response.status_code == 404 and response.get_json()["error"] == "file_changed"
+
+
+def test_a_fifo_or_device_named_jpg_never_hangs_a_job(env, settings, tmp_path, photo_arrays):
+    import os
+    import threading
+
+    from helpers import catalog_rows
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.fromarray(photo_arrays["coins"]).save(folder / "real.png")
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(summary=run_json(
+        ["index", str(folder), "--no-progress"], {**env, "LOUPE_ALLOWED_ROOTS": "/dev"})), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert "summary" in box, "the job hung on a FIFO"
+    rows = {r.path: r for r in catalog_rows(settings)}
+    assert rows[str(folder / "real.png")].status == "indexed"
+    assert rows[str(folder / "pipe.jpg")].status == "failed" and "not a regular file" in rows[str(folder / "pipe.jpg")].error
+    assert rows[str(folder / "zero.jpg")].status == "failed"
+
+
+def test_files_are_private_and_named_by_their_decoded_format(indexed):
+    client = make_app(indexed).test_client()
+    added = client.post("/api/images", data={"image": (io.BytesIO(png_bytes()), "holiday.jpg")}).get_json()
+    assert added["path"].endswith(".jpg")  # the stored name keeps the client's image suffix...
+    served = client.get(added["file_url"])
+    assert served.status_code == 200 and served.mimetype == "image/png"
+    assert served.headers["Content-Disposition"] == f'inline; filename="{added["id"]}.png"'  # ...the download does not
+    assert served.headers["Cache-Control"].startswith("private")
+    thumb = client.get(added["thumb_url"])
+    assert thumb.headers["Cache-Control"].startswith("private") and "immutable" in thumb.headers["Cache-Control"]
+    ranged = client.get(added["file_url"], headers={"Range": "bytes=0-7"})
+    assert ranged.status_code == 206 and ranged.data == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_thumbnail_is_made_once_under_a_burst(indexed, monkeypatch):
+    import threading
+
+    import indexer.thumbnails as thumbnails
+
+    calls = []
+    real = thumbnails.decode_image
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(thumbnails, "decode_image", counting)
+    client = make_app(indexed).test_client()
+    barrier = threading.Barrier(8)
+    codes = []
+
+    def fetch():
+        barrier.wait()
+        codes.append(client.get("/images/3/thumb").status_code)
+
+    threads = [threading.Thread(target=fetch) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert codes == [200] * 8 and len(calls) == 1
+
+
+def test_paths_can_be_relative_to_their_indexed_root(shared):
+    settings, _, photos = shared
+    client = make_app(settings).test_client()
+    absolute = client.get("/api/search?q=x&k=200").get_json()["results"]
+    relative = client.get("/api/search?q=x&k=200&paths=relative").get_json()["results"]
+    assert [r["id"] for r in absolute] == [r["id"] for r in relative]
+    for a, r in zip(absolute, relative):
+        assert not r["path"].startswith("/") and str(photos / r["path"]) == a["path"]
+    image = client.get(f"/api/images/{relative[0]['id']}?paths=relative").get_json()
+    assert image["path"] == relative[0]["path"]
+    upload = client.post("/api/search/image?paths=relative", json={"image_id": relative[0]["id"]}).get_json()
+    assert all(not r["path"].startswith("/") for r in upload["results"])
+    assert client.get("/api/search?q=x&paths=nested").status_code == 400
