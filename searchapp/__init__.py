@@ -38,6 +38,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         MAX_UPLOAD_PIXELS=50_000_000,
         JSON_SORT_KEYS=False,
         LOUPE_SERVE_HOST=None,
+        MODEL_QUEUE_LIMIT=32,  # model calls waiting or running at once; beyond: 503 busy
+        MODEL_DEADLINE_SECONDS=30.0,  # a request's model call not started by then: 503 busy
+        GENERATE_QUEUE_LIMIT=4,  # generation jobs queued or running; beyond: 429
+        GENERATE_MAX_WAIT=5.0,  # the most a POST /api/generate waits for its job before answering 202
+        GENERATE_SOURCE_SIDE=768,  # sources are shrunk to fit this square before they are queued
     )
     if test_config:
         app.config.update(test_config)

@@ -6,7 +6,7 @@ import json
 import secrets
 from pathlib import Path
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, request, url_for
 
 from indexer.catalog import ImageRecord, JobRecord
 from indexer.roots import allowed_job_paths, relative_to_root
@@ -14,8 +14,9 @@ from indexer.roots import allowed_job_paths, relative_to_root
 from .errors import ApiError
 from .openapi import openapi_document
 from .restoration.pipeline import RestorationReport
+from .restoration.stages import COSTLY_STAGES
 from .restoration.stages import MODES as RESTORE_MODES
-from .security import require_token
+from .security import WRITE, demand, require_token
 from .services import service
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -120,6 +121,8 @@ def search_image():
     restore = str(_param("restore", "auto"))
     if restore not in RESTORE_MODES:
         raise ApiError(400, "bad_parameter", f"restore must be one of {', '.join(RESTORE_MODES)}, not {restore!r}")
+    if restore in COSTLY_STAGES:  # diffusion runs or large models: as costly as a write
+        demand(WRITE)
     regions = str(_param("regions", "on")).lower()
     if regions not in REGION_MODES:
         raise ApiError(400, "bad_parameter", f"regions must be one of {', '.join(REGION_MODES)}, not {regions!r}")
@@ -141,9 +144,11 @@ def search_image():
 
 
 @bp.post("/generate")
+@require_token
 def generate():
     """Start "generate similar" on an upload or an indexed image; answers with the finished
-    job when it ends within `wait` seconds (200), else with the running job (202)."""
+    job when it ends within `wait` seconds (at most GENERATE_MAX_WAIT: 5 s) (200), else with the
+    running job (202). It writes pictures to disk, so it needs the API token when one is set."""
     from indexer.images import decode_image
 
     from .generation.backends import Variations
@@ -154,13 +159,16 @@ def generate():
         seed=_int_param("seed", secrets.randbelow(2**31), 0, 2**31 - 1),
         steps=_int_param("steps", 50, 1, 200),
     )
-    wait = _float_param("wait", 2.0, 0.0, 120.0)
+    # Accepted up to 120 s as before, waited at most GENERATE_MAX_WAIT: a request thread is not
+    # held for long (poll the Location instead).
+    wait = min(_float_param("wait", 2.0, 0.0, 120.0), float(current_app.config["GENERATE_MAX_WAIT"]))
     upload = request.files.get("image")
     if upload is not None:
         data = upload.read()
         if not data:
             raise ApiError(400, "bad_image", "the uploaded image is empty")
-        source_image = decode_image(data, service().upload_limits).image
+        side = current_app.config["GENERATE_SOURCE_SIDE"]  # JPEGs decode straight to about that size
+        source_image = decode_image(data, service().upload_limits, draft_size=side).image
         from indexer.images import content_hash
 
         source = {"upload_sha256": content_hash(data)}

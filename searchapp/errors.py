@@ -14,7 +14,30 @@ from .restoration.pixel import StageUnavailable
 
 log = logging.getLogger(__name__)
 
+class Overloaded(loupe_errors.LoupeError):
+    """The server is at capacity for this kind of work; the client may retry after
+    `retry_after` seconds (sent as `Retry-After`)."""
+
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+class Busy(Overloaded):
+    """503: the model thread's queue is full, or a request waited past its deadline."""
+
+
+class QueueFull(Overloaded):
+    """429: too many generation jobs are waiting."""
+
+    code = "too_many_requests"
+
+
 STATUS_OF = {
+    Busy: 503,
+    QueueFull: 429,
     loupe_errors.ImageReadError: 400,
     loupe_errors.ConfigError: 400,
     loupe_errors.PathNotAllowedError: 403,
@@ -41,11 +64,6 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def busy(message: str, retry_after: int) -> ApiError:
-    """503 `busy`: the server is at capacity; the client may retry after `retry_after` s."""
-    return ApiError(503, "busy", message, {"Retry-After": str(retry_after)})
-
-
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
     response = jsonify(error=code, message=message)
     response.status_code = status
@@ -65,7 +83,8 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(loupe_errors.LoupeError)
     def loupe_error(err: loupe_errors.LoupeError):
         status = next((s for cls, s in STATUS_OF.items() if isinstance(err, cls)), 400)
-        return error_response(status, err.code, str(err))
+        headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Overloaded) else None
+        return error_response(status, err.code, str(err), headers)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):

@@ -58,7 +58,7 @@ class JobRunner:
         if not self.service.write_lock.acquire(timeout=WRITER_WAIT_SECONDS):
             raise JobLockedError("an indexing job is running in this server; try again when it ends")
         try:
-            job = IndexJob(self.service.library, self.service.embedder, self._options(calibrate=False))
+            job = IndexJob(self.service.library, self.service.job_embedder, self._options(calibrate=False))
             job.run(paths)
         finally:
             self.service.write_lock.release()

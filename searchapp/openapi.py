@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .restoration.stages import CONDITIONS, MODES, STAGES
+from .restoration.stages import CONDITIONS, COSTLY_STAGES, MODES, STAGES
 
 
 def _ref(name: str) -> dict:
@@ -17,6 +17,12 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(*codes: int) -> dict:
     return {str(code): _json(_ref("Error"), "error") for code in codes}
+
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+RETRY_LATER = {**_json(_ref("Error"), "too many generations waiting (`too_many_requests`)"), "headers": RETRY_AFTER}
+BUSY = {**_json(_ref("Error"), "`busy`: the model's queue is full or this request waited past its deadline; "
+                               "or another service is unavailable"), "headers": RETRY_AFTER}
 
 
 PATHS_PARAM = {"name": "paths", "in": "query", "schema": {"enum": ["absolute", "relative"], "default": "absolute"},
@@ -234,7 +240,8 @@ GENERATE_FIELDS = {
     "seed": {"type": "integer", "minimum": 0, "description": "picture i uses seed + i (default: random)"},
     "steps": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
     "wait": {"type": "number", "minimum": 0, "maximum": 120, "default": 2,
-             "description": "seconds to wait for the result before answering 202 with the running job"},
+             "description": "seconds to wait for the result before answering 202 with the running job; the "
+                            "server waits at most 5 s whatever is asked (poll Location)"},
 }
 
 IMAGE_BODY = {
@@ -284,7 +291,8 @@ def openapi_document() -> dict:
                     "parameters": [{"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
                                    *PAGE_PARAMS],
                     "security": READ,
-                    "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 401, 403, 404, 409, 503)},
+                    "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 401, 403, 404, 409),
+                                  "503": BUSY},
                 }
             },
             "/api/search/image": {
@@ -292,14 +300,15 @@ def openapi_document() -> dict:
                     "parameters": [
                         *PAGE_PARAMS,
                         {"name": "restore", "in": "query", "schema": {"enum": list(MODES), "default": "auto"},
-                         "description": "auto: the stages that help for what is detected; off; or one stage"},
+                         "description": "auto: the stages that help for what is detected; off; or one stage "
+                                        f"({', '.join(sorted(COSTLY_STAGES))} need the API token when one is set)"},
                         {"name": "regions", "in": "query", "schema": {"enum": ["on", "off"], "default": "on"},
                          "description": "off: match whole pictures only, not their regions"},
                     ],
                     "requestBody": {"required": True, "content": IMAGE_BODY},
                     "security": READ,
                     "responses": {"200": _json(_ref("ImageResults"), "best first"),
-                                  **_errors(400, 401, 403, 404, 409, 413, 503)},
+                                  **_errors(400, 401, 403, 404, 409, 413), "503": BUSY},
                 }
             },
             "/api/generate": {
@@ -310,9 +319,12 @@ def openapi_document() -> dict:
                         "application/json": {"schema": {"type": "object", "required": ["image_id"], "properties": {
                             "image_id": {"type": "integer"}, **GENERATE_FIELDS}}},
                     }},
+                    "security": BEARER,
+                    "description": "writes pictures to disk: needs the API token when one is set; at most a few "
+                                   "generations wait or run at once (429 with Retry-After beyond)",
                     "responses": {"200": _json(_ref("GenerationJob"), "finished within `wait`"),
                                   "202": _json(_ref("GenerationJob"), "still running: poll Location"),
-                                  **_errors(400, 404, 413, 503)},
+                                  **_errors(400, 401, 403, 404, 413, 503), "429": RETRY_LATER},
                 }
             },
             "/api/images": {

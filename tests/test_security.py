@@ -543,3 +543,158 @@ def test_paths_can_be_relative_to_their_indexed_root(shared):
     upload = client.post("/api/search/image?paths=relative", json={"image_id": relative[0]["id"]}).get_json()
     assert all(not r["path"].startswith("/") for r in upload["results"])
     assert client.get("/api/search?q=x&paths=nested").status_code == 400
+
+
+# -- costly requests -------------------------------------------------------------------------------------
+class HeldGenerator:
+    """A generator that waits until the test lets it go, recording the sources it was given."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+        self.sources: list[tuple[int, int]] = []
+
+    def describe(self) -> dict:
+        return {"backend": "loupe-ddpm", "model": "held", "resolution": 8, "low_resolution": True, "note": "held"}
+
+    def generate(self, source, request, on_step, cancelled):
+        self.sources.append(source.size)
+        self.release.wait(60)
+        return [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(request.n)]
+
+
+@pytest.fixture
+def held(monkeypatch):
+    import searchapp.generation.backends as backends
+
+    generator = HeldGenerator()
+    monkeypatch.setattr(backends, "generator_configured", lambda *args: True)
+    monkeypatch.setattr(backends, "load_generator", lambda *args: generator)
+    yield generator
+    generator.release.set()
+
+
+def big_png(width=3000, height=2000) -> bytes:
+    """A large picture that compresses to a small upload (a smooth ramp)."""
+    import numpy as np
+
+    ramp = np.linspace(0, 255, width, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.broadcast_to(ramp, (height, width)).copy()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_generation_flood_is_bounded(indexed, held):
+    """Twelve large uploads at once: three are queued (sources shrunk first), the rest get 429
+    with Retry-After; when the generator is free the queue empties and ended jobs leave memory."""
+    import time
+
+    client = make_app(indexed, GENERATE_QUEUE_LIMIT=3).test_client()
+    data = big_png()
+    answers = [client.post("/api/generate", data={"image": (io.BytesIO(data), "big.png"), "n": "2", "wait": "0"})
+               for _ in range(12)]
+    accepted = [r for r in answers if r.status_code == 202]
+    refused = [r for r in answers if r.status_code == 429]
+    assert len(accepted) == 3 and len(refused) == 9
+    assert all(int(r.headers["Retry-After"]) >= 1 and r.get_json()["error"] == "too_many_requests" for r in refused)
+    jobs = client.application.extensions["loupe"].generations
+    assert jobs.pending() == 3
+    held.release.set()
+    deadline = time.monotonic() + 60
+    while jobs.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs.pending() == 0  # ended jobs leave memory...
+    for response in accepted:  # ...and are answered from disk
+        assert client.get(f"/api/jobs/{response.get_json()['id']}").get_json()["state"] == "finished"
+    assert held.sources and all(max(size) <= 768 for size in held.sources)
+
+
+def test_generate_waits_at_most_five_seconds(indexed, held):
+    import time
+
+    client = make_app(indexed).test_client()
+    started = time.monotonic()
+    response = client.post("/api/generate", json={"image_id": 1, "n": 1, "wait": 120})
+    assert response.status_code == 202 and time.monotonic() - started < 8
+    assert response.headers["Location"].startswith("/api/jobs/gen-")
+
+
+def test_generate_and_costly_stages_need_the_token(indexed, held):
+    client = make_app(replace(indexed, api_token=TOKEN)).test_client()
+    assert client.post("/api/generate", json={"image_id": 1, "wait": 0}).status_code == 401
+    assert client.post("/api/generate", json={"image_id": 1, "wait": 0}, headers=bearer(TOKEN)).status_code == 202
+    assert client.post("/api/jobs/gen-0123456789abcdef/cancel").status_code == 401
+    for stage in ("outpaint", "pixel-ddim", "embedding"):
+        refused = client.post("/api/search/image", json={"image_id": 1, "restore": stage})
+        assert refused.status_code == 401, stage
+        allowed = client.post("/api/search/image", json={"image_id": 1, "restore": stage}, headers=bearer(TOKEN))
+        assert allowed.status_code != 401, stage
+    assert client.post("/api/search/image", json={"image_id": 1}).status_code == 200  # auto stays open
+
+
+def test_generated_pictures_have_a_disk_quota(tmp_path):
+    from searchapp.generation.store import GeneratedStore
+
+    store = GeneratedStore(tmp_path, ttl_seconds=3600, quota_bytes=6_000)
+    ids = [f"gen-{i:016x}" for i in range(8)]
+    for i, job_id in enumerate(ids):
+        pictures = [Image.effect_noise((24, 24), 60 + i).convert("RGB") for _ in range(2)]
+        store.save_images(job_id, pictures)
+        import os
+        os.utime(store.folder(job_id), (1_000_000 + i, 1_000_000 + i))  # a clear age order
+    usage = store.usage()
+    assert sum(size for _, size, _ in usage) <= 6_000
+    kept = [folder.name for _, _, folder in usage]
+    assert kept == ids[-len(kept):] and ids[-1] in kept  # the oldest went first, the newest stays
+
+
+def test_the_model_thread_refuses_rather_than_queue_forever():
+    import threading
+    import time
+
+    from searchapp.errors import Busy
+    from searchapp.services import ModelThread
+
+    model = ModelThread(max_pending=2, deadline=0.2)
+    release, ran = threading.Event(), []
+    blocker = threading.Thread(target=lambda: model.call(release.wait, 30, deadline=None))
+    blocker.start()
+    time.sleep(0.1)
+    waiting = {}
+    late = threading.Thread(target=lambda: waiting.update(result=_capture(lambda: model.call(ran.append, 1))))
+    late.start()
+    time.sleep(0.05)
+    with pytest.raises(Busy):  # two pending: the third is refused at once
+        model.call(ran.append, 2)
+    late.join(5)
+    assert isinstance(waiting["result"], Busy)  # the second waited its deadline, then was dropped
+    release.set()
+    blocker.join(5)
+    assert model.call(ran.append, 3) is None and ran == [3]  # the dropped call never ran
+
+
+def _capture(fn):
+    try:
+        return fn()
+    except Exception as err:
+        return err
+
+
+def test_a_busy_model_answers_503_with_retry_after(indexed):
+    import threading
+
+    client = make_app(indexed, MODEL_QUEUE_LIMIT=1, MODEL_DEADLINE_SECONDS=0.3).test_client()
+    assert client.get("/api/search?q=x").status_code == 200  # the model is loaded
+    service = client.application.extensions["loupe"]
+    release = threading.Event()
+    blocker = threading.Thread(target=lambda: service.model_thread.call(release.wait, 30, deadline=None))
+    blocker.start()
+    try:
+        response = client.get("/api/search?q=cat")
+        assert response.status_code == 503 and response.get_json()["error"] == "busy"
+        assert int(response.headers["Retry-After"]) >= 1
+    finally:
+        release.set()
+        blocker.join(5)
+    assert client.get("/api/search?q=cat").status_code == 200
