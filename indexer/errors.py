@@ -66,3 +66,10 @@ class FileChangedError(LoupeError):
     size or mtime, not a regular file, or a symlink leading out of the roots)."""
 
     code = "file_changed"
+
+
+class DecodeBusyError(LoupeError):
+    """Every decode slot of the process stayed taken for longer than the caller would wait."""
+
+    code = "busy"
+    retry_after = 5

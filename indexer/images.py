@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import BinaryIO, Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageReadError
+from .errors import DecodeBusyError, ImageReadError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 _PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # MPO files open as JPEG
@@ -24,10 +25,79 @@ _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Caps that protect a job from huge files and decompression bombs."""
+    """Caps that protect a job from huge files, decompression bombs and costly pixel modes.
+
+    `max_decode_bytes` bounds the memory one decode may take (see `decode_cost`), checked
+    before any pixel is decoded; None allows 10 bytes a pixel at the pixel cap (enough for
+    every mode but float and 32-bit greyscale, which need 9.4, at the cap). `wait_seconds` bounds how long a decode waits for one of the
+    process's decode slots (None: as long as it takes, as bulk jobs do)."""
 
     max_file_bytes: int = 100 * 1024 * 1024
     max_pixels: int = 100_000_000
+    max_decode_bytes: int | None = None
+    wait_seconds: float | None = None
+
+    @property
+    def decode_budget(self) -> int:
+        return self.max_decode_bytes if self.max_decode_bytes is not None else 10 * self.max_pixels
+
+
+# Bytes a pixel takes in each Pillow mode as Pillow stores it (bands × bit depth, with 3-band
+# pictures padded to 4 bytes); anything not listed is counted at 4.
+STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_HIGH_DEPTH = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_STRIP_ROWS = 128  # rows converted at a time where a conversion needs working copies
+_STRIP_BYTES = 24  # their bytes per pixel at most (crop, conversion, composite, float32 rows)
+DEFAULT_DECODE_SLOTS = 4
+NOT_REGULAR = "cannot read file: not a regular file"
+
+
+def decode_cost(mode: str, width: int, height: int, transposed: bool = False) -> int:
+    """The memory, in bytes, that decoding a `mode` picture of `width` × `height` pixels to RGB
+    takes at its peak: the decoded pixels, the RGB result (unless the picture is RGB already),
+    the 8-bit plane of a high-depth picture, and a copy for an EXIF rotation. Measured against
+    the real peak in tests/test_security.py."""
+    pixels = width * height
+    stored = STORED_BYTES.get(mode, 4)
+    cost = pixels * stored
+    if mode != "RGB":
+        cost += pixels * 4 + (pixels if mode in _HIGH_DEPTH else 0)
+        cost += min(height, _STRIP_ROWS) * width * _STRIP_BYTES  # one strip's working copies
+    if transposed:
+        cost += pixels * stored
+    return cost
+
+
+class _DecodeSlots:
+    """A process-wide semaphore: at most `slots` decodes hold their memory at once."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.semaphore = threading.BoundedSemaphore(slots)
+
+
+_slots: _DecodeSlots | None = None
+_slots_lock = threading.Lock()
+
+
+def decode_slots() -> _DecodeSlots:
+    global _slots
+    if _slots is None:
+        with _slots_lock:
+            if _slots is None:
+                _slots = _DecodeSlots(DEFAULT_DECODE_SLOTS)
+    return _slots
+
+
+def set_decode_slots(slots: int) -> None:
+    """How many decodes this process runs at once (the server sets it from its config)."""
+    global _slots
+    if slots < 1:
+        raise ValueError("decode slots must be at least 1")
+    with _slots_lock:
+        if _slots is None or _slots.slots != slots:
+            _slots = _DecodeSlots(slots)
 
 
 @dataclass(frozen=True)
@@ -154,6 +224,9 @@ def read_file(path: Path, limits: DecodeLimits) -> FileBytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise ImageReadError(f"cannot read file: {err.strerror or err}") from err
+    if not S_ISREG(os.fstat(fd).st_mode):  # a folder, FIFO or device: never read
+        os.close(fd)
+        raise ImageReadError(NOT_REGULAR)
     with os.fdopen(fd, "rb") as fh:
         return read_open_file(fh, limits)
 
@@ -163,7 +236,7 @@ def read_open_file(fh: BinaryIO, limits: DecodeLimits) -> FileBytes:
     try:
         stat = os.fstat(fh.fileno())
         if not S_ISREG(stat.st_mode):
-            raise ImageReadError("not a regular file")
+            raise ImageReadError(NOT_REGULAR)
         if stat.st_size > limits.max_file_bytes:
             raise ImageReadError(f"file is {stat.st_size} bytes, over the {limits.max_file_bytes}-byte cap")
         if stat.st_size == 0:
@@ -208,11 +281,24 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
                 width, height = height, width
             if draft_size and fmt in ("JPEG", "MPO"):
                 img.draft("RGB", (draft_size, draft_size))
-            img.load()
-            if orientation not in (None, 1):
-                img = ImageOps.exif_transpose(img)
-            rgb = to_rgb(img)
-    except ImageReadError:
+            cost = decode_cost(img.mode, img.width, img.height, transposed=orientation not in (None, 1))
+            if cost > limits.decode_budget:
+                raise ImageReadError(
+                    f"decoding this {img.width}x{img.height} {img.mode} image would take about {cost // 2**20} MB, "
+                    f"over the {limits.decode_budget // 2**20} MB budget"
+                )
+            slots = decode_slots().semaphore
+            if not slots.acquire(timeout=limits.wait_seconds):
+                raise DecodeBusyError("too many pictures are being decoded at once; try again shortly")
+            try:
+                img.load()
+                if orientation not in (None, 1):
+                    img = ImageOps.exif_transpose(img)
+                rgb = to_rgb(img)
+                del img  # the decoded source is dropped before the slot is given back
+            finally:
+                slots.release()
+    except (ImageReadError, DecodeBusyError):
         raise
     except Image.DecompressionBombError as err:
         raise ImageReadError(f"refused as a decompression bomb: {err}") from err
@@ -231,30 +317,50 @@ def load_image_file(path: Path, limits: DecodeLimits = DecodeLimits(), draft_siz
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB."""
+    """Convert any Pillow mode to 8-bit RGB, with no more than the RGB result and a strip of
+    rows as working memory (see `decode_cost`)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if img.mode in _HIGH_DEPTH:
         return _high_depth_to_rgb(img)
-    if img.mode == "P":
-        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        return _composite_on_white(img)
     return img.convert("RGB")
 
 
+def _strips(height: int):
+    for top in range(0, height, _STRIP_ROWS):
+        yield top, min(height, top + _STRIP_ROWS)
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    """Transparency composited on white, a strip of rows at a time (the same pixels as one
+    `alpha_composite` of the whole picture, without its three full-size copies)."""
+    out = Image.new("RGB", img.size)
+    white = None
+    for top, bottom in _strips(img.height):
+        strip = img.crop((0, top, img.width, bottom)).convert("RGBA")
+        if white is None or white.size != strip.size:
+            white = Image.new("RGBA", strip.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(white, strip).convert("RGB"), (0, top))
+    return out
+
+
 def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
-    """Scale 16-bit, 32-bit integer and float greyscale to 8 bits (full range for 16-bit)."""
-    arr = np.asarray(img).astype(np.float64)
+    """Scale 16-bit, 32-bit integer and float greyscale to 8 bits (full range for 16-bit), a
+    strip of rows at a time in integer or float32 arithmetic: no float64 copy of the picture."""
+    plane = np.empty((img.height, img.width), dtype=np.uint8)
     if img.mode.startswith("I;16"):
-        scaled = arr / 257.0
+        for top, bottom in _strips(img.height):
+            rows = np.asarray(img.crop((0, top, img.width, bottom))).astype(np.uint32)
+            plane[top:bottom] = (rows + 128) // 257  # round(v / 257): 0..65535 onto 0..255
     else:
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-    return grey.convert("RGB")
+        lo, hi = img.getextrema()
+        scale = np.float32(255.0 / (hi - lo)) if hi > lo else np.float32(0.0)
+        for top, bottom in _strips(img.height):
+            rows = np.asarray(img.crop((0, top, img.width, bottom)), dtype=np.float32)
+            plane[top:bottom] = np.clip(np.rint((rows - np.float32(lo)) * scale), 0, 255)
+    return Image.frombuffer("L", (img.width, img.height), plane, "raw", "L", 0, 1).convert("RGB")
 
 
 def _exif_orientation(img: Image.Image) -> int | None:

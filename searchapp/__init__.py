@@ -36,6 +36,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         MAX_CONTENT_LENGTH=DEFAULT_MAX_UPLOAD_BYTES,
         MAX_UPLOAD_PIXELS=50_000_000,
+        MAX_UPLOAD_DECODE_BYTES=None,  # memory one upload's decode may take; None: 8 bytes a pixel at the cap
+        MAX_CONCURRENT_DECODES=4,  # decodes at once in this process (uploads, thumbnails, jobs)
         JSON_SORT_KEYS=False,
         LOUPE_SERVE_HOST=None,
         MODEL_QUEUE_LIMIT=32,  # model calls waiting or running at once; beyond: 503 busy

@@ -37,6 +37,7 @@ class QueueFull(Overloaded):
 
 STATUS_OF = {
     Busy: 503,
+    loupe_errors.DecodeBusyError: 503,
     QueueFull: 429,
     loupe_errors.ImageReadError: 400,
     loupe_errors.ConfigError: 400,
@@ -83,7 +84,8 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(loupe_errors.LoupeError)
     def loupe_error(err: loupe_errors.LoupeError):
         status = next((s for cls, s in STATUS_OF.items() if isinstance(err, cls)), 400)
-        headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Overloaded) else None
+        retry_after = getattr(err, "retry_after", None)  # Overloaded, DecodeBusyError
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
         return error_response(status, err.code, str(err), headers)
 
     @app.errorhandler(HTTPException)

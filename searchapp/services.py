@@ -15,7 +15,7 @@ from flask import Flask, current_app
 from indexer.commands import load_embedder, open_library
 from indexer.embedder import configured_model, resolve_device
 from indexer.errors import JobLockedError, NotIndexedError
-from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image
+from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, set_decode_slots
 from indexer.library import Library, SearchPage
 from indexer.settings import Settings
 from indexer.thumbnails import remove_thumbnail
@@ -25,6 +25,7 @@ from .errors import Busy
 from .jobs import WRITER_WAIT_SECONDS, JobRunner
 
 EXTENSION = "loupe"
+DECODE_WAIT_SECONDS = 30.0  # how long an upload waits for a decode slot before 503 busy
 
 
 class ModelThread:
@@ -283,7 +284,9 @@ def init_app(app: Flask) -> None:
     from .generation.jobs import GenerationLimits
 
     settings = app.config.get("LOUPE_SETTINGS") or Settings.from_env()
-    limits = DecodeLimits(max_file_bytes=app.config["MAX_CONTENT_LENGTH"], max_pixels=app.config["MAX_UPLOAD_PIXELS"])
+    limits = DecodeLimits(max_file_bytes=app.config["MAX_CONTENT_LENGTH"], max_pixels=app.config["MAX_UPLOAD_PIXELS"],
+                          max_decode_bytes=app.config["MAX_UPLOAD_DECODE_BYTES"], wait_seconds=DECODE_WAIT_SECONDS)
+    set_decode_slots(app.config["MAX_CONCURRENT_DECODES"])
     model_thread = ModelThread(max_pending=app.config["MODEL_QUEUE_LIMIT"], deadline=app.config["MODEL_DEADLINE_SECONDS"])
     generation = GenerationLimits(max_pending=app.config["GENERATE_QUEUE_LIMIT"],
                                   source_side=app.config["GENERATE_SOURCE_SIDE"])

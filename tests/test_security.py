@@ -698,3 +698,79 @@ def test_a_busy_model_answers_503_with_retry_after(indexed):
         release.set()
         blocker.join(5)
     assert client.get("/api/search?q=cat").status_code == 200
+
+
+# -- decode memory ---------------------------------------------------------------------------------------
+MEASURE = """
+import json, resource, sys
+from indexer.images import DecodeLimits, decode_cost, decode_image
+from PIL import Image
+data = open(sys.argv[1], "rb").read()
+with Image.open(sys.argv[1]) as probe:
+    mode, (w, h) = probe.mode, probe.size
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+decode_image(data, DecodeLimits(max_pixels=50_000_000))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"mode": mode, "pixels": w * h, "growth": after - before, "cost": decode_cost(mode, w, h)}))
+"""
+
+
+def _bomb(path, mode, side):
+    import numpy as np
+
+    if mode == "I;16":  # a 16-bit greyscale ramp: 32 MB of pixels in a few kilobytes
+        ramp = (np.arange(side, dtype=np.uint32) * 16 % 65536).astype(np.uint16)
+        Image.fromarray(np.broadcast_to(ramp, (side, side)).copy()).save(path, "PNG")
+    elif mode == "F":
+        ramp = np.linspace(0, 1, side, dtype=np.float32)
+        Image.fromarray(np.broadcast_to(ramp, (side, side)).copy(), mode="F").save(path, "TIFF",
+                                                                                  compression="tiff_deflate")
+    else:
+        Image.new(mode, (side, side), (10, 20, 30, 128)).save(path, "PNG")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F", "RGBA"])
+def test_a_decode_bomb_stays_within_its_memory_estimate(tmp_path, mode):
+    """A 16 MP 16-bit greyscale (or float, or transparent) picture: the decode's peak memory,
+    measured in a fresh process, stays within `decode_cost` (the float64 conversion it replaced
+    took 34 bytes a pixel for 16-bit greyscale, 36 for float, 20 for RGBA)."""
+    import json
+    import subprocess
+    import sys
+
+    path = _bomb(tmp_path / "bomb", mode, 4000)
+    assert path.stat().st_size < 20_000_000
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": ":".join(sys.path), "PATH": "/usr/bin:/bin"})
+    found = json.loads(out.stdout)
+    assert found["mode"].startswith(mode[:1])
+    assert found["growth"] <= found["cost"] + 16 * 2**20, found
+    assert found["cost"] <= 10 * found["pixels"]  # within the default budget of 10 bytes a pixel
+
+
+def test_an_upload_over_the_decode_budget_is_refused_before_decoding(indexed, tmp_path):
+    client = make_app(indexed, MAX_UPLOAD_DECODE_BYTES=50 * 2**20).test_client()
+    data = _bomb(tmp_path / "bomb.png", "I;16", 3000).read_bytes()  # 9 MP: about 66 MB to decode
+    response = client.post("/api/search/image", data={"image": (io.BytesIO(data), "bomb.png")})
+    assert response.status_code == 400 and "budget" in response.get_json()["message"]
+
+
+def test_decodes_wait_for_a_slot_and_busy_is_503(indexed, monkeypatch):
+    import searchapp.services as services
+    from indexer.images import DEFAULT_DECODE_SLOTS, decode_slots, set_decode_slots
+
+    monkeypatch.setattr(services, "DECODE_WAIT_SECONDS", 0.2)
+    client = make_app(indexed, MAX_CONCURRENT_DECODES=1).test_client()
+    slot = decode_slots().semaphore
+    assert slot.acquire(timeout=5)  # another decode holds the only slot
+    try:
+        response = client.post("/api/search/image", data={"image": (io.BytesIO(png_bytes()), "x.png")})
+        assert response.status_code == 503 and response.get_json()["error"] == "busy"
+        assert response.headers["Retry-After"] == "5"
+    finally:
+        slot.release()
+    try:
+        assert client.post("/api/search/image", data={"image": (io.BytesIO(png_bytes()), "x.png")}).status_code == 200
+    finally:
+        set_decode_slots(DEFAULT_DECODE_SLOTS)
