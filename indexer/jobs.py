@@ -25,7 +25,6 @@ from .embedder import ClipEmbedder
 from .errors import CancelledError, ImageReadError, LoupeError
 from .images import DataFolder, DecodeLimits, decode_image, iter_image_files, read_file, walk_reaches
 from .library import IndexDelta, Library
-from .lock import write_lock
 from .noise import noise_levels
 from .regions import Box, RegionSpec, region_boxes
 
@@ -311,7 +310,7 @@ class IndexJob:
                 raise LoupeError(f"no such file or folder: {root}")
         self.library.bind_model(self.embedder.identity)
         started = time.perf_counter()
-        with write_lock(self.library.settings.home):
+        with self.library.writer():
             self.library.sync_store()
             self._start_job(roots)
             if on_started is not None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import json
+from contextlib import contextmanager
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -166,6 +167,14 @@ class Library:
 
     def close(self) -> None:
         self.sessions.kw["bind"].dispose()
+
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """Hold the write locks: this data folder's, and the catalog's on PostgreSQL."""
+        from .lock import catalog_lock, write_lock
+
+        with write_lock(self.settings.home), catalog_lock(self.sessions.kw["bind"]):
+            yield
 
     @property
     def region_spec(self) -> RegionSpec:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from indexer.catalog import JobRecord, JobState
 from indexer.errors import JobLockedError, JobNotRunningError, LoupeError, NotIndexedError
@@ -52,17 +53,29 @@ class JobRunner:
         # Decoding stays in-process: forking decode workers from a multi-threaded server is unsafe.
         return IndexOptions(workers=0, progress=False, calibrate=calibrate)
 
-    def run_now(self, paths: Sequence[Path]) -> int:
-        """Index `paths` in this thread, after the writer before it; returns the job id. The
-        match cut-offs, when the index has grown enough, are recalibrated in the background."""
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """This server's writer lock: a small write (add, remove) waits for the one before it,
+        up to WRITER_WAIT_SECONDS."""
         if not self.service.write_lock.acquire(timeout=WRITER_WAIT_SECONDS):
             raise JobLockedError("an indexing job is running in this server; try again when it ends")
         try:
-            job = IndexJob(self.service.library, self.service.job_embedder, self._options(calibrate=False))
-            job.run(paths)
+            yield
         finally:
             self.service.write_lock.release()
+
+    def run_now(self, paths: Sequence[Path]) -> int:
+        """Index `paths` in this thread, after the writer before it; returns the job id. The
+        match cut-offs, when the index has grown enough, are recalibrated in the background."""
+        with self.writer():
+            job_id = self.index_locked(paths)
         self.calibration.request()
+        return job_id
+
+    def index_locked(self, paths: Sequence[Path]) -> int:
+        """Index `paths` in this thread; the caller holds `writer()`."""
+        job = IndexJob(self.service.library, self.service.job_embedder, self._options(calibrate=False))
+        job.run(paths)
         return job.job_id
 
     def start(self, paths: Sequence[Path], wait_seconds: float = 30.0) -> int:

@@ -14,7 +14,7 @@ from flask import Flask, current_app
 
 from indexer.commands import load_embedder, open_library
 from indexer.embedder import configured_model, resolve_device
-from indexer.errors import JobLockedError, NotIndexedError
+from indexer.errors import NotIndexedError
 from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, set_decode_slots
 from indexer.library import Library, SearchPage
 from indexer.settings import Settings
@@ -22,7 +22,7 @@ from indexer.thumbnails import remove_thumbnail
 from indexer.vectorstore import faiss_build
 
 from .errors import Busy
-from .jobs import WRITER_WAIT_SECONDS, JobRunner
+from .jobs import JobRunner
 
 EXTENSION = "loupe"
 DECODE_WAIT_SECONDS = 30.0  # how long an upload waits for a decode slot before 503 busy
@@ -228,41 +228,40 @@ class SearchService:
 
     # -- writes ----------------------------------------------------------------------------------
     def add_upload(self, data: bytes, filename: str) -> int:
-        """Store an uploaded picture under LOUPE_HOME/uploads and index it; returns its id."""
-        from indexer.images import content_hash
+        """Store an uploaded picture under LOUPE_HOME/uploads and index it; returns its id.
+
+        The picture is decoded first (a bad one never reaches the disk), then written and
+        indexed under the writer lock, so a concurrent delete of the same picture cannot
+        remove the file between the two."""
+        from indexer.uploads import store_upload
 
         decoded = decode_image(data, self.upload_limits)
         suffix = Path(filename or "").suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
             suffix = "." + decoded.format.lower().replace("jpeg", "jpg")
-        folder = self.settings.home / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{content_hash(data)}{suffix}"
-        if not path.exists():
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        self.jobs.run_now([path])
+        with self.jobs.writer():
+            path = store_upload(self.settings.home, data, suffix)
+            self.jobs.index_locked([path])
+        self.jobs.calibration.request()
         record = self.library.image_by_path(str(path))
         return record.duplicate_of or record.id
 
     def remove_image(self, image_id: int) -> None:
-        from indexer.lock import write_lock
+        """Remove an image from the catalog and index; an upload's own file goes too."""
+        from indexer.uploads import discard_upload
 
-        if not self.write_lock.acquire(timeout=WRITER_WAIT_SECONDS):
-            raise JobLockedError("an indexing job is running in this server; try again when it ends")
-        try:
+        with self.jobs.writer():
             library = self.library
-            with write_lock(self.settings.home):
+            with library.writer():
                 library.sync_store()
                 with library.sessions.begin() as session:
                     record = library.record(session, image_id)
+                    path = record.path
                     delta = library.remove([record], session)
                 library.apply(delta)
                 library.save_index()
             remove_thumbnail(self.settings.home, image_id)
-        finally:
-            self.write_lock.release()
+            discard_upload(self.settings.home, path)
 
     # -- facts -----------------------------------------------------------------------------------
     def health(self) -> dict:

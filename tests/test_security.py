@@ -774,3 +774,80 @@ def test_decodes_wait_for_a_slot_and_busy_is_503(indexed, monkeypatch):
         assert client.post("/api/search/image", data={"image": (io.BytesIO(png_bytes()), "x.png")}).status_code == 200
     finally:
         set_decode_slots(DEFAULT_DECODE_SLOTS)
+
+
+# -- the rest --------------------------------------------------------------------------------------------
+def test_deep_image_search_pages_never_500(shared):
+    """offset 10000 with regions: tens of thousands of region ids are looked up, in chunks that
+    every database accepts."""
+    settings, _, photos = shared
+    client = make_app(settings).test_client()
+    data = next(photos.rglob("coffee-0.*")).read_bytes()
+    response = client.post("/api/search/image?k=200&offset=10000", data={"image": (io.BytesIO(data), "q.png")})
+    assert response.status_code == 200 and response.get_json()["results"] == []
+    response = client.post("/api/search/image", json={"image_id": 1, "k": 200, "offset": 10000})
+    assert response.status_code == 200
+    library = client.application.extensions["loupe"].library
+    assert library._region_owners(list(range(1, 70_000))) and library._region_count(set(range(1, 70_000))) > 0
+
+
+def test_uploads_are_written_once_fsynced_and_removed_with_their_image(indexed, monkeypatch):
+    import os
+    import threading
+
+    import indexer.uploads as uploads
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(uploads.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    client = make_app(indexed).test_client()
+    data = png_bytes((9, 99, 199), (40, 30))
+    barrier = threading.Barrier(6)
+    answers = []
+
+    def add():
+        barrier.wait()
+        answers.append(client.post("/api/images", data={"image": (io.BytesIO(data), "same.png")}))
+
+    threads = [threading.Thread(target=add) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [r.status_code for r in answers] == [201] * 6
+    assert len({r.get_json()["id"] for r in answers}) == 1
+    folder = indexed.home / "uploads"
+    assert [p.name for p in folder.iterdir()] == [answers[0].get_json()["path"].rsplit("/", 1)[1]]  # no temp left
+    assert len(synced) >= 2  # the file and its folder
+    deleted = client.delete(f"/api/images/{answers[0].get_json()['id']}")
+    assert deleted.status_code == 200 and list(folder.iterdir()) == []
+
+
+@pytest.mark.postgres
+def test_two_hosts_sharing_a_postgres_catalog_exclude_each_other(tmp_path, tiny_model_config, models_dir,
+                                                                 postgres_url, photo_arrays):
+    """Two data folders (two hosts) on one PostgreSQL catalog: while one writes, the other's
+    writer is refused with a clear message, and gets in once the first is done."""
+    from indexer.commands import open_library
+    from indexer.errors import JobLockedError
+    from indexer.settings import Settings
+
+    first = {**make_env(tmp_path / "host-a", models_dir), "LOUPE_DATABASE_URL": postgres_url}
+    second = {**make_env(tmp_path / "host-b", models_dir), "LOUPE_DATABASE_URL": postgres_url}
+    assert run_cli(["db", "upgrade"], first)[0] == 0
+    folder = write_photo_folder(tmp_path / "photos", dict(list(photo_arrays.items())[:2]))
+    library = open_library(Settings.from_env(first))
+    try:
+        with library.writer():
+            code, _, err = run_cli(["index", str(folder), "--no-progress"], second)
+            assert code == 1 and "another Loupe host" in err
+        assert run_cli(["index", str(folder), "--no-progress"], second)[0] == 0
+    finally:
+        library.close()
+    with pytest.raises(JobLockedError):  # and the other way round
+        other = open_library(Settings.from_env(second))
+        try:
+            with other.writer(), library.writer():
+                pass
+        finally:
+            other.close()
