@@ -332,7 +332,7 @@ def openapi_document() -> dict:
                     "security": BEARER,
                     "requestBody": {"required": True, "content": {"multipart/form-data": IMAGE_BODY["multipart/form-data"]}},
                     "responses": {"201": _json(_ref("Image"), "the indexed image (or the original it duplicates)"),
-                                  **_errors(400, 401, 403, 409, 413)},
+                                  **_errors(400, 401, 403, 409, 413), "503": BUSY},
                 }
             },
             "/api/images/{image_id}": {

@@ -19,6 +19,9 @@
     reconstruction: $("reconstruction"), reconstructionImage: $("reconstruction-image"),
   };
   const GENERATE = { n: 4, strength: 0.6, steps: 50 };
+  // Generating and adding pictures need the API token when the server has one: without a
+  // session that may write, those buttons are not offered (the footer links to the sign-in).
+  const CAN_WRITE = document.body.dataset.canWrite !== "false";
   const POLL_MS = 400;
   const MATCH_LABELS = { exact: "Exact copy", "near-duplicate": "Near-duplicate" };
   const STAGE_NAMES = {
@@ -241,7 +244,7 @@
   }
 
   function showQueryPanel(src, title, meta, canGenerate = false) {
-    els.generateFromQuery.hidden = !canGenerate;
+    els.generateFromQuery.hidden = !(canGenerate && CAN_WRITE);
     els.queryImage.src = src;
     els.queryTitle.textContent = title;
     els.queryMeta.textContent = meta;
@@ -435,7 +438,8 @@
         const response = await api(`/api/jobs/${job.id}/images/${i}/add`, { method: "POST" });
         add.textContent = response.ok ? `Added (id ${(await response.json()).id})` : await errorMessage(response);
       });
-      item.append(picture, label, near, add);
+      item.append(picture, label, near);
+      if (CAN_WRITE) item.append(add);
       fragment.append(item);
     });
     els.genGrid.append(fragment);
@@ -562,6 +566,7 @@
     if (event.target === els.detail) els.detail.close(); // a click on the backdrop
   });
 
+  els.generate.hidden = !CAN_WRITE;
   if ($("index-job")) watchIndexJob($("index-job"));
 
   const initial = new URL(window.location).searchParams.get("q");

@@ -379,6 +379,7 @@ def test_sign_in_with_the_read_token_then_search(browser, guarded_server, photos
         page.locator("#results .card").first.click()
         page.wait_for_function("document.getElementById('detail-image').complete && "
                                "document.getElementById('detail-image').naturalWidth > 0")
+        assert page.is_hidden("#generate-similar")  # a read-only session is not offered what needs the token
         page.click("#detail-close")
         original = next(photos.rglob("rocket-0.*"))  # a POST: the cookie plus the page's own header
         page.set_input_files("#file", str(original))
