@@ -66,6 +66,7 @@ def _float_param(name: str, default: float, low: float, high: float) -> float:
 def _page_params() -> tuple[int, int, float | None]:
     k = _int_param("k", DEFAULT_K, 1, MAX_K)
     offset = _int_param("offset", 0, 0, MAX_OFFSET)
+    _relative_paths()  # checked before any work
     raw = _param("min_score")
     try:
         min_score = None if raw in (None, "") else float(raw)

@@ -64,16 +64,9 @@ class JobRunner:
         finally:
             self.service.write_lock.release()
 
-    def run_now(self, paths: Sequence[Path]) -> int:
-        """Index `paths` in this thread, after the writer before it; returns the job id. The
-        match cut-offs, when the index has grown enough, are recalibrated in the background."""
-        with self.writer():
-            job_id = self.index_locked(paths)
-        self.calibration.request()
-        return job_id
-
     def index_locked(self, paths: Sequence[Path]) -> int:
-        """Index `paths` in this thread; the caller holds `writer()`."""
+        """Index `paths` in this thread; returns the job id. The caller holds `writer()`, and asks
+        `calibration` afterwards (the match cut-offs are recalibrated in the background)."""
         job = IndexJob(self.service.library, self.service.job_embedder, self._options(calibrate=False))
         job.run(paths)
         return job.job_id
