@@ -56,6 +56,7 @@ class JobState(str, enum.Enum):
     FINISHED = "finished"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    CANCELLED = "cancelled"
 
 
 class ImageRecord(Base):

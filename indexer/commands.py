@@ -12,7 +12,7 @@ from sqlalchemy import select
 from .catalog import ImageRecord
 from .cli import print_json
 from .errors import ConfigError, LoupeError, NotIndexedError
-from .settings import Settings, redact_url
+from .settings import Settings, ensure_home, redact_url
 
 MAX_K = 200
 
@@ -117,13 +117,13 @@ def _restoration_line(report: dict) -> str:
 
 
 def cmd_remove(settings: Settings, args, out: TextIO) -> int:
-    from .lock import write_lock
     from .thumbnails import remove_thumbnail
+    from .uploads import discard_upload
 
     if not args.targets and not args.missing:
         raise ConfigError("name the images to remove (PATH or ID), or use --missing")
     library = open_library(settings)
-    with write_lock(settings.home):
+    with library.writer():
         library.sync_store()
         with library.sessions.begin() as session:
             records = _resolve_targets(session, args.targets)
@@ -134,8 +134,9 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
             delta = library.remove(unique, session)
         library.apply(delta)
         library.sync_store()
-    for image_id, _ in removed:
+    for image_id, path in removed:
         remove_thumbnail(settings.home, image_id)
+        discard_upload(settings.home, path)
     removed_paths = [path for _, path in removed]
     if args.json:
         print_json({"removed": len(removed_paths), "paths": removed_paths}, out)
@@ -238,7 +239,7 @@ def cmd_db(settings: Settings, args, out: TextIO) -> int:
     from .database import current_and_head, make_engine, upgrade
 
     if settings.is_sqlite:
-        settings.home.mkdir(parents=True, exist_ok=True)
+        ensure_home(settings.home)
     engine = make_engine(settings.database_url)
     try:
         upgrade(engine)

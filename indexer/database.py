@@ -11,7 +11,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import DatabaseError
-from .settings import Settings, redact_url
+from .settings import Settings, ensure_home, redact_url
 
 
 def make_engine(url: str) -> Engine:
@@ -79,8 +79,7 @@ def open_database(settings: Settings) -> sessionmaker[Session]:
     been upgraded with `loupe db upgrade` (so that schema changes on a shared server are
     deliberate).
     """
-    if settings.is_sqlite:
-        settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_home(settings.home)  # the index files live there whatever the database
     engine = make_engine(settings.database_url)
     try:
         current, head = current_and_head(engine)

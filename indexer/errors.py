@@ -35,3 +35,41 @@ class JobLockedError(LoupeError):
 
 class NotIndexedError(LoupeError):
     code = "not_indexed"
+
+
+class PathNotAllowedError(LoupeError):
+    """A job path outside the folders this server may index (LOUPE_ALLOWED_ROOTS)."""
+
+    code = "path_not_allowed"
+
+
+class JobNotRunningError(LoupeError):
+    """A cancel request for a job that this process is not running."""
+
+    code = "job_not_running"
+
+
+class CancelledError(LoupeError):
+    """A job stopped because it was asked to (between two batches)."""
+
+    code = "cancelled"
+
+
+class FileMissingError(LoupeError):
+    """A catalogued file is no longer at its path."""
+
+    code = "file_missing"
+
+
+class FileChangedError(LoupeError):
+    """A catalogued path now holds something other than the file that was indexed (another
+    size or mtime, not a regular file, or a symlink leading out of the roots)."""
+
+    code = "file_changed"
+
+
+class DecodeBusyError(LoupeError):
+    """Every decode slot of the process stayed taken for longer than the caller would wait."""
+
+    code = "busy"
+    retry_after = 5

@@ -22,10 +22,9 @@ from sqlalchemy.orm import Session
 
 from .catalog import ImageRecord, ImageStatus, JobRecord, JobState, RegionRecord, utcnow
 from .embedder import ClipEmbedder
-from .errors import ImageReadError, LoupeError
-from .images import DecodeLimits, decode_image, iter_image_files, read_file
+from .errors import CancelledError, ImageReadError, LoupeError
+from .images import DataFolder, DecodeLimits, decode_image, iter_image_files, read_file, walk_reaches
 from .library import IndexDelta, Library
-from .lock import write_lock
 from .noise import noise_levels
 from .regions import Box, RegionSpec, region_boxes
 
@@ -231,9 +230,13 @@ class Plan:
     files_seen: int
 
 
-def plan_job(session: Session, roots: Sequence[Path], exclude: Path | None) -> Plan:
-    """Compare the files under `roots` with the catalog by size and mtime."""
+def plan_job(session: Session, roots: Sequence[Path], exclude: Path | None,
+             link_roots: Sequence[Path] | None = None) -> Plan:
+    """Compare the files under `roots` with the catalog by size and mtime. A catalogued file
+    counts as vanished only if the walk would have looked at it (not in a hidden folder, not
+    in Loupe's data folder: uploads live there)."""
     known: dict[str, tuple[int, int, bool]] = {}
+    root_of: dict[str, Path] = {}
     for root in roots:
         query = select(ImageRecord.path, ImageRecord.size_bytes, ImageRecord.mtime_ns, ImageRecord.missing_since)
         if root.is_dir():
@@ -243,11 +246,12 @@ def plan_job(session: Session, roots: Sequence[Path], exclude: Path | None) -> P
             query = query.where(ImageRecord.path == str(root))
         for row in session.execute(query):
             known[row.path] = (row.size_bytes, row.mtime_ns, row.missing_since is not None)
+            root_of.setdefault(row.path, root)
     todo: list[str] = []
     seen: set[str] = set()
     unchanged = 0
     returned: list[str] = []
-    for path in iter_image_files(roots, exclude=exclude):
+    for path in iter_image_files(roots, exclude=exclude, link_roots=link_roots):
         key = str(path)
         if key in seen:
             continue
@@ -264,7 +268,8 @@ def plan_job(session: Session, roots: Sequence[Path], exclude: Path | None) -> P
                 returned.append(key)
         else:
             todo.append(key)
-    vanished = [p for p in known if p not in seen]
+    excluded, folders = DataFolder.of(exclude), {}
+    vanished = [p for p in known if p not in seen and walk_reaches(Path(p), root_of[p], excluded, folders)]
     return Plan(
         todo=todo,
         unchanged=unchanged,
@@ -286,10 +291,12 @@ def _ids_of(session: Session, paths: list[str]) -> list[int]:
 class IndexJob:
     """One run of `loupe index`: owns the job row, its counters and the batch writer."""
 
-    def __init__(self, library: Library, embedder: ClipEmbedder, options: IndexOptions):
+    def __init__(self, library: Library, embedder: ClipEmbedder, options: IndexOptions,
+                 cancelled: Callable[[], bool] | None = None):
         self.library = library
         self.embedder = embedder
         self.options = options
+        self._cancelled = cancelled or (lambda: False)  # asked between batches
         self.counts = dict(added=0, changed=0, duplicates=0, unchanged=0, failed=0, missing=0, files_seen=0)
         self.job_id: int | None = None
         self._last_save = time.monotonic()
@@ -303,7 +310,7 @@ class IndexJob:
                 raise LoupeError(f"no such file or folder: {root}")
         self.library.bind_model(self.embedder.identity)
         started = time.perf_counter()
-        with write_lock(self.library.settings.home):
+        with self.library.writer():
             self.library.sync_store()
             self._start_job(roots)
             if on_started is not None:
@@ -311,9 +318,12 @@ class IndexJob:
             try:
                 self._index(roots, progress_stream)
             except BaseException as err:
-                self._finish(JobState.INTERRUPTED if isinstance(err, KeyboardInterrupt) else JobState.FAILED,
-                             time.perf_counter() - started, error=str(err) or type(err).__name__)
-                self.library.sync_store()
+                state = {KeyboardInterrupt: JobState.INTERRUPTED, CancelledError: JobState.CANCELLED}.get(
+                    type(err), JobState.FAILED)
+                try:  # the index is saved before the row says the job ended
+                    self.library.sync_store()
+                finally:
+                    self._finish(state, time.perf_counter() - started, error=str(err) or type(err).__name__)
                 raise
             self.library.sync_store()
             if self.options.calibrate and self.library.needs_calibration():
@@ -368,7 +378,9 @@ class IndexJob:
     def _plan(self, roots: Sequence[Path]) -> Plan:
         """Compare the files with the catalog, flag vanished and returned files, count them."""
         with self.library.sessions.begin() as session:
-            plan = plan_job(session, roots, exclude=self.library.settings.home)
+            # A symlinked file is followed only into the job's own roots or the allowed roots.
+            link_roots = [*roots, *self.library.settings.allowed_roots]
+            plan = plan_job(session, roots, exclude=self.library.settings.home, link_roots=link_roots)
             now = utcnow()
             if plan.missing_ids:
                 session.execute(
@@ -414,7 +426,10 @@ class IndexJob:
         return DeviceJpegReader(device, dataset)
 
     def _checkpoint(self) -> None:
-        """Save the FAISS file when `checkpoint_seconds` have passed since the last save."""
+        """Stop if the job was cancelled; save the FAISS file when `checkpoint_seconds` have
+        passed since the last save."""
+        if self._cancelled():
+            raise CancelledError("cancelled on request; the batches written so far are kept")
         now = time.monotonic()
         if now - self._last_save >= self.options.checkpoint_seconds:
             self.library.save_index()

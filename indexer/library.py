@@ -8,19 +8,23 @@ cache of the vectors the catalog stores (see `IndexMirror`).
 
 from __future__ import annotations
 
+import functools
+import json
+from contextlib import contextmanager
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .catalog import ImageRecord, ImageStatus, IndexInfo, JobRecord, RegionRecord
+from .catalog import ImageRecord, ImageStatus, IndexInfo, JobRecord, RegionRecord, utcnow
 from .database import open_database
 from .embedder import ModelIdentity
-from .errors import ModelMismatchError, NotIndexedError
+from .errors import FileChangedError, ModelMismatchError, NotIndexedError
 from .images import DecodeLimits, decode_image
 from .matching import (
     CALIBRATION_SAMPLE,
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # Region hits fetched per wanted result: an image's regions often fill several top places.
 REGION_FANOUT = 4
+SQL_CHUNK = 1000  # ids per IN (...) list: SQLite and PostgreSQL cap the parameters of one statement
 
 
 @dataclass
@@ -162,6 +167,14 @@ class Library:
 
     def close(self) -> None:
         self.sessions.kw["bind"].dispose()
+
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """Hold the write locks: this data folder's, and the catalog's on PostgreSQL."""
+        from .lock import catalog_lock, write_lock
+
+        with write_lock(self.settings.home), catalog_lock(self.sessions.kw["bind"]):
+            yield
 
     @property
     def region_spec(self) -> RegionSpec:
@@ -326,22 +339,26 @@ class Library:
         return [(image_id, score, box) for image_id, (score, box) in ranked]
 
     def _region_count(self, image_ids: set[int]) -> int:
-        if not image_ids:
-            return 0
+        ids = list(image_ids)
+        total = 0
         with self.sessions() as session:
-            return int(session.scalar(
-                select(func.count()).select_from(RegionRecord).where(RegionRecord.image_id.in_(list(image_ids)))
-            ))
+            for start in range(0, len(ids), SQL_CHUNK):
+                total += int(session.scalar(select(func.count()).select_from(RegionRecord).where(
+                    RegionRecord.image_id.in_(ids[start : start + SQL_CHUNK]))))
+        return total
 
     def _region_owners(self, region_ids: Sequence[int]) -> dict[int, tuple[int, Box]]:
-        if not region_ids:
-            return {}
+        """Each region's image and box; asked in chunks (a deep page asks for tens of thousands)."""
+        ids = list(region_ids)
+        owners: dict[int, tuple[int, Box]] = {}
         with self.sessions() as session:
-            rows = session.execute(
-                select(RegionRecord.id, RegionRecord.image_id, RegionRecord.x, RegionRecord.y, RegionRecord.w,
-                       RegionRecord.h).where(RegionRecord.id.in_(list(region_ids)))
-            ).all()
-        return {r.id: (r.image_id, Box(r.x, r.y, r.w, r.h)) for r in rows}
+            for start in range(0, len(ids), SQL_CHUNK):
+                rows = session.execute(
+                    select(RegionRecord.id, RegionRecord.image_id, RegionRecord.x, RegionRecord.y, RegionRecord.w,
+                           RegionRecord.h).where(RegionRecord.id.in_(ids[start : start + SQL_CHUNK]))
+                ).all()
+                owners.update({r.id: (r.image_id, Box(r.x, r.y, r.w, r.h)) for r in rows})
+        return owners
 
     def label(self, page: SearchPage, query_sha256: str | None,
               query_pixels: Callable[[], "Image.Image"] | None = None,
@@ -358,7 +375,7 @@ class Library:
             exact = query_sha256 is not None and result.content_hash == query_sha256
             if (not exact and query_pixels is not None and result.score >= PIXEL_CHECK_SCORE
                     and query_size == (result.width, result.height)):
-                exact = same_pixels(query_pixels, result.path, _full_decode)
+                exact = same_pixels(query_pixels, functools.partial(self.read_image_bytes, result.id), _full_decode)
             labelled.append(replace(result, match=cutoff.label(result.score, exact, region=result.region is not None)))
         copy_found = any(r.match in COPY_LABELS for r in labelled)
         return replace(page, results=tuple(labelled), copy_found=copy_found)
@@ -469,6 +486,54 @@ class Library:
             found.update(zip(chunk_ids.tolist(), chunk_vectors))
         return np.stack([found[i] for i in ids]) if ids else np.zeros((0, self._dim() or 0), np.float32)
 
+    # -- the catalogued files ---------------------------------------------------------------------
+    def roots_of(self, image_ids: Sequence[int]) -> dict[int, list[str]]:
+        """Each image's indexed roots: the roots of the job that catalogued it ([] if unknown)."""
+        found: dict[int, list[str]] = {}
+        jobs: dict[int, list[str]] = {}
+        with self.sessions() as session:
+            for start in range(0, len(image_ids), SQL_CHUNK):
+                chunk = list(image_ids[start : start + SQL_CHUNK])
+                rows = session.execute(
+                    select(ImageRecord.id, ImageRecord.job_id, JobRecord.roots)
+                    .join(JobRecord, JobRecord.id == ImageRecord.job_id, isouter=True)
+                    .where(ImageRecord.id.in_(chunk))
+                ).all()
+                for row in rows:
+                    if row.job_id is not None and row.job_id not in jobs:
+                        jobs[row.job_id] = _json_list(row.roots)
+                    found[row.id] = jobs.get(row.job_id, [])
+        return found
+
+    def open_image(self, record: ImageRecord) -> BinaryIO:
+        """The catalogued file of `record`, opened only if it is still the file that was indexed
+        (`indexer.safeopen`); a file that changed gets its row flagged missing, so the next job
+        re-reads it and `loupe remove --missing` can drop it."""
+        from .safeopen import open_catalogued
+
+        job_roots = self.roots_of([record.id]).get(record.id, [])
+        roots = [Path(r) for r in job_roots] + list(self.settings.allowed_roots) if job_roots else []
+        try:
+            return open_catalogued(record.path, record.size_bytes, record.mtime_ns, roots)
+        except FileChangedError:
+            self.flag_missing(record.id)
+            raise
+
+    def read_image_bytes(self, image_id: int, limits: DecodeLimits = DecodeLimits()) -> bytes:
+        """The bytes of an image's catalogued file (see `open_image`)."""
+        from .images import read_open_file
+
+        record = self.image(image_id)
+        if record is None:
+            raise NotIndexedError(f"no image with id {image_id}")
+        with self.open_image(record) as fh:
+            return read_open_file(fh, limits).data
+
+    def flag_missing(self, image_id: int) -> None:
+        with self.sessions.begin() as session:
+            session.execute(update(ImageRecord).where(ImageRecord.id == image_id, ImageRecord.missing_since.is_(None))
+                            .values(missing_since=utcnow()))
+
     def image_by_path(self, path: str) -> ImageRecord | None:
         with self.sessions() as session:
             return session.scalars(select(ImageRecord).where(ImageRecord.path == path)).first()
@@ -489,6 +554,14 @@ class Library:
             if record.embedding is None:
                 raise NotIndexedError(f"image {id_} has no vector ({record.status}: {record.error or 'not embedded'})")
             return record.vector()
+
+
+def _json_list(text: str | None) -> list[str]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def _full_decode(data: bytes) -> "Image.Image":

@@ -13,7 +13,6 @@ is about `target` (the robustness benchmark measures it on held-out photographs)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -82,12 +81,12 @@ def calibrate_cutoff(whole_scores: np.ndarray, region_scores: np.ndarray,
     )
 
 
-def same_pixels(query: Callable[[], Image.Image], path: str | Path, decode: Callable[[bytes], Image.Image]) -> bool:
-    """Whether the file at `path` decodes to exactly the query's pixels."""
+def same_pixels(query: Callable[[], Image.Image], read: Callable[[], bytes], decode: Callable[[bytes], Image.Image]) -> bool:
+    """Whether the file `read()` gives (the result's catalogued file, opened with the checks of
+    `indexer.safeopen`) decodes to exactly the query's pixels."""
     try:
-        data = Path(path).read_bytes()
-        theirs = decode(data)
-    except Exception:  # an unreadable file is simply not an exact copy
+        theirs = decode(read())
+    except Exception:  # an unreadable or changed file is simply not an exact copy
         return False
     ours = query()
     if ours.size != theirs.size:

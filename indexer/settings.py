@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -48,15 +48,19 @@ class Settings:
     """Where Loupe keeps its data and which model and device it uses."""
 
     home: Path
-    database_url: str
+    database_url: str = field(repr=False)  # may hold a password
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
     device: str = "auto"
-    api_token: str | None = None
+    api_token: str | None = field(default=None, repr=False)  # LOUPE_API_TOKEN: writes need it
+    read_token: str | None = field(default=None, repr=False)  # LOUPE_READ_TOKEN: reads need it (or the API token)
+    allowed_roots: tuple[Path, ...] = ()  # LOUPE_ALLOWED_ROOTS: folders a job started over HTTP may index
+    trusted_hosts: tuple[str, ...] = ()  # LOUPE_TRUSTED_HOSTS: Host names the server answers besides loopback
     regions: RegionSpec = RegionSpec()
     index_mmap: str = "auto"  # map index files instead of reading them: auto, on, off
     generate_model: str | None = None  # LOUPE_GENERATE_MODEL: a diffusers pipeline; None: Loupe's own
     generated_ttl_hours: float = 168.0  # how long generated pictures are kept
+    generated_quota_mb: float = 1024.0  # LOUPE_GENERATED_QUOTA_MB: disk space generated pictures may take
     restore: RestoreSettings = RestoreSettings()
 
     @classmethod
@@ -77,10 +81,18 @@ class Settings:
             generated_ttl_hours = -1.0
         if not generated_ttl_hours > 0:
             raise ConfigError(f"LOUPE_GENERATED_TTL_HOURS={ttl!r} is not a positive number of hours")
+        quota = env.get("LOUPE_GENERATED_QUOTA_MB") or "1024"
+        try:
+            generated_quota_mb = float(quota)
+        except ValueError:
+            generated_quota_mb = -1.0
+        if not generated_quota_mb > 0:
+            raise ConfigError(f"LOUPE_GENERATED_QUOTA_MB={quota!r} is not a positive number of megabytes")
         return cls(
             index_mmap=index_mmap,
             generate_model=(env.get("LOUPE_GENERATE_MODEL") or "").strip() or None,
             generated_ttl_hours=generated_ttl_hours,
+            generated_quota_mb=generated_quota_mb,
             restore=RestoreSettings.from_env(env),
             home=home,
             database_url=database_url,
@@ -88,6 +100,10 @@ class Settings:
             pretrained=(env.get("LOUPE_PRETRAINED") or DEFAULT_PRETRAINED).strip(),
             device=device,
             api_token=env.get("LOUPE_API_TOKEN") or None,
+            read_token=env.get("LOUPE_READ_TOKEN") or None,
+            allowed_roots=parse_roots(env.get("LOUPE_ALLOWED_ROOTS")),
+            trusted_hosts=tuple(h.strip().lower() for h in (env.get("LOUPE_TRUSTED_HOSTS") or "").split(",")
+                                if h.strip()),
             regions=RegionSpec.parse(env.get("LOUPE_REGIONS"), env.get("LOUPE_REGION_PENALTY")),
         )
 
@@ -109,6 +125,27 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def parse_roots(text: str | None) -> tuple[Path, ...]:
+    """`LOUPE_ALLOWED_ROOTS`: absolute folders separated by `:` (empty parts ignored)."""
+    roots = []
+    for part in (text or "").split(":"):
+        part = part.strip()
+        if not part:
+            continue
+        path = Path(part).expanduser()
+        if not path.is_absolute():
+            raise ConfigError(f"LOUPE_ALLOWED_ROOTS part {part!r} is not an absolute path")
+        roots.append(Path(os.path.abspath(path)))
+    return tuple(roots)
+
+
+def ensure_home(home: Path) -> Path:
+    """Create the data folder (owner-only, 0700) if it does not exist yet; an existing folder
+    keeps its mode."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return home
 
 
 def _is_cuda_index(device: str) -> bool:

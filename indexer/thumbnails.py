@@ -5,10 +5,36 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Callable
 
-from .images import DecodeLimits, load_image_file
+from .images import DecodeLimits, decode_image
 
 THUMB_SIZE = 320
+_LOCK_STRIPES = 64
+
+
+class _IdLocks:
+    """One lock per image id (striped: ids share `stripes` locks), so that a burst of requests
+    for one new thumbnail decodes its original once, not once per request."""
+
+    def __init__(self, stripes: int = _LOCK_STRIPES):
+        self._locks = [threading.Lock() for _ in range(stripes)]
+
+    def __call__(self, image_id: int) -> threading.Lock:
+        return self._locks[image_id % len(self._locks)]
+
+
+_locks: _IdLocks | None = None
+_locks_made = threading.Lock()
+
+
+def _lock_for(image_id: int) -> threading.Lock:
+    global _locks
+    if _locks is None:
+        with _locks_made:
+            if _locks is None:
+                _locks = _IdLocks()
+    return _locks(image_id)
 
 
 def thumbnail_path(home: Path, image_id: int) -> Path:
@@ -17,24 +43,28 @@ def thumbnail_path(home: Path, image_id: int) -> Path:
     return home / "thumbs" / f"{image_id % 1000:03d}" / f"{image_id}.jpg"
 
 
-def ensure_thumbnail(home: Path, image_id: int, source: Path, limits: DecodeLimits = DecodeLimits()) -> Path:
-    """The cached thumbnail of `source` (at most THUMB_SIZE px a side, JPEG), made if needed.
+def ensure_thumbnail(home: Path, image_id: int, read: Callable[[], bytes],
+                     limits: DecodeLimits = DecodeLimits()) -> Path:
+    """The cached thumbnail of image `image_id` (at most THUMB_SIZE px a side, JPEG), made from
+    the bytes `read()` gives (the checked catalogued file) if needed, under the id's lock.
 
-    Written to a temporary file and renamed, so concurrent requests never see half a file.
+    Written to a temporary file and renamed, so concurrent readers never see half a file.
     """
     path = thumbnail_path(home, image_id)
     if path.exists():
         return path
-    decoded = load_image_file(source, limits, draft_size=THUMB_SIZE)
-    image = decoded.image
-    image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        image.save(tmp, format="JPEG", quality=85, optimize=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _lock_for(image_id):
+        if path.exists():  # made while this request waited
+            return path
+        image = decode_image(read(), limits, draft_size=THUMB_SIZE).image
+        image.thumbnail((THUMB_SIZE, THUMB_SIZE))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            image.save(tmp, format="JPEG", quality=85, optimize=True)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 

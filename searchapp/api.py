@@ -6,15 +6,17 @@ import json
 import secrets
 from pathlib import Path
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, request, url_for
 
 from indexer.catalog import ImageRecord, JobRecord
+from indexer.roots import allowed_job_paths, relative_to_root
 
 from .errors import ApiError
 from .openapi import openapi_document
 from .restoration.pipeline import RestorationReport
+from .restoration.stages import COSTLY_STAGES
 from .restoration.stages import MODES as RESTORE_MODES
-from .security import require_token
+from .security import WRITE, demand, require_token
 from .services import service
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -23,6 +25,7 @@ MAX_K = 200
 DEFAULT_K = 20
 MAX_OFFSET = 10_000
 REGION_MODES = ("on", "off")
+PATH_MODES = ("absolute", "relative")
 MAX_VARIATIONS = 8
 
 
@@ -63,6 +66,7 @@ def _float_param(name: str, default: float, low: float, high: float) -> float:
 def _page_params() -> tuple[int, int, float | None]:
     k = _int_param("k", DEFAULT_K, 1, MAX_K)
     offset = _int_param("offset", 0, 0, MAX_OFFSET)
+    _relative_paths()  # checked before any work
     raw = _param("min_score")
     try:
         min_score = None if raw in (None, "") else float(raw)
@@ -75,8 +79,25 @@ def _results(page, min_score: float | None, **extra) -> dict:
     body = page.as_dict()
     if min_score is not None:
         body["results"] = [r for r in body["results"] if r["score"] >= min_score]
+    if _relative_paths():
+        _make_relative(body["results"])
     body.update(extra)
     return body
+
+
+def _relative_paths() -> bool:
+    """`paths=relative`: give each path relative to the folder it was indexed from (its job's
+    root), not the server's absolute path; `absolute` (the default) keeps the contract's paths."""
+    mode = str(_param("paths", "absolute")).lower()
+    if mode not in PATH_MODES:
+        raise ApiError(400, "bad_parameter", f"paths must be one of {', '.join(PATH_MODES)}, not {mode!r}")
+    return mode == "relative"
+
+
+def _make_relative(items: list[dict]) -> None:
+    roots = service().library.roots_of([item["id"] for item in items])
+    for item in items:
+        item["path"] = relative_to_root(item["path"], roots.get(item["id"], []))
 
 
 @bp.get("/health")
@@ -101,6 +122,8 @@ def search_image():
     restore = str(_param("restore", "auto"))
     if restore not in RESTORE_MODES:
         raise ApiError(400, "bad_parameter", f"restore must be one of {', '.join(RESTORE_MODES)}, not {restore!r}")
+    if restore in COSTLY_STAGES:  # diffusion runs or large models: as costly as a write
+        demand(WRITE)
     regions = str(_param("regions", "on")).lower()
     if regions not in REGION_MODES:
         raise ApiError(400, "bad_parameter", f"regions must be one of {', '.join(REGION_MODES)}, not {regions!r}")
@@ -122,10 +145,12 @@ def search_image():
 
 
 @bp.post("/generate")
+@require_token
 def generate():
     """Start "generate similar" on an upload or an indexed image; answers with the finished
-    job when it ends within `wait` seconds (200), else with the running job (202)."""
-    from indexer.images import decode_image, load_image_file
+    job when it ends within `wait` seconds (at most GENERATE_MAX_WAIT: 5 s) (200), else with the
+    running job (202). It writes pictures to disk, so it needs the API token when one is set."""
+    from indexer.images import decode_image
 
     from .generation.backends import Variations
 
@@ -135,13 +160,16 @@ def generate():
         seed=_int_param("seed", secrets.randbelow(2**31), 0, 2**31 - 1),
         steps=_int_param("steps", 50, 1, 200),
     )
-    wait = _float_param("wait", 2.0, 0.0, 120.0)
+    # Accepted up to 120 s as before, waited at most GENERATE_MAX_WAIT: a request thread is not
+    # held for long (poll the Location instead).
+    wait = min(_float_param("wait", 2.0, 0.0, 120.0), float(current_app.config["GENERATE_MAX_WAIT"]))
     upload = request.files.get("image")
     if upload is not None:
         data = upload.read()
         if not data:
             raise ApiError(400, "bad_image", "the uploaded image is empty")
-        source_image = decode_image(data, service().upload_limits).image
+        side = current_app.config["GENERATE_SOURCE_SIDE"]  # JPEGs decode straight to about that size
+        source_image = decode_image(data, service().upload_limits, draft_size=side).image
         from indexer.images import content_hash
 
         source = {"upload_sha256": content_hash(data)}
@@ -152,7 +180,7 @@ def generate():
         record = service().library.image(_as_id(image_id))
         if record is None or record.status == "failed":
             raise ApiError(404, "not_found", f"no readable image with id {image_id}")
-        source_image = load_image_file(Path(record.path)).image
+        source_image = decode_image(service().library.read_image_bytes(record.id)).image
         source = {"image_id": record.id}
     if not service().generator_configured():
         from .generation.backends import GeneratorUnavailable
@@ -188,7 +216,13 @@ def add_generated(job_id: str, number: int):
 
 
 @bp.post("/jobs/<job_id>/cancel")
-def cancel_generation(job_id: str):
+@require_token
+def cancel_job(job_id: str):
+    """Cancel a generation (gen-...) or a bulk indexing job of this server (a number: it stops
+    after its current batch; what it wrote stays)."""
+    if job_id.isdigit():
+        service().jobs.cancel(int(job_id))
+        return jsonify(job_json(_job(int(job_id))))
     return _generation_json(service().generations.cancel(job_id), job_id)
 
 
@@ -203,7 +237,10 @@ def image_metadata(image_id: int):
     record = service().library.image(image_id)
     if record is None:
         raise ApiError(404, "not_found", f"no image with id {image_id}")
-    return jsonify(image_json(record))
+    body = image_json(record)
+    if _relative_paths():
+        _make_relative([body])
+    return jsonify(body)
 
 
 @bp.post("/images")
@@ -238,11 +275,12 @@ def delete_image(image_id: int):
 def start_job():
     body = request.get_json(silent=True)
     paths = body.get("paths") if isinstance(body, dict) else None
-    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p for p in paths):
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p and "\0" not in p for p in paths):
         raise ApiError(400, "bad_parameter", 'send JSON {"paths": ["/folder", ...]} with absolute server paths')
     if not all(Path(p).is_absolute() for p in paths):
         raise ApiError(400, "bad_parameter", "job paths must be absolute paths on the server")
-    job_id = service().jobs.start([Path(p) for p in paths])
+    # Refused alike whether a path outside the allowed roots exists or not; the job indexes real paths.
+    job_id = service().jobs.start(allowed_job_paths(paths, service().settings.allowed_roots))
     response = jsonify(job_json(_job(job_id)))
     response.status_code = 202
     response.headers["Location"] = url_for("api.job_status", job_id=job_id)

@@ -17,13 +17,40 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
     parser.add_argument("--dev", action="store_true", help="Flask's development server with the reloader")
+    parser.add_argument("--insecure-no-token", action="store_true",
+                        help="serve beyond loopback without LOUPE_API_TOKEN: anyone who can reach the port can "
+                             "read and change the collection (the page says so)")
+
+
+def check_exposure(settings, host: str, insecure: bool) -> None:
+    """Refuse a bind beyond loopback without an API token, unless the user said it is meant."""
+    from indexer.errors import ConfigError
+
+    from .security import is_loopback
+
+    if not is_loopback(host) and not settings.api_token and not insecure:
+        raise ConfigError(
+            f"refusing to serve on {host} without LOUPE_API_TOKEN: anyone who can reach the port could read "
+            "every indexed picture and change the collection. Set LOUPE_API_TOKEN (e.g. to the output of "
+            "`openssl rand -hex 32`), serve on 127.0.0.1, or pass --insecure-no-token if that is what you want"
+        )
 
 
 def cmd_serve(settings, args, out) -> int:
     from . import create_app
+    from .security import AccessPolicy
 
-    app = create_app({"LOUPE_SETTINGS": settings})
+    insecure = getattr(args, "insecure_no_token", False)
+    check_exposure(settings, args.host, insecure)
+    app = create_app({"LOUPE_SETTINGS": settings, "LOUPE_SERVE_HOST": args.host})
+    rules = AccessPolicy.create(settings, args.host)
     print(f"loupe: serving {settings.home} on http://{args.host}:{args.port}/", file=out, flush=True)
+    if rules.insecure:
+        print("loupe: WARNING: no token: anyone who can reach this port can read and change the collection",
+              file=out, flush=True)
+    elif rules.reads_protected:
+        print("loupe: reads need LOUPE_READ_TOKEN or LOUPE_API_TOKEN; writes need LOUPE_API_TOKEN", file=out,
+              flush=True)
     if args.dev:
         app.run(host=args.host, port=args.port, debug=False, use_reloader=True)
         return 0

@@ -14,10 +14,38 @@ from .restoration.pixel import StageUnavailable
 
 log = logging.getLogger(__name__)
 
+class Overloaded(loupe_errors.LoupeError):
+    """The server is at capacity for this kind of work; the client may retry after
+    `retry_after` seconds (sent as `Retry-After`)."""
+
+    code = "busy"
+
+    def __init__(self, message: str, retry_after: int = 5):
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+class Busy(Overloaded):
+    """503: the model thread's queue is full, or a request waited past its deadline."""
+
+
+class QueueFull(Overloaded):
+    """429: too many generation jobs are waiting."""
+
+    code = "too_many_requests"
+
+
 STATUS_OF = {
+    Busy: 503,
+    loupe_errors.DecodeBusyError: 503,
+    QueueFull: 429,
     loupe_errors.ImageReadError: 400,
     loupe_errors.ConfigError: 400,
+    loupe_errors.PathNotAllowedError: 403,
+    loupe_errors.JobNotRunningError: 409,
     loupe_errors.NotIndexedError: 404,
+    loupe_errors.FileMissingError: 404,
+    loupe_errors.FileChangedError: 404,
     loupe_errors.ModelMismatchError: 409,
     loupe_errors.JobLockedError: 409,
     loupe_errors.WeightsUnavailableError: 503,
@@ -28,16 +56,19 @@ STATUS_OF = {
 
 
 class ApiError(Exception):
-    """An error raised by a view: a code, a message and an HTTP status."""
+    """An error raised by a view: a code, a message and an HTTP status (and any headers,
+    such as `Retry-After`)."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
 
 
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
     response = jsonify(error=code, message=message)
     response.status_code = status
+    response.headers.update(headers or {})
     return response
 
 
@@ -48,12 +79,14 @@ def _wants_json() -> bool:
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
-        return error_response(err.status, err.code, err.message)
+        return error_response(err.status, err.code, err.message, err.headers)
 
     @app.errorhandler(loupe_errors.LoupeError)
     def loupe_error(err: loupe_errors.LoupeError):
         status = next((s for cls, s in STATUS_OF.items() if isinstance(err, cls)), 400)
-        return error_response(status, err.code, str(err))
+        retry_after = getattr(err, "retry_after", None)  # Overloaded, DecodeBusyError
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return error_response(status, err.code, str(err), headers)
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):

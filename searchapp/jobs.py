@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from indexer.errors import JobLockedError, LoupeError
+from indexer.catalog import JobRecord, JobState
+from indexer.errors import JobLockedError, JobNotRunningError, LoupeError, NotIndexedError
 from indexer.jobs import IndexJob, IndexOptions
 
 log = logging.getLogger(__name__)
@@ -23,22 +25,50 @@ class JobRunner:
         self.service = service
         self.thread: threading.Thread | None = None
         self.calibration = BackgroundCalibration(lambda: service.library)
+        self._cancel_flags: dict[int, threading.Event] = {}  # this server's running job → its cancel flag
+        self._flags_lock = threading.Lock()
+
+    @property
+    def running_id(self) -> int | None:
+        """The bulk job this server is running, if any."""
+        with self._flags_lock:
+            return next(iter(self._cancel_flags), None)
+
+    def cancel(self, job_id: int) -> None:
+        """Ask a running bulk job to stop after its current batch (what it wrote stays)."""
+        with self._flags_lock:
+            flag = self._cancel_flags.get(job_id)
+        if flag is not None:
+            flag.set()
+            return
+        with self.service.library.sessions() as session:
+            job = session.get(JobRecord, job_id)
+        if job is None:
+            raise NotIndexedError(f"no job with id {job_id}")
+        if job.state == JobState.RUNNING:
+            raise JobNotRunningError(f"job {job_id} runs in another process (pid {job.pid}); stop it there")
+        raise JobNotRunningError(f"job {job_id} is not running (it is {job.state})")
 
     def _options(self, calibrate: bool = True) -> IndexOptions:
         # Decoding stays in-process: forking decode workers from a multi-threaded server is unsafe.
         return IndexOptions(workers=0, progress=False, calibrate=calibrate)
 
-    def run_now(self, paths: Sequence[Path]) -> int:
-        """Index `paths` in this thread, after the writer before it; returns the job id. The
-        match cut-offs, when the index has grown enough, are recalibrated in the background."""
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """This server's writer lock: a small write (add, remove) waits for the one before it,
+        up to WRITER_WAIT_SECONDS."""
         if not self.service.write_lock.acquire(timeout=WRITER_WAIT_SECONDS):
             raise JobLockedError("an indexing job is running in this server; try again when it ends")
         try:
-            job = IndexJob(self.service.library, self.service.embedder, self._options(calibrate=False))
-            job.run(paths)
+            yield
         finally:
             self.service.write_lock.release()
-        self.calibration.request()
+
+    def index_locked(self, paths: Sequence[Path]) -> int:
+        """Index `paths` in this thread; returns the job id. The caller holds `writer()`, and asks
+        `calibration` afterwards (the match cut-offs are recalibrated in the background)."""
+        job = IndexJob(self.service.library, self.service.job_embedder, self._options(calibrate=False))
+        job.run(paths)
         return job.job_id
 
     def start(self, paths: Sequence[Path], wait_seconds: float = 30.0) -> int:
@@ -46,28 +76,38 @@ class JobRunner:
         for path in paths:
             if not path.exists():
                 raise LoupeError(f"no such file or folder on the server: {path}")
+        # Loaded before the lock is taken: a library or model that fails to load holds nothing.
+        library, embedder = self.service.library, self.service.job_embedder
         if not self.service.write_lock.acquire(blocking=False):
             raise JobLockedError("an indexing job is already running in this server")
         started = threading.Event()
         outcome: dict = {}
-        library, embedder = self.service.library, self.service.embedder
+        flag = threading.Event()
 
         def on_started(job_id: int) -> None:
             outcome["id"] = job_id
+            with self._flags_lock:
+                self._cancel_flags[job_id] = flag
             started.set()
 
         def work() -> None:
             try:
-                IndexJob(library, embedder, self._options()).run(paths, on_started=on_started)
+                IndexJob(library, embedder, self._options(), cancelled=flag.is_set).run(paths, on_started=on_started)
             except BaseException as err:  # recorded on the job row; also unblocks the caller
                 outcome["error"] = err
-                log.warning("indexing job failed: %s", err)
+                log.warning("indexing job stopped: %s", err)
             finally:
+                with self._flags_lock:
+                    self._cancel_flags.pop(outcome.get("id"), None)
                 self.service.write_lock.release()
                 started.set()
 
-        self.thread = threading.Thread(target=work, name="loupe-index-job", daemon=True)
-        self.thread.start()
+        try:
+            self.thread = threading.Thread(target=work, name="loupe-index-job", daemon=True)
+            self.thread.start()
+        except BaseException:
+            self.service.write_lock.release()
+            raise
         started.wait(wait_seconds)
         if "id" not in outcome:
             err = outcome.get("error")

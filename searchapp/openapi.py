@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .restoration.stages import CONDITIONS, MODES, STAGES
+from .restoration.stages import CONDITIONS, COSTLY_STAGES, MODES, STAGES
 
 
 def _ref(name: str) -> dict:
@@ -19,10 +19,20 @@ def _errors(*codes: int) -> dict:
     return {str(code): _json(_ref("Error"), "error") for code in codes}
 
 
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+RETRY_LATER = {**_json(_ref("Error"), "too many generations waiting (`too_many_requests`)"), "headers": RETRY_AFTER}
+BUSY = {**_json(_ref("Error"), "`busy`: the model's queue is full or this request waited past its deadline; "
+                               "or another service is unavailable"), "headers": RETRY_AFTER}
+
+
+PATHS_PARAM = {"name": "paths", "in": "query", "schema": {"enum": ["absolute", "relative"], "default": "absolute"},
+               "description": "relative: each path relative to the folder it was indexed from, not the server's "
+                              "absolute path"}
 PAGE_PARAMS = [
     {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
     {"name": "min_score", "in": "query", "schema": {"type": "number"}},
+    PATHS_PARAM,
 ]
 ID_PARAM = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 JOB_PARAM = {"name": "job_id", "in": "path", "required": True,
@@ -30,7 +40,9 @@ JOB_PARAM = {"name": "job_id", "in": "path", "required": True,
              "schema": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}]}}
 GENERATION_ID_PARAM = {"name": "job_id", "in": "path", "required": True,
                        "schema": {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}}
-BEARER = [{"bearer": []}]
+BEARER = [{"bearer": []}, {"session": []}]
+# Reads need a token only when LOUPE_READ_TOKEN is set (or the server is bound beyond loopback).
+READ = [{"bearer": []}, {"session": []}, {}]
 NULLABLE_INT = {"type": ["integer", "null"]}
 NULLABLE_STR = {"type": ["string", "null"]}
 
@@ -178,7 +190,7 @@ SCHEMAS = {
         "required": ["id", "state", "roots", "files_seen", "added", "failed", "progress"],
         "properties": {
             "id": {"type": "integer"},
-            "state": {"enum": ["running", "finished", "failed", "interrupted"]},
+            "state": {"enum": ["running", "finished", "failed", "interrupted", "cancelled"]},
             "roots": {"type": "array", "items": {"type": "string"}},
             "files_seen": {"type": "integer"},
             "added": {"type": "integer"},
@@ -228,7 +240,8 @@ GENERATE_FIELDS = {
     "seed": {"type": "integer", "minimum": 0, "description": "picture i uses seed + i (default: random)"},
     "steps": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
     "wait": {"type": "number", "minimum": 0, "maximum": 120, "default": 2,
-             "description": "seconds to wait for the result before answering 202 with the running job"},
+             "description": "seconds to wait for the result before answering 202 with the running job; the "
+                            "server waits at most 5 s whatever is asked (poll Location)"},
 }
 
 IMAGE_BODY = {
@@ -257,10 +270,19 @@ IMAGE_BODY = {
 def openapi_document() -> dict:
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Loupe API", "version": "1"},
+        "info": {"title": "Loupe API", "version": "1", "description": (
+            "Every request may also answer 400 `bad_host` (a Host name this server does not answer for: DNS "
+            "rebinding) and, when it changes something, 403 `cross_site` (sent from another site's page). "
+            "Reads need a token when LOUPE_READ_TOKEN is set or the server is bound beyond loopback; "
+            "writes need LOUPE_API_TOKEN when it is set. docs/security.md has the whole picture.")},
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "loupe_session",
+                            "description": "set by signing in at /login; requests that change something also "
+                                           "need the header X-Loupe-Request"},
+            },
         },
         "paths": {
             "/api/health": {"get": {"responses": {"200": _json(_ref("Health"), "service state")}}},
@@ -268,7 +290,9 @@ def openapi_document() -> dict:
                 "get": {
                     "parameters": [{"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
                                    *PAGE_PARAMS],
-                    "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 404, 409, 503)},
+                    "security": READ,
+                    "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 401, 403, 404, 409),
+                                  "503": BUSY},
                 }
             },
             "/api/search/image": {
@@ -276,13 +300,15 @@ def openapi_document() -> dict:
                     "parameters": [
                         *PAGE_PARAMS,
                         {"name": "restore", "in": "query", "schema": {"enum": list(MODES), "default": "auto"},
-                         "description": "auto: the stages that help for what is detected; off; or one stage"},
+                         "description": "auto: the stages that help for what is detected; off; or one stage "
+                                        f"({', '.join(sorted(COSTLY_STAGES))} need the API token when one is set)"},
                         {"name": "regions", "in": "query", "schema": {"enum": ["on", "off"], "default": "on"},
                          "description": "off: match whole pictures only, not their regions"},
                     ],
                     "requestBody": {"required": True, "content": IMAGE_BODY},
+                    "security": READ,
                     "responses": {"200": _json(_ref("ImageResults"), "best first"),
-                                  **_errors(400, 404, 409, 413, 503)},
+                                  **_errors(400, 401, 403, 404, 409, 413), "503": BUSY},
                 }
             },
             "/api/generate": {
@@ -293,9 +319,12 @@ def openapi_document() -> dict:
                         "application/json": {"schema": {"type": "object", "required": ["image_id"], "properties": {
                             "image_id": {"type": "integer"}, **GENERATE_FIELDS}}},
                     }},
+                    "security": BEARER,
+                    "description": "writes pictures to disk: needs the API token when one is set; at most a few "
+                                   "generations wait or run at once (429 with Retry-After beyond)",
                     "responses": {"200": _json(_ref("GenerationJob"), "finished within `wait`"),
                                   "202": _json(_ref("GenerationJob"), "still running: poll Location"),
-                                  **_errors(400, 404, 413, 503)},
+                                  **_errors(400, 401, 403, 404, 413, 503), "429": RETRY_LATER},
                 }
             },
             "/api/images": {
@@ -303,12 +332,12 @@ def openapi_document() -> dict:
                     "security": BEARER,
                     "requestBody": {"required": True, "content": {"multipart/form-data": IMAGE_BODY["multipart/form-data"]}},
                     "responses": {"201": _json(_ref("Image"), "the indexed image (or the original it duplicates)"),
-                                  **_errors(400, 401, 403, 409, 413)},
+                                  **_errors(400, 401, 403, 409, 413), "503": BUSY},
                 }
             },
             "/api/images/{image_id}": {
-                "get": {"parameters": [ID_PARAM],
-                        "responses": {"200": _json(_ref("Image"), "metadata"), **_errors(404)}},
+                "get": {"parameters": [ID_PARAM, PATHS_PARAM], "security": READ,
+                        "responses": {"200": _json(_ref("Image"), "metadata"), **_errors(400, 401, 403, 404)}},
                 "delete": {
                     "security": BEARER,
                     "parameters": [ID_PARAM],
@@ -325,12 +354,14 @@ def openapi_document() -> dict:
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["paths"],
                         "properties": {"paths": {"type": "array", "items": {"type": "string"}}}}}}},
-                    "responses": {"202": _json(_ref("Job"), "started"), **_errors(400, 401, 403, 409)},
+                    "description": "paths must lie inside LOUPE_ALLOWED_ROOTS (by real path); any other is "
+                                   "refused with 403 path_not_allowed, the same answer whether it exists or not",
+                    "responses": {"202": _json(_ref("Job"), "started"), **_errors(400, 401, 403, 409, 503)},
                 }
             },
             "/api/jobs/{job_id}": {
-                "get": {"parameters": [JOB_PARAM], "responses": {
-                    "200": _json({"oneOf": [_ref("Job"), _ref("GenerationJob")]}, "state"), **_errors(404)}}
+                "get": {"parameters": [JOB_PARAM], "security": READ, "responses": {
+                    "200": _json({"oneOf": [_ref("Job"), _ref("GenerationJob")]}, "state"), **_errors(401, 403, 404)}}
             },
             "/api/jobs/{job_id}/images/{number}/add": {
                 "post": {"security": BEARER, "parameters": [
@@ -340,17 +371,21 @@ def openapi_document() -> dict:
                                   **_errors(401, 403, 404, 409)}}
             },
             "/api/jobs/{job_id}/cancel": {
-                "post": {"parameters": [GENERATION_ID_PARAM], "responses": {
-                    "200": _json(_ref("GenerationJob"), "cancellation asked (state becomes cancelled)"),
-                    **_errors(404)}}
+                "post": {"security": BEARER, "parameters": [JOB_PARAM],
+                         "description": "a generation stops within a denoising step; a bulk indexing job of this "
+                                        "server stops after its current batch (what it wrote stays)",
+                         "responses": {
+                             "200": _json({"oneOf": [_ref("Job"), _ref("GenerationJob")]},
+                                          "cancellation asked (state becomes cancelled)"),
+                             **_errors(401, 403, 404, 409)}}
             },
             "/images/{image_id}/file": {
-                "get": {"parameters": [ID_PARAM], "responses": {"200": {"description": "the image bytes"},
-                                                                **_errors(404)}}
+                "get": {"parameters": [ID_PARAM], "security": READ,
+                        "responses": {"200": {"description": "the image bytes"}, **_errors(401, 403, 404)}}
             },
             "/images/{image_id}/thumb": {
-                "get": {"parameters": [ID_PARAM], "responses": {"200": {"description": "a JPEG thumbnail"},
-                                                                **_errors(404)}}
+                "get": {"parameters": [ID_PARAM], "security": READ,
+                        "responses": {"200": {"description": "a JPEG thumbnail"}, **_errors(401, 403, 404)}}
             },
         },
     }

@@ -1,9 +1,11 @@
-"""The HTML page: search box, drop zone, results grid and detail view (driven by static/app.js)."""
+"""The HTML pages: the search page (driven by static/app.js) and the sign-in page that turns a
+token into a session cookie, for browsers (whose image tags cannot send a bearer header)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, render_template
+from flask import Blueprint, redirect, render_template, request, url_for
 
+from .security import SESSION_COOKIE, SESSION_DAYS, WRITE, grant, policy
 from .services import service
 
 bp = Blueprint("pages", __name__)
@@ -11,4 +13,36 @@ bp = Blueprint("pages", __name__)
 
 @bp.get("/")
 def search_page():
-    return render_template("search.html", health=service().health())
+    rules, held = policy(), grant()
+    access = {"insecure": rules.insecure, "tokens": rules.reads_protected or rules.writes_protected,
+              "signed_in": held.by_cookie and held.role is not None,
+              "can_write": not rules.writes_protected or held.role == WRITE}
+    return render_template("search.html", health=service().health(), access=access,
+                           running_job=service().jobs.running_id)
+
+
+@bp.get("/login")
+def login():
+    return render_template("login.html", error=None, tokens=policy().reads_protected or policy().writes_protected)
+
+
+@bp.post("/login")
+def login_submit():
+    """A token typed into the form becomes an HttpOnly, SameSite=Strict cookie that stands for
+    its role (a MAC under the token, never the token itself)."""
+    rules = policy()
+    role = rules.role_of_token((request.form.get("token") or "").strip())
+    if role is None:
+        page = render_template("login.html", error="That token is not valid.", tokens=True)
+        return page, 401
+    response = redirect(url_for("pages.search_page"), code=303)
+    response.set_cookie(SESSION_COOKIE, rules.session_value(role), max_age=SESSION_DAYS * 24 * 3600,
+                        httponly=True, samesite="Strict", secure=request.is_secure, path="/")
+    return response
+
+
+@bp.post("/logout")
+def logout():
+    response = redirect(url_for("pages.login"), code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict")
+    return response

@@ -7,70 +7,112 @@ import threading
 import time
 from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 from flask import Flask, current_app
 
 from indexer.commands import load_embedder, open_library
 from indexer.embedder import configured_model, resolve_device
-from indexer.errors import JobLockedError, NotIndexedError
-from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, load_image_file
+from indexer.errors import NotIndexedError
+from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, set_decode_slots
 from indexer.library import Library, SearchPage
 from indexer.settings import Settings
 from indexer.thumbnails import remove_thumbnail
 from indexer.vectorstore import faiss_build
 
-from .jobs import WRITER_WAIT_SECONDS, JobRunner
+from .errors import Busy
+from .jobs import JobRunner
 
 EXTENSION = "loupe"
+DECODE_WAIT_SECONDS = 30.0  # how long an upload waits for a decode slot before 503 busy
 
 
 class ModelThread:
-    """One thread for every torch call of the service (loading, encoding).
+    """One thread for every torch call of the service (loading, encoding), with a bounded queue.
 
     torch's intra-op OpenMP pool belongs to the thread that calls it: when request threads
     took turns with the model, their idle pools spun beside the active one and each encode
     ran about 40% slower on 2 cores (measured: 57 ms against 41 ms for a text query).
+
+    At most `max_pending` calls wait or run at once (beyond that a call is refused at once),
+    and a call that has not started within `deadline` seconds is dropped: the client gets
+    503 `busy` rather than an ever-growing wait, and the thread never works for a client that
+    has gone. A call already running is waited for (torch cannot be interrupted).
     """
 
-    def __init__(self):
+    def __init__(self, max_pending: int = 32, deadline: float | None = 30.0):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loupe-model")
+        self.max_pending = max_pending
+        self.deadline = deadline
+        self._pending = 0
+        self._lock = threading.Lock()
 
-    def call(self, fn, *args):
-        return self._executor.submit(fn, *args).result()
+    def call(self, fn, *args, deadline=...):
+        """`fn(*args)` on the model thread; `deadline` (seconds; None: wait as long as it takes)
+        defaults to the thread's."""
+        wait = self.deadline if deadline is ... else deadline
+        with self._lock:
+            if self._pending >= self.max_pending:
+                raise Busy(f"the model is busy ({self._pending} requests waiting); try again shortly",
+                           retry_after=self._retry_after())
+            self._pending += 1
+        future = self._executor.submit(fn, *args)
+        future.add_done_callback(self._done)
+        try:
+            return future.result(timeout=wait)
+        except FutureTimeout:
+            if future.cancel():  # never started: dropped from the queue
+                raise Busy(f"the model did not get to this request within {wait:g} s; try again shortly",
+                           retry_after=self._retry_after()) from None
+            return future.result()  # running: it finishes
+
+    def _done(self, _future) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def _retry_after(self) -> int:
+        return max(1, min(30, self._pending))
 
 
 class ConfinedEmbedder:
     """A ClipEmbedder whose model calls all run on the ModelThread (`prepare` is Pillow only,
     so it runs on the caller's thread)."""
 
-    def __init__(self, embedder, thread: ModelThread):
+    def __init__(self, embedder, thread: ModelThread, deadline=...):
         self._embedder = embedder
         self._thread = thread
+        self._deadline = deadline  # `...`: the thread's own
         self.identity = embedder.identity
         self.device = embedder.device
         self.image_size = embedder.image_size
         self.dim = embedder.dim
         self.prepare = embedder.prepare
 
+    def without_deadline(self) -> "ConfinedEmbedder":
+        """The same model for bulk jobs: their calls wait their turn however long it takes."""
+        return ConfinedEmbedder(self._embedder, self._thread, deadline=None)
+
     def encode_batch(self, pixels):
-        return self._thread.call(self._embedder.encode_batch, pixels)
+        return self._thread.call(self._embedder.encode_batch, pixels, deadline=self._deadline)
 
     def encode_images(self, images):
         return self.encode_batch([self.prepare(img) for img in images])
 
     def encode_texts(self, texts):
-        return self._thread.call(self._embedder.encode_texts, texts)
+        return self._thread.call(self._embedder.encode_texts, texts, deadline=self._deadline)
 
 
 class SearchService:
     """Everything a request needs, created on first use (never at import or app creation)."""
 
-    def __init__(self, settings: Settings, upload_limits: DecodeLimits):
+    def __init__(self, settings: Settings, upload_limits: DecodeLimits, model_thread: ModelThread | None = None,
+                 generation_limits=None):
         self.settings = settings
         self.upload_limits = upload_limits
         self._init_lock = threading.Lock()
-        self.model_thread = ModelThread()
+        self.model_thread = model_thread or ModelThread()
+        self.generation_limits = generation_limits  # generation.jobs.GenerationLimits; None: the defaults
         self.write_lock = threading.Lock()  # one writer (add, remove, job) in this process
         self._library: Library | None = None
         self._embedder = None
@@ -92,9 +134,14 @@ class SearchService:
         if self._embedder is None:
             with self._init_lock:
                 if self._embedder is None:
-                    loaded = self.model_thread.call(load_embedder, self.settings)
+                    loaded = self.model_thread.call(load_embedder, self.settings, deadline=None)
                     self._embedder = ConfinedEmbedder(loaded, self.model_thread)
         return self._embedder
+
+    @property
+    def job_embedder(self) -> "ConfinedEmbedder":
+        """The embedder for bulk jobs and uploads being indexed: no deadline on its calls."""
+        return self.embedder.without_deadline()
 
     @property
     def generations(self):
@@ -106,12 +153,14 @@ class SearchService:
                     from .generation.jobs import GenerationJobs
                     from .generation.store import GeneratedStore
 
-                    store = GeneratedStore(self.settings.home, self.settings.generated_ttl_hours * 3600)
+                    store = GeneratedStore(self.settings.home, self.settings.generated_ttl_hours * 3600,
+                                           quota_bytes=int(self.settings.generated_quota_mb * 2**20))
                     device = resolve_device(self.settings.device)
                     self._generations = GenerationJobs(
                         store,
                         lambda: load_generator(self.settings.generate_model, self.settings.home, device),
                         self.nearest_indexed,
+                        limits=self.generation_limits,
                     )
         return self._generations
 
@@ -135,7 +184,7 @@ class SearchService:
     def nearest_indexed(self, images, k: int = 6) -> list[list[dict]]:
         """Each picture's `k` nearest indexed pictures (whole-picture search), as result JSON."""
         library = self.searchable_library()
-        vectors = self.embedder.encode_images(images)
+        vectors = self.job_embedder.encode_images(images)  # background work: no request deadline
         return [library.search(vector, k, 0).as_dict()["results"] for vector in vectors]
 
     def searchable_library(self) -> Library:
@@ -172,47 +221,47 @@ class SearchService:
         vector = library.vector_of(image_id)
         record = library.image(image_id)
         page = library.search(vector, k, offset, started=t0, regions=regions, exclude=[image_id])
-        page = library.label(page, record.content_hash, lambda: load_image_file(Path(record.path)).image,
+        page = library.label(page, record.content_hash,
+                             lambda: decode_image(library.read_image_bytes(image_id)).image,
                              (record.width, record.height))
         return replace(page, total=max(page.total - 1, 0), took_ms=(time.perf_counter() - t0) * 1000)
 
     # -- writes ----------------------------------------------------------------------------------
     def add_upload(self, data: bytes, filename: str) -> int:
-        """Store an uploaded picture under LOUPE_HOME/uploads and index it; returns its id."""
-        from indexer.images import content_hash
+        """Store an uploaded picture under LOUPE_HOME/uploads and index it; returns its id.
+
+        The picture is decoded first (a bad one never reaches the disk), then written and
+        indexed under the writer lock, so a concurrent delete of the same picture cannot
+        remove the file between the two."""
+        from indexer.uploads import store_upload
 
         decoded = decode_image(data, self.upload_limits)
         suffix = Path(filename or "").suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
             suffix = "." + decoded.format.lower().replace("jpeg", "jpg")
-        folder = self.settings.home / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{content_hash(data)}{suffix}"
-        if not path.exists():
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        self.jobs.run_now([path])
+        with self.jobs.writer():
+            path = store_upload(self.settings.home, data, suffix)
+            self.jobs.index_locked([path])
+        self.jobs.calibration.request()
         record = self.library.image_by_path(str(path))
         return record.duplicate_of or record.id
 
     def remove_image(self, image_id: int) -> None:
-        from indexer.lock import write_lock
+        """Remove an image from the catalog and index; an upload's own file goes too."""
+        from indexer.uploads import discard_upload
 
-        if not self.write_lock.acquire(timeout=WRITER_WAIT_SECONDS):
-            raise JobLockedError("an indexing job is running in this server; try again when it ends")
-        try:
+        with self.jobs.writer():
             library = self.library
-            with write_lock(self.settings.home):
+            with library.writer():
                 library.sync_store()
                 with library.sessions.begin() as session:
                     record = library.record(session, image_id)
+                    path = record.path
                     delta = library.remove([record], session)
                 library.apply(delta)
                 library.save_index()
             remove_thumbnail(self.settings.home, image_id)
-        finally:
-            self.write_lock.release()
+            discard_upload(self.settings.home, path)
 
     # -- facts -----------------------------------------------------------------------------------
     def health(self) -> dict:
@@ -231,9 +280,16 @@ class SearchService:
 
 
 def init_app(app: Flask) -> None:
+    from .generation.jobs import GenerationLimits
+
     settings = app.config.get("LOUPE_SETTINGS") or Settings.from_env()
-    limits = DecodeLimits(max_file_bytes=app.config["MAX_CONTENT_LENGTH"], max_pixels=app.config["MAX_UPLOAD_PIXELS"])
-    app.extensions[EXTENSION] = SearchService(settings, limits)
+    limits = DecodeLimits(max_file_bytes=app.config["MAX_CONTENT_LENGTH"], max_pixels=app.config["MAX_UPLOAD_PIXELS"],
+                          max_decode_bytes=app.config["MAX_UPLOAD_DECODE_BYTES"], wait_seconds=DECODE_WAIT_SECONDS)
+    set_decode_slots(app.config["MAX_CONCURRENT_DECODES"])
+    model_thread = ModelThread(max_pending=app.config["MODEL_QUEUE_LIMIT"], deadline=app.config["MODEL_DEADLINE_SECONDS"])
+    generation = GenerationLimits(max_pending=app.config["GENERATE_QUEUE_LIMIT"],
+                                  source_side=app.config["GENERATE_SOURCE_SIDE"])
+    app.extensions[EXTENSION] = SearchService(settings, limits, model_thread, generation)
 
 
 def service() -> SearchService:

@@ -19,6 +19,9 @@
     reconstruction: $("reconstruction"), reconstructionImage: $("reconstruction-image"),
   };
   const GENERATE = { n: 4, strength: 0.6, steps: 50 };
+  // Generating and adding pictures need the API token when the server has one: without a
+  // session that may write, those buttons are not offered (the footer links to the sign-in).
+  const CAN_WRITE = document.body.dataset.canWrite !== "false";
   const POLL_MS = 400;
   const MATCH_LABELS = { exact: "Exact copy", "near-duplicate": "Near-duplicate" };
   const STAGE_NAMES = {
@@ -37,6 +40,14 @@
   let debounce = null;
   let genRun = 0; // bumps on every generation started or closed, so old polls stop
   let genJob = null;
+
+  // Every API call says it comes from this page: the server refuses requests that change
+  // something unless they come from its own origin, and a cross-site form cannot set a header.
+  function api(url, init = {}) {
+    const headers = new Headers(init.headers || {});
+    headers.set("X-Loupe-Request", "1");
+    return window.fetch(url, { ...init, headers, credentials: "same-origin" });
+  }
 
   function setState(text, kind = "") {
     els.state.textContent = text;
@@ -60,14 +71,14 @@
     const params = new URLSearchParams({ k: PAGE, offset: from });
     if (q.kind === "text") {
       params.set("q", q.text);
-      return fetch(`/api/search?${params}`, { signal: controller.signal });
+      return api(`/api/search?${params}`, { signal: controller.signal });
     }
     if (q.kind === "upload") {
       const form = new FormData();
       form.append("image", q.file, q.file.name || "pasted-image");
-      return fetch(`/api/search/image?${params}`, { method: "POST", body: form, signal: controller.signal });
+      return api(`/api/search/image?${params}`, { method: "POST", body: form, signal: controller.signal });
     }
-    return fetch(`/api/search/image?${params}`, {
+    return api(`/api/search/image?${params}`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ image_id: q.id }),
@@ -233,7 +244,7 @@
   }
 
   function showQueryPanel(src, title, meta, canGenerate = false) {
-    els.generateFromQuery.hidden = !canGenerate;
+    els.generateFromQuery.hidden = !(canGenerate && CAN_WRITE);
     els.queryImage.src = src;
     els.queryTitle.textContent = title;
     els.queryMeta.textContent = meta;
@@ -283,7 +294,7 @@
     els.detailTitle.textContent = "Loading…";
     els.detailImage.removeAttribute("src");
     if (!els.detail.open) els.detail.showModal();
-    const response = await fetch(`/api/images/${id}`);
+    const response = await api(`/api/images/${id}`);
     if (detailId !== id) return;
     if (!response.ok) {
       els.detailTitle.textContent = "Not available";
@@ -352,7 +363,7 @@
     els.genStatus.textContent = "Starting…";
     els.generation.scrollIntoView({ block: "nearest" });
     try {
-      let response = await fetch("/api/generate", init);
+      let response = await api("/api/generate", init);
       if (mine !== genRun) return;
       if (!response.ok) return endGeneration(await errorMessage(response), true);
       let job = await response.json();
@@ -363,7 +374,7 @@
           ? "Waiting for the generator…" : `Generating ${job.parameters.n} variations… ${Math.round(100 * job.progress)}%`;
         await sleep(POLL_MS);
         if (mine !== genRun) return;
-        response = await fetch(`/api/jobs/${job.id}`);
+        response = await api(`/api/jobs/${job.id}`);
         if (mine !== genRun) return;
         if (!response.ok) return endGeneration(await errorMessage(response), true);
         job = await response.json();
@@ -424,10 +435,11 @@
       add.textContent = "Add to the collection";
       add.addEventListener("click", async () => {
         add.disabled = true;
-        const response = await fetch(`/api/jobs/${job.id}/images/${i}/add`, { method: "POST" });
+        const response = await api(`/api/jobs/${job.id}/images/${i}/add`, { method: "POST" });
         add.textContent = response.ok ? `Added (id ${(await response.json()).id})` : await errorMessage(response);
       });
-      item.append(picture, label, near, add);
+      item.append(picture, label, near);
+      if (CAN_WRITE) item.append(add);
       fragment.append(item);
     });
     els.genGrid.append(fragment);
@@ -437,7 +449,7 @@
     if (!genJob) return;
     els.genCancel.disabled = true;
     els.genStatus.textContent = "Cancelling…";
-    await fetch(`/api/jobs/${genJob}/cancel`, { method: "POST" });
+    await api(`/api/jobs/${genJob}/cancel`, { method: "POST" });
   }
 
   function closeGeneration() {
@@ -445,6 +457,38 @@
     genRun += 1;
     els.generation.hidden = true;
     els.genGrid.replaceChildren();
+  }
+
+  // -- a bulk indexing job this server is running ----------------------------------------------
+  async function watchIndexJob(section) {
+    const id = section.dataset.job;
+    const status = $("index-job-status");
+    const progress = $("index-job-progress");
+    const cancel = $("index-job-cancel");
+    if (cancel) {
+      cancel.addEventListener("click", async () => {
+        cancel.disabled = true;
+        status.textContent = `Cancelling indexing job #${id} after its current batch…`;
+        const response = await api(`/api/jobs/${id}/cancel`, { method: "POST" });
+        if (!response.ok) status.textContent = await errorMessage(response);
+      });
+    }
+    for (;;) {
+      const response = await api(`/api/jobs/${id}`);
+      if (!response.ok) return;
+      const job = await response.json();
+      progress.value = job.progress;
+      if (job.state !== "running") {
+        status.textContent = `Indexing job #${id} ${job.state}: ${job.added} added, ${job.failed} failed.`;
+        progress.hidden = true;
+        if (cancel) cancel.hidden = true;
+        return;
+      }
+      if (!cancel || !cancel.disabled) {
+        status.textContent = `Indexing job #${id}: ${job.files_seen} files, ${Math.round(100 * job.progress)}% done.`;
+      }
+      await sleep(1000);
+    }
   }
 
   // -- wiring ----------------------------------------------------------------------------------
@@ -521,6 +565,9 @@
   els.detail.addEventListener("click", (event) => {
     if (event.target === els.detail) els.detail.close(); // a click on the backdrop
   });
+
+  els.generate.hidden = !CAN_WRITE;
+  if ($("index-job")) watchIndexJob($("index-job"));
 
   const initial = new URL(window.location).searchParams.get("q");
   if (initial) {

@@ -36,14 +36,18 @@ def browser():
 
 
 @pytest.fixture
-def server(env, photos, settings):
-    """`loupe serve`'s WSGI server (waitress) on an ephemeral loopback port."""
+def server(env, photos, settings, tmp_path):
+    """`loupe serve`'s WSGI server (waitress) on an ephemeral loopback port (jobs over HTTP may
+    index the test's folder)."""
+    from dataclasses import replace
+
     from waitress.server import create_server
 
     from searchapp import create_app
 
     run_json(["index", str(photos), "--no-progress"], env)
-    server = create_server(create_app({"LOUPE_SETTINGS": settings}), host="127.0.0.1", port=0, threads=4)
+    app = create_app({"LOUPE_SETTINGS": replace(settings, allowed_roots=(tmp_path,))})
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
@@ -328,3 +332,98 @@ def test_a_noisy_upload_shows_what_was_detected_and_its_reconstruction(restorer,
     page.set_input_files("#file", str(original))
     page.wait_for_function("document.getElementById('restoration').textContent.startsWith('No damage detected')")
     assert page.is_hidden("#reconstruction")
+
+
+# -- a server that needs a token -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_server(env, photos, settings):
+    """`loupe serve` with a read token and an API token: the page asks for one first."""
+    from dataclasses import replace
+
+    from waitress.server import create_server
+
+    from searchapp import create_app
+
+    run_json(["index", str(photos), "--no-progress"], env)
+    guarded = replace(settings, api_token="browser-write-token", read_token="browser-read-token")
+    server = create_server(create_app({"LOUPE_SETTINGS": guarded}), host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}"
+    server.close()
+    thread.join(timeout=5)
+
+
+def test_sign_in_with_the_read_token_then_search(browser, guarded_server, photos):
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        page.goto(guarded_server)
+        assert page.url.endswith("/login")
+        page.fill("#token", "not-the-token")
+        page.click("#login-form button")
+        page.wait_for_selector("#login-error")
+        page.fill("#token", "browser-read-token")
+        page.click("#login-form button")
+        page.wait_for_selector("#q")
+        assert "read only" in page.inner_text("#access")
+        page.fill("#q", "a rocket")
+        page.wait_for_selector("#results .card")
+        # Thumbnails are image tags: the session cookie carries the read right.
+        page.wait_for_function(
+            "Array.from(document.querySelectorAll('#results img')).slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
+        page.locator("#results .card").first.click()
+        page.wait_for_function("document.getElementById('detail-image').complete && "
+                               "document.getElementById('detail-image').naturalWidth > 0")
+        assert page.is_hidden("#generate-similar")  # a read-only session is not offered what needs the token
+        page.click("#detail-close")
+        original = next(photos.rglob("rocket-0.*"))  # a POST: the cookie plus the page's own header
+        page.set_input_files("#file", str(original))
+        page.wait_for_function(f"document.querySelector('#results .card .name')?.textContent === {original.name!r}")
+        page.click("#access button")  # sign out
+        page.wait_for_url("**/login")
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def test_a_running_indexing_job_can_be_cancelled_from_the_page(browser, server, settings, tmp_path, photo_arrays,
+                                                               monkeypatch):
+    """A bulk job started over the API shows on the page, with its progress and a Cancel button."""
+    import time
+    import urllib.request
+
+    from PIL import Image
+
+    from indexer.jobs import IndexJob
+
+    real = IndexJob._write_batch
+
+    def slow(self, *args, **kwargs):  # a slow disk: each batch takes a while
+        time.sleep(0.3)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(IndexJob, "_write_batch", slow)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(64):
+        Image.fromarray(photo_arrays["coffee"][i:, i:]).save(folder / f"c{i:02d}.png")
+    request = urllib.request.Request(f"{server}/api/jobs", data=json.dumps({"paths": [str(folder)]}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    job = json.loads(urllib.request.urlopen(request).read())
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+    page = context.new_page()
+    try:
+        page.goto(server)
+        page.wait_for_selector("#index-job-cancel")
+        assert f"#{job['id']}" in page.inner_text("#index-job")
+        page.click("#index-job-cancel")
+        page.wait_for_function("document.getElementById('index-job-status').textContent.includes('cancelled')",
+                               timeout=60_000)
+        assert page.is_hidden("#index-job-cancel")
+    finally:
+        context.close()

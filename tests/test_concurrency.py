@@ -30,8 +30,11 @@ def _png(seed: int) -> bytes:
 
 def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, settings, photo_arrays, tmp_path,
                                                                 tiny_model_config):
+    from dataclasses import replace
+
     run_json(["index", str(photos), "--no-progress"], env)
-    client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
+    # Jobs over HTTP may index only inside LOUPE_ALLOWED_ROOTS: here, the test's folder.
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": replace(settings, allowed_roots=(tmp_path,))}).test_client()
     assert client.get("/api/search?q=warm").status_code == 200
     bulk = tmp_path / "bulk"
     bulk.mkdir()

@@ -57,9 +57,14 @@ def trained(trained_home):
     return trained_home
 
 
+# These tests wait for their generations in the request (`wait`): the server's cap on that wait
+# (5 s, so that a request thread is never held long) is raised for them.
+WAITING = {"TESTING": True, "GENERATE_MAX_WAIT": 120}
+
+
 @pytest.fixture
 def client(trained):
-    return create_app({"TESTING": True, "LOUPE_SETTINGS": trained}).test_client()
+    return create_app({**WAITING, "LOUPE_SETTINGS": trained}).test_client()
 
 
 def _png(client, url) -> np.ndarray:
@@ -136,7 +141,7 @@ def test_generate_from_an_upload_and_after_a_restart(client, trained, photos):
     job = response.get_json()
     assert response.status_code == 200 and job["state"] == "finished"
     assert set(job["source"]) == {"upload_sha256"}
-    restarted = create_app({"TESTING": True, "LOUPE_SETTINGS": trained}).test_client()
+    restarted = create_app({**WAITING, "LOUPE_SETTINGS": trained}).test_client()
     assert restarted.get(f"/api/jobs/{job['id']}").get_json()["images"] == job["images"]
     assert restarted.get(job["images"][0]["url"]).status_code == 200
 
@@ -196,7 +201,7 @@ def test_pretrained_diffusers_pipeline_backend(indexed, settings, tmp_path):
     from searchapp.generation.random_pipeline import TINY, save_random_pipeline
 
     pipeline = save_random_pipeline(tmp_path / "sd", TINY)
-    client = create_app({"TESTING": True,
+    client = create_app({**WAITING,
                          "LOUPE_SETTINGS": replace(settings, generate_model=str(pipeline))}).test_client()
     body = {"image_id": 3, "n": 2, "seed": 5, "steps": 4, "strength": 0.5, "wait": 120}
     job = client.post("/api/generate", json=body).get_json()
@@ -207,6 +212,6 @@ def test_pretrained_diffusers_pipeline_backend(indexed, settings, tmp_path):
     again = client.post("/api/generate", json=body).get_json()
     assert all(np.array_equal(a, _png(client, b["url"])) for a, b in zip(first, again["images"]))
 
-    broken = create_app({"TESTING": True, "LOUPE_SETTINGS": replace(settings, generate_model=str(tmp_path))})
+    broken = create_app({**WAITING, "LOUPE_SETTINGS": replace(settings, generate_model=str(tmp_path))})
     failed = broken.test_client().post("/api/generate", json={**body, "wait": 60}).get_json()
     assert failed["state"] == "failed" and "cannot load" in failed["error"]

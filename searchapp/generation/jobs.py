@@ -1,8 +1,10 @@
 """Generation requests run one at a time on a background thread; their state is polled.
 
 A job: queued → running (progress in denoising steps) → finished (pictures and, for each,
-its nearest indexed pictures) | failed | cancelled. Finished jobs are also kept on disk
-(`store.GeneratedStore`), so they survive a server restart until they expire.
+its nearest indexed pictures) | failed | cancelled. Ended jobs leave memory for the disk
+(`store.GeneratedStore`), so they survive a server restart until they expire. What the queue
+may hold is bounded: at most `GenerationLimits.max_pending` jobs wait or run (beyond, 429 with
+`Retry-After`), and each holds its source shrunk to `source_side` pixels.
 """
 
 from __future__ import annotations
@@ -17,12 +19,32 @@ from typing import Callable
 
 from PIL import Image
 
+from ..errors import QueueFull
 from .backends import Generator, Variations
 from .store import GeneratedStore
 
 log = logging.getLogger(__name__)
 
 NEIGHBOURS = 6  # nearest indexed pictures listed per variation
+ACTIVE = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    """What the generation queue may hold."""
+
+    max_pending: int = 4  # jobs queued or running
+    source_side: int = 768  # a source larger than this square is shrunk to fit before it is queued
+    typical_seconds: float = 10.0  # a job's length before any has ended (for Retry-After)
+
+
+def bounded_source(image: Image.Image, side: int) -> Image.Image:
+    """`image` in RGB, shrunk to fit `side` × `side` (never enlarged)."""
+    if max(image.size) > side:
+        scale = side / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.BICUBIC, reducing_gap=2.0)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 @dataclass
@@ -58,22 +80,39 @@ class GenerationJobs:
     use); `neighbours(images)` gives each picture's nearest indexed pictures."""
 
     def __init__(self, store: GeneratedStore, load_backend: Callable[[], Generator],
-                 neighbours: Callable[[list[Image.Image]], list[list[dict]]]):
+                 neighbours: Callable[[list[Image.Image]], list[list[dict]]], limits: GenerationLimits | None = None):
         self.store = store
+        self.limits = limits or GenerationLimits()
         self._load_backend = load_backend
         self._backend: Generator | None = None
         self._neighbours = neighbours
-        self._jobs: dict[str, GenerationJob] = {}
+        self._jobs: dict[str, GenerationJob] = {}  # queued and running jobs only
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loupe-generate")
+        self._seconds = self.limits.typical_seconds  # a running mean of job lengths
 
     def submit(self, source_image: Image.Image, source: dict, request: Variations) -> GenerationJob:
+        """Queue a job, or raise QueueFull (429) when `max_pending` jobs already wait or run."""
         self.store.purge()
         job = GenerationJob(id=f"gen-{uuid.uuid4().hex[:16]}", request=request, source=source)
         with self._lock:
+            pending = len(self._jobs)
+            if pending >= self.limits.max_pending:
+                raise QueueFull(f"{pending} generations are already waiting or running; try again later",
+                                retry_after=round(pending * self._seconds))
             self._jobs[job.id] = job
-        self._executor.submit(self._run, job, source_image.convert("RGB"))
+        try:
+            picture = bounded_source(source_image, self.limits.source_side)
+            self._executor.submit(self._run, job, picture)
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(job.id, None)
+            raise
         return job
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._jobs)
 
     def get(self, job_id: str) -> dict | None:
         """A job's JSON: from memory, else from disk (finished before a restart), else None."""
@@ -102,6 +141,20 @@ class GenerationJobs:
             job.state = "cancelled"
         return job.as_json()
 
+    def _end(self, job: GenerationJob) -> None:
+        """Record an ended job on disk and drop it from memory (its pictures are on disk already)."""
+        try:
+            self.store.save_record(job.id, job.as_json())
+        except OSError as err:  # kept in memory then: the answer is not lost
+            log.warning("cannot record generation job %s: %s", job.id, err)
+            job.ended.set()
+            return
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            if job.state == "finished":
+                self._seconds = 0.8 * self._seconds + 0.2 * max(job.seconds, 0.1)
+        job.ended.set()
+
     def backend(self) -> Generator:
         if self._backend is None:
             self._backend = self._load_backend()
@@ -112,7 +165,7 @@ class GenerationJobs:
 
         if job.cancel_requested.is_set():
             job.state = "cancelled"
-            job.ended.set()
+            self._end(job)
             return
         started = time.perf_counter()
         job.state = "running"
@@ -138,6 +191,4 @@ class GenerationJobs:
             job.state, job.error = "failed", str(err) or type(err).__name__
         finally:
             job.seconds = time.perf_counter() - started
-            if job.state == "finished":
-                self.store.save_record(job.id, job.as_json())
-            job.ended.set()
+            self._end(job)

@@ -1,6 +1,7 @@
 """Generated pictures on disk: LOUPE_HOME/generated/<job id>/<n>.png plus `job.json` (the
 source, backend, seed and parameters, and the result). Never indexed; removed after a
-configurable time (LOUPE_GENERATED_TTL_HOURS)."""
+configurable time (LOUPE_GENERATED_TTL_HOURS), and the oldest first whenever they take more
+than their disk quota (LOUPE_GENERATED_QUOTA_MB)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ JOB_ID = re.compile(r"^gen-[0-9a-f]{16}$")
 
 
 class GeneratedStore:
-    def __init__(self, home: Path, ttl_seconds: float):
+    def __init__(self, home: Path, ttl_seconds: float, quota_bytes: int | None = None):
         self.root = home / FOLDER
         self.ttl_seconds = ttl_seconds
+        self.quota_bytes = quota_bytes  # None: no quota
 
     def folder(self, job_id: str) -> Path:
         if not JOB_ID.match(job_id):
@@ -39,7 +41,40 @@ class GeneratedStore:
             image.save(tmp, format="PNG")
             os.replace(tmp, folder / name)
             names.append(name)
+        self.enforce_quota(keep=job_id)
         return names
+
+    def usage(self) -> list[tuple[float, int, Path]]:
+        """(mtime, bytes, folder) of every stored job, oldest first."""
+        if not self.root.is_dir():
+            return []
+        jobs = []
+        for folder in self.root.iterdir():
+            if not JOB_ID.match(folder.name) or not folder.is_dir():
+                continue
+            try:
+                size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+                jobs.append((folder.stat().st_mtime, size, folder))
+            except OSError:  # removed meanwhile
+                continue
+        return sorted(jobs)
+
+    def enforce_quota(self, keep: str | None = None) -> int:
+        """Delete the oldest jobs (never `keep`) until the store fits its quota; returns how many."""
+        if self.quota_bytes is None:
+            return 0
+        jobs = self.usage()
+        total = sum(size for _, size, _ in jobs)
+        removed = 0
+        for _, size, folder in jobs:
+            if total <= self.quota_bytes:
+                break
+            if folder.name == keep:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
+            removed += 1
+        return removed
 
     def save_record(self, job_id: str, record: dict) -> None:
         folder = self.folder(job_id)

@@ -5,3 +5,5 @@ STAGES = ("outpaint", "blur", "pixel", "pixel-ddim", "embedding", "qe")  # in th
 IMAGE_STAGES = frozenset({"outpaint", "blur", "pixel", "pixel-ddim"})
 MODES = ("auto", "off") + STAGES
 CONDITIONS = ("noise", "crop", "unmatched")  # unmatched: the raw lookup found no near-duplicate
+# Named on their own, these need the API token when one is set: many diffusion steps or large models.
+COSTLY_STAGES = frozenset({"outpaint", "pixel-ddim", "embedding"})
