@@ -74,20 +74,8 @@ class Settings:
         index_mmap = (env.get("LOUPE_INDEX_MMAP") or "auto").strip().lower()
         if index_mmap not in ("auto", "on", "off"):
             raise ConfigError(f"LOUPE_INDEX_MMAP={index_mmap!r} is not one of auto, on, off")
-        ttl = env.get("LOUPE_GENERATED_TTL_HOURS") or "168"
-        try:
-            generated_ttl_hours = float(ttl)
-        except ValueError:
-            generated_ttl_hours = -1.0
-        if not generated_ttl_hours > 0:
-            raise ConfigError(f"LOUPE_GENERATED_TTL_HOURS={ttl!r} is not a positive number of hours")
-        quota = env.get("LOUPE_GENERATED_QUOTA_MB") or "1024"
-        try:
-            generated_quota_mb = float(quota)
-        except ValueError:
-            generated_quota_mb = -1.0
-        if not generated_quota_mb > 0:
-            raise ConfigError(f"LOUPE_GENERATED_QUOTA_MB={quota!r} is not a positive number of megabytes")
+        generated_ttl_hours = _positive(env, "LOUPE_GENERATED_TTL_HOURS", "168", "hours")
+        generated_quota_mb = _positive(env, "LOUPE_GENERATED_QUOTA_MB", "1024", "megabytes")
         return cls(
             index_mmap=index_mmap,
             generate_model=(env.get("LOUPE_GENERATE_MODEL") or "").strip() or None,
@@ -161,3 +149,15 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is reported as it is, minus nothing secret
         return url.split("@")[-1]
+
+
+def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> float:
+    """The positive number `env[name]` (or `default`), else a ConfigError naming the variable."""
+    text = env.get(name) or default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # also refuses nan
+        raise ConfigError(f"{name}={text!r} is not a positive number of {unit}")
+    return value
