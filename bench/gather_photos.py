@@ -2,8 +2,9 @@
 
 Downloads the packages' .deb files with `apt-get download` (no root needed for that, no
 installation), unpacks them with `dpkg -x` into a temporary folder, keeps ONE file per
-wallpaper (the largest of its resolution variants, so near-duplicates never straddle the
-corpus and held-out split), converts each to a JPEG of at most 1280 px, and splits them by a
+wallpaper (the largest of its resolution variants), drops copies of one picture that two
+packages ship, keeps look-alikes (light and dark variants) together so that no split separates
+twins, converts each to a JPEG of at most 1280 px, and splits them by a
 seeded shuffle into four folders:
 
     OUT/corpus/tune     indexed; the only pictures anything learns or is tuned on (restorers,
@@ -28,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 PACKAGES = ("gnome-backgrounds", "mate-backgrounds", "ukui-wallpapers", "plasma-workspace-wallpapers",
@@ -35,6 +37,7 @@ PACKAGES = ("gnome-backgrounds", "mate-backgrounds", "ukui-wallpapers", "plasma-
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 MAX_SIDE = 1280  # big enough for crops of 20%, small enough for thousands of queries
 MIN_SIDE = 480
+SAME, SIMILAR = 0.98, 0.90  # layout correlations of one picture twice, and of look-alikes
 
 
 def wallpaper_key(path: Path, root: Path) -> str:
@@ -43,6 +46,54 @@ def wallpaper_key(path: Path, root: Path) -> str:
     if "contents" in parts:
         return "/".join(parts[: parts.index("contents")])
     return str(path.relative_to(root).with_suffix(""))
+
+
+def thumbnail_vector(path: Path) -> np.ndarray:
+    """A 32×32 grey thumbnail, zero-mean and unit-length: pictures' layouts compared by a dot product."""
+    with Image.open(path) as img:
+        grey = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float64).ravel()
+    grey -= grey.mean()
+    return grey / (np.linalg.norm(grey) + 1e-9)
+
+
+def lookalike_groups(paths: list[Path]) -> list[list[Path]]:
+    """`paths` without copies of one picture (layout correlation ≥ SAME: the same wallpaper
+    shipped by two packages; the largest file stays), grouped so that look-alikes (≥ SIMILAR:
+    a light and a dark variant, one scene at two times of day) share a group: a split keeps each
+    group whole, so no picture has a twin on the other side."""
+    vectors = np.stack([thumbnail_vector(p) for p in paths])
+    corr = vectors @ vectors.T
+    sizes = [p.stat().st_size for p in paths]
+    kept = [i for i in range(len(paths)) if not any(corr[i, j] >= SAME and (sizes[j], -j) > (sizes[i], -i)
+                                                     for j in range(len(paths)) if j != i)]
+    parent = {i: i for i in kept}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in kept:
+        for b in kept:
+            if a < b and corr[a, b] >= SIMILAR:
+                parent[root(a)] = root(b)
+    groups: dict[int, list[Path]] = {}
+    for i in kept:
+        groups.setdefault(root(i), []).append(paths[i])
+    return [sorted(g) for g in sorted(groups.values())]
+
+
+def split_groups(groups: list[list[Path]], share: float) -> tuple[list[list[Path]], list[list[Path]]]:
+    """The first groups, up to `share` of the pictures, and the rest."""
+    total = sum(len(g) for g in groups)
+    first, count = [], 0
+    for i, group in enumerate(groups):
+        if count + len(group) > round(total * share) and first:
+            return first, groups[i:]
+        first.append(group)
+        count += len(group)
+    return first, []
 
 
 def main() -> int:
@@ -75,14 +126,16 @@ def main() -> int:
             if key not in best or w * h > best[key][0]:
                 best[key] = (w * h, path)
         chosen = sorted(path for _, path in best.values())
-        random.Random(args.seed).shuffle(chosen)
-        split = int(round(len(chosen) * args.heldout_share))
+        groups = lookalike_groups(chosen)
+        random.Random(args.seed).shuffle(groups)
+        heldout, corpus = split_groups(groups, args.heldout_share)
         counts = []
-        for folder, part in (("heldout", chosen[:split]), ("corpus", chosen[split:])):
-            tune = int(round(len(part) * args.tune_share))
-            for sub, paths in (("tune", part[:tune]), ("report", part[tune:])):
+        for folder, part_groups in (("heldout", heldout), ("corpus", corpus)):
+            tune, report = split_groups(part_groups, 1.0 - args.tune_share)
+            for sub, sub_groups in (("tune", tune), ("report", report)):
                 out = args.out / folder / sub
                 out.mkdir(parents=True, exist_ok=True)
+                paths = [path for group in sub_groups for path in group]
                 for i, path in enumerate(paths):
                     with Image.open(path) as img:
                         img = img.convert("RGB")

@@ -213,8 +213,9 @@ def query_pictures(corpus_dir: Path, part: str | None) -> list[Path]:
 
 def refuse_trained_on_queries(restorers_home: Path | None, pictures: list[Path]) -> None:
     """Stop when a queried picture is in the catalog of the home the restorers were trained in."""
-    import hashlib
     import sqlite3
+
+    from indexer.images import content_hash
 
     if restorers_home is None:
         return
@@ -223,8 +224,8 @@ def refuse_trained_on_queries(restorers_home: Path | None, pictures: list[Path])
         raise SystemExit(f"robustness: {database} not found: --restorers must be the LOUPE_HOME whose "
                          "indexed pictures (the tune part) trained the restorers")
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        trained = {row[0] for row in db.execute("SELECT sha256 FROM images WHERE sha256 IS NOT NULL")}
-    seen = [p for p in pictures if hashlib.sha256(p.read_bytes()).hexdigest() in trained]
+        trained = {row[0] for row in db.execute("SELECT content_hash FROM images WHERE content_hash IS NOT NULL")}
+    seen = [p for p in pictures if content_hash(p.read_bytes()) in trained]
     if seen:
         raise SystemExit(f"robustness: {len(seen)} queried pictures (e.g. {seen[0].name}) are in the catalog the "
                          f"restorers in {restorers_home} were trained on: query another part")
