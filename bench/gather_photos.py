@@ -3,7 +3,7 @@
 Downloads the packages' .deb files with `apt-get download` (no root needed for that, no
 installation), unpacks them with `dpkg -x` into a temporary folder, keeps ONE file per
 wallpaper (the largest of its resolution variants), drops copies of one picture that two
-packages ship, keeps look-alikes (light and dark variants) together so that no split separates
+packages ship and plain one-colour pictures, keeps look-alikes (light and dark variants) together so that no split separates
 twins, converts each to a JPEG of at most 1280 px, and splits them by a
 seeded shuffle into four folders:
 
@@ -38,6 +38,7 @@ SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 MAX_SIDE = 1280  # big enough for crops of 20%, small enough for thousands of queries
 MIN_SIDE = 480
 SAME, SIMILAR = 0.98, 0.90  # layout correlations of one picture twice, and of look-alikes
+PLAIN_STD = 2.0  # grey levels: below this a picture is one plain colour
 
 
 def wallpaper_key(path: Path, root: Path) -> str:
@@ -46,6 +47,12 @@ def wallpaper_key(path: Path, root: Path) -> str:
     if "contents" in parts:
         return "/".join(parts[: parts.index("contents")])
     return str(path.relative_to(root).with_suffix(""))
+
+
+def is_plain(path: Path) -> bool:
+    """A picture of one colour (a transparent file comes out white): nothing to find it by."""
+    with Image.open(path) as img:
+        return float(np.asarray(img.convert("L").resize((64, 64))).std()) < PLAIN_STD
 
 
 def thumbnail_vector(path: Path) -> np.ndarray:
@@ -120,7 +127,7 @@ def main() -> int:
                     w, h = img.size
             except Exception:  # an unreadable file is just not part of the corpus
                 continue
-            if min(w, h) < MIN_SIDE:
+            if min(w, h) < MIN_SIDE or is_plain(path):
                 continue
             key = wallpaper_key(path, root)
             if key not in best or w * h > best[key][0]:
