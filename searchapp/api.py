@@ -1,4 +1,4 @@
-"""The JSON API (see DESIGN.md's HTTP contract and /api/openapi.json)."""
+"""The JSON API (described by /api/openapi.json)."""
 
 from __future__ import annotations
 

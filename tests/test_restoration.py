@@ -304,8 +304,9 @@ def test_auto_restores_noisy_queries_and_leaves_clean_ones_alone(restorable):
     stranger = _search(client, _png_bytes(smooth_picture(32, seed=5))).get_json()  # not in the collection
     restoration = stranger["restoration"]
     assert restoration["match"]["top_score"] < restoration["match"]["cutoff"] and not stranger["copy_found"]
-    assert "unmatched" in restoration["detected"] and restoration["applied"] == ["embedding"]
-    assert restoration["reconstruction"] is None  # the embedding stage changes no pixels
+    # Detected, but the default policy leaves it alone (the embedding model hurt unseen pictures).
+    assert "unmatched" in restoration["detected"] and restoration["applied"] == []
+    assert restoration["reconstruction"] is None
 
 
 @pytest.mark.slow

@@ -42,11 +42,12 @@ from .stages import CONDITIONS, IMAGE_STAGES, MODES, STAGES
 from .pixel import StageUnavailable
 
 # What `auto` runs per detected condition (docs/robustness.md has the measurements); a stage
-# whose model is missing is skipped. The embedding model runs when the raw lookup found no
-# near-duplicate: that is where its gains lie (strong combinations, 70% crops, rotation), and a
-# query that already found its copy is left alone. Crops are otherwise left to the regional
-# index (αQE hurt them; outpainting could not be measured: LOUPE_RESTORE_AUTO=crop:outpaint).
-DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",), "unmatched": ("embedding",)}
+# whose model is missing is skipped. Only pixel denoising of noise beyond the collection's: on
+# pictures its training never saw, the embedding model pulled queries towards the pictures it
+# had learned and lost 5-30 points of recall@1 on most kinds (held-out run, docs/robustness.md),
+# so it runs only when named (`restore=embedding`, or LOUPE_RESTORE_AUTO=unmatched:embedding).
+# Crops are left to the regional index (αQE hurt them; outpainting could not be measured).
+DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",)}
 BLUR_RADIUS = 1.0  # at the model's input resolution
 QE_NEIGHBOURS = 5
 FUSION_EXTRA = 20  # each ranking is fetched this much deeper than the page, for fusion
