@@ -180,6 +180,13 @@ class Library:
     def region_spec(self) -> RegionSpec:
         return self.settings.regions
 
+    def draft_size(self, input_size: int) -> int:
+        """The JPEG draft size pictures are decoded at, indexed and queried alike: enough for
+        the smallest region at the model's `input_size` and for the local features."""
+        from .features import decode_side
+
+        return decode_side(self.region_spec.draft_size(input_size))
+
     # -- model identity -------------------------------------------------------------------
     def stored_identity(self) -> ModelIdentity | None:
         """The index's model (read once it exists: it never changes afterwards)."""
@@ -266,6 +273,7 @@ class Library:
                 heir.status = ImageStatus.INDEXED
                 heir.duplicate_of = None
                 heir.embedding = record.embedding
+                heir.local_features = record.local_features
                 for other in others:
                     other.duplicate_of = heir.id
                 session.flush()

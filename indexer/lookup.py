@@ -27,7 +27,7 @@ def reverse_lookup(library: Library, embedder, data: bytes, k: int, offset: int 
             timings[name] = (now - clock[0]) * 1000
         clock[0] = now
 
-    decoded = decode_image(data, limits, draft_size=library.region_spec.draft_size(embedder.image_size))
+    decoded = decode_image(data, limits, draft_size=library.draft_size(embedder.image_size))
     lap("decode")
     query = embedder.encode_batch([embedder.prepare(decoded.image)])
     lap("embed")

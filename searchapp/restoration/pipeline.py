@@ -195,7 +195,7 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
     if mode != "off" and restorers is None:
         raise ConfigError("restoration needs the stage models (Restorers)")
     clock = _Clock(timings)
-    decoded = decode_image(data, limits, draft_size=library.region_spec.draft_size(embedder.image_size))
+    decoded = decode_image(data, limits, draft_size=library.draft_size(embedder.image_size))
     clock.lap("decode")
     pixels = embedder.prepare(decoded.image)
     raw_vector = embedder.encode_batch([pixels])
