@@ -139,3 +139,27 @@ def test_time_budget_leaves_later_candidates_unchecked(photo_arrays, stored):
     q = query(Image.fromarray(photo_arrays["camera"]))
     report = verify_candidates(q, list(enumerate(stored.values())), CUTOFF, options=VerifyOptions(budget_ms=0))
     assert report.checked == set() and report.results == {}
+
+
+def test_verify_settings_from_the_environment(tmp_path):
+    from indexer.errors import ConfigError
+    from indexer.settings import Settings
+
+    base = {"LOUPE_HOME": str(tmp_path)}
+    default = Settings.from_env(base)
+    assert default.verify is True and default.verify_candidates == 30
+    chosen = Settings.from_env({**base, "LOUPE_VERIFY": "off", "LOUPE_VERIFY_CANDIDATES": "50"})
+    assert chosen.verify is False and chosen.verify_candidates == 50
+    for bad in ({"LOUPE_VERIFY": "maybe"}, {"LOUPE_VERIFY_CANDIDATES": "0"}, {"LOUPE_VERIFY_CANDIDATES": "x"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            Settings.from_env({**base, **bad})
+
+
+def test_inlier_cutoff_is_calibrated_within_its_bounds():
+    from indexer.matching import DEFAULT_INLIER_CUTOFF, MAX_INLIERS, MIN_INLIERS, inlier_cutoff
+
+    assert inlier_cutoff(np.array([3])) is DEFAULT_INLIER_CUTOFF
+    assert inlier_cutoff(np.zeros(100)).inliers == MIN_INLIERS
+    counts = np.array([4] * 98 + [13, 14])
+    assert inlier_cutoff(counts).inliers == 14  # one of 100 may reach it
+    assert inlier_cutoff(np.array([4] * 90 + [200] * 10)).inliers == MAX_INLIERS  # copies inside the collection
