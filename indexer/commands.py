@@ -199,6 +199,8 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "regions": {**library.regions.store.describe(), "path": str(settings.regions_path),
                     "scales": settings.regions.describe()},
         "matching": library.match_cutoff().as_dict(),
+        "verification": {"enabled": settings.verify, "candidates": settings.verify_candidates,
+                         **library.inlier_cutoff().as_dict()},
         "noise": library.noise_profile().as_dict(),
         "device": resolve_device(settings.device),
         "database": redact_url(settings.database_url),
