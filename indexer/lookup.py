@@ -40,7 +40,8 @@ def reverse_lookup(library: Library, embedder, data: bytes, k: int, offset: int 
     lap("knn+join")
     results, report = page.results, None
     if verify is not None:
-        results, report = verify_results(library, results, decoded, verify, query_sha256=decoded.sha256)
+        results, report = verify_results(library, results, decoded, verify, query_sha256=decoded.sha256,
+                                         embedder=embedder, regions=regions)
         lap("verify")
     page = replace(page, results=tuple(results[offset : offset + k]))
     page = finish_page(library, page, decoded, data, limits, report, verify)
@@ -49,28 +50,47 @@ def reverse_lookup(library: Library, embedder, data: bytes, k: int, offset: int 
 
 
 def verify_results(library: Library, results: Sequence[SearchResult], decoded, options: VerifyOptions,
-                   query_sha256: str | None = None) -> tuple[tuple[SearchResult, ...], VerifyReport]:
+                   query_sha256: str | None = None, embedder=None,
+                   regions: bool = True) -> tuple[tuple[SearchResult, ...], VerifyReport]:
     """Verify the top `options.candidates` of `results` against the decoded query picture;
     the results re-ranked (the query's own file first, then verified copies by inliers, then the
-    rest in their order) and the report."""
+    rest in their order) and the report. With `embedder` and `options.mirror_search`, a query
+    that verifies nothing is also searched mirrored, and the new candidates verified mirrored."""
     from .features import QUERY_KEYPOINTS, extract, mirrored_image
 
     image, size = decoded.image, (decoded.width, decoded.height)
     query = extract(image, *size, max_keypoints=QUERY_KEYPOINTS)
-    report = verify_stored(library, query, results, options,
-                           mirrored=lambda: extract(mirrored_image(image), *size, max_keypoints=QUERY_KEYPOINTS))
+    flipped: list = []
+
+    def mirrored():
+        if not flipped:
+            flipped.append(extract(mirrored_image(image), *size, max_keypoints=QUERY_KEYPOINTS))
+        return flipped[0]
+
+    report = verify_stored(library, query, results, options, mirrored=mirrored)
+    results = tuple(results)
+    if not report.results and embedder is not None and options.mirror_search and len(query):
+        vector = embedder.encode_batch([embedder.prepare(mirrored_image(image))])
+        found = library.search(vector, options.candidates, 0, regions=regions).results
+        seen = {r.id for r in results}
+        extra = tuple(r for r in found if r.id not in seen)
+        if extra:
+            report = verify_stored(library, mirrored(), extra, options, flipped=True, report=report)
+            results = results + extra
+        report.mirror_searched = True
     return rank_verified(results, report, query_sha256), report
 
 
 def verify_stored(library: Library, query, results: Sequence[SearchResult], options: VerifyOptions,
-                  mirrored=None) -> VerifyReport:
-    """Verify the top candidates of `results` against query features `query`."""
+                  mirrored=None, flipped: bool = False, report: VerifyReport | None = None) -> VerifyReport:
+    """Verify the top candidates of `results` against query features `query` (see
+    `indexer.verify.verify_candidates`)."""
     from .verify import verify_candidates
 
     top = [r.id for r in results[: options.candidates]]
     stored = library.features_of(top)
     return verify_candidates(query, [(i, stored.get(i)) for i in top], library.inlier_cutoff().inliers,
-                             mirrored=mirrored, options=options)
+                             mirrored=mirrored, options=options, flipped=flipped, report=report)
 
 
 def rank_verified(results: Sequence[SearchResult], report: VerifyReport,

@@ -35,6 +35,9 @@ PARTIAL = "partial"  # they share a part only
 @dataclass(frozen=True)
 class VerifyOptions:
     candidates: int = 30  # LOUPE_VERIFY_CANDIDATES: top results verified per query
+    # When nothing verifies, search with the mirrored query's embedding too and verify what it
+    # finds (a mirrored copy can sit far from its original in embedding space).
+    mirror_search: bool = True
     budget_ms: float = 400.0  # matching stops after this much time; later candidates stay unverified
     ratio: float = RATIO
     threshold: float = RANSAC_THRESHOLD
@@ -177,28 +180,34 @@ class VerifyReport:
     unverifiable: set[int] = field(default_factory=set)  # candidates without stored features
     query_keypoints: int = 0
     mirrored_tried: bool = False
+    mirror_searched: bool = False  # the mirrored query's embedding was searched too
     ms: float = 0.0
 
     def as_dict(self, inlier_cutoff: int, candidates: int) -> dict:
         return {"mode": "on", "candidates": candidates, "checked": len(self.checked), "verified": len(self.results),
                 "inlier_cutoff": inlier_cutoff, "query_keypoints": self.query_keypoints,
-                "mirrored_tried": self.mirrored_tried, "ms": round(self.ms, 2)}
+                "mirrored_tried": self.mirrored_tried, "mirror_searched": self.mirror_searched,
+                "ms": round(self.ms, 2)}
 
 
 def verify_candidates(query: LocalFeatures, candidates: Iterable[tuple[int, LocalFeatures | None]],
                       inlier_cutoff: int, mirrored: Callable[[], LocalFeatures] | None = None,
-                      options: VerifyOptions = VerifyOptions()) -> VerifyReport:
+                      options: VerifyOptions = VerifyOptions(), flipped: bool = False,
+                      report: VerifyReport | None = None) -> VerifyReport:
     """Verify each (id, stored features or None) candidate, best first, within the time
-    budget; when none verifies, try the mirrored query's features (`mirrored()`)."""
+    budget; when none verifies, try the mirrored query's features (`mirrored()`). `flipped`:
+    `query` itself holds the mirrored picture's features. Findings are added to `report`."""
     started = time.perf_counter()
-    report = VerifyReport(query_keypoints=len(query))
+    earlier = 0.0 if report is None else report.ms
+    report = report if report is not None else VerifyReport(query_keypoints=len(query))
+    started -= earlier / 1000  # the budget covers every call for one query
     stored = []
     for image_id, features in candidates:
         if features is None:
             report.unverifiable.add(image_id)
         else:
             stored.append((image_id, features))
-    _run(query, stored, inlier_cutoff, False, options, report, started)
+    _run(query, stored, inlier_cutoff, flipped, options, report, started)
     if not report.results and mirrored is not None and len(query):
         report.mirrored_tried = True
         _run(mirrored(), stored, inlier_cutoff, True, options, report, started)

@@ -234,7 +234,8 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
                                  stage_ms={s: clock.times[s] for s in stages})
     verified = None
     if verify is not None:
-        results, verified = verify_results(library, results, decoded, verify, query_sha256=decoded.sha256)
+        results, verified = verify_results(library, results, decoded, verify, query_sha256=decoded.sha256,
+                                           embedder=embedder, regions=regions)
         clock.lap("verify")
     page = SearchPage(tuple(results[offset : offset + k]), total=raw.total, took_ms=0.0)
     page = finish_page(library, page, decoded, data, limits, verified, verify)
