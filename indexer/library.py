@@ -393,7 +393,8 @@ class Library:
         `query_pixels` gives the query's fully decoded picture (of `query_size`); it is called
         only when a result of that size scores high enough to be worth a pixel-by-pixel
         comparison. With `verified` (verification on), a result is `near-duplicate` only when
-        it verified; one without stored features yet falls back to the score cut-off.
+        it verified; a pair verification cannot judge (no features stored yet, or too few
+        keypoints on either side) falls back to the score cut-off.
         """
         cutoff = self.match_cutoff()
         labelled = []

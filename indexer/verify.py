@@ -22,6 +22,9 @@ from .features import LocalFeatures
 RATIO = 0.8  # Lowe's ratio test on descriptor distances
 RANSAC_THRESHOLD = 0.012  # reprojection error, as a fraction of the candidate's longer side
 MIN_CORRESPONDENCES = 5  # fewer ratio-test matches than this: not tried
+# A picture with fewer keypoints than this (flat, tiny, blurred to nothing) cannot be judged:
+# the pair is unverifiable, and the caller falls back to the embedding score's cut-off.
+MIN_KEYPOINTS = 24
 SCALE_RANGE = (1 / 25, 25)  # query pixel → candidate pixel; outside: degenerate
 SAME = 0.9  # a picture at least this much covered by the other counts as whole
 
@@ -177,7 +180,7 @@ class VerifyReport:
 
     results: dict[int, Verification] = field(default_factory=dict)  # verified (inliers ≥ cut-off)
     checked: set[int] = field(default_factory=set)  # candidates whose features were compared
-    unverifiable: set[int] = field(default_factory=set)  # candidates without stored features
+    unverifiable: set[int] = field(default_factory=set)  # too few keypoints on either side (or none stored)
     query_keypoints: int = 0
     mirrored_tried: bool = False
     mirror_searched: bool = False  # the mirrored query's embedding was searched too
@@ -203,12 +206,12 @@ def verify_candidates(query: LocalFeatures, candidates: Iterable[tuple[int, Loca
     started -= earlier / 1000  # the budget covers every call for one query
     stored = []
     for image_id, features in candidates:
-        if features is None:
+        if features is None or len(features) < MIN_KEYPOINTS or len(query) < MIN_KEYPOINTS:
             report.unverifiable.add(image_id)
         else:
             stored.append((image_id, features))
     _run(query, stored, inlier_cutoff, flipped, options, report, started)
-    if not report.results and mirrored is not None and len(query):
+    if not report.results and mirrored is not None and stored:
         report.mirrored_tried = True
         _run(mirrored(), stored, inlier_cutoff, True, options, report, started)
     report.ms = (time.perf_counter() - started) * 1000

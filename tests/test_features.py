@@ -128,11 +128,15 @@ def test_unrelated_pictures_do_not_verify(photo_arrays, stored):
 def test_flat_tiny_and_noise_queries_are_unverified_not_errors(stored):
     rng = np.random.default_rng(0)
     noise = Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))
-    for picture in (Image.new("RGB", (300, 200), (90, 90, 90)), Image.new("RGB", (10, 10)), noise):
-        q = query(picture)
-        report = verify_candidates(q, [(i, f) for i, f in enumerate(stored.values())] + [(99, None)], CUTOFF,
+    candidates = [(i, f) for i, f in enumerate(stored.values())] + [(99, None)]
+    for picture in (Image.new("RGB", (300, 200), (90, 90, 90)), Image.new("RGB", (10, 10))):
+        report = verify_candidates(query(picture), candidates, CUTOFF,
                                    mirrored=lambda: query(features.mirrored_image(picture)))
-        assert report.results == {} and report.unverifiable == {99}
+        # No keypoints: verification cannot judge any pair (the score cut-off decides).
+        assert report.results == {} and report.unverifiable == {i for i, _ in candidates}
+    report = verify_candidates(query(noise), candidates, CUTOFF, mirrored=lambda: query(features.mirrored_image(noise)))
+    assert len(query(noise)) > 100 and report.results == {} and report.unverifiable == {99}
+    assert report.mirrored_tried and report.checked == set(range(len(stored)))
 
 
 def test_time_budget_leaves_later_candidates_unchecked(photo_arrays, stored):
