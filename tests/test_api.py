@@ -489,3 +489,16 @@ def test_more_like_this_is_verified_with_stored_features(client, photos):
     crops = [r for r in body["results"] if "astronaut" in r["path"]]
     assert crops and all(r["match"] == "near-duplicate" and r["verification"] for r in crops)
     assert body["results"][: len(crops)] == crops  # verified copies rank first
+
+
+def test_loupe_verify_off_is_the_default_that_a_request_overrides(indexed, settings, photos):
+    from dataclasses import replace
+
+    client = make_app(replace(settings, verify=False, verify_candidates=5)).test_client()
+    original = next(photos.rglob("coins-0.*"))
+    default = client.post("/api/search/image?k=3", data=upload(original), content_type="multipart/form-data")
+    assert default.get_json()["verify"] == {"mode": "off"}
+    asked = client.post("/api/search/image?k=3&verify=on", data=upload(original), content_type="multipart/form-data")
+    body = check_schema(asked, "/api/search/image", "post")
+    assert body["verify"]["mode"] == "on" and body["verify"]["candidates"] == 5
+    assert body["results"][0]["match"] == "exact" and body["results"][0]["verification"]["relation"] == "same-frame"
