@@ -73,3 +73,32 @@ def test_upload_gets_features(env, photo_arrays, tmp_path):
     assert response.status_code == 201, response.get_json()
     blobs = _blobs(Settings.from_env(env))
     assert len(blobs) == 1 and len(features.decode(next(iter(blobs.values())))) > 50
+
+
+def test_plain_lookup_verifies_a_rotated_copy_and_ranks_it_first(env, photos, embedder):
+    import io
+
+    from PIL import Image
+
+    from indexer.lookup import reverse_lookup
+    from indexer.verify import VerifyOptions
+
+    run_json(["index", str(photos), "--no-progress"], env)
+    original = next(photos.rglob("coins-0.*"))
+    with Image.open(original) as img:
+        rotated = img.convert("RGB").rotate(-8, expand=True)
+    buffer = io.BytesIO()
+    rotated.save(buffer, "PNG")
+    library = open_library(Settings.from_env(env))
+    try:
+        library.bind_model(embedder.identity)
+        timings: dict[str, float] = {}
+        page = reverse_lookup(library, embedder, buffer.getvalue(), 3, timings=timings, verify=VerifyOptions())
+        first = page.results[0]
+        assert "coins" in first.path and first.match == "near-duplicate" and page.copy_found
+        assert abs(first.verification.rotation_deg + 8) < 1 and "verify" in timings
+        assert page.verify["mode"] == "on" and page.verify["verified"] >= 1
+        plain = reverse_lookup(library, embedder, buffer.getvalue(), 3)
+        assert plain.verify == {"mode": "off"} and all(r.verification is None for r in plain.results)
+    finally:
+        library.close()
