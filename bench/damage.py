@@ -18,8 +18,9 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 KINDS = (
     "clean", "noise15", "noise35", "noise60", "crop70", "crop40", "crop20", "jpeg10", "blur3",
     "down25", "rotate10", "text", "combo", "smallnoise35", "smallnoise60",
+    "mirror", "mirrorcrop", "framed", "heavytext",
 )  # new kinds go last: each query's seed includes its kind's position here
-DETERMINISTIC = frozenset({"clean", "jpeg10", "blur3", "down25", "rotate10"})
+DETERMINISTIC = frozenset({"clean", "jpeg10", "blur3", "down25", "rotate10", "mirror"})
 SMALL_SIDE = 256  # smallnoise: noise on a thumbnail-sized copy, which the resize to 224 px keeps
 CAPTION_FONTS = (  # never used by the training damage (Pillow's bundled font)
     "/usr/share/fonts/truetype/dejavu/DejaVuSerif-Bold.ttf",
@@ -79,6 +80,49 @@ def _captioned(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return out
 
 
+def _framed(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The picture pasted into a larger canvas, as in a screenshot or a post: a plain border
+    colour, the picture at 55–85 % of the canvas width, a title bar and lines of text around it."""
+    w, h = img.size
+    share = float(rng.uniform(0.55, 0.85))
+    width = round(w * share) if w >= h else round(h * share * w / h)
+    inner = img.resize((max(1, width), max(1, round(width * h / w))), Image.BICUBIC)
+    canvas_w = max(round(inner.width / share), inner.width + 2)
+    canvas_h = inner.height + round(canvas_w * float(rng.uniform(0.25, 0.45)))
+    shade = int(rng.integers(0, 2)) * 225 + int(rng.integers(0, 30))
+    canvas = Image.new("RGB", (canvas_w, canvas_h), (shade, shade, shade))
+    bar = round(canvas_w * 0.07)
+    left = int(rng.integers(0, canvas_w - inner.width + 1))
+    top = bar + int(rng.integers(0, max(1, canvas_h - inner.height - bar - bar // 2)))
+    canvas.paste(inner, (left, top))
+    draw = ImageDraw.Draw(canvas)
+    ink = (255 - shade, 255 - shade, 255 - shade)
+    draw.rectangle((0, 0, canvas_w, bar), fill=(40, 90, 160))
+    font = _caption_font(max(10, bar // 2))
+    draw.text((bar // 3, bar // 4), CAPTIONS[int(rng.integers(0, len(CAPTIONS)))].title(), fill=(255, 255, 255),
+              font=font)
+    below = top + inner.height + 4
+    for line in range(3):
+        y = below + line * (bar // 2 + 2)
+        if y + bar // 2 < canvas_h:
+            draw.text((bar // 3, y), CAPTIONS[int(rng.integers(0, len(CAPTIONS)))].lower(), fill=ink, font=font)
+    return canvas
+
+
+def _heavy_text(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Large white caption text with a black outline over the whole picture (a meme)."""
+    out = img.copy()
+    w, h = out.size
+    size = max(14, h // 7)
+    font = _caption_font(size)
+    draw = ImageDraw.Draw(out)
+    for line in range(6):
+        words = CAPTIONS[int(rng.integers(0, len(CAPTIONS)))]
+        draw.text((int(rng.integers(0, max(1, w // 10))), line * (h // 6)), words, fill=(255, 255, 255), font=font,
+                  stroke_width=max(2, size // 10), stroke_fill=(0, 0, 0))
+    return out
+
+
 def damage(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
     """`img` damaged as `kind` says (one of KINDS), drawing randomness from `rng`."""
     if kind == "clean":
@@ -103,4 +147,12 @@ def damage(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image
         return _captioned(img, rng)
     if kind == "combo":
         return _recompressed(_noisy(_crop_keeping(img, 0.5, rng), 25, rng), 30)
+    if kind == "mirror":
+        return img.transpose(Image.FLIP_LEFT_RIGHT)
+    if kind == "mirrorcrop":
+        return _crop_keeping(img, 0.7, rng).transpose(Image.FLIP_LEFT_RIGHT)
+    if kind == "framed":
+        return _framed(img, rng)
+    if kind == "heavytext":
+        return _heavy_text(img, rng)
     raise ValueError(f"unknown kind of damage {kind!r} (known: {', '.join(KINDS)})")

@@ -24,7 +24,10 @@ written apart from the restorers' training damage, whose random families leave o
 kinds' parameters (searchapp.restoration.corruptions.HELD_OUT). Kinds without randomness make
 one query per picture.
 
-Configurations (`--stages`): `whole` (the whole-image index alone, no restoration), and each
+Configurations (`--stages`): `whole` (the whole-image index alone, no restoration), `verify`
+(the regional lookup with restoration off and geometric verification of the top
+`--verify-candidates` results: near-duplicate then needs local-feature evidence; every other
+configuration labels by the embedding score alone, as the lookup did before verification), and each
 query-restoration mode on the regional index: `off` (the query as given), `auto` (what the
 service does by default), or one stage by name (`blur`, the trivial denoising baseline;
 `pixel` and `pixel-ddim`, diffusion purification; `embedding`, the embedding-space diffusion
@@ -55,8 +58,10 @@ from damage import KINDS, damage, queries_per_picture
 from provenance import print_header, print_result
 from searchapp.restoration.stages import CONDITIONS, MODES
 
-CONFIGS = ("whole",) + MODES
-REGIONAL_CONFIGS = frozenset(MODES)
+VERIFY = "verify"
+CONFIGS = ("whole",) + MODES + (VERIFY,)
+REGIONAL_CONFIGS = frozenset(MODES) | {VERIFY}
+VERIFY_CANDIDATES = [30]  # --verify-candidates
 
 
 def query_bytes(img: Image.Image) -> bytes:
@@ -147,10 +152,14 @@ def search(index: IndexedCorpus, data: bytes, config: str, k: int):
     """The service's image-search path (`searchapp.restoration.pipeline.restored_lookup`)."""
     from searchapp.restoration.pipeline import restored_lookup
 
+    from indexer.verify import VerifyOptions
+
     ms: dict[str, float] = {}
     mode = mode_of(config)
+    verify = VerifyOptions(candidates=VERIFY_CANDIDATES[0]) if mode == VERIFY else None
     page, report = restored_lookup(index.library, index.embedder, data, k, regions=is_regional(config),
-                                   mode="off" if mode == "whole" else mode, restorers=index.restorers, timings=ms)
+                                   mode="off" if mode in ("whole", VERIFY) else mode, restorers=index.restorers,
+                                   timings=ms, verify=verify)
     return page, report, ms
 
 
@@ -294,6 +303,8 @@ def main() -> int:
                         help="query only the pictures in this subfolder of --corpus (tune or report)")
     parser.add_argument("--regressions", type=int, default=20,
                         help="list up to this many queries the baseline answers and another configuration does not")
+    parser.add_argument("--verify-candidates", type=int, default=30,
+                        help="results verified per query by the `verify` configuration (LOUPE_VERIFY_CANDIDATES)")
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="none")
     parser.add_argument("--home", default=DEFAULT_HOME)
@@ -306,6 +317,7 @@ def main() -> int:
         parser.error(f"unknown configuration(s) {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     if args.quick:
         args.seeds = 1
+    VERIFY_CANDIDATES[0] = args.verify_candidates
     header = print_header("robustness", args, model=f"{args.model} ({args.pretrained})")
 
     work, env = bench_workspace("loupe-robustness-", args.home, args.model, args.pretrained)
@@ -322,7 +334,8 @@ def main() -> int:
         print(f"{kind_of_index} index (regions {regions}): {built.embedded} photos in {built.seconds:.1f} s "
               f"({built.embedded / built.seconds:.2f} photos/s), {built.vectors} vectors, "
               f"{built.index_bytes / 1e6:.2f} MB of FAISS files; near-duplicate cut-offs {cutoff.whole:.4f} "
-              f"(whole), {cutoff.region:.4f} (region)")
+              f"(whole), {cutoff.region:.4f} (region); verification inlier cut-off "
+              f"{built.library.inlier_cutoff().inliers} ({built.library.inlier_cutoff().basis})")
     first = next(iter(indexes.values()))
     identity = first.library.stored_identity().as_dict()
     for stage in {mode_of(c) for c in configs} - {"whole", "off", "auto"}:
@@ -346,7 +359,7 @@ def main() -> int:
         with region_penalty(index.library, config):
             measure(index, config, kinds, corpus, heldout, args.seeds, outcomes, false_copies, false_tops)
 
-    print(f"\n{'config':<10}{'kind':<10}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}{'copy':>7}")
+    print(f"\n{'config':<10}{'kind':<12}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}{'copy':>7}{'copy@1':>8}")
     for config in configs:
         for kind in kinds:
             rows = outcomes[(config, kind)]
@@ -354,8 +367,10 @@ def main() -> int:
             r10 = np.mean([o.rank is not None for o in rows])
             mrr = np.mean([1.0 / o.rank if o.rank else 0.0 for o in rows])
             copy = np.mean([o.copy_is_original for o in rows])
-            print(f"{config:<10}{kind:<10}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}{copy:>7.3f}")
-    print("(copy: the original is among the results and labelled exact or near-duplicate)")
+            copy1 = np.mean([o.rank == 1 and o.copy_is_original for o in rows])
+            print(f"{config:<10}{kind:<12}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}{copy:>7.3f}{copy1:>8.3f}")
+    print("(copy: the original is among the results and labelled exact or near-duplicate; "
+          "copy@1: it is first and labelled so)")
 
     print("\nheld-out photographs labelled a copy (false-match rate of the calibrated cut-off), by kind:")
     for config in configs:
@@ -404,12 +419,20 @@ def main() -> int:
                 lost, won = int(np.sum(a & ~b)), int(np.sum(~a & b))
                 mean, lo, hi = bootstrap_diff(a, b, np.array([o.picture for o in outcomes[(base, kind)]]))
                 print(f"  {config:<10}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]  lost {lost}, won {won}")
+        print(f"\ncopy@1 difference against {base!r} (first and labelled a copy; paired, bootstrap over pictures):")
+        for config in configs[1:]:
+            for kind in kinds:
+                a = np.array([o.rank == 1 and o.copy_is_original for o in outcomes[(base, kind)]])
+                b = np.array([o.rank == 1 and o.copy_is_original for o in outcomes[(config, kind)]])
+                mean, lo, hi = bootstrap_diff(a, b, np.array([o.picture for o in outcomes[(base, kind)]]))
+                print(f"  {config:<10}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
         print_regressions(outcomes, configs, kinds, corpus, args.regressions)
 
     figures = {}
     for (config, kind), rows in outcomes.items():
         figures[f"{config}.{kind}.r1"] = round(float(np.mean([o.rank == 1 for o in rows])), 4)
         figures[f"{config}.{kind}.copy"] = round(float(np.mean([o.copy_is_original for o in rows])), 4)
+        figures[f"{config}.{kind}.copy1"] = round(float(np.mean([o.rank == 1 and o.copy_is_original for o in rows])), 4)
     for config in configs:
         figures[f"{config}.false_copy_rate"] = round(float(np.mean(false_copies[config])), 4) if false_copies[config] else None
     figures.update(queried=len(corpus), indexed=len(indexed), part=args.query_part or "all")

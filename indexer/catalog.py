@@ -23,7 +23,7 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -78,6 +78,9 @@ class ImageRecord(Base):
     )
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     noise_level: Mapped[float | None] = mapped_column(Float)  # σ̂ of the model input (indexer.noise)
+    # The picture's local features (indexer.features blob, at most 16 KB), loaded only when
+    # asked for; null until computed (pictures indexed before they existed: `loupe index` backfills).
+    local_features: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
     job_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("jobs.id", ondelete="SET NULL"))
     missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -142,4 +145,8 @@ class IndexInfo(Base):
     # The indexed pictures' noise levels (indexer.noise), taken at calibration: median and 99th centile.
     noise_median: Mapped[float | None] = mapped_column(Float)
     noise_high: Mapped[float | None] = mapped_column(Float)
+    # The inliers from which geometric verification counts as a copy (indexer.verify), calibrated
+    # with the cut-offs; null until then.
+    inlier_cutoff: Mapped[int | None] = mapped_column(Integer)
+    inlier_basis: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -85,6 +85,8 @@ def configure_search(search: argparse.ArgumentParser) -> None:
     search.add_argument("--offset", type=_non_negative_int, default=0)
     search.add_argument("--no-regions", action="store_true",
                         help="with --image: match whole pictures only, not their regions")
+    search.add_argument("--verify", choices=("on", "off"), default=None,
+                        help="with --image: verify the top results with local features (default LOUPE_VERIFY: on)")
     search.add_argument("--device", default=None)
     search.add_argument("--json", action="store_true", help="print results as JSON")
 

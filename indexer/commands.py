@@ -65,7 +65,7 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
 
 
 def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
-    """`loupe search`. `image_lookup(library, embedder, data, k, offset, regions)` →
+    """`loupe search`. `image_lookup(library, embedder, data, k, offset, regions, verify)` →
     (page, report dict or None) replaces the plain reverse lookup (searchapp's restoration)."""
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either TEXT or --image FILE")
@@ -82,11 +82,15 @@ def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
         from .images import DecodeLimits, read_file
         from .lookup import reverse_lookup
 
+        from .verify import VerifyOptions
+
         data = read_file(Path(args.image), DecodeLimits()).data
+        wanted = settings.verify if getattr(args, "verify", None) is None else args.verify == "on"
+        verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
         if image_lookup is None:
-            page = reverse_lookup(library, embedder, data, k, args.offset, regions=not args.no_regions)
+            page = reverse_lookup(library, embedder, data, k, args.offset, regions=not args.no_regions, verify=verify)
         else:
-            page, restoration = image_lookup(library, embedder, data, k, args.offset, not args.no_regions)
+            page, restoration = image_lookup(library, embedder, data, k, args.offset, not args.no_regions, verify)
     else:
         t0 = time.perf_counter()
         page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
@@ -101,12 +105,23 @@ def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
         print("no results", file=out)
     if page.copy_found is False:
         print("no copy of this picture is in the collection; the most similar pictures:", file=out)
+    verified = next((r for r in page.results if r.verification is not None), None)
+    if page.copy_found and verified is not None:
+        print(f"verdict: a copy is in the collection (id {verified.id}): {verified.verification.describe()}", file=out)
     for rank, result in enumerate(page.results, start=args.offset + 1):
         label = f"  [{result.match}{' in region ' + 'x'.join(map(str, result.region.as_list())) if result.region else ''}]" \
             if result.match else ""
         print(f"{rank:4d}  {result.score:7.4f}  {result.path}  ({result.width}x{result.height}, id {result.id}){label}",
               file=out)
+        if result.verification is not None:
+            print(f"      verified: {result.verification.describe()} ({_verification_facts(result.verification)})",
+                  file=out)
     return 0
+
+
+def _verification_facts(found) -> str:
+    return (f"{found.inliers} inliers; {found.overlap_query:.0%} of the query, {found.overlap_result:.0%} of the "
+            f"result; scale {found.scale:.2f}; {found.relation}")
 
 
 def _restoration_line(report: dict) -> str:
@@ -184,6 +199,8 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "regions": {**library.regions.store.describe(), "path": str(settings.regions_path),
                     "scales": settings.regions.describe()},
         "matching": library.match_cutoff().as_dict(),
+        "verification": {"enabled": settings.verify, "candidates": settings.verify_candidates,
+                         **library.inlier_cutoff().as_dict()},
         "noise": library.noise_profile().as_dict(),
         "device": resolve_device(settings.device),
         "database": redact_url(settings.database_url),

@@ -18,6 +18,7 @@ filesystem), as `docs/scaling.md` explains.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -173,7 +174,7 @@ def _assigned_cpus() -> int:
         return 0
 
 
-FACT_COLUMNS = ("path", "size", "mtime_ns", "sha256", "width", "height", "format", "error", "boxes")
+FACT_COLUMNS = ("path", "size", "mtime_ns", "sha256", "width", "height", "format", "error", "boxes", "features")
 
 
 def _fact_columns(items: list[ReadItem]) -> dict:
@@ -188,6 +189,7 @@ def _fact_columns(items: list[ReadItem]) -> dict:
         "error": np.array([item.error or "" for item in items], dtype=object),
         "boxes": _ragged([np.array([[b.x, b.y, b.w, b.h] for b in item.regions], np.int64).reshape(-1, 4)
                           for item in items]),
+        "features": np.array([item.features or b"" for item in items], dtype=object),
     }
 
 
@@ -216,6 +218,7 @@ def shard_from_rows(rows: list[dict]) -> Shard:
             path=str(row["path"]), size=int(row["size"]), mtime_ns=int(row["mtime_ns"]),
             sha256=row["sha256"] or None, width=int(row["width"]) or None, height=int(row["height"]) or None,
             format=row["format"] or None, error=row["error"] or None, regions=boxes if not row["error"] else (),
+            features=bytes(row["features"]) or None if "features" in row else None,
         )
         items.append(item)
         if item.error is None:
@@ -228,8 +231,10 @@ def shard_from_rows(rows: list[dict]) -> Shard:
 
 def write_shard(path: Path, shard: Shard, identity: ModelIdentity, regions: RegionSpec) -> None:
     """Save `shard` atomically (temp file, fsync, rename)."""
-    facts = [{**{k: v for k, v in asdict(item).items() if k not in ("pixels", "region_pixels", "regions")},
-              "regions": [[b.x, b.y, b.w, b.h] for b in item.regions]} for item in shard.items]
+    facts = [{**{k: v for k, v in asdict(item).items() if k not in ("pixels", "region_pixels", "regions", "features")},
+              "regions": [[b.x, b.y, b.w, b.h] for b in item.regions],
+              "features": base64.b64encode(item.features).decode() if item.features else None}
+             for item in shard.items]
     hashes = sorted(shard.vectors)
     whole = np.stack([shard.vectors[h].whole for h in hashes]) if hashes else np.zeros((0, identity.embed_dim), np.float32)
     counts = np.array([len(shard.vectors[h].regions) for h in hashes], np.int64)
@@ -267,7 +272,9 @@ def read_shard(path: Path, identity: ModelIdentity, regions: RegionSpec) -> Shar
     for i, sha in enumerate(header["hashes"]):
         vectors[sha] = Embedded(whole[i], region[at : at + counts[i]], float(noise[i]))
         at += counts[i]
-    items = [ReadItem(**{**facts, "regions": tuple(Box(*b) for b in facts["regions"])}) for facts in header["files"]]
+    items = [ReadItem(**{**facts, "regions": tuple(Box(*b) for b in facts["regions"]),
+                         "features": base64.b64decode(facts["features"]) if facts.get("features") else None})
+             for facts in header["files"]]
     return Shard(items, vectors)
 
 

@@ -4,7 +4,9 @@ where Pillow on the CPU cores cannot keep up with the model.
 Per batch: CPU threads read each file, hash it and parse its header with Pillow (no pixels:
 size, format, EXIF orientation, the pixel cap), one batch ahead of the GPU; the GPU decodes
 the batch's JPEGs in one call, applies EXIF orientation, and resizes each picture (and its
-regions) to the model's input with antialiased bicubic interpolation. Anything else (PNG,
+regions) to the model's input with antialiased bicubic interpolation. The local features
+(`indexer.features`) are found on the CPU threads from the same Pillow draft decode the CPU
+path uses, so they are the CPU job's exactly. Anything else (PNG,
 WebP, CMYK or broken JPEGs the GPU decoder refuses) falls back, file by file, to the CPU
 path (`ImageFileDataset.read`), so the results and error messages stay those of the CPU job.
 
@@ -25,8 +27,8 @@ from typing import Iterator, Sequence
 from PIL import Image
 
 from .errors import ImageReadError
-from .images import DecodeLimits, content_hash, read_file
-from .jobs import ImageFileDataset, ReadItem
+from .images import DecodeLimits, content_hash, decode_image, read_file
+from .jobs import ImageFileDataset, ReadItem, picture_features
 from .regions import region_boxes
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class JpegFile:
     sha256: str
     width: int  # after EXIF orientation
     height: int
+    features: bytes | None = None  # local features, from the CPU path's Pillow decode
 
 
 def jpeg_looks_complete(data: bytes) -> bool:
@@ -110,7 +113,11 @@ class DeviceJpegReader:
             return self.cpu_reader.read(path)
         if orientation in _TRANSPOSED:
             width, height = height, width
-        return JpegFile(path, raw.data, raw.size, raw.mtime_ns, content_hash(raw.data), width, height)
+        try:
+            features = picture_features(decode_image(raw.data, self.limits, self.cpu_reader.draft_size))
+        except Exception:  # the CPU path words the error the same way as always
+            return self.cpu_reader.read(path)
+        return JpegFile(path, raw.data, raw.size, raw.mtime_ns, content_hash(raw.data), width, height, features)
 
     # -- device side -------------------------------------------------------------------------
     def decode(self, loaded: Sequence[JpegFile | ReadItem]) -> list[ReadItem]:
@@ -151,7 +158,7 @@ class DeviceJpegReader:
             region_pixels = torch.stack([self._resize(c) for c in crops])
         return ReadItem(
             f.path, f.size, f.mtime_ns, f.sha256, f.width, f.height, "JPEG", self._resize(picture),
-            regions=boxes, region_pixels=region_pixels,
+            regions=boxes, region_pixels=region_pixels, features=f.features,
         )
 
     def _resize(self, chw):

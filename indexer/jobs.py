@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from .catalog import ImageRecord, ImageStatus, JobRecord, JobState, RegionRecord, utcnow
 from .embedder import ClipEmbedder
+from . import features as local_features
 from .errors import CancelledError, ImageReadError, LoupeError
 from .images import DataFolder, DecodeLimits, decode_image, iter_image_files, read_file, walk_reaches
 from .library import IndexDelta, Library
@@ -65,6 +66,7 @@ class JobSummary:
     failed: int
     missing: int
     seconds: float
+    features_added: int = 0  # unchanged pictures whose local features were computed (backfill)
 
     @property
     def embedded(self) -> int:
@@ -76,6 +78,7 @@ class JobSummary:
             f"indexed {self.added} new, {self.changed} changed, {self.duplicates} duplicates, "
             f"{self.unchanged} unchanged, {self.failed} failed, {self.missing} missing "
             f"in {self.seconds:.1f} s ({rate:.1f} images/s)"
+            + (f"; local features added to {self.features_added} unchanged" if self.features_added else "")
         )
 
     def as_dict(self) -> dict:
@@ -98,6 +101,7 @@ class ReadItem:
     error: str | None = None
     regions: tuple[Box, ...] = ()  # in the original's pixels
     region_pixels: np.ndarray | None = None  # the regions' model inputs, (R, H, W, 3) uint8
+    features: bytes | None = None  # the picture's local features (indexer.features blob)
 
 
 class ImageFileDataset:
@@ -109,8 +113,9 @@ class ImageFileDataset:
         self.prepare = prepare
         self.limits = limits
         self.regions = regions
-        # JPEGs decode at a reduced size that still gives the smallest region the model's input size.
-        self.draft_size = regions.draft_size(input_size)
+        # JPEGs decode at a reduced size that still gives the smallest region the model's input
+        # size and the local features their resolution.
+        self.draft_size = local_features.decode_side(regions.draft_size(input_size))  # = Library.draft_size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -132,14 +137,23 @@ class ImageFileDataset:
             decoded = decode_image(raw.data, self.limits, self.draft_size)
             pixels = self.prepare(decoded.image)
             boxes, region_pixels = self._regions(decoded)
+            features = picture_features(decoded)
         except ImageReadError as err:
             return ReadItem(path, raw.size, raw.mtime_ns, error=str(err))
         except Exception as err:  # a transform failing on an odd image must not stop the job
             return ReadItem(path, raw.size, raw.mtime_ns, error=f"cannot preprocess: {err}")
         return ReadItem(
             path, raw.size, raw.mtime_ns, decoded.sha256, decoded.width, decoded.height, decoded.format, pixels,
-            regions=boxes, region_pixels=region_pixels,
+            regions=boxes, region_pixels=region_pixels, features=features,
         )
+
+    def read_features(self, path: str) -> bytes | None:
+        """The local features of the file at `path` (None when it cannot be read now)."""
+        try:
+            raw = read_file(Path(path), self.limits)
+            return picture_features(decode_image(raw.data, self.limits, self.draft_size))
+        except Exception:  # backfill is best effort: the file is looked at again next run
+            return None
 
     def _regions(self, decoded) -> tuple[tuple[Box, ...], np.ndarray | None]:
         boxes = tuple(region_boxes(decoded.width, decoded.height, self.regions))
@@ -148,6 +162,11 @@ class ImageFileDataset:
         image = decoded.image  # possibly reduced by draft mode: boxes are scaled to it
         sx, sy = image.width / decoded.width, image.height / decoded.height
         return boxes, np.stack([self.prepare(image.crop(box.scaled(sx, sy))) for box in boxes])
+
+
+def picture_features(decoded) -> bytes:
+    """The local-feature blob of a decoded picture (the same for every reader: CPU, device, Ray)."""
+    return local_features.encode(local_features.extract(decoded.image, decoded.width, decoded.height))
 
 
 def _collate(items: list[ReadItem]) -> list[ReadItem]:
@@ -297,7 +316,8 @@ class IndexJob:
         self.embedder = embedder
         self.options = options
         self._cancelled = cancelled or (lambda: False)  # asked between batches
-        self.counts = dict(added=0, changed=0, duplicates=0, unchanged=0, failed=0, missing=0, files_seen=0)
+        self.counts = dict(added=0, changed=0, duplicates=0, unchanged=0, failed=0, missing=0, files_seen=0,
+                           features_added=0)
         self.job_id: int | None = None
         self._last_save = time.monotonic()
 
@@ -374,6 +394,33 @@ class IndexJob:
         )
         with bar:
             self._process(plan.todo, bar)
+        self._backfill_features(roots)
+
+    def _backfill_features(self, roots: Sequence[Path]) -> None:
+        """Compute the local features that indexed pictures under `roots` lack (indexed before
+        features existed), in batches, reading on the decode threads."""
+        with self.library.sessions() as session:
+            query = select(ImageRecord.id, ImageRecord.path).where(
+                ImageRecord.status == ImageStatus.INDEXED, ImageRecord.local_features.is_(None),
+                ImageRecord.missing_since.is_(None))
+            rows = [row for row in session.execute(query.order_by(ImageRecord.id)) if _under(row.path, roots)]
+        if not rows:
+            return
+        reader = ImageFileDataset([], self.embedder.prepare, self.options.limits, self.embedder.image_size)
+        from concurrent.futures import ThreadPoolExecutor
+
+        size = self.options.batch_size
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="loupe-features") as pool:
+            for start in range(0, len(rows), size):
+                chunk = rows[start : start + size]
+                blobs = list(pool.map(reader.read_features, [row.path for row in chunk]))
+                with self.library.sessions.begin() as session:
+                    for row, blob in zip(chunk, blobs):
+                        if blob is not None:
+                            session.execute(update(ImageRecord).where(ImageRecord.id == row.id)
+                                            .values(local_features=blob))
+                            self.counts["features_added"] += 1
+                self._checkpoint()
 
     def _plan(self, roots: Sequence[Path]) -> Plan:
         """Compare the files with the catalog, flag vanished and returned files, count them."""
@@ -505,6 +552,7 @@ class IndexJob:
         else:
             record.status, record.embedding = ImageStatus.INDEXED, vectors[item.sha256].whole.tobytes()
             record.noise_level = _finite_or_none(vectors[item.sha256].noise)
+            record.local_features = item.features
             self.counts["changed" if replaced else "added"] += 1
         session.add(record)
         session.flush()
@@ -572,6 +620,15 @@ def _new_content(ok: list[ReadItem], canonical: dict[str, ImageRecord]) -> list[
         if item.sha256 not in canonical:
             picked.setdefault(item.sha256, item)
     return list(picked.values())
+
+
+def _under(path: str, roots: Sequence[Path]) -> bool:
+    """Whether a catalogued `path` is one of `roots` or inside one of them."""
+    for root in roots:
+        text = str(root)
+        if path == text or path.startswith(text.rstrip(os.sep) + os.sep):
+            return True
+    return False
 
 
 def _rows_by_path(session: Session, paths: list[str]) -> dict[str, ImageRecord]:

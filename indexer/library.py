@@ -30,9 +30,17 @@ from .matching import (
     CALIBRATION_SAMPLE,
     COPY_LABELS,
     DEFAULT_CUTOFF,
+    DEFAULT_INLIER_CUTOFF,
+    EXACT,
+    INLIER_CALIBRATION_NEIGHBOURS,
+    INLIER_CALIBRATION_SAMPLE,
+    NEAR_DUPLICATE,
     PIXEL_CHECK_SCORE,
+    SIMILAR,
+    InlierCutoff,
     MatchCutoff,
     calibrate_cutoff,
+    inlier_cutoff,
     same_pixels,
 )
 from .mirror import IndexMirror
@@ -43,6 +51,9 @@ from .vectorstore import VectorStore
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from .features import LocalFeatures
+    from .verify import Verification, VerifyReport
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +118,7 @@ class SearchResult:
     match: str | None = None  # image searches: exact, near-duplicate or similar
     content_hash: str | None = None
     found_by: str | None = None  # restored image searches: "raw", "restored" or "both"
+    verification: "Verification | None" = None  # image searches: the geometric evidence, when verified
 
     @property
     def thumb_url(self) -> str:
@@ -129,6 +141,7 @@ class SearchResult:
         if self.match is not None:
             body["match"] = self.match
             body["region"] = self.region.as_list() if self.region else None
+            body["verification"] = self.verification.as_dict() if self.verification else None
         if self.found_by is not None:
             body["found_by"] = self.found_by
         return body
@@ -140,11 +153,14 @@ class SearchPage:
     total: int
     took_ms: float
     copy_found: bool | None = None  # image searches: whether a result is the query's picture
+    verify: dict | None = None  # image searches: what verification did (None: not asked)
 
     def as_dict(self) -> dict:
         body = {"results": [r.as_dict() for r in self.results], "total": self.total, "took_ms": round(self.took_ms, 2)}
         if self.copy_found is not None:
             body["copy_found"] = self.copy_found
+        if self.verify is not None:
+            body["verify"] = self.verify
         return body
 
 
@@ -179,6 +195,13 @@ class Library:
     @property
     def region_spec(self) -> RegionSpec:
         return self.settings.regions
+
+    def draft_size(self, input_size: int) -> int:
+        """The JPEG draft size pictures are decoded at, indexed and queried alike: enough for
+        the smallest region at the model's `input_size` and for the local features."""
+        from .features import decode_side
+
+        return decode_side(self.region_spec.draft_size(input_size))
 
     # -- model identity -------------------------------------------------------------------
     def stored_identity(self) -> ModelIdentity | None:
@@ -266,6 +289,7 @@ class Library:
                 heir.status = ImageStatus.INDEXED
                 heir.duplicate_of = None
                 heir.embedding = record.embedding
+                heir.local_features = record.local_features
                 for other in others:
                     other.duplicate_of = heir.id
                 session.flush()
@@ -362,12 +386,15 @@ class Library:
 
     def label(self, page: SearchPage, query_sha256: str | None,
               query_pixels: Callable[[], "Image.Image"] | None = None,
-              query_size: tuple[int, int] | None = None) -> SearchPage:
+              query_size: tuple[int, int] | None = None,
+              verified: "VerifyReport | None" = None) -> SearchPage:
         """`page` with each result's match label and whether a copy of the query was found.
 
         `query_pixels` gives the query's fully decoded picture (of `query_size`); it is called
         only when a result of that size scores high enough to be worth a pixel-by-pixel
-        comparison.
+        comparison. With `verified` (verification on), a result is `near-duplicate` only when
+        it verified; a pair verification cannot judge (no features stored yet, or too few
+        keypoints on either side) falls back to the score cut-off.
         """
         cutoff = self.match_cutoff()
         labelled = []
@@ -376,9 +403,33 @@ class Library:
             if (not exact and query_pixels is not None and result.score >= PIXEL_CHECK_SCORE
                     and query_size == (result.width, result.height)):
                 exact = same_pixels(query_pixels, functools.partial(self.read_image_bytes, result.id), _full_decode)
-            labelled.append(replace(result, match=cutoff.label(result.score, exact, region=result.region is not None)))
+            region = result.region is not None
+            if verified is None or result.id in verified.unverifiable:
+                match = cutoff.label(result.score, exact, region=region)
+            else:
+                match = EXACT if exact else NEAR_DUPLICATE if result.id in verified.results else SIMILAR
+            evidence = verified.results.get(result.id) if verified is not None else None
+            labelled.append(replace(result, match=match, verification=evidence))
         copy_found = any(r.match in COPY_LABELS for r in labelled)
         return replace(page, results=tuple(labelled), copy_found=copy_found)
+
+    def features_of(self, ids: Sequence[int]) -> dict[int, "LocalFeatures | None"]:
+        """The stored local features of images `ids` (None: not computed yet, or unreadable)."""
+        from .features import decode
+
+        found: dict[int, LocalFeatures | None] = {}
+        ids = list(ids)
+        with self.sessions() as session:
+            for start in range(0, len(ids), SQL_CHUNK):
+                rows = session.execute(select(ImageRecord.id, ImageRecord.local_features)
+                                       .where(ImageRecord.id.in_(ids[start : start + SQL_CHUNK]))).all()
+                for row in rows:
+                    try:
+                        found[row.id] = decode(row.local_features) if row.local_features is not None else None
+                    except ValueError:
+                        log.warning("image %s has unreadable local features; it is not verified", row.id)
+                        found[row.id] = None
+        return found
 
     # -- match calibration ----------------------------------------------------------------------
     def match_cutoff(self) -> MatchCutoff:
@@ -388,6 +439,14 @@ class Library:
         if info is None or info.whole_cutoff is None:
             return DEFAULT_CUTOFF
         return MatchCutoff(info.whole_cutoff, info.region_cutoff or DEFAULT_CUTOFF.region, info.cutoff_basis or "")
+
+    def inlier_cutoff(self) -> InlierCutoff:
+        """The calibrated inlier cut-off of verification (the default until calibrated)."""
+        with self.sessions() as session:
+            info = session.get(IndexInfo, 1)
+        if info is None or info.inlier_cutoff is None:
+            return DEFAULT_INLIER_CUTOFF
+        return InlierCutoff(info.inlier_cutoff, info.inlier_basis or "")
 
     def noise_profile(self) -> NoiseProfile:
         """The indexed pictures' noise levels as of the last calibration (a default before)."""
@@ -424,6 +483,7 @@ class Library:
                 region_tops.append(best_region[0][1])
         cutoff = calibrate_cutoff(np.array(whole_tops), np.array(region_tops))
         calibrated = cutoff is not DEFAULT_CUTOFF
+        inliers = self._calibrate_inliers(vectors, seed)
         with self.sessions.begin() as session:
             info = session.get(IndexInfo, 1)
             if info is not None:
@@ -436,7 +496,34 @@ class Library:
                 info.region_cutoff = cutoff.region if calibrated else None
                 info.cutoff_basis = cutoff.basis if calibrated else None
                 info.calibrated_images = len(self.store) if calibrated else None
+                calibrated_inliers = inliers is not DEFAULT_INLIER_CUTOFF
+                info.inlier_cutoff = inliers.inliers if calibrated_inliers else None
+                info.inlier_basis = inliers.basis if calibrated_inliers else None
         return cutoff
+
+    def _calibrate_inliers(self, vectors: dict[int, np.ndarray], seed: int) -> InlierCutoff:
+        """The inlier cut-off from a sample of the pictures in `vectors`, each verified (its
+        stored features as the query) against its nearest other pictures."""
+        from .verify import verify_pair
+
+        ids = sorted(vectors)
+        if len(ids) > INLIER_CALIBRATION_SAMPLE:
+            ids = sorted(np.random.default_rng(seed).choice(ids, size=INLIER_CALIBRATION_SAMPLE, replace=False).tolist())
+        tops = []
+        for image_id in ids:
+            neighbours = [i for i, _, _ in self._rank(vectors[image_id], INLIER_CALIBRATION_NEIGHBOURS,
+                                                       regions=True, exclude={image_id})]
+            stored = self.features_of([image_id, *neighbours])
+            query = stored.get(image_id)
+            if query is None or not neighbours:
+                continue
+            best = 0
+            for other in neighbours:
+                if stored.get(other) is not None:
+                    found = verify_pair(query, stored[other])
+                    best = max(best, found.inliers if found else 0)
+            tops.append(best)
+        return inlier_cutoff(np.array(tops))
 
     def counts(self) -> dict[str, int]:
         with self.sessions() as session:

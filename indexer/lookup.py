@@ -1,22 +1,26 @@
 """Reverse lookup of a picture: decode ▸ embed ▸ whole and regional kNN ▸ catalog join ▸
-match labels. The plain lookup; the service, `loupe search --image` and the robustness benchmark
-go through `searchapp.restoration.pipeline.restored_lookup`, which answers the same page when no
-restoration stage runs."""
+verify (local features) ▸ match labels. The plain lookup; the service, `loupe search --image`
+and the robustness benchmark go through `searchapp.restoration.pipeline.restored_lookup`, which
+answers the same page when no restoration stage runs."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Sequence
 
 from .images import DecodeLimits, decode_image
-from .library import Library, SearchPage
+from .library import Library, SearchPage, SearchResult
+from .verify import VerifyOptions, VerifyReport
 
 
 def reverse_lookup(library: Library, embedder, data: bytes, k: int, offset: int = 0, regions: bool = True,
                    limits: DecodeLimits = DecodeLimits(),
-                   timings: dict[str, float] | None = None) -> SearchPage:
+                   timings: dict[str, float] | None = None,
+                   verify: VerifyOptions | None = None) -> SearchPage:
     """The indexed pictures nearest to the picture in `data`, labelled exact / near-duplicate /
-    similar. `embedder` is anything with `prepare`, `encode_batch` and `image_size`;
+    similar. `embedder` is anything with `prepare`, `encode_batch` and `image_size`; with
+    `verify`, the top candidates are verified geometrically and verified copies rank first;
     `timings`, when given, receives each stage's milliseconds."""
     clock = [time.perf_counter()]
     t0 = clock[0]
@@ -27,13 +31,86 @@ def reverse_lookup(library: Library, embedder, data: bytes, k: int, offset: int 
             timings[name] = (now - clock[0]) * 1000
         clock[0] = now
 
-    decoded = decode_image(data, limits, draft_size=library.region_spec.draft_size(embedder.image_size))
+    decoded = decode_image(data, limits, draft_size=library.draft_size(embedder.image_size))
     lap("decode")
     query = embedder.encode_batch([embedder.prepare(decoded.image)])
     lap("embed")
-    page = library.search(query, k, offset, started=t0, regions=regions)
+    depth = k + offset if verify is None else max(k + offset, verify.candidates)
+    page = library.search(query, depth, 0, started=t0, regions=regions)
     lap("knn+join")
-    page = library.label(page, decoded.sha256, lambda: decode_image(data, limits).image,
-                         (decoded.width, decoded.height))
+    results, report = page.results, None
+    if verify is not None:
+        results, report = verify_results(library, results, decoded, verify, query_sha256=decoded.sha256,
+                                         embedder=embedder, regions=regions)
+        lap("verify")
+    page = replace(page, results=tuple(results[offset : offset + k]))
+    page = finish_page(library, page, decoded, data, limits, report, verify)
     lap("label")
     return replace(page, took_ms=(time.perf_counter() - t0) * 1000)
+
+
+def verify_results(library: Library, results: Sequence[SearchResult], decoded, options: VerifyOptions,
+                   query_sha256: str | None = None, embedder=None,
+                   regions: bool = True) -> tuple[tuple[SearchResult, ...], VerifyReport]:
+    """Verify the top `options.candidates` of `results` against the decoded query picture;
+    the results re-ranked (the query's own file first, then verified copies by inliers, then the
+    rest in their order) and the report. With `embedder` and `options.mirror_search`, a query
+    that verifies nothing is also searched mirrored, and the new candidates verified mirrored."""
+    from .features import QUERY_KEYPOINTS, extract, mirrored_image
+
+    image, size = decoded.image, (decoded.width, decoded.height)
+    query = extract(image, *size, max_keypoints=QUERY_KEYPOINTS)
+    flipped: list = []
+
+    def mirrored():
+        if not flipped:
+            flipped.append(extract(mirrored_image(image), *size, max_keypoints=QUERY_KEYPOINTS))
+        return flipped[0]
+
+    report = verify_stored(library, query, results, options, mirrored=mirrored)
+    results = tuple(results)
+    if not report.results and embedder is not None and options.mirror_search and len(query):
+        vector = embedder.encode_batch([embedder.prepare(mirrored_image(image))])
+        found = library.search(vector, options.candidates, 0, regions=regions).results
+        seen = {r.id for r in results}
+        extra = tuple(r for r in found if r.id not in seen)
+        if extra:
+            report = verify_stored(library, mirrored(), extra, options, flipped=True, report=report)
+            results = results + extra
+        report.mirror_searched = True
+    return rank_verified(results, report, query_sha256), report
+
+
+def verify_stored(library: Library, query, results: Sequence[SearchResult], options: VerifyOptions,
+                  mirrored=None, flipped: bool = False, report: VerifyReport | None = None) -> VerifyReport:
+    """Verify the top candidates of `results` against query features `query` (see
+    `indexer.verify.verify_candidates`)."""
+    from .verify import verify_candidates
+
+    top = [r.id for r in results[: options.candidates]]
+    stored = library.features_of(top)
+    return verify_candidates(query, [(i, stored.get(i)) for i in top], library.inlier_cutoff().inliers,
+                             mirrored=mirrored, options=options, flipped=flipped, report=report)
+
+
+def rank_verified(results: Sequence[SearchResult], report: VerifyReport,
+                  query_sha256: str | None = None) -> tuple[SearchResult, ...]:
+    """Same file first, verified copies next (most inliers first), the rest in their order."""
+    def key(item):
+        position, result = item
+        if query_sha256 is not None and result.content_hash == query_sha256:
+            return (0, 0, position)
+        found = report.results.get(result.id)
+        return (1, -found.inliers, position) if found is not None else (2, 0, position)
+
+    return tuple(result for _, result in sorted(enumerate(results), key=key))
+
+
+def finish_page(library: Library, page: SearchPage, decoded, data: bytes, limits: DecodeLimits,
+                report: VerifyReport | None, verify: VerifyOptions | None) -> SearchPage:
+    """Label `page` (with the verification `report` when verification ran) and say what ran."""
+    page = library.label(page, decoded.sha256, lambda: decode_image(data, limits).image,
+                         (decoded.width, decoded.height), verified=report)
+    summary = {"mode": "off"} if report is None else report.as_dict(library.inlier_cutoff().inliers,
+                                                                    verify.candidates)
+    return replace(page, verify=summary)

@@ -3,11 +3,17 @@
 
 `exact` is decided by content: the same file bytes (sha256), or the same pixels once both
 are decoded (checked only for results scoring close to 1, by decoding the result's file).
-`near-duplicate` is a score cut-off calibrated on the index's own pictures: each of a sample
-of indexed images is searched for with the image itself left out, and the cut-off is the
-score that only a `target` fraction of those top scores reach. Those top scores are what a
-picture that is *not* in the collection scores against it, so the cut-off's false-match rate
-is about `target` (the robustness benchmark measures it on held-out photographs).
+`near-duplicate`, with verification on (the default), needs geometric evidence: at least
+`InlierCutoff.inliers` RANSAC inliers between the query's local features and the result's
+(`indexer.verify`); a high embedding score alone is `similar`. That cut-off is calibrated like
+the score cut-off: sampled indexed pictures are verified against their nearest neighbours, and
+it is the count that at most `target` of those reach (within fixed bounds, see
+`inlier_cutoff`). With verification off, `near-duplicate` is a score cut-off calibrated on the
+index's own pictures: each of a sample of indexed images is searched for with the image itself
+left out, and the cut-off is the score that only a `target` fraction of those top scores reach.
+Those top scores are what a picture that is *not* in the collection scores against it, so the
+cut-off's false-match rate is about `target` (the robustness benchmark measures both on held-out
+photographs).
 """
 
 from __future__ import annotations
@@ -79,6 +85,43 @@ def calibrate_cutoff(whole_scores: np.ndarray, region_scores: np.ndarray,
         f"calibrated on leave-one-out searches of {len(whole_scores)} indexed images: "
         f"at most {target:.0%} of pictures not in the collection reach it",
     )
+
+
+# Random correspondences rarely fit one similarity: measured on scikit-image's photographs,
+# unrelated pairs reach at most 4 inliers with 800 query keypoints, copies 13 and more. The
+# calibrated cut-off stays within these bounds: a collection holding many copies of its own
+# pictures would otherwise push it up to the copies' counts.
+MIN_INLIERS = 10
+MAX_INLIERS = 16
+INLIER_CALIBRATION_SAMPLE = 200
+INLIER_CALIBRATION_NEIGHBOURS = 10
+
+
+@dataclass(frozen=True)
+class InlierCutoff:
+    """The inliers from which a verified result counts as a copy, and how it was chosen."""
+
+    inliers: int
+    basis: str
+
+    def as_dict(self) -> dict:
+        return {"inliers": self.inliers, "basis": self.basis}
+
+
+DEFAULT_INLIER_CUTOFF = InlierCutoff(MIN_INLIERS, "default (not calibrated yet)")
+
+
+def inlier_cutoff(non_member_inliers: np.ndarray, target: float = TARGET_FALSE_MATCH_RATE) -> InlierCutoff:
+    """One more than the inliers that more than `target` of the non-member counts reach, kept
+    between MIN_INLIERS and MAX_INLIERS; the default without at least two counts."""
+    counts = np.sort(np.asarray(non_member_inliers, dtype=np.int64))
+    if len(counts) < 2:
+        return DEFAULT_INLIER_CUTOFF
+    allowed = int(np.floor(target * len(counts)))
+    value = int(min(MAX_INLIERS, max(MIN_INLIERS, counts[len(counts) - 1 - allowed] + 1)))
+    return InlierCutoff(value, f"calibrated on {len(counts)} indexed pictures verified against their "
+                               f"{INLIER_CALIBRATION_NEIGHBOURS} nearest others (kept within "
+                               f"{MIN_INLIERS}-{MAX_INLIERS})")
 
 
 def same_pixels(query: Callable[[], Image.Image], read: Callable[[], bytes], decode: Callable[[bytes], Image.Image]) -> bool:

@@ -62,6 +62,8 @@ class Settings:
     generated_ttl_hours: float = 168.0  # how long generated pictures are kept
     generated_quota_mb: float = 1024.0  # LOUPE_GENERATED_QUOTA_MB: disk space generated pictures may take
     restore: RestoreSettings = RestoreSettings()
+    verify: bool = True  # LOUPE_VERIFY: geometric verification of image searches by default
+    verify_candidates: int = 30  # LOUPE_VERIFY_CANDIDATES: top results verified per image search
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -93,6 +95,8 @@ class Settings:
             trusted_hosts=tuple(h.strip().lower() for h in (env.get("LOUPE_TRUSTED_HOSTS") or "").split(",")
                                 if h.strip()),
             regions=RegionSpec.parse(env.get("LOUPE_REGIONS"), env.get("LOUPE_REGION_PENALTY")),
+            verify=_on_off(env, "LOUPE_VERIFY"),
+            verify_candidates=_whole_number(env, "LOUPE_VERIFY_CANDIDATES", "30", 1, 200),
         )
 
     def with_overrides(self, **changes) -> "Settings":
@@ -149,6 +153,20 @@ def redact_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL is reported as it is, minus nothing secret
         return url.split("@")[-1]
+
+
+def _on_off(env: Mapping[str, str], name: str, default: str = "on") -> bool:
+    text = (env.get(name) or default).strip().lower()
+    if text not in ("on", "off"):
+        raise ConfigError(f"{name}={text!r} is not on or off")
+    return text == "on"
+
+
+def _whole_number(env: Mapping[str, str], name: str, default: str, low: int, high: int) -> int:
+    text = (env.get(name) or default).strip()
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(f"{name}={text!r} is not a whole number from {low} to {high}")
+    return int(text)
 
 
 def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> float:

@@ -25,6 +25,7 @@ MAX_K = 200
 DEFAULT_K = 20
 MAX_OFFSET = 10_000
 REGION_MODES = ("on", "off")
+VERIFY_MODES = ("on", "off")
 PATH_MODES = ("absolute", "relative")
 MAX_VARIATIONS = 8
 
@@ -128,18 +129,24 @@ def search_image():
     if regions not in REGION_MODES:
         raise ApiError(400, "bad_parameter", f"regions must be one of {', '.join(REGION_MODES)}, not {regions!r}")
     use_regions = regions == "on"
+    verify = _param("verify")
+    if verify is not None:
+        verify = str(verify).lower()
+        if verify not in VERIFY_MODES:
+            raise ApiError(400, "bad_parameter", f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
+        verify = verify == "on"
     upload = request.files.get("image")
     if upload is not None:
         data = upload.read()
         if not data:
             raise ApiError(400, "bad_image", "the uploaded image is empty")
-        page, report = service().search_upload(data, k, offset, regions=use_regions, restore=restore)
+        page, report = service().search_upload(data, k, offset, regions=use_regions, restore=restore, verify=verify)
         restoration = report.as_dict()
     else:
         image_id = _param("image_id")
         if image_id is None:
             raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
-        page = service().search_image_id(_as_id(image_id), k, offset, regions=use_regions)
+        page = service().search_image_id(_as_id(image_id), k, offset, regions=use_regions, verify=verify)
         restoration = {**RestorationReport(restore).as_dict(), "note": "an indexed picture is searched by its stored vector"}
     return jsonify(_results(page, min_score, restoration=restoration))
 

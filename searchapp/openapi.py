@@ -89,9 +89,35 @@ SCHEMAS = {
                     },
                     "found_by": {"enum": ["raw", "restored", "both"],
                                  "description": "when a restoration stage ran: which query's ranking held it"},
+                    "verification": {
+                        "description": "the geometric evidence (local features, RANSAC) that this result shows "
+                                       "the query's picture; null when unverified",
+                        "oneOf": [{"type": "null"}, _ref("Verification")],
+                    },
                 },
             },
         ]
+    },
+    "Verification": {
+        "type": "object",
+        "required": ["inliers", "overlap_query", "overlap_result", "scale", "rotation_deg", "mirrored", "outline"],
+        "properties": {
+            "inliers": {"type": "integer", "description": "keypoint matches consistent with one transform"},
+            "overlap_query": {"type": "number", "description": "fraction of the query that lies inside the result"},
+            "overlap_result": {"type": "number", "description": "fraction of the result the query covers"},
+            "scale": {"type": "number", "description": "result pixels per query pixel"},
+            "rotation_deg": {"type": "number", "description": "how far the query is turned from the result, "
+                                                              "counter-clockwise"},
+            "mirrored": {"type": "boolean", "description": "the query is the result flipped left to right"},
+            "outline": {"type": "array", "minItems": 4, "maxItems": 4,
+                        "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+                        "description": "the query's corners (top-left, top-right, bottom-right, bottom-left) "
+                                       "in the result's pixels"},
+            "relation": {"enum": ["same-frame", "query-in-result", "result-in-query", "partial"],
+                         "description": "which way the match goes: the query is a crop of the result "
+                                        "(query-in-result), the result is a crop of the query (result-in-query)"},
+            "summary": {"type": "string", "description": "what was verified, in words"},
+        },
     },
     "ImageResults": {
         "allOf": [
@@ -103,6 +129,18 @@ SCHEMAS = {
                     "results": {"type": "array", "items": _ref("ImageResult")},
                     "copy_found": {"type": "boolean",
                                    "description": "whether a result is labelled exact or near-duplicate"},
+                    "verify": {
+                        "type": "object", "required": ["mode"],
+                        "description": "what verification did: near-duplicate needs inliers ≥ inlier_cutoff",
+                        "properties": {
+                            "mode": {"enum": ["on", "off"]}, "candidates": {"type": "integer"},
+                            "checked": {"type": "integer"}, "verified": {"type": "integer"},
+                            "inlier_cutoff": {"type": "integer"}, "query_keypoints": {"type": "integer"},
+                            "mirrored_tried": {"type": "boolean"}, "mirror_searched": {"type": "boolean"},
+                            "ms": {"type": "number"},
+                            "note": {"type": "string"},
+                        },
+                    },
                     "restoration": {
                         "type": "object",
                         "required": ["requested", "detected", "applied"],
@@ -304,6 +342,9 @@ def openapi_document() -> dict:
                                         f"({', '.join(sorted(COSTLY_STAGES))} need the API token when one is set)"},
                         {"name": "regions", "in": "query", "schema": {"enum": ["on", "off"], "default": "on"},
                          "description": "off: match whole pictures only, not their regions"},
+                        {"name": "verify", "in": "query", "schema": {"enum": ["on", "off"]},
+                         "description": "on (default: LOUPE_VERIFY): verify the top LOUPE_VERIFY_CANDIDATES results "
+                                        "with local features; near-duplicate then needs geometric evidence"},
                     ],
                     "requestBody": {"required": True, "content": IMAGE_BODY},
                     "security": READ,

@@ -205,26 +205,52 @@ class SearchService:
         query = self.embedder.encode_texts([text])
         return library.search(query, k, offset, started=t0)
 
-    def search_upload(self, data: bytes, k: int, offset: int, regions: bool = True, restore: str = "auto"):
+    def verify_options(self, verify: bool | None = None):
+        """The verification settings of an image search (None: verification off); `verify`
+        None follows LOUPE_VERIFY."""
+        from indexer.verify import VerifyOptions
+
+        wanted = self.settings.verify if verify is None else verify
+        return VerifyOptions(candidates=self.settings.verify_candidates) if wanted else None
+
+    def search_upload(self, data: bytes, k: int, offset: int, regions: bool = True, restore: str = "auto",
+                      verify: bool | None = None):
         """Reverse lookup of an uploaded picture with query restoration `restore`
-        (see `searchapp.restoration.pipeline`): (page, RestorationReport)."""
+        (see `searchapp.restoration.pipeline`) and geometric verification: (page, RestorationReport)."""
         from .restoration.pipeline import restored_lookup
 
         library = self.searchable_library()
         return restored_lookup(library, self.embedder, data, k, offset, regions, self.upload_limits, mode=restore,
-                               restorers=self.restorers if restore != "off" else None)
+                               restorers=self.restorers if restore != "off" else None,
+                               verify=self.verify_options(verify))
 
-    def search_image_id(self, image_id: int, k: int, offset: int, regions: bool = True) -> SearchPage:
-        """More like an indexed image (its stored vector), the image itself left out."""
+    def search_image_id(self, image_id: int, k: int, offset: int, regions: bool = True,
+                        verify: bool | None = None) -> SearchPage:
+        """More like an indexed image (its stored vector), the image itself left out; verified
+        with its stored local features."""
+        from indexer.lookup import rank_verified, verify_stored
+
         library = self.searchable_library()
         t0 = time.perf_counter()
         vector = library.vector_of(image_id)
         record = library.image(image_id)
-        page = library.search(vector, k, offset, started=t0, regions=regions, exclude=[image_id])
+        options = self.verify_options(verify)
+        depth = k + offset if options is None else max(k + offset, options.candidates)
+        page = library.search(vector, depth, 0, started=t0, regions=regions, exclude=[image_id])
+        report, summary = None, {"mode": "off"}
+        query = library.features_of([record.duplicate_of or image_id]).get(record.duplicate_of or image_id)
+        if options is not None and query is not None:
+            report = verify_stored(library, query, page.results, options)
+            page = replace(page, results=rank_verified(page.results, report, record.content_hash))
+            summary = report.as_dict(library.inlier_cutoff().inliers, options.candidates)
+        elif options is not None:
+            summary = {"mode": "on", "note": "this picture has no local features yet (run loupe index)"}
+        page = replace(page, results=page.results[offset : offset + k])
         page = library.label(page, record.content_hash,
                              lambda: decode_image(library.read_image_bytes(image_id)).image,
-                             (record.width, record.height))
-        return replace(page, total=max(page.total - 1, 0), took_ms=(time.perf_counter() - t0) * 1000)
+                             (record.width, record.height), verified=report)
+        return replace(page, total=max(page.total - 1, 0), took_ms=(time.perf_counter() - t0) * 1000,
+                       verify=summary)
 
     # -- writes ----------------------------------------------------------------------------------
     def add_upload(self, data: bytes, filename: str) -> int:

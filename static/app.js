@@ -17,7 +17,10 @@
     genCancel: $("gen-cancel"), genClose: $("gen-close"), genStatus: $("gen-status"),
     genBackend: $("gen-backend"), genGrid: $("gen-grid"), restoration: $("restoration"),
     reconstruction: $("reconstruction"), reconstructionImage: $("reconstruction-image"),
+    compare: $("compare"), compareQuery: $("compare-query"), compareMatch: $("compare-match"),
+    compareOverlay: $("compare-overlay"), compareSummary: $("compare-summary"),
   };
+  const SVG = "http://www.w3.org/2000/svg";
   const GENERATE = { n: 4, strength: 0.6, steps: 50 };
   // Generating and adding pictures need the API token when the server has one: without a
   // session that may write, those buttons are not offered (the footer links to the sign-in).
@@ -37,6 +40,7 @@
   let generation = 0; // bumps on every new query, so late answers to old ones are ignored
   let controller = null;
   let detailId = null;
+  let shown = new Map(); // id → result of the current query's pages (the compare view needs them)
   let debounce = null;
   let genRun = 0; // bumps on every generation started or closed, so old polls stop
   let genJob = null;
@@ -94,6 +98,7 @@
     offset = 0;
     total = 0;
     els.results.replaceChildren();
+    shown = new Map();
     els.more.hidden = true;
     showVerdict(null);
     if (!q) {
@@ -145,10 +150,14 @@
       return;
     }
     const copies = page.results.filter((r) => r.match in MATCH_LABELS).length;
+    const verified = page.results.find((r) => r.match in MATCH_LABELS && r.verification);
+    const found = `${copies} ${copies === 1 ? "copy" : "copies"} found (exact or altered), shown first.`;
     els.verdict.className = "verdict " + (page.copy_found ? "found" : "none");
-    els.verdict.textContent = page.copy_found
-      ? `This picture is in the collection: ${copies} ${copies === 1 ? "copy" : "copies"} found (exact or altered), shown first.`
-      : "The collection holds no copy of this picture. These are the most similar pictures.";
+    els.verdict.textContent = !page.copy_found
+      ? "The collection holds no copy of this picture. These are the most similar pictures."
+      : verified ? `This picture is in the collection. ${verified.verification.summary} (verified: ` +
+        `${verified.verification.inliers} matching points). ${found}`
+        : `This picture is in the collection: ${found}`;
     els.verdict.hidden = false;
   }
 
@@ -179,6 +188,7 @@
     img.loading = "lazy";
     img.width = 320;
     img.height = 240;
+    if (result.verification && result.width && result.height) return outlined(result, img);
     if (!result.region || !result.width || !result.height) return img;
     const frame = document.createElement("span");
     frame.className = "frame";
@@ -197,6 +207,68 @@
     fit.append(img, box);
     frame.append(fit);
     return frame;
+  }
+
+  // The whole picture (letterboxed) with the verified outline of the query drawn over it.
+  function outlined(result, img) {
+    const frame = document.createElement("span");
+    frame.className = "frame";
+    const fit = document.createElement("span");
+    fit.className = "fit";
+    fit.style.aspectRatio = `${result.width} / ${result.height}`;
+    fit.style[result.width / result.height >= 4 / 3 ? "width" : "height"] = "100%";
+    const svg = outlineSvg(result);
+    svg.classList.add("outline");
+    fit.append(img, svg);
+    frame.append(fit);
+    return frame;
+  }
+
+  function outlineSvg(result) {
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", `0 0 ${result.width} ${result.height}`);
+    svg.setAttribute("preserveAspectRatio", "none");
+    const polygon = document.createElementNS(SVG, "polygon");
+    polygon.setAttribute("points", result.verification.outline.map(([x, y]) => `${x},${y}`).join(" "));
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = result.verification.summary;
+    polygon.append(title);
+    svg.append(polygon);
+    return svg;
+  }
+
+  // Query and match side by side: the match with the verified outline, and the query warped
+  // onto it (an affine map of its corners to the outline's) when the toggle is on.
+  function showCompare(result) {
+    const queryImage = els.queryImage;
+    const usable = result && result.verification && query && query.kind === "upload" && queryImage.naturalWidth;
+    els.compare.hidden = !usable;
+    els.detailImage.hidden = Boolean(usable);
+    if (!usable) return;
+    els.compareQuery.src = queryImage.src;
+    const svg = outlineSvg(result);
+    const image = document.createElementNS(SVG, "image");
+    image.setAttribute("href", result.file_url);
+    image.setAttribute("width", result.width);
+    image.setAttribute("height", result.height);
+    const [p0, p1, , p3] = result.verification.outline;
+    const qw = queryImage.naturalWidth, qh = queryImage.naturalHeight;
+    const warped = document.createElementNS(SVG, "image");
+    warped.setAttribute("class", "warped");
+    warped.setAttribute("href", queryImage.src);
+    warped.setAttribute("width", qw);
+    warped.setAttribute("height", qh);
+    warped.setAttribute("transform", `matrix(${(p1[0] - p0[0]) / qw} ${(p1[1] - p0[1]) / qw} ` +
+      `${(p3[0] - p0[0]) / qh} ${(p3[1] - p0[1]) / qh} ${p0[0]} ${p0[1]})`);
+    svg.setAttribute("preserveAspectRatio", "xMidYMid meet");
+    svg.classList.add("outline");
+    svg.prepend(image);
+    svg.insertBefore(warped, svg.lastChild);
+    els.compareMatch.replaceChildren(svg);
+    els.compareMatch.classList.toggle("overlay", els.compareOverlay.checked);
+    const v = result.verification;
+    els.compareSummary.textContent = `${v.summary}. ${v.inliers} matching points; scale ${v.scale.toFixed(2)}, ` +
+      `rotation ${v.rotation_deg.toFixed(1)}°${v.mirrored ? ", mirrored" : ""}.`;
   }
 
   function render(results, first) {
@@ -229,6 +301,13 @@
         via.title = "Only the reconstructed query found this picture";
         caption.append(via);
       }
+      if (result.verification) {
+        const verified = document.createElement("span");
+        verified.className = "verified";
+        verified.textContent = result.verification.summary;
+        caption.classList.add("has-verified");
+        caption.append(verified);
+      }
       if (label) {
         const badge = document.createElement("span");
         badge.className = `badge ${result.match}`;
@@ -236,6 +315,7 @@
         card.append(badge);
       }
       card.append(thumbnail(result), caption);
+      shown.set(result.id, result);
       card.addEventListener("click", () => openDetail(result.id));
       item.append(card);
       fragment.append(item);
@@ -293,6 +373,7 @@
     els.detailMeta.replaceChildren();
     els.detailTitle.textContent = "Loading…";
     els.detailImage.removeAttribute("src");
+    showCompare(shown.get(id));
     if (!els.detail.open) els.detail.showModal();
     const response = await api(`/api/images/${id}`);
     if (detailId !== id) return;
@@ -562,6 +643,9 @@
   els.genCancel.addEventListener("click", cancelGeneration);
   els.genClose.addEventListener("click", closeGeneration);
   els.detailClose.addEventListener("click", () => els.detail.close());
+  els.compareOverlay.addEventListener("change", () => {
+    els.compareMatch.classList.toggle("overlay", els.compareOverlay.checked);
+  });
   els.detail.addEventListener("click", (event) => {
     if (event.target === els.detail) els.detail.close(); // a click on the backdrop
   });

@@ -425,3 +425,80 @@ def test_uploads_recalibrate_in_the_background_not_in_the_request(client, monkey
     assert client.get("/api/health").get_json()["images"] == 28
     status = service.library
     assert not status.needs_calibration()
+
+
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_crop_is_a_verified_copy_with_its_overlap(client, photos):
+    original = next(photos.rglob("chelsea-0.*"))
+    with Image.open(original) as img:
+        picture = img.convert("RGB")
+    w, h = picture.size
+    part = picture.crop((w // 5, h // 6, w // 5 + int(w * 0.63), h // 6 + int(h * 0.63)))  # 40 % of the area
+    response = client.post("/api/search/image?k=5", data=upload(_png(part), "crop.png"),
+                           content_type="multipart/form-data")
+    body = check_schema(response, "/api/search/image", "post")
+    assert body["verify"]["mode"] == "on" and body["verify"]["candidates"] == 30
+    first = body["results"][0]
+    assert first["match"] == "near-duplicate" and body["copy_found"] is True
+    assert first["path"] == str(original) or "chelsea" in first["path"]  # its crops in the collection may verify too
+    found = next(r for r in body["results"] if r["path"] == str(original))["verification"]
+    assert found["inliers"] >= body["verify"]["inlier_cutoff"]
+    assert found["overlap_result"] == pytest.approx(0.4, abs=0.04) and found["overlap_query"] > 0.95
+    assert found["relation"] == "query-in-result" and found["mirrored"] is False
+    assert np.abs(np.array(found["outline"][0]) - (w // 5, h // 6)).max() < 5
+    # Every result labelled a copy carries its evidence; the others are similar at most.
+    for result in body["results"]:
+        assert (result["match"] == "near-duplicate") == (result["verification"] is not None)
+
+
+def test_a_mirrored_upload_verifies_as_mirrored(client, photos):
+    original = next(photos.rglob("motorcycle-0.*"))
+    with Image.open(original) as img:
+        flipped = img.convert("RGB").transpose(Image.FLIP_LEFT_RIGHT)
+    body = client.post("/api/search/image?k=10", data=upload(_png(flipped), "m.png"),
+                       content_type="multipart/form-data").get_json()
+    verified = [r for r in body["results"] if r["verification"]]
+    if not any(r["path"] == str(original) for r in body["results"]):
+        pytest.skip("the untrained tiny model did not bring the original into the candidates")
+    assert verified and verified[0]["verification"]["mirrored"] is True and body["verify"]["mirrored_tried"]
+
+
+def test_verify_off_keeps_the_score_labels_and_bad_values_are_400(client, photos):
+    original = next(photos.rglob("coffee-0.*"))
+    off = client.post("/api/search/image?k=3&verify=off", data=upload(original), content_type="multipart/form-data")
+    body = check_schema(off, "/api/search/image", "post")
+    assert body["verify"] == {"mode": "off"} and body["results"][0]["match"] == "exact"
+    assert all(r["verification"] is None for r in body["results"])
+    bad = client.post("/api/search/image?verify=maybe", data=upload(original), content_type="multipart/form-data")
+    assert bad.status_code == 400 and bad.get_json()["error"] == "bad_parameter" and "verify" in bad.get_json()["message"]
+
+
+def test_more_like_this_is_verified_with_stored_features(client, photos):
+    original = next(photos.rglob("astronaut-0.*"))
+    listing = client.post("/api/search/image?k=1&verify=off", data=upload(original),
+                          content_type="multipart/form-data").get_json()
+    image_id = listing["results"][0]["id"]
+    body = check_schema(client.post("/api/search/image", json={"image_id": image_id, "k": 10}),
+                        "/api/search/image", "post")
+    assert body["verify"]["mode"] == "on"
+    crops = [r for r in body["results"] if "astronaut" in r["path"]]
+    assert crops and all(r["match"] == "near-duplicate" and r["verification"] for r in crops)
+    assert body["results"][: len(crops)] == crops  # verified copies rank first
+
+
+def test_loupe_verify_off_is_the_default_that_a_request_overrides(indexed, settings, photos):
+    from dataclasses import replace
+
+    client = make_app(replace(settings, verify=False, verify_candidates=5)).test_client()
+    original = next(photos.rglob("coins-0.*"))
+    default = client.post("/api/search/image?k=3", data=upload(original), content_type="multipart/form-data")
+    assert default.get_json()["verify"] == {"mode": "off"}
+    asked = client.post("/api/search/image?k=3&verify=on", data=upload(original), content_type="multipart/form-data")
+    body = check_schema(asked, "/api/search/image", "post")
+    assert body["verify"]["mode"] == "on" and body["verify"]["candidates"] == 5
+    assert body["results"][0]["match"] == "exact" and body["results"][0]["verification"]["relation"] == "same-frame"

@@ -119,8 +119,10 @@ def test_crop_shows_its_region_outlined_and_a_copy_found(page, photos, tmp_path)
     page.wait_for_selector("#results .card")
     first = page.locator("#results .card").first
     assert first.locator(".name").inner_text() == original.name
-    outline = first.locator(".region")
-    assert outline.count() == 1
+    # Verified: the outline drawn is the verified quadrilateral (here the region itself), which
+    # replaces the region's square.
+    outline = first.locator(".outline polygon")
+    assert outline.count() == 1 and first.locator(".region").count() == 0
     frame = first.locator(".fit").bounding_box()
     drawn = outline.bounding_box()
     # The outline sits where the region is in the picture (to within a pixel or two of rounding).
@@ -427,3 +429,44 @@ def test_a_running_indexing_job_can_be_cancelled_from_the_page(browser, server, 
         assert page.is_hidden("#index-job-cancel")
     finally:
         context.close()
+
+
+def test_a_verified_crop_shows_its_outline_verdict_and_compare_view(page, photos, tmp_path):
+    from PIL import Image
+
+    original = next(photos.rglob("chelsea-0.*"))
+    with Image.open(original) as img:
+        picture = img.convert("RGB")
+    w, h = picture.size
+    box = (w // 5, h // 6, w // 5 + int(w * 0.63), h // 6 + int(h * 0.63))  # 40 % of the area
+    crop = tmp_path / "crop.png"
+    picture.crop(box).save(crop)
+    page.set_input_files("#file", str(crop))
+    page.wait_for_selector("#results .card")
+    verdict = page.inner_text("#verdict")
+    assert "This picture is in the collection." in verdict and "of this photo" in verdict and "verified" in verdict
+    card = page.locator("#results .card", has=page.locator(".name", has_text=original.name))
+    polygon = card.locator(".outline polygon")
+    assert polygon.count() == 1 and card.locator(".badge").inner_text() == "Near-duplicate"
+    assert "Your picture is 40 % of this photo" in card.locator(".verified").inner_text()
+    frame, drawn = card.locator(".fit").bounding_box(), polygon.bounding_box()
+    # The outline sits where the crop is in the photo (to within a few pixels of the thumbnail).
+    assert abs((drawn["x"] - frame["x"]) / frame["width"] - box[0] / w) < 0.02
+    assert abs(drawn["width"] / frame["width"] - (box[2] - box[0]) / w) < 0.02
+    assert abs((drawn["y"] - frame["y"]) / frame["height"] - box[1] / h) < 0.02
+    save_screenshot(page, tmp_path, "verified-crop.png")
+
+    card.click()
+    page.wait_for_selector("#compare:not([hidden])")
+    assert page.is_hidden("#detail-image")
+    assert "Your picture is 40 % of this photo" in page.inner_text("#compare-summary")
+    assert page.locator("#compare-match polygon").count() == 1
+    assert page.eval_on_selector("#compare-match polygon", "e => getComputedStyle(e).fill") != "rgb(0, 0, 0)"
+    assert page.eval_on_selector("#compare-match .warped", "e => getComputedStyle(e).opacity") == "0"
+    page.check("#compare-overlay")
+    page.wait_for_function("getComputedStyle(document.querySelector('#compare-match .warped')).opacity > 0.5")
+    # The warped query covers the outline: its on-screen box is the polygon's.
+    warped = page.locator("#compare-match .warped").bounding_box()
+    outline = page.locator("#compare-match polygon").bounding_box()
+    assert abs(warped["x"] - outline["x"]) < 4 and abs(warped["width"] - outline["width"]) < 5  # the stroke: 3 px
+    page.screenshot(path=str(tmp_path / "compare.png"))

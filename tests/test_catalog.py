@@ -29,7 +29,7 @@ def test_migrations_match_the_models(database_url):
     names = set(inspect(engine).get_table_names())
     assert {"images", "image_regions", "jobs", "index_info", "alembic_version"} <= names
     current, head = current_and_head(engine)
-    assert current == head == "0003"
+    assert current == head == "0004"
     engine.dispose()
 
 
@@ -51,7 +51,7 @@ def test_sqlite_default_is_migrated_automatically(tmp_path):
     settings = Settings.from_env({"LOUPE_HOME": str(tmp_path / "home")})
     sessions = open_database(settings)
     engine = sessions.kw["bind"]
-    assert current_and_head(engine)[0] == "0003"
+    assert current_and_head(engine)[0] == "0004"
     engine.dispose()
 
 
@@ -105,4 +105,5 @@ def test_upgrade_from_0001_keeps_indexed_images(database_url):
         assert conn.execute(text("SELECT path, embedding FROM images")).one() == ("/old.jpg", b"\x00" * 8)
         assert conn.execute(text("SELECT whole_cutoff FROM index_info")).scalar() is None
         assert conn.execute(text("SELECT count(*) FROM image_regions")).scalar() == 0
+        assert conn.execute(text("SELECT local_features FROM images")).scalar() is None  # backfilled by `loupe index`
     engine.dispose()

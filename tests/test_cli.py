@@ -168,7 +168,7 @@ def test_second_writer_is_refused_while_one_holds_the_lock(env, photos):
 def test_db_upgrade_is_idempotent(env):
     for _ in range(2):
         code, out, _ = run_cli(["db", "upgrade"], env)
-        assert code == 0 and "schema 0003" in out
+        assert code == 0 and "schema 0004" in out
 
 
 def test_usage_errors_exit_2(env):
@@ -188,3 +188,20 @@ def test_indexer_never_imports_flask():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_image_search_prints_the_verified_verdict_and_overlap(env, photos, tmp_path):
+    from PIL import Image
+
+    assert run_cli(["index", str(photos), "--no-progress"], env)[0] == 0
+    with Image.open(next(photos.rglob("camera-0.*"))) as img:
+        picture = img.convert("RGB")
+    w, h = picture.size
+    crop = tmp_path / "part.png"
+    picture.crop((w // 4, h // 4, w // 4 + w // 2, h // 4 + h // 2)).save(crop)  # 25 % of the area
+    code, out, err = run_cli(["search", "--image", str(crop), "-k", "3"], env)
+    assert code == 0, err
+    assert "verdict: a copy is in the collection" in out
+    assert "verified: Your picture is 25 % of this photo" in out and "of the query" in out
+    code, out, _ = run_cli(["search", "--image", str(crop), "-k", "3", "--verify", "off"], env)
+    assert code == 0 and "verified:" not in out

@@ -69,7 +69,8 @@ def _catalog(env):
             images = conn.execute(select(
                 ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.duplicate_of,
                 ImageRecord.content_hash, ImageRecord.width, ImageRecord.height, ImageRecord.error,
-                ImageRecord.noise_level, ImageRecord.embedding).order_by(ImageRecord.id)).all()
+                ImageRecord.noise_level, ImageRecord.local_features, ImageRecord.embedding)
+                .order_by(ImageRecord.id)).all()
             regions = conn.execute(select(
                 RegionRecord.id, RegionRecord.image_id, RegionRecord.x, RegionRecord.y, RegionRecord.w,
                 RegionRecord.h, RegionRecord.embedding).order_by(RegionRecord.id)).all()

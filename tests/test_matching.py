@@ -10,6 +10,8 @@ from helpers import run_json
 from indexer.matching import (
     DEFAULT_CUTOFF,
     EXACT,
+    MAX_INLIERS,
+    MIN_INLIERS,
     NEAR_DUPLICATE,
     SIMILAR,
     MatchCutoff,
@@ -65,5 +67,11 @@ def test_index_job_calibrates_and_status_reports_it(env, photos):
     assert first["basis"].startswith("calibrated on leave-one-out searches of 12")
     assert 0 < first["near_duplicate"] <= 1 and 0 < first["near_duplicate_region"] <= 1
     run_json(["index", str(photos), "--no-progress"], env)
-    second = run_json(["status"], env)["matching"]
+    status = run_json(["status"], env)
+    second = status["matching"]
     assert second["basis"].startswith("calibrated on leave-one-out searches of 24")
+    verification = status["verification"]
+    assert verification["enabled"] is True and verification["candidates"] == 30
+    assert verification["basis"].startswith("calibrated on 24 indexed pictures")
+    # The collection holds crops of its own photographs: their counts push the cut-off to its bound.
+    assert MIN_INLIERS <= verification["inliers"] <= MAX_INLIERS

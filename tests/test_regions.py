@@ -121,12 +121,18 @@ def test_a_crop_is_found_through_its_region(env, photos, tmp_path):
     box = region_boxes(picture.width, picture.height)[-1]  # a small corner region
     crop = tmp_path / "crop.png"
     picture.crop((box.x, box.y, box.x + box.w, box.y + box.h)).save(crop)
-    page = run_json(["search", "--image", str(crop), "-k", "3"], env)
+    page = run_json(["search", "--image", str(crop), "-k", "3", "--verify", "off"], env)
     first = page["results"][0]
     assert first["path"] == str(original)
     assert first["region"] == box.as_list()
     assert first["score"] > 0.99
-    whole_only = run_json(["search", "--image", str(crop), "-k", "3", "--no-regions"], env)
+    # Verified, the photo's other files that contain the corner (its crops) are copies too and
+    # rank by their evidence; the photo is one of them, still found through its region.
+    verified = run_json(["search", "--image", str(crop), "-k", "3"], env)
+    found = next(r for r in verified["results"] if r["path"] == str(original))
+    assert found["match"] == "near-duplicate" and found["region"] == box.as_list()
+    assert found["verification"]["relation"] == "query-in-result"
+    whole_only = run_json(["search", "--image", str(crop), "-k", "3", "--no-regions", "--verify", "off"], env)
     assert all(r["region"] is None for r in whole_only["results"])
     assert whole_only["results"][0]["score"] < first["score"]
 

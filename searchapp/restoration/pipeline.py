@@ -34,6 +34,8 @@ from PIL import Image, ImageFilter
 from indexer.errors import ConfigError
 from indexer.images import DecodeLimits, decode_image
 from indexer.library import Library, SearchPage
+from indexer.lookup import finish_page, verify_results
+from indexer.verify import VerifyOptions
 from indexer.noise import noise_levels
 from indexer.settings import RestoreSettings
 
@@ -188,20 +190,24 @@ class Restorers:
 
 def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int = 0, regions: bool = True,
                     limits: DecodeLimits = DecodeLimits(), mode: str = "auto", restorers: Restorers | None = None,
-                    timings: dict[str, float] | None = None) -> tuple[SearchPage, RestorationReport]:
-    """Reverse lookup of the picture in `data` with restoration `mode` (auto, off or a stage);
-    the page (as `indexer.lookup.reverse_lookup` gives it when nothing runs) and the report."""
+                    timings: dict[str, float] | None = None,
+                    verify: VerifyOptions | None = None) -> tuple[SearchPage, RestorationReport]:
+    """Reverse lookup of the picture in `data` with restoration `mode` (auto, off or a stage)
+    and, with `verify`, geometric verification of the top candidates; the page (as
+    `indexer.lookup.reverse_lookup` gives it when nothing runs) and the report."""
     if mode not in MODES:
         raise ConfigError(f"restore must be one of {', '.join(MODES)}, not {mode!r}")
     if mode != "off" and restorers is None:
         raise ConfigError("restoration needs the stage models (Restorers)")
     clock = _Clock(timings)
-    decoded = decode_image(data, limits, draft_size=library.region_spec.draft_size(embedder.image_size))
+    decoded = decode_image(data, limits, draft_size=library.draft_size(embedder.image_size))
     clock.lap("decode")
     pixels = embedder.prepare(decoded.image)
     raw_vector = embedder.encode_batch([pixels])
     clock.lap("embed")
     depth = k + offset + FUSION_EXTRA
+    if verify is not None:
+        depth = max(depth, verify.candidates)
     raw = library.search(raw_vector, depth, 0, regions=regions)
     clock.lap("knn+join")
     report = RestorationReport(mode)
@@ -227,11 +233,16 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
                 clock.lap("knn (restored)+fuse")
                 report = replace(report, applied=stages, reconstruction=reconstruction,
                                  stage_ms={s: clock.times[s] for s in stages})
+    verified = None
+    if verify is not None:
+        results, verified = verify_results(library, results, decoded, verify, query_sha256=decoded.sha256,
+                                           embedder=embedder, regions=regions)
+        clock.lap("verify")
     page = SearchPage(tuple(results[offset : offset + k]), total=raw.total, took_ms=0.0)
-    page = library.label(page, decoded.sha256, lambda: decode_image(data, limits).image,
-                         (decoded.width, decoded.height))
+    page = finish_page(library, page, decoded, data, limits, verified, verify)
     clock.lap("label")
-    restoring = sum(v for name, v in clock.times.items() if name not in ("decode", "embed", "knn+join", "label"))
+    restoring = sum(v for name, v in clock.times.items()
+                    if name not in ("decode", "embed", "knn+join", "verify", "label"))
     return replace(page, took_ms=clock.total()), replace(report, ms=restoring)
 
 
