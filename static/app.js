@@ -190,12 +190,6 @@
     img.height = 240;
     if (result.verification && result.width && result.height) return outlined(result, img);
     if (!result.region || !result.width || !result.height) return img;
-    const frame = document.createElement("span");
-    frame.className = "frame";
-    const fit = document.createElement("span");
-    fit.className = "fit";
-    fit.style.aspectRatio = `${result.width} / ${result.height}`;
-    fit.style[result.width / result.height >= 4 / 3 ? "width" : "height"] = "100%";
     const [x, y, w, h] = result.region;
     const box = document.createElement("span");
     box.className = result.match in MATCH_LABELS ? "region copy" : "region";
@@ -204,22 +198,25 @@
       left: `${(100 * x) / result.width}%`, top: `${(100 * y) / result.height}%`,
       width: `${(100 * w) / result.width}%`, height: `${(100 * h) / result.height}%`,
     });
-    fit.append(img, box);
-    frame.append(fit);
-    return frame;
+    return letterboxed(result, img, box);
   }
 
   // The whole picture (letterboxed) with the verified outline of the query drawn over it.
   function outlined(result, img) {
+    const svg = outlineSvg(result);
+    svg.classList.add("outline");
+    return letterboxed(result, img, svg);
+  }
+
+  // The picture fitted into the result's frame at its own aspect ratio, `overlay` drawn over it.
+  function letterboxed(result, img, overlay) {
     const frame = document.createElement("span");
     frame.className = "frame";
     const fit = document.createElement("span");
     fit.className = "fit";
     fit.style.aspectRatio = `${result.width} / ${result.height}`;
     fit.style[result.width / result.height >= 4 / 3 ? "width" : "height"] = "100%";
-    const svg = outlineSvg(result);
-    svg.classList.add("outline");
-    fit.append(img, svg);
+    fit.append(img, overlay);
     frame.append(fit);
     return frame;
   }
