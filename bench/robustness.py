@@ -24,18 +24,21 @@ written apart from the restorers' training damage, whose random families leave o
 kinds' parameters (searchapp.restoration.corruptions.HELD_OUT). Kinds without randomness make
 one query per picture.
 
-Configurations (`--stages`): `whole` (the whole-image index alone, no restoration), `verify`
-(the regional lookup with restoration off and geometric verification of the top
-`--verify-candidates` results: near-duplicate then needs local-feature evidence; every other
-configuration labels by the embedding score alone, as the lookup did before verification), and each
+Configurations (`--stages`): `whole` (the whole-image index alone, no restoration), and each
 query-restoration mode on the regional index: `off` (the query as given), `auto` (what the
 service does by default), or one stage by name (`blur`, the trivial denoising baseline;
 `pixel` and `pixel-ddim`, diffusion purification; `embedding`, the embedding-space diffusion
 model; `qe`, αQE query expansion; `outpaint`, crop reconstruction). Stages with models use those
 trained in `--restorers HOME` (`loupe train-restorer` there, on the same corpus) or configured
-by LOUPE_RESTORE_MODEL / LOUPE_OUTPAINT_MODEL. The corpus is indexed once per index kind, and the
-time and size of each index are printed; for `auto`, how often each condition was detected and
-each stage ran, by kind.
+by LOUPE_RESTORE_MODEL / LOUPE_OUTPAINT_MODEL. `MODE+verify` adds geometric verification of the
+top `--verify-candidates` results (`verify` alone is `off+verify`): near-duplicate then needs
+local-feature evidence, and a reconstruction's proposals must verify to rise; without it a
+configuration labels by the embedding score alone. `MODE@PENALTY` sets the region penalty. The
+corpus is indexed once per index kind, and the time and size of each index are printed; for
+`auto`, how often each condition was detected and each stage ran, by kind, and the time it
+added (p50/p95). A restoring configuration is checked query by query against the same
+configuration with restoration off: a query whose original that one ranks first must not lose
+it to a result that is not a verified copy (exit status 1 otherwise).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from searchapp.restoration.stages import CONDITIONS, MODES
 VERIFY = "verify"
 CONFIGS = ("whole",) + MODES + (VERIFY,)
 REGIONAL_CONFIGS = frozenset(MODES) | {VERIFY}
+CONFIG_SYNTAX = r"[a-z-]+(\+verify)?(@[0-9.]+)?"
 VERIFY_CANDIDATES = [30]  # --verify-candidates
 
 
@@ -108,6 +112,10 @@ class Outcome:
     detected: tuple[str, ...] = ()
     applied: tuple[str, ...] = ()
     top_found_by: str | None = None  # how the top result was found after a restoration (raw, restored, both)
+    top_id: int | None = None
+    top_verified: bool = False  # the top result is a verified copy
+    restore_ms: float = 0.0  # what restoration added to the query (detection, stages, second lookup)
+    miss: str | None = None  # verifying configurations: why the original is not first and labelled a copy
 
 
 @dataclass
@@ -126,8 +134,22 @@ class IndexedCorpus:
 
 def mode_of(config: str) -> str:
     """A configuration's restoration mode (`whole` for the whole-image index): `off@0.01` is
-    `off` with region penalty 0.01, to compare region penalties on one index, query by query."""
-    return config.split("@", 1)[0]
+    `off` with region penalty 0.01, to compare region penalties on one index, query by query;
+    `auto+verify` is `auto` with verification; `verify` is `off` with verification."""
+    mode = config.split("@", 1)[0].split("+", 1)[0]
+    return "off" if mode == VERIFY else mode
+
+
+def verifies(config: str) -> bool:
+    """Whether the configuration verifies its candidates geometrically."""
+    return config.split("@", 1)[0] in (VERIFY,) or "+verify" in config
+
+
+def unrestored_twin(config: str, configs) -> str | None:
+    """The configuration among `configs` that is `config` with restoration off (its raw answers)."""
+    penalty = "@" + config.split("@", 1)[1] if "@" in config else ""
+    names = ("off+verify", VERIFY) if verifies(config) else ("off",)
+    return next((name + penalty for name in names if name + penalty in configs), None)
 
 
 def is_regional(config: str) -> bool:
@@ -156,11 +178,43 @@ def search(index: IndexedCorpus, data: bytes, config: str, k: int):
 
     ms: dict[str, float] = {}
     mode = mode_of(config)
-    verify = VerifyOptions(candidates=VERIFY_CANDIDATES[0]) if mode == VERIFY else None
+    verify = VerifyOptions(candidates=VERIFY_CANDIDATES[0]) if verifies(config) else None
     page, report = restored_lookup(index.library, index.embedder, data, k, regions=is_regional(config),
-                                   mode="off" if mode in ("whole", VERIFY) else mode, restorers=index.restorers,
+                                   mode="off" if mode == "whole" else mode, restorers=index.restorers,
                                    timings=ms, verify=verify)
     return page, report, ms
+
+
+MISSES = ("not proposed, would verify", "not proposed, would not verify", "proposed, too few inliers",
+          "verified, outranked", "no stored features")
+
+
+def why_missed(index: IndexedCorpus, data: bytes, want: int) -> str:
+    """Why a verifying lookup did not answer the original first as a copy (one of MISSES): was it
+    among the candidates the lookup (or its mirror image) proposed, and does it verify against
+    the query at all (straight or mirrored)?"""
+    from indexer.features import QUERY_KEYPOINTS, extract, mirrored_image
+    from indexer.images import decode_image
+    from indexer.verify import verify_pair
+
+    library, embedder = index.library, index.embedder
+    stored = library.features_of([want]).get(want)
+    if stored is None:
+        return MISSES[4]
+    decoded = decode_image(data, draft_size=library.draft_size(embedder.image_size))
+    proposed, inliers = False, 0
+    for mirrored in (False, True):
+        image = mirrored_image(decoded.image) if mirrored else decoded.image
+        vector = embedder.encode_batch([embedder.prepare(image)])
+        found = library.search(vector, VERIFY_CANDIDATES[0], 0, regions=True).results
+        proposed = proposed or want in [r.id for r in found]
+        fit = verify_pair(extract(image, decoded.width, decoded.height, max_keypoints=QUERY_KEYPOINTS), stored,
+                          mirrored=mirrored)
+        inliers = max(inliers, fit.inliers if fit is not None else 0)
+    verifies = inliers >= library.inlier_cutoff().inliers
+    if not proposed:
+        return MISSES[0] if verifies else MISSES[1]
+    return MISSES[3] if verifies else MISSES[2]
 
 
 def build_index(work: Path, name: str, env: dict, corpus_dir: Path, regions: str,
@@ -249,16 +303,22 @@ def measure(index: IndexedCorpus, config: str, kinds, corpus: list[Path], heldou
             original = Image.open(path).convert("RGB")
             for seed in range(queries_per_picture(kind, seeds)):
                 rng = np.random.default_rng([i, seed, KINDS.index(kind) if kind in KINDS else 0])
-                page, report, ms = search(index, query_bytes(damage(original, kind, rng)), config, 10)
+                data = query_bytes(damage(original, kind, rng))
+                page, report, ms = search(index, data, config, 10)
                 ids = [r.id for r in page.results]
                 want = index.original_id[path]
                 rank = ids.index(want) + 1 if want in ids else None
                 labelled = any(r.id == want and r.match in ("exact", "near-duplicate") for r in page.results)
                 top = page.results[0].score if page.results else 0.0
                 detected = report.detection.conditions if report.detection else ()
-                found_by = getattr(page.results[0], "found_by", None) if page.results else None
+                first = page.results[0] if page.results else None
+                miss = None
+                if verifies(config) and not (rank == 1 and labelled):
+                    miss = why_missed(index, data, want)
                 rows.append(Outcome(i, seed, rank, top, bool(page.copy_found), labelled, ms, detected,
-                                    report.applied, found_by))
+                                    report.applied, getattr(first, "found_by", None),
+                                    first.id if first else None,
+                                    bool(first is not None and first.verification is not None), report.ms, miss))
         for i, path in enumerate(heldout):
             image = Image.open(path).convert("RGB")
             rng = np.random.default_rng([10_000 + i, KINDS.index(kind) if kind in KINDS else 0])
@@ -282,7 +342,28 @@ def print_regressions(outcomes, configs, kinds, corpus: list[Path], limit: int) 
         for kind, a, b in rows[:limit]:
             print(f"  {corpus[a.picture].name[:36]:<37}{kind:<13}seed {a.seed}  rank {a.rank} -> {b.rank or '>10'}  "
                   f"detected {','.join(b.detected) or '-'}  ran {','.join(b.applied) or '-'}  "
-                  f"top found by {b.top_found_by or '-'}")
+                  f"top found by {b.top_found_by or '-'}, score {b.top_score:.4f}, "
+                  f"{'verified' if b.top_verified else 'not verified'}")
+
+
+def displaced_unverified(outcomes, configs, kinds, corpus: list[Path]) -> int:
+    """Queries whose original the configuration's unrestored twin ranks first and a restoring
+    configuration loses to a result that is not a verified copy: the property restoration must
+    keep. Prints each and returns how many there were (configurations whose twin was not run
+    are not checked)."""
+    total = 0
+    for config in configs:
+        twin = unrestored_twin(config, configs)
+        if mode_of(config) in ("off", "whole") or twin is None:
+            continue
+        rows = [(kind, a, b) for kind in kinds for a, b in zip(outcomes[(twin, kind)], outcomes[(config, kind)])
+                if a.rank == 1 and b.rank != 1 and not b.top_verified]
+        total += len(rows)
+        print(f"\n{config!r} against {twin!r}: {len(rows)} right answers displaced by an unverified result")
+        for kind, a, b in rows:
+            print(f"  {corpus[a.picture].name[:36]:<37}{kind:<13}seed {a.seed}  ran {','.join(b.applied) or '-'}  "
+                  f"new top {b.top_id} found by {b.top_found_by or '-'}")
+    return total
 
 
 def main() -> int:
@@ -312,7 +393,7 @@ def main() -> int:
     args = parser.parse_args()
     configs = [c.strip() for c in args.stages.split(",") if c.strip()]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [c for c in configs if mode_of(c) not in CONFIGS or not re.fullmatch(r"[a-z-]+(@[0-9.]+)?", c)]
+    unknown = [c for c in configs if mode_of(c) not in CONFIGS or not re.fullmatch(CONFIG_SYNTAX, c)]
     if unknown:
         parser.error(f"unknown configuration(s) {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     if args.quick:
@@ -359,7 +440,7 @@ def main() -> int:
         with region_penalty(index.library, config):
             measure(index, config, kinds, corpus, heldout, args.seeds, outcomes, false_copies, false_tops)
 
-    print(f"\n{'config':<10}{'kind':<12}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}{'copy':>7}{'copy@1':>8}")
+    print(f"\n{'config':<14}{'kind':<12}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}{'copy':>7}{'copy@1':>8}")
     for config in configs:
         for kind in kinds:
             rows = outcomes[(config, kind)]
@@ -368,9 +449,16 @@ def main() -> int:
             mrr = np.mean([1.0 / o.rank if o.rank else 0.0 for o in rows])
             copy = np.mean([o.copy_is_original for o in rows])
             copy1 = np.mean([o.rank == 1 and o.copy_is_original for o in rows])
-            print(f"{config:<10}{kind:<12}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}{copy:>7.3f}{copy1:>8.3f}")
+            print(f"{config:<14}{kind:<12}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}{copy:>7.3f}{copy1:>8.3f}")
     print("(copy: the original is among the results and labelled exact or near-duplicate; "
           "copy@1: it is first and labelled so)")
+    for config in (c for c in configs if verifies(c)):
+        print(f"\n{config}: why the original was not first and verified, by kind (queries; proposed: among the "
+              f"top {VERIFY_CANDIDATES[0]} of the lookup or its mirror image's):")
+        for kind in kinds:
+            misses = [o.miss for o in outcomes[(config, kind)] if o.miss]
+            if misses:
+                print(f"  {kind:<12}" + "; ".join(f"{why} {misses.count(why)}" for why in MISSES if why in misses))
 
     print("\nheld-out photographs labelled a copy (false-match rate of the calibrated cut-off), by kind:")
     for config in configs:
@@ -379,7 +467,7 @@ def main() -> int:
         per_kind = np.array(flags).reshape(len(kinds), -1).mean(axis=1) if flags else []
         worst = max(zip(per_kind, kinds))[1] if len(flags) else "-"
         cutoff = index.library.match_cutoff()
-        print(f"  {config:<10} cut-offs {cutoff.whole:.4f}/{cutoff.region:.4f}  "
+        print(f"  {config:<14} cut-offs {cutoff.whole:.4f}/{cutoff.region:.4f}  "
               f"false-match rate {np.mean(flags) if flags else float('nan'):.3f} ({len(flags)} queries; "
               f"clean {per_kind[kinds.index('clean')] if 'clean' in kinds else float('nan'):.3f}, worst kind {worst})")
 
@@ -390,7 +478,7 @@ def main() -> int:
         threshold = float(np.percentile(correct, 5)) if correct else float("nan")
         tops = false_tops[config]
         rate = float(np.mean([s >= threshold for s in tops])) if tops else float("nan")
-        print(f"  {config:<10} threshold {threshold:.4f}  false-match rate {rate:.3f} ({len(tops)} held-out queries)")
+        print(f"  {config:<14} threshold {threshold:.4f}  false-match rate {rate:.3f} ({len(tops)} held-out queries)")
 
     print("\np50 latency per stage, over the queries that ran it (ms):")
     for config in configs:
@@ -398,16 +486,21 @@ def main() -> int:
         names = list(dict.fromkeys(name for o in every for name in o.ms))
         parts = "  ".join(f"{name} {statistics.median(o.ms[name] for o in every if name in o.ms):.1f}"
                           for name in names)
-        print(f"  {config:<10} {parts}")
+        print(f"  {config:<14} {parts}")
 
-    for config in (c for c in configs if c == "auto"):
-        print("\nauto: share of queries with each condition detected / each stage run, by kind:")
+    for config in (c for c in configs if mode_of(c) == "auto"):
+        print(f"\n{config}: share of queries with each condition detected / each stage run, and the time "
+              "restoration added (p50/p95 ms over all queries; over those where a stage ran), by kind:")
         for kind in kinds:
             rows = outcomes[(config, kind)]
             found = {c: np.mean([c in o.detected for o in rows]) for c in CONDITIONS}
             ran = {s: np.mean([s in o.applied for o in rows]) for s in sorted({s for o in rows for s in o.applied})}
+            added = [o.restore_ms for o in rows]
+            when = [o.restore_ms for o in rows if o.applied]
             print(f"  {kind:<10} detected " + " ".join(f"{c} {v:.2f}" for c, v in found.items())
-                  + ("; ran " + " ".join(f"{s} {v:.2f}" for s, v in ran.items()) if ran else "; ran nothing"))
+                  + ("; ran " + " ".join(f"{s} {v:.2f}" for s, v in ran.items()) if ran else "; ran nothing")
+                  + f"; added {np.percentile(added, 50):.1f}/{np.percentile(added, 95):.1f}"
+                  + (f", when run {np.percentile(when, 50):.1f}/{np.percentile(when, 95):.1f}" if when else ""))
 
     if len(configs) > 1:
         base = configs[0]
@@ -418,28 +511,40 @@ def main() -> int:
                 b = np.array([o.rank == 1 for o in outcomes[(config, kind)]])
                 lost, won = int(np.sum(a & ~b)), int(np.sum(~a & b))
                 mean, lo, hi = bootstrap_diff(a, b, np.array([o.picture for o in outcomes[(base, kind)]]))
-                print(f"  {config:<10}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]  lost {lost}, won {won}")
+                print(f"  {config:<14}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]  lost {lost}, won {won}")
         print(f"\ncopy@1 difference against {base!r} (first and labelled a copy; paired, bootstrap over pictures):")
         for config in configs[1:]:
             for kind in kinds:
                 a = np.array([o.rank == 1 and o.copy_is_original for o in outcomes[(base, kind)]])
                 b = np.array([o.rank == 1 and o.copy_is_original for o in outcomes[(config, kind)]])
                 mean, lo, hi = bootstrap_diff(a, b, np.array([o.picture for o in outcomes[(base, kind)]]))
-                print(f"  {config:<10}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
+                print(f"  {config:<14}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
         print_regressions(outcomes, configs, kinds, corpus, args.regressions)
+    displaced = displaced_unverified(outcomes, configs, kinds, corpus)
 
     figures = {}
     for (config, kind), rows in outcomes.items():
         figures[f"{config}.{kind}.r1"] = round(float(np.mean([o.rank == 1 for o in rows])), 4)
         figures[f"{config}.{kind}.copy"] = round(float(np.mean([o.copy_is_original for o in rows])), 4)
         figures[f"{config}.{kind}.copy1"] = round(float(np.mean([o.rank == 1 and o.copy_is_original for o in rows])), 4)
+        if verifies(config):
+            figures[f"{config}.{kind}.misses"] = {why: sum(o.miss == why for o in rows) for why in MISSES
+                                                  if any(o.miss == why for o in rows)}
     for config in configs:
         figures[f"{config}.false_copy_rate"] = round(float(np.mean(false_copies[config])), 4) if false_copies[config] else None
-    figures.update(queried=len(corpus), indexed=len(indexed), part=args.query_part or "all")
+    for config in (c for c in configs if mode_of(c) == "auto"):
+        for kind in kinds:
+            added = [o.restore_ms for o in outcomes[(config, kind)]]
+            figures[f"{config}.{kind}.added_ms_p50"] = round(float(np.percentile(added, 50)), 1)
+            figures[f"{config}.{kind}.added_ms_p95"] = round(float(np.percentile(added, 95)), 1)
+    figures.update(queried=len(corpus), indexed=len(indexed), part=args.query_part or "all",
+                   displaced_unverified=displaced)
     print_result("robustness", figures, header)
     for index in indexes.values():
         index.library.close()
-    return clean_floor(outcomes, configs, kinds)
+    if displaced:
+        print(f"robustness: FAILED: {displaced} right answers displaced by unverified results", file=sys.stderr)
+    return clean_floor(outcomes, configs, kinds) or int(displaced > 0)
 
 
 def clean_floor(outcomes, configs, kinds) -> int:

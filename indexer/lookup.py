@@ -56,29 +56,76 @@ def verify_results(library: Library, results: Sequence[SearchResult], decoded, o
     the results re-ranked (the query's own file first, then verified copies by inliers, then the
     rest in their order) and the report. With `embedder` and `options.mirror_search`, a query
     that verifies nothing is also searched mirrored, and the new candidates verified mirrored."""
-    from .features import QUERY_KEYPOINTS, extract, mirrored_image
+    verifier = CandidateVerifier(library, decoded, options)
+    verifier.verify_lookup(results, embedder, regions)
+    return verifier.ranked(query_sha256), verifier.report
 
-    image, size = decoded.image, (decoded.width, decoded.height)
-    query = extract(image, *size, max_keypoints=QUERY_KEYPOINTS)
-    flipped: list = []
 
-    def mirrored():
-        if not flipped:
-            flipped.append(extract(mirrored_image(image), *size, max_keypoints=QUERY_KEYPOINTS))
-        return flipped[0]
+class CandidateVerifier:
+    """One query's geometric verification. The query's local features are extracted once;
+    candidates are verified as lookups propose them (the raw lookup, the mirrored query, a
+    reconstruction), and all of them are ranked together: verified copies first, then the
+    proposals in the order they came (so a later, unverified proposal never passes an earlier
+    result)."""
 
-    report = verify_stored(library, query, results, options, mirrored=mirrored)
-    results = tuple(results)
-    if not report.results and embedder is not None and options.mirror_search and len(query):
-        vector = embedder.encode_batch([embedder.prepare(mirrored_image(image))])
-        found = library.search(vector, options.candidates, 0, regions=regions).results
-        seen = {r.id for r in results}
-        extra = tuple(r for r in found if r.id not in seen)
-        if extra:
-            report = verify_stored(library, mirrored(), extra, options, flipped=True, report=report)
-            results = results + extra
-        report.mirror_searched = True
-    return rank_verified(results, report, query_sha256), report
+    def __init__(self, library: Library, decoded, options: VerifyOptions):
+        from .features import QUERY_KEYPOINTS, extract
+
+        self.library, self.decoded, self.options = library, decoded, options
+        self.query = extract(decoded.image, decoded.width, decoded.height, max_keypoints=QUERY_KEYPOINTS)
+        self.report = VerifyReport(query_keypoints=len(self.query))
+        self.pool: list[SearchResult] = []
+        self.sources: dict[int, set[str]] = {}  # result id → the proposals that brought it
+        self._mirrored: list = []
+
+    @property
+    def verified(self) -> bool:
+        """Whether some candidate was confirmed a copy."""
+        return bool(self.report.results)
+
+    def mirrored(self):
+        """The mirrored query's features, extracted on first use."""
+        from .features import QUERY_KEYPOINTS, extract, mirrored_image
+
+        if not self._mirrored:
+            self._mirrored.append(extract(mirrored_image(self.decoded.image), self.decoded.width,
+                                          self.decoded.height, max_keypoints=QUERY_KEYPOINTS))
+        return self._mirrored[0]
+
+    def propose(self, results: Sequence[SearchResult], source: str = "raw", flipped: bool = False) -> int:
+        """Add a lookup's `results` behind those already proposed and verify its top
+        `options.candidates` not yet compared (`flipped`: with the mirrored query's features
+        only); how many new copies were verified."""
+        for result in results:
+            if result.id not in self.sources:
+                self.pool.append(result)
+                self.sources[result.id] = set()
+            self.sources[result.id].add(source)
+        before = len(self.report.results)
+        fresh = [r for r in results[: self.options.candidates]
+                 if r.id not in self.report.checked and r.id not in self.report.unverifiable]
+        if fresh:
+            query = self.mirrored() if flipped else self.query
+            verify_stored(self.library, query, fresh, self.options,
+                          mirrored=None if flipped else self.mirrored, flipped=flipped, report=self.report)
+        return len(self.report.results) - before
+
+    def verify_lookup(self, results: Sequence[SearchResult], embedder=None, regions: bool = True) -> None:
+        """Verify the raw lookup's `results`; when nothing verifies and `embedder` is given,
+        also search with the mirrored query's embedding and verify what that finds."""
+        from .features import mirrored_image
+
+        self.propose(results, "raw")
+        if self.verified or embedder is None or not self.options.mirror_search or not len(self.query):
+            return
+        vector = embedder.encode_batch([embedder.prepare(mirrored_image(self.decoded.image))])
+        found = self.library.search(vector, self.options.candidates, 0, regions=regions).results
+        self.propose(found, "mirrored", flipped=True)
+        self.report.mirror_searched = True
+
+    def ranked(self, query_sha256: str | None = None) -> tuple[SearchResult, ...]:
+        """Every proposed result: the query's own file, verified copies, then the rest in order."""
+        return rank_verified(self.pool, self.report, query_sha256)
 
 
 def verify_stored(library: Library, query, results: Sequence[SearchResult], options: VerifyOptions,

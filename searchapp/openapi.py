@@ -151,7 +151,8 @@ SCHEMAS = {
                             "applied": {"type": "array", "items": {"enum": list(STAGES)},
                                         "description": "stages that ran, in order"},
                             "skipped": {"type": "object", "additionalProperties": {"type": "string"},
-                                        "description": "stages auto wanted but could not run, with the reason"},
+                                        "description": "stages auto wanted but did not run, with the reason "
+                                                       "(a missing model, or a query already verified)"},
                             "noise": {"type": "object", "properties": {
                                 "level": {"type": "number", "description": "σ̂ of the model input, grey levels"},
                                 "excess": {"type": "number"}, "threshold": {"type": "number"}}},
@@ -159,6 +160,11 @@ SCHEMAS = {
                             "match": {"type": ["object", "null"], "description":
                                       "the raw lookup's best score against the near-duplicate cut-off",
                                       "properties": {"top_score": {"type": "number"}, "cutoff": {"type": "number"}}},
+                            "verified": {"type": ["boolean", "null"], "description":
+                                         "whether the query as given verified as a copy of a result (null: "
+                                         "verification off); auto does not reconstruct a verified query, and a "
+                                         "result only a reconstruction found passes the raw results only as a "
+                                         "verified copy"},
                             "ms": {"type": "number", "description": "time spent restoring"},
                             "stage_ms": {"type": "object", "additionalProperties": {"type": "number"}},
                             "reconstruction": {"type": ["string", "null"],

@@ -167,3 +167,44 @@ def test_inlier_cutoff_is_calibrated_within_its_bounds():
     counts = np.array([4] * 98 + [13, 14])
     assert inlier_cutoff(counts).inliers == 14  # one of 100 may reach it
     assert inlier_cutoff(np.array([4] * 90 + [200] * 10)).inliers == MAX_INLIERS  # copies inside the collection
+
+
+class _FeatureShelf:
+    """What `CandidateVerifier` asks of a library: stored features by id and the inlier cut-off."""
+
+    def __init__(self, by_id):
+        self.by_id = by_id
+
+    def features_of(self, ids):
+        return {i: self.by_id.get(i) for i in ids}
+
+    def inlier_cutoff(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(inliers=CUTOFF)
+
+
+def test_a_later_proposal_rises_only_as_a_verified_copy(photo_arrays, stored):
+    from types import SimpleNamespace
+
+    from indexer.library import SearchResult
+    from indexer.lookup import CandidateVerifier
+
+    names = list(stored)
+    by_id = {i: stored[name] for i, name in enumerate(names, start=1)}
+    original = names.index("coins") + 1
+    others = [i for i in by_id if i != original]
+    part, _ = crop(Image.fromarray(photo_arrays["coins"]), 0.4)
+    decoded = SimpleNamespace(image=part, width=part.width, height=part.height)
+
+    def results(*ids):
+        return [SearchResult(i, f"/p/{i}.jpg", 0.5, 10, 10) for i in ids]
+
+    verifier = CandidateVerifier(_FeatureShelf(by_id), decoded, VerifyOptions(candidates=3))
+    assert verifier.propose(results(*others[:3]), "raw") == 0 and not verifier.verified
+    assert verifier.propose(results(others[3], others[0]), "restored") == 0  # unverified: behind the raw ones
+    assert [r.id for r in verifier.ranked()] == others[:4]
+    assert verifier.sources[others[0]] == {"raw", "restored"} and verifier.sources[others[3]] == {"restored"}
+    assert verifier.report.checked == set(others[:4])  # each candidate compared once
+    assert verifier.propose(results(others[4], original), "restored") == 1 and verifier.verified
+    assert [r.id for r in verifier.ranked()] == [original] + others[:5]  # a verified copy rises

@@ -226,6 +226,31 @@ def test_fusion_needs_both_rankings_to_promote_a_result():
     drifted = fuse(_results((1, 0.95), (2, 0.60)), _results((7, 0.99), (1, 0.90)))
     assert drifted[0].id == 1
     assert [r.found_by for r in fuse(raw, [])] == ["raw"] * 3
+    # Nor can a reconstruction that agrees with a close second: the raw top result keeps its place.
+    close = fuse(_results((1, 0.80), (2, 0.79)), _results((2, 0.99), (1, 0.50)))
+    assert [r.id for r in close] == [1, 2] and close[1].score > close[0].score
+
+
+def test_auto_does_not_reconstruct_a_query_that_verified():
+    from searchapp.restoration.pipeline import VERIFIED_ALREADY, _choose
+
+    class Ready:
+        policy = parse_policy("noise:pixel,unmatched:embedding")
+
+        def missing(self, stage, identity):
+            return None
+
+    noisy = dict(noise_level=30.0, noise_excess=25.0, noise_threshold=10.0, crop_margin=None, top_score=0.5,
+                 match_cutoff=0.9)
+    assert Detection(**noisy, verified=True).conditions == ("noise",)
+    assert _choose("auto", Detection(**noisy, verified=True), Ready(), {}) == ((), {"pixel": VERIFIED_ALREADY})
+    # Not verified: the damage and the missing copy both call for their stages.
+    assert Detection(**noisy, verified=False).conditions == ("noise", "unmatched")
+    assert _choose("auto", Detection(**noisy, verified=False), Ready(), {}) == (("pixel", "embedding"), {})
+    # Without verification, `unmatched` still means a top score under the cut-off.
+    assert Detection(**noisy).conditions == ("noise", "unmatched")
+    # A stage named by the caller runs whatever was found.
+    assert _choose("pixel", Detection(**noisy, verified=True), Ready(), {}) == (("pixel",), {})
 
 
 def test_policy_parsing():
@@ -299,7 +324,12 @@ def test_auto_restores_noisy_queries_and_leaves_clean_ones_alone(restorable):
     assert restoration["noise"]["level"] > restoration["noise"]["threshold"]
     header, data = restoration["reconstruction"].split(",", 1)
     assert header == "data:image/png;base64" and Image.open(io.BytesIO(base64.b64decode(data))).size == (32, 32)
-    assert {r["found_by"] for r in response.get_json()["results"]} <= {"raw", "restored", "both"}
+    found_by = [r["found_by"] for r in response.get_json()["results"]]
+    assert set(found_by) <= {"raw", "restored", "both"}
+    # Nothing verified (a 32-pixel query has no keypoints): no result found only by the
+    # reconstruction passes one the query as given found.
+    assert restoration["verified"] is False and "unmatched" in restoration["detected"]
+    assert found_by == sorted(found_by, key=lambda f: f == "restored")
 
     stranger = _search(client, _png_bytes(smooth_picture(32, seed=5))).get_json()  # not in the collection
     restoration = stranger["restoration"]

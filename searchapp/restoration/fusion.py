@@ -4,7 +4,9 @@ Each image scores the weighted mean of its scores under the two queries (CombSUM
 missing from one list gets that list's lowest score (what it scored at most there), so an image
 must rank well under both queries to rise: a reconstruction that invents detail and drifts
 towards another picture cannot push out a good raw match on its own. Each result says which
-list found it: `raw`, `restored` or `both`.
+list found it: `raw`, `restored` or `both`. The raw ranking's first result keeps first place:
+without verification to confirm it, a reconstruction's evidence does not overturn the query as
+given (held out, reconstructions that did so lost more right answers than they won).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from indexer.library import SearchResult
 
 
 def fuse(raw: Sequence[SearchResult], restored: Sequence[SearchResult], raw_weight: float = 0.5) -> list[SearchResult]:
-    """Both rankings as one, best first (ties by id), each result labelled with its path."""
+    """Both rankings as one: the raw top result, then the rest best first (ties by id), each
+    result labelled with its path."""
     if not restored:
         return [replace(r, found_by="raw") for r in raw]
     if not raw:
@@ -31,5 +34,6 @@ def fuse(raw: Sequence[SearchResult], restored: Sequence[SearchResult], raw_weig
         best = a if b is None or (a is not None and a.score >= b.score) else b  # its region, if any
         found_by = "both" if a and b else ("raw" if a else "restored")
         fused.append(replace(best, score=score, found_by=found_by))
-    fused.sort(key=lambda r: (-r.score, r.id))
+    top = raw[0].id
+    fused.sort(key=lambda r: (r.id != top, -r.score, r.id))
     return fused

@@ -1,8 +1,13 @@
-"""Restored reverse lookup: decode ▸ embed ▸ kNN ▸ detect ▸ reconstruct ▸ kNN again ▸ fuse ▸ label.
+"""Restored reverse lookup: decode ▸ embed ▸ kNN ▸ verify ▸ detect ▸ reconstruct ▸ kNN again ▸
+verify the proposals ▸ label.
 
-The raw query is always searched. When a stage runs, the reconstructed query is searched too
-and the two rankings are fused (`fusion`), each result labelled with the path that found it;
-when none runs, the answer is exactly the raw lookup's. Stages, in the order they run:
+The raw query is always searched (and, with verification, its top candidates verified). A
+reconstruction only proposes: the reconstructed query is searched too, and what it finds is
+verified against the query *as given*. A candidate only the reconstruction found rises above the
+raw results as a verified copy, else it ranks below them, so a raw top result can only be
+displaced by a verified copy. Without verification the raw top result keeps its place and the
+rest of the two rankings are fused (`fusion`). Each result says which lookup found it; when no
+stage runs, the answer is exactly the raw lookup's. Stages, in the order they run:
 
     outpaint     crop ▸ full frame (a diffusers inpainting pipeline, when configured)
     blur         Gaussian blur of the model input (the trivial denoising baseline)
@@ -11,10 +16,11 @@ when none runs, the answer is exactly the raw lookup's. Stages, in the order the
     embedding    the conditional diffusion model over CLIP embeddings
     qe           αQE query expansion over the top neighbours (closed form)
 
-`restore=auto` runs, for each condition detected (`noise`, `crop`, `unmatched`), the stages its policy names
-(measured by bench/robustness.py; LOUPE_RESTORE_AUTO overrides it) and skips, with a reason,
-those whose model is missing; naming a stage runs it whatever was detected, and fails clearly
-when it cannot.
+`restore=auto` runs, for each condition detected (damage: `noise`, `crop`; `unmatched`: no
+verified copy, or without verification no result over the cut-off), the stages its policy names
+(measured by bench/robustness.py; LOUPE_RESTORE_AUTO overrides it), unless the query as given
+already verified, and skips, with a reason, those whose model is missing; naming a stage runs
+it whatever was detected, and fails clearly when it cannot.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from PIL import Image, ImageFilter
 from indexer.errors import ConfigError
 from indexer.images import DecodeLimits, decode_image
 from indexer.library import Library, SearchPage
-from indexer.lookup import finish_page, verify_results
+from indexer.lookup import CandidateVerifier, finish_page, rank_verified
 from indexer.verify import VerifyOptions
 from indexer.noise import noise_levels
 from indexer.settings import RestoreSettings
@@ -52,6 +58,7 @@ from .pixel import StageUnavailable
 DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",)}
 BLUR_RADIUS = 1.0  # at the model's input resolution
 QE_NEIGHBOURS = 5
+VERIFIED_ALREADY = "the query as given was verified a copy"
 FUSION_EXTRA = 20  # each ranking is fetched this much deeper than the page, for fusion
 
 
@@ -77,8 +84,9 @@ def parse_policy(text: str | None) -> dict[str, tuple[str, ...]]:
 @dataclass(frozen=True)
 class Detection:
     """What the query looks like: its noise level against the collection's, whether a region of
-    an indexed picture beat that picture's whole (evidence of a crop), and whether the raw
-    lookup's top result reached the near-duplicate cut-off."""
+    an indexed picture beat that picture's whole (evidence of a crop), whether the raw lookup's
+    top result reached the near-duplicate cut-off, and whether verification confirmed a copy
+    (None: verification was off)."""
 
     noise_level: float  # σ̂ of the model input, grey levels
     noise_excess: float  # beyond a typical indexed picture's, in quadrature
@@ -86,15 +94,21 @@ class Detection:
     crop_margin: float | None  # top result's region score minus its whole-picture score
     top_score: float | None = None  # the raw lookup's best score (None: nothing indexed)
     match_cutoff: float | None = None  # the near-duplicate cut-off that score is held to
+    verified: bool | None = None  # a candidate was verified a copy (None: not verified)
 
     @property
     def conditions(self) -> tuple[str, ...]:
+        """The damage seen (`noise`, `crop`) and `unmatched`: no verified copy or, without
+        verification, a top score under the cut-off."""
         found = []
         if self.noise_level > self.noise_threshold:
             found.append("noise")
         if self.crop_margin is not None and self.crop_margin > 0:
             found.append("crop")
-        if self.top_score is not None and self.match_cutoff is not None and self.top_score < self.match_cutoff:
+        if self.verified is not None:
+            if not self.verified:
+                found.append("unmatched")
+        elif self.top_score is not None and self.match_cutoff is not None and self.top_score < self.match_cutoff:
             found.append("unmatched")
         return tuple(found)
 
@@ -105,7 +119,7 @@ class Detection:
         return {"noise": {"level": round(self.noise_level, 3), "excess": round(self.noise_excess, 3),
                           "threshold": round(self.noise_threshold, 3)},
                 "crop": None if self.crop_margin is None else {"margin": round(self.crop_margin, 6)},
-                "match": match}
+                "match": match, "verified": self.verified}
 
 
 @dataclass(frozen=True)
@@ -194,7 +208,12 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
                     verify: VerifyOptions | None = None) -> tuple[SearchPage, RestorationReport]:
     """Reverse lookup of the picture in `data` with restoration `mode` (auto, off or a stage)
     and, with `verify`, geometric verification of the top candidates; the page (as
-    `indexer.lookup.reverse_lookup` gives it when nothing runs) and the report."""
+    `indexer.lookup.reverse_lookup` gives it when nothing runs) and the report.
+
+    A reconstruction only proposes candidates. With verification, they are verified against the
+    query as given, and one rises above the raw results only as a verified copy; `auto` does not
+    reconstruct a query that already verified. Without verification, the raw top result keeps
+    its place and the rest are fused (`fusion.fuse`)."""
     if mode not in MODES:
         raise ConfigError(f"restore must be one of {', '.join(MODES)}, not {mode!r}")
     if mode != "off" and restorers is None:
@@ -210,10 +229,16 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
         depth = max(depth, verify.candidates)
     raw = library.search(raw_vector, depth, 0, regions=regions)
     clock.lap("knn+join")
+    verifier = None
+    if verify is not None:
+        verifier = CandidateVerifier(library, decoded, verify)
+        verifier.verify_lookup(raw.results, embedder, regions)
+        clock.lap("verify")
     report = RestorationReport(mode)
     results = raw.results
     if mode != "off":
-        detection = _detect(library, pixels, raw_vector, raw, regions)
+        detection = _detect(library, pixels, raw_vector, raw, regions,
+                            verified=None if verifier is None else verifier.verified)
         identity = library.stored_identity().as_dict()
         stages, skipped = _choose(mode, detection, restorers, identity)
         clock.lap("detect")
@@ -229,21 +254,37 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
                 report = replace(report, skipped={**skipped, **{stage: str(err) for stage in stages}})
             else:
                 restored = library.search(vector, depth, 0, regions=regions)
-                results = tuple(fuse(raw.results, restored.results))
+                if verifier is not None:
+                    verifier.propose(restored.results, "restored")
+                    results = tuple(labelled_by_source(verifier.pool, verifier.sources))
+                else:
+                    results = tuple(fuse(raw.results, restored.results))
                 clock.lap("knn (restored)+fuse")
                 report = replace(report, applied=stages, reconstruction=reconstruction,
                                  stage_ms={s: clock.times[s] for s in stages})
     verified = None
-    if verify is not None:
-        results, verified = verify_results(library, results, decoded, verify, query_sha256=decoded.sha256,
-                                           embedder=embedder, regions=regions)
-        clock.lap("verify")
+    if verifier is not None:
+        if results is raw.results:
+            results = verifier.pool
+        results, verified = rank_verified(results, verifier.report, decoded.sha256), verifier.report
+        clock.lap("rank")
     page = SearchPage(tuple(results[offset : offset + k]), total=raw.total, took_ms=0.0)
     page = finish_page(library, page, decoded, data, limits, verified, verify)
     clock.lap("label")
     restoring = sum(v for name, v in clock.times.items()
-                    if name not in ("decode", "embed", "knn+join", "verify", "label"))
+                    if name not in ("decode", "embed", "knn+join", "verify", "rank", "label"))
     return replace(page, took_ms=clock.total()), replace(report, ms=restoring)
+
+
+def labelled_by_source(pool, sources: dict[int, set[str]]) -> list:
+    """The verifier's pool, each result saying which lookup found it: `raw` (the query as given,
+    or its mirror image), `restored` (only the reconstruction) or `both`."""
+    labelled = []
+    for result in pool:
+        found = sources.get(result.id, set())
+        restored, raw = "restored" in found, bool(found - {"restored"})
+        labelled.append(replace(result, found_by="both" if raw and restored else ("restored" if restored else "raw")))
+    return labelled
 
 
 class _Clock:
@@ -260,7 +301,8 @@ class _Clock:
         return (time.perf_counter() - self.start) * 1000
 
 
-def _detect(library: Library, pixels: np.ndarray, raw_vector: np.ndarray, raw: SearchPage, regions: bool) -> Detection:
+def _detect(library: Library, pixels: np.ndarray, raw_vector: np.ndarray, raw: SearchPage, regions: bool,
+            verified: bool | None = None) -> Detection:
     level = float(noise_levels([pixels])[0])
     profile = library.noise_profile()
     margin = top_score = cutoff = None
@@ -273,7 +315,7 @@ def _detect(library: Library, pixels: np.ndarray, raw_vector: np.ndarray, raw: S
             margin = 0.0
             if top.region is not None:  # a region won: by how much it beat the same picture's whole
                 margin = top.score - float(np.dot(library.vector_of(top.id), raw_vector.reshape(-1)))
-    return Detection(level, profile.excess(level), profile.threshold(), margin, top_score, cutoff)
+    return Detection(level, profile.excess(level), profile.threshold(), margin, top_score, cutoff, verified)
 
 
 def _choose(mode: str, detection: Detection, restorers: Restorers, identity: dict) -> tuple[tuple[str, ...], dict]:
@@ -284,6 +326,8 @@ def _choose(mode: str, detection: Detection, restorers: Restorers, identity: dic
             raise StageUnavailable(f"restore={mode}: {reason}")
         return (mode,), {}
     wanted = {stage for condition in detection.conditions for stage in restorers.policy.get(condition, ())}
+    if detection.verified:  # the query as given is already a confirmed copy: nothing to gain, only latency
+        return (), {stage: VERIFIED_ALREADY for stage in wanted}
     if "pixel-ddim" in wanted:
         wanted.discard("pixel")
     skipped = {stage: reason for stage in wanted if (reason := restorers.missing(stage, identity))}
