@@ -64,7 +64,7 @@ from searchapp.restoration.stages import CONDITIONS, MODES
 VERIFY = "verify"
 CONFIGS = ("whole",) + MODES + (VERIFY,)
 REGIONAL_CONFIGS = frozenset(MODES) | {VERIFY}
-CONFIG_SYNTAX = r"[a-z-]+(\+verify)?(@[0-9.]+)?"
+CONFIG_SYNTAX = r"(?!whole\+|verify\+)[a-z-]+(\+verify)?(@[0-9.]+)?"  # whole and verify take no +verify
 VERIFY_CANDIDATES = [30]  # --verify-candidates
 
 
@@ -186,30 +186,35 @@ def search(index: IndexedCorpus, data: bytes, config: str, k: int):
 
 
 MISSES = ("not proposed, would verify", "not proposed, would not verify", "proposed, too few inliers",
-          "verified, outranked", "no stored features")
+          "verified, outranked", "unverifiable", "first, not labelled a copy")
 
 
-def why_missed(index: IndexedCorpus, data: bytes, want: int) -> str:
+def why_missed(index: IndexedCorpus, data: bytes, want: int, rank: int | None) -> str:
     """Why a verifying lookup did not answer the original first as a copy (one of MISSES): was it
-    among the candidates the lookup (or its mirror image) proposed, and does it verify against
-    the query at all (straight or mirrored)?"""
+    among the candidates the raw lookup (or its mirror image's) proposes, and does it verify
+    against the query at all (straight or mirrored)? A pair too poor in keypoints is
+    `unverifiable` (the score cut-off labels it); an original ranked first but not labelled a
+    copy is `first, not labelled a copy`."""
     from indexer.features import QUERY_KEYPOINTS, extract, mirrored_image
     from indexer.images import decode_image
-    from indexer.verify import verify_pair
+    from indexer.verify import MIN_KEYPOINTS, verify_pair
 
+    if rank == 1:
+        return MISSES[5]
     library, embedder = index.library, index.embedder
     stored = library.features_of([want]).get(want)
-    if stored is None:
-        return MISSES[4]
     decoded = decode_image(data, draft_size=library.draft_size(embedder.image_size))
+    query = extract(decoded.image, decoded.width, decoded.height, max_keypoints=QUERY_KEYPOINTS)
+    if stored is None or len(stored) < MIN_KEYPOINTS or len(query) < MIN_KEYPOINTS:
+        return MISSES[4]
     proposed, inliers = False, 0
     for mirrored in (False, True):
         image = mirrored_image(decoded.image) if mirrored else decoded.image
         vector = embedder.encode_batch([embedder.prepare(image)])
         found = library.search(vector, VERIFY_CANDIDATES[0], 0, regions=True).results
         proposed = proposed or want in [r.id for r in found]
-        fit = verify_pair(extract(image, decoded.width, decoded.height, max_keypoints=QUERY_KEYPOINTS), stored,
-                          mirrored=mirrored)
+        features = extract(image, decoded.width, decoded.height, max_keypoints=QUERY_KEYPOINTS) if mirrored else query
+        fit = verify_pair(features, stored, mirrored=mirrored)
         inliers = max(inliers, fit.inliers if fit is not None else 0)
     verifies = inliers >= library.inlier_cutoff().inliers
     if not proposed:
@@ -314,7 +319,7 @@ def measure(index: IndexedCorpus, config: str, kinds, corpus: list[Path], heldou
                 first = page.results[0] if page.results else None
                 miss = None
                 if verifies(config) and not (rank == 1 and labelled):
-                    miss = why_missed(index, data, want)
+                    miss = why_missed(index, data, want, rank)
                 rows.append(Outcome(i, seed, rank, top, bool(page.copy_found), labelled, ms, detected,
                                     report.applied, getattr(first, "found_by", None),
                                     first.id if first else None,
@@ -398,6 +403,7 @@ def main() -> int:
         parser.error(f"unknown configuration(s) {', '.join(unknown)} (known: {', '.join(CONFIGS)})")
     if args.quick:
         args.seeds = 1
+    width = max(14, max(len(c) for c in configs) + 1)  # the configuration column of the tables
     VERIFY_CANDIDATES[0] = args.verify_candidates
     header = print_header("robustness", args, model=f"{args.model} ({args.pretrained})")
 
@@ -440,7 +446,7 @@ def main() -> int:
         with region_penalty(index.library, config):
             measure(index, config, kinds, corpus, heldout, args.seeds, outcomes, false_copies, false_tops)
 
-    print(f"\n{'config':<14}{'kind':<12}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}{'copy':>7}{'copy@1':>8}")
+    print(f"\n{'config':<{width}}{'kind':<12}{'n':>5}{'R@1':>7}{'R@10':>7}{'MRR':>7}{'copy':>7}{'copy@1':>8}")
     for config in configs:
         for kind in kinds:
             rows = outcomes[(config, kind)]
@@ -449,7 +455,7 @@ def main() -> int:
             mrr = np.mean([1.0 / o.rank if o.rank else 0.0 for o in rows])
             copy = np.mean([o.copy_is_original for o in rows])
             copy1 = np.mean([o.rank == 1 and o.copy_is_original for o in rows])
-            print(f"{config:<14}{kind:<12}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}{copy:>7.3f}{copy1:>8.3f}")
+            print(f"{config:<{width}}{kind:<12}{len(rows):>5}{r1:>7.3f}{r10:>7.3f}{mrr:>7.3f}{copy:>7.3f}{copy1:>8.3f}")
     print("(copy: the original is among the results and labelled exact or near-duplicate; "
           "copy@1: it is first and labelled so)")
     for config in (c for c in configs if verifies(c)):
@@ -467,7 +473,7 @@ def main() -> int:
         per_kind = np.array(flags).reshape(len(kinds), -1).mean(axis=1) if flags else []
         worst = max(zip(per_kind, kinds))[1] if len(flags) else "-"
         cutoff = index.library.match_cutoff()
-        print(f"  {config:<14} cut-offs {cutoff.whole:.4f}/{cutoff.region:.4f}  "
+        print(f"  {config:<{width}} cut-offs {cutoff.whole:.4f}/{cutoff.region:.4f}  "
               f"false-match rate {np.mean(flags) if flags else float('nan'):.3f} ({len(flags)} queries; "
               f"clean {per_kind[kinds.index('clean')] if 'clean' in kinds else float('nan'):.3f}, worst kind {worst})")
 
@@ -478,7 +484,7 @@ def main() -> int:
         threshold = float(np.percentile(correct, 5)) if correct else float("nan")
         tops = false_tops[config]
         rate = float(np.mean([s >= threshold for s in tops])) if tops else float("nan")
-        print(f"  {config:<14} threshold {threshold:.4f}  false-match rate {rate:.3f} ({len(tops)} held-out queries)")
+        print(f"  {config:<{width}} threshold {threshold:.4f}  false-match rate {rate:.3f} ({len(tops)} held-out queries)")
 
     print("\np50 latency per stage, over the queries that ran it (ms):")
     for config in configs:
@@ -486,7 +492,7 @@ def main() -> int:
         names = list(dict.fromkeys(name for o in every for name in o.ms))
         parts = "  ".join(f"{name} {statistics.median(o.ms[name] for o in every if name in o.ms):.1f}"
                           for name in names)
-        print(f"  {config:<14} {parts}")
+        print(f"  {config:<{width}} {parts}")
 
     for config in (c for c in configs if mode_of(c) == "auto"):
         print(f"\n{config}: share of queries with each condition detected / each stage run, and the time "
@@ -511,14 +517,14 @@ def main() -> int:
                 b = np.array([o.rank == 1 for o in outcomes[(config, kind)]])
                 lost, won = int(np.sum(a & ~b)), int(np.sum(~a & b))
                 mean, lo, hi = bootstrap_diff(a, b, np.array([o.picture for o in outcomes[(base, kind)]]))
-                print(f"  {config:<14}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]  lost {lost}, won {won}")
+                print(f"  {config:<{width}}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]  lost {lost}, won {won}")
         print(f"\ncopy@1 difference against {base!r} (first and labelled a copy; paired, bootstrap over pictures):")
         for config in configs[1:]:
             for kind in kinds:
                 a = np.array([o.rank == 1 and o.copy_is_original for o in outcomes[(base, kind)]])
                 b = np.array([o.rank == 1 and o.copy_is_original for o in outcomes[(config, kind)]])
                 mean, lo, hi = bootstrap_diff(a, b, np.array([o.picture for o in outcomes[(base, kind)]]))
-                print(f"  {config:<14}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
+                print(f"  {config:<{width}}{kind:<13}{mean:+.3f}  [{lo:+.3f}, {hi:+.3f}]")
         print_regressions(outcomes, configs, kinds, corpus, args.regressions)
     displaced = displaced_unverified(outcomes, configs, kinds, corpus)
 

@@ -83,6 +83,19 @@ class CandidateVerifier:
         """Whether some candidate was confirmed a copy."""
         return bool(self.report.results)
 
+    @property
+    def verdict(self) -> bool | None:
+        """True: a copy was verified; False: candidates were compared and none verified; None:
+        nothing could be judged (a query or candidates too poor in keypoints), so the score
+        cut-off decides, as it does for the labels."""
+        if self.report.results:
+            return True
+        from .verify import MIN_KEYPOINTS
+
+        if self.report.query_keypoints < MIN_KEYPOINTS or not self.report.checked:
+            return None
+        return False
+
     def mirrored(self):
         """The mirrored query's features, extracted on first use."""
         from .features import QUERY_KEYPOINTS, extract, mirrored_image

@@ -169,11 +169,16 @@
     const found = [];
     if (report.detected.includes("noise")) found.push(`noise (σ ≈ ${report.noise.level.toFixed(1)} levels)`);
     if (report.detected.includes("crop")) found.push("a crop");
-    if (report.detected.includes("unmatched")) found.push("no near-duplicate in the plain lookup");
+    if (report.detected.includes("unmatched")) {
+      found.push(report.verified === false ? "no verified copy" : "no near-duplicate in the plain lookup");
+    }
     const ran = report.applied.map((s) => STAGE_NAMES[s] || s);
     const skipped = Object.entries(report.skipped || {}).map(([s, why]) => `${STAGE_NAMES[s] || s} skipped: ${why}`);
     els.restoration.textContent = (found.length ? `Detected ${found.join(" and ")}. ` : "No damage detected. ") +
-      (ran.length ? `Reconstructed with ${ran.join(", ")} (${Math.round(report.ms)} ms); results from both queries are merged.`
+      (ran.length ? `Reconstructed with ${ran.join(", ")} (${Math.round(report.ms)} ms); ` +
+        (report.verified === null || report.verified === undefined
+          ? "results from both queries are merged, your picture's best match first."
+          : "what the reconstruction found ranks first only if it verifies against your picture.")
         : "Searched as given.") + (skipped.length ? ` (${skipped.join("; ")})` : "");
     if (report.reconstruction) els.reconstructionImage.src = report.reconstruction;
     else els.reconstructionImage.removeAttribute("src");

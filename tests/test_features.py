@@ -201,10 +201,18 @@ def test_a_later_proposal_rises_only_as_a_verified_copy(photo_arrays, stored):
         return [SearchResult(i, f"/p/{i}.jpg", 0.5, 10, 10) for i in ids]
 
     verifier = CandidateVerifier(_FeatureShelf(by_id), decoded, VerifyOptions(candidates=3))
-    assert verifier.propose(results(*others[:3]), "raw") == 0 and not verifier.verified
+    assert verifier.verdict is None  # nothing compared yet
+    assert verifier.propose(results(*others[:3]), "raw") == 0 and verifier.verdict is False
     assert verifier.propose(results(others[3], others[0]), "restored") == 0  # unverified: behind the raw ones
     assert [r.id for r in verifier.ranked()] == others[:4]
     assert verifier.sources[others[0]] == {"raw", "restored"} and verifier.sources[others[3]] == {"restored"}
     assert verifier.report.checked == set(others[:4])  # each candidate compared once
     assert verifier.propose(results(others[4], original), "restored") == 1 and verifier.verified
     assert [r.id for r in verifier.ranked()] == [original] + others[:5]  # a verified copy rises
+    assert verifier.verdict is True
+
+    flat = Image.new("RGB", (300, 200), (90, 90, 90))
+    blank = CandidateVerifier(_FeatureShelf(by_id), SimpleNamespace(image=flat, width=300, height=200),
+                              VerifyOptions(candidates=3))
+    blank.propose(results(*others[:3]), "raw")
+    assert blank.verdict is None  # no keypoints: nothing can be judged, the score cut-off decides

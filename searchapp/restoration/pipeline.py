@@ -238,7 +238,7 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
     results = raw.results
     if mode != "off":
         detection = _detect(library, pixels, raw_vector, raw, regions,
-                            verified=None if verifier is None else verifier.verified)
+                            verified=None if verifier is None else verifier.verdict)
         identity = library.stored_identity().as_dict()
         stages, skipped = _choose(mode, detection, restorers, identity)
         clock.lap("detect")
@@ -256,7 +256,7 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
                 restored = library.search(vector, depth, 0, regions=regions)
                 if verifier is not None:
                     verifier.propose(restored.results, "restored")
-                    results = tuple(labelled_by_source(verifier.pool, verifier.sources))
+                    results = tuple(labelled_by_source(library, verifier.pool, verifier.sources, raw_vector))
                 else:
                     results = tuple(fuse(raw.results, restored.results))
                 clock.lap("knn (restored)+fuse")
@@ -276,14 +276,28 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
     return replace(page, took_ms=clock.total()), replace(report, ms=restoring)
 
 
-def labelled_by_source(pool, sources: dict[int, set[str]]) -> list:
+def labelled_by_source(library: Library, pool, sources: dict[int, set[str]], raw_vector: np.ndarray) -> list:
     """The verifier's pool, each result saying which lookup found it: `raw` (the query as given,
-    or its mirror image), `restored` (only the reconstruction) or `both`."""
+    or its mirror image), `restored` (only the reconstruction) or `both`. A result only the
+    reconstruction found is scored against the query as given (its whole picture), so that its
+    score, and a label resting on the score cut-off, never come from the reconstruction."""
+    only_restored = [r.id for r in pool if sources.get(r.id) == {"restored"}]
+    rescored: dict[int, float] = {}
+    if only_restored:
+        try:
+            vectors = library.stored_vectors_of(only_restored)
+        except (KeyError, ValueError):  # removed meanwhile: keep what the lookup said
+            vectors = None
+        if vectors is not None:
+            rescored = dict(zip(only_restored, (vectors @ raw_vector.reshape(-1)).tolist()))
     labelled = []
     for result in pool:
         found = sources.get(result.id, set())
         restored, raw = "restored" in found, bool(found - {"restored"})
-        labelled.append(replace(result, found_by="both" if raw and restored else ("restored" if restored else "raw")))
+        label = "both" if raw and restored else ("restored" if restored else "raw")
+        score = rescored.get(result.id, result.score)
+        labelled.append(replace(result, found_by=label, score=float(score),
+                                region=None if result.id in rescored else result.region))
     return labelled
 
 
