@@ -17,10 +17,11 @@ concurrent clients. Query sets:
   text       text queries
 
 Query restoration: by default the bench's LOUPE_HOME gets seeded untrained pixel and embedding
-restorers of the shipped sizes (`--restorers untrained`), so `auto` runs the stages it would run
-with trained ones (pixel denoising on noisy queries, the embedding model when no copy was
-found) at their real cost; `--restorers none` is a fresh install (auto detects, then has no
-stage to run); `--restorers HOME` copies the trained restorers of another LOUPE_HOME.
+restorers of the shipped sizes (`--restorers untrained`), so `auto` runs the stages its policy
+names as it would with trained ones, at their real cost (on a CPU the default policy runs none:
+set LOUPE_RESTORE_AUTO=noise:pixel for the CUDA default); `--restorers none` is a fresh install
+(auto detects, then has no stage to run); `--restorers HOME` copies the trained restorers of
+another LOUPE_HOME.
 
 Per set: in-process p50/p95, HTTP p50/p95 at 1 and 8 clients, and the service's overhead, HTTP
 p50 (1 client) minus in-process p50, in ms and as a ratio; how often the in-process call found

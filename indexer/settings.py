@@ -28,7 +28,7 @@ class RestoreSettings:
     pixel_model: str | None = None  # LOUPE_RESTORE_MODEL: a diffusers UNet2DModel; None: Loupe's own
     outpaint_model: str | None = None  # LOUPE_OUTPAINT_MODEL: a diffusers inpainting pipeline; None: off
     steps: int = 4  # LOUPE_RESTORE_STEPS: DDIM steps of the multi-step pixel stage
-    auto: str | None = None  # LOUPE_RESTORE_AUTO, e.g. "noise:pixel,unmatched:embedding"; None: the default (noise:pixel)
+    auto: str | None = None  # LOUPE_RESTORE_AUTO, e.g. "noise:pixel,unmatched:embedding"; None: the default (noise:pixel on CUDA, none on CPU)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RestoreSettings":

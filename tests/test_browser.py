@@ -46,7 +46,10 @@ def server(env, photos, settings, tmp_path):
     from searchapp import create_app
 
     run_json(["index", str(photos), "--no-progress"], env)
-    app = create_app({"LOUPE_SETTINGS": replace(settings, allowed_roots=(tmp_path,))})
+    # auto's CUDA default (pixel denoising of noisy queries), so that the page's reconstruction
+    # can be tested on a CPU, whose default runs no stage.
+    restore = replace(settings.restore, auto="noise:pixel")
+    app = create_app({"LOUPE_SETTINGS": replace(settings, allowed_roots=(tmp_path,), restore=restore)})
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

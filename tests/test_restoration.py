@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +254,8 @@ def test_auto_does_not_reconstruct_a_query_that_verified():
 
 
 def test_policy_parsing():
-    assert parse_policy(None)["noise"]
+    assert parse_policy(None, "cuda:0") == {"noise": ("pixel",)}
+    assert parse_policy(None, "cpu") == {}  # the pixel stage does not fit auto's latency budget on a CPU
     assert parse_policy("none") == {}
     assert parse_policy("noise:pixel-ddim+qe, crop:outpaint") == {"noise": ("pixel-ddim", "qe"), "crop": ("outpaint",)}
     for bad in ("noise:magic", "blur:pixel", "noise:", "noise"):
@@ -286,7 +287,9 @@ def restorable(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
     report = run_json(["train-restorer", "--steps", str(RESTORER_STEPS), "--max-pictures", "4", "--no-progress",
                        "--json"], env)
     assert report["pixel"]["steps"] == report["embedding"]["steps"] == RESTORER_STEPS
-    return Restorable(env, Settings.from_env(env), photos)
+    settings = Settings.from_env(env)
+    # auto's CUDA default: on a CPU, the default runs no stage (the pixel stage exceeds the budget).
+    return Restorable(env, replace(settings, restore=replace(settings.restore, auto="noise:pixel")), photos)
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
@@ -341,6 +344,14 @@ def test_auto_restores_noisy_queries_and_leaves_clean_ones_alone(restorable):
 
 
 @pytest.mark.slow
+def test_on_a_cpu_auto_detects_but_runs_no_stage_by_default(restorable):
+    cpu_default = replace(restorable.settings, restore=replace(restorable.settings.restore, auto=None))
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": cpu_default}).test_client()
+    restoration = _search(client, _noisy_upload(restorable.photos)).get_json()["restoration"]
+    assert restoration["detected"][:1] == ["noise"] and restoration["applied"] == [] and not restoration["skipped"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["blur", "pixel", "pixel-ddim", "embedding", "qe"])
 def test_each_stage_by_name(restorable, stage):
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": restorable.settings}).test_client()
@@ -356,6 +367,7 @@ def test_each_stage_by_name(restorable, stage):
 @pytest.mark.slow
 def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settings):
     run_json(["index", str(photos), "--no-progress"], env)
+    settings = replace(settings, restore=replace(settings.restore, auto="noise:pixel"))  # auto's CUDA default
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
     for stage, words in (("pixel", "train-restorer"), ("outpaint", "LOUPE_OUTPAINT_MODEL"),
                          ("embedding", "train-restorer")):
@@ -419,7 +431,8 @@ def test_a_configured_model_that_fails_to_load_is_skipped_by_auto(env, photos, t
 
     run_json(["index", str(photos), "--no-progress"], env)
     (tmp_path / "broken").mkdir()
-    settings = Settings.from_env({**env, "LOUPE_RESTORE_MODEL": str(tmp_path / "broken")})
+    settings = Settings.from_env({**env, "LOUPE_RESTORE_MODEL": str(tmp_path / "broken"),
+                                  "LOUPE_RESTORE_AUTO": "noise:pixel"})
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
     body = _search(client, _noisy_upload(photos)).get_json()
     assert body["restoration"]["applied"] == [] and "cannot load" in body["restoration"]["skipped"]["pixel"]

@@ -50,23 +50,27 @@ from .stages import CONDITIONS, IMAGE_STAGES, MODES, STAGES
 from .pixel import StageUnavailable
 
 # What `auto` runs per detected condition (docs/robustness.md has the measurements); a stage
-# whose model is missing is skipped. Only pixel denoising of noise beyond the collection's: on
-# pictures its training never saw, the embedding model pulled queries towards the pictures it
-# had learned and lost 5-30 points of recall@1 on most kinds (held-out run, docs/robustness.md),
-# so it runs only when named (`restore=embedding`, or LOUPE_RESTORE_AUTO=unmatched:embedding).
-# Crops are left to the regional index (αQE hurt them; outpainting could not be measured).
-DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",)}
+# whose model is missing is skipped. Only pixel denoising of noise beyond the collection's, and
+# only where it fits auto's latency budget (150 ms p50): on a GPU (18 ms p50 on an H200), not on
+# a CPU (520 ms p50 on 2 cores, where held out it won no query either), so on a CPU the default
+# runs no stage. On pictures its training never saw, the embedding model pulled queries towards
+# the pictures it had learned (held-out run, docs/robustness.md); verified proposals now make it
+# harmless, but whether it earns its cost has not been decided on data it never saw, so it runs
+# only when named (`restore=embedding`, or LOUPE_RESTORE_AUTO=unmatched:embedding). Crops are
+# left to the regional index and to verification (αQE hurt them; outpainting could not be measured).
+DEFAULT_POLICY: dict[str, tuple[str, ...]] = {"noise": ("pixel",)}  # on CUDA
+CPU_DEFAULT_POLICY: dict[str, tuple[str, ...]] = {}
 BLUR_RADIUS = 1.0  # at the model's input resolution
 QE_NEIGHBOURS = 5
 VERIFIED_ALREADY = "the query as given was verified a copy"
 FUSION_EXTRA = 20  # each ranking is fetched this much deeper than the page, for fusion
 
 
-def parse_policy(text: str | None) -> dict[str, tuple[str, ...]]:
-    """`noise:pixel+embedding,crop:outpaint` → {condition: stages}; None: the default;
-    `none`: auto runs nothing."""
+def parse_policy(text: str | None, device: str = "cpu") -> dict[str, tuple[str, ...]]:
+    """`noise:pixel+embedding,crop:outpaint` → {condition: stages}; None: the default for the
+    stage models' `device` (CUDA or not); `none`: auto runs nothing."""
     if text is None:
-        return dict(DEFAULT_POLICY)
+        return dict(DEFAULT_POLICY if str(device).startswith("cuda") else CPU_DEFAULT_POLICY)
     policy: dict[str, tuple[str, ...]] = {}
     if text.strip().lower() == "none":
         return policy
@@ -154,7 +158,7 @@ class Restorers:
         self.home = home
         self.device = device
         self.run = run or (lambda fn, *args: fn(*args))
-        self.policy = parse_policy(settings.auto)
+        self.policy = parse_policy(settings.auto, device)
         self._lock = threading.Lock()
         self._loaded: dict[str, object] = {}
 
