@@ -52,6 +52,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["LOUPE_SETTINGS"] = Settings.from_env()
 
     from . import api, errors, files, pages, security, services
+    from .routing import IdConverter
+
+    app.url_map.converters["id"] = IdConverter
 
     rules = security.AccessPolicy.create(app.config["LOUPE_SETTINGS"], app.config["LOUPE_SERVE_HOST"])
     services.init_app(app)

@@ -16,6 +16,7 @@ from .openapi import openapi_document
 from .restoration.pipeline import RestorationReport
 from .restoration.stages import COSTLY_STAGES
 from .restoration.stages import MODES as RESTORE_MODES
+from .routing import parse_id
 from .security import WRITE, demand, require_token
 from .services import service
 
@@ -146,7 +147,7 @@ def search_image():
         image_id = _param("image_id")
         if image_id is None:
             raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
-        page = service().search_image_id(_as_id(image_id), k, offset, regions=use_regions, verify=verify)
+        page = service().search_image_id(parse_id(image_id), k, offset, regions=use_regions, verify=verify)
         restoration = {**RestorationReport(restore).as_dict(), "note": "an indexed picture is searched by its stored vector"}
     return jsonify(_results(page, min_score, restoration=restoration))
 
@@ -184,7 +185,7 @@ def generate():
         image_id = _param("image_id")
         if image_id is None:
             raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
-        record = service().library.image(_as_id(image_id))
+        record = service().library.image(parse_id(image_id))
         if record is None or record.status == "failed":
             raise ApiError(404, "not_found", f"no readable image with id {image_id}")
         source_image = decode_image(service().library.read_image_bytes(record.id)).image
@@ -212,7 +213,7 @@ def generation_status(job_id: str):
     return _generation_json(service().generations.get(job_id), job_id)
 
 
-@bp.post("/jobs/<job_id>/images/<int:number>/add")
+@bp.post("/jobs/<job_id>/images/<int:number>/add")  # numbers start at 0; no database behind them
 @require_token
 def add_generated(job_id: str, number: int):
     """Index one generated picture, when a user asks (they are never indexed otherwise)."""
@@ -239,7 +240,7 @@ def _generation_json(body: dict | None, job_id: str):
     return jsonify(body)
 
 
-@bp.get("/images/<int:image_id>")
+@bp.get("/images/<id:image_id>")
 def image_metadata(image_id: int):
     record = service().library.image(image_id)
     if record is None:
@@ -270,7 +271,7 @@ def _created(image_id: int):
     return response
 
 
-@bp.delete("/images/<int:image_id>")
+@bp.delete("/images/<id:image_id>")
 @require_token
 def delete_image(image_id: int):
     service().remove_image(image_id)
@@ -294,7 +295,7 @@ def start_job():
     return response
 
 
-@bp.get("/jobs/<int:job_id>")
+@bp.get("/jobs/<id:job_id>")
 def job_status(job_id: int):
     return jsonify(job_json(_job(job_id)))
 
@@ -310,16 +311,6 @@ def _job(job_id: int) -> JobRecord:
     if job is None:
         raise ApiError(404, "not_found", f"no job with id {job_id}")
     return job
-
-
-def _as_id(raw) -> int:
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ApiError(400, "bad_parameter", f"image_id must be an integer, not {raw!r}") from None
-    if value < 1:
-        raise ApiError(400, "bad_parameter", "image_id must be positive")
-    return value
 
 
 def image_json(record: ImageRecord) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, request
+from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
 
 from indexer import errors as loupe_errors
@@ -73,7 +74,8 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+    return (request.path.startswith(("/api/", "/images/"))
+            or request.accept_mimetypes.best == "application/json")
 
 
 def init_app(app: Flask) -> None:
@@ -99,6 +101,13 @@ def init_app(app: Flask) -> None:
             405: f"{request.method} is not allowed on {request.path}",
         }
         return error_response(err.code or 500, code, messages.get(err.code, err.description or err.name))
+
+    @app.errorhandler(OverflowError)
+    @app.errorhandler(DataError)
+    def out_of_range(err: Exception):
+        # A number the database cannot hold (ids are bounded before they get there: the net).
+        log.warning("value out of range on %s %s: %s", request.method, request.path, err)
+        return error_response(400, "bad_parameter", "a number in the request is out of the range the catalog holds")
 
     @app.errorhandler(Exception)
     def unexpected(err: Exception):

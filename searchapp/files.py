@@ -52,7 +52,7 @@ def _open(record: ImageRecord) -> BinaryIO:
                                             "index its folder again") from None
 
 
-@bp.get("/images/<int:image_id>/file")
+@bp.get("/images/<id:image_id>/file")
 def image_file(image_id: int):
     record = _catalogued(image_id)
     fh = _open(record)
@@ -65,7 +65,7 @@ def image_file(image_id: int):
     return response.make_conditional(request.environ, accept_ranges=True, complete_length=record.size_bytes)
 
 
-@bp.get("/images/<int:image_id>/thumb")
+@bp.get("/images/<id:image_id>/thumb")
 def image_thumb(image_id: int):
     record = _catalogued(image_id)
     with _open(record) as fh:  # checked on every request: a changed original loses its thumbnail too

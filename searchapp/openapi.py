@@ -34,10 +34,11 @@ PAGE_PARAMS = [
     {"name": "min_score", "in": "query", "schema": {"type": "number"}},
     PATHS_PARAM,
 ]
-ID_PARAM = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}  # searchapp.routing.MAX_ID
+ID_PARAM = {"name": "image_id", "in": "path", "required": True, "schema": ID_SCHEMA}
 JOB_PARAM = {"name": "job_id", "in": "path", "required": True,
              "description": "an indexing job's number, or a generation job's id (gen-...)",
-             "schema": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}]}}
+             "schema": {"oneOf": [ID_SCHEMA, {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}]}}
 GENERATION_ID_PARAM = {"name": "job_id", "in": "path", "required": True,
                        "schema": {"type": "string", "pattern": "^gen-[0-9a-f]{16}$"}}
 BEARER = [{"bearer": []}, {"session": []}]
@@ -304,7 +305,7 @@ IMAGE_BODY = {
         "schema": {
             "type": "object",
             "required": ["image_id"],
-            "properties": {"image_id": {"type": "integer"}, "k": {"type": "integer"}, "offset": {"type": "integer"}},
+            "properties": {"image_id": ID_SCHEMA, "k": {"type": "integer"}, "offset": {"type": "integer"}},
         }
     },
 }
@@ -364,7 +365,7 @@ def openapi_document() -> dict:
                         "multipart/form-data": {"schema": {"type": "object", "properties": {
                             "image": {"type": "string", "format": "binary"}, **GENERATE_FIELDS}}},
                         "application/json": {"schema": {"type": "object", "required": ["image_id"], "properties": {
-                            "image_id": {"type": "integer"}, **GENERATE_FIELDS}}},
+                            "image_id": ID_SCHEMA, **GENERATE_FIELDS}}},
                     }},
                     "security": BEARER,
                     "description": "writes pictures to disk: needs the API token when one is set; at most a few "

@@ -215,6 +215,22 @@ def test_image_metadata_file_and_thumbnail(client, photos):
     assert client.get("/images/999999/file").status_code == 404
 
 
+def test_ids_beyond_the_catalog_range_are_client_errors_never_server_errors(client):
+    """Ids larger than a BIGINT used to reach the database and answer 500."""
+    huge = 14058399832031642496532480
+    for url in (f"/api/images/{huge}", f"/images/{huge}/file", f"/images/{huge}/thumb", f"/api/jobs/{huge}",
+                f"/api/images/{2**63}", "/api/images/0"):
+        response = client.get(url)
+        assert response.status_code == 404 and response.is_json, url
+    assert client.get(f"/api/images/{2**63 - 1}").get_json()["error"] == "not_found"  # the largest id is an id
+    for path in ("/api/search/image", "/api/generate"):
+        for bad in (huge, 0, -3, True, "x"):
+            response = client.post(path, json={"image_id": bad})
+            assert response.status_code == 400 and response.get_json()["error"] == "bad_parameter", (path, bad)
+    deleted = client.delete(f"/api/images/{huge}")  # no route takes the id: refused, not attempted
+    assert 400 <= deleted.status_code < 500 and deleted.is_json
+
+
 def test_no_request_path_reaches_the_file_system(client):
     for url in ("/images/..%2F..%2Fetc%2Fpasswd/file", "/images/%2Fetc%2Fpasswd/file", "/images/-1/file",
                 "/static/..%2F..%2Fpyproject.toml", "/images/1/../../../etc/passwd"):
@@ -346,8 +362,8 @@ def test_openapi_document_is_valid_and_served(client):
     for schema in doc["components"]["schemas"].values():
         Draft202012Validator.check_schema(schema)
     app_rules = {rule.rule for rule in client.application.url_map.iter_rules() if rule.rule.startswith("/api/")}
-    documented = {p.replace("{image_id}", "<int:image_id>").replace("{job_id}", job).replace("{number}", "<int:number>")
-                  for p in doc["paths"] for job in ("<int:job_id>", "<job_id>")}
+    documented = {p.replace("{image_id}", "<id:image_id>").replace("{job_id}", job).replace("{number}", "<int:number>")
+                  for p in doc["paths"] for job in ("<id:job_id>", "<job_id>")}
     assert app_rules - {"/api/openapi.json"} <= documented
 
 
