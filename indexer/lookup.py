@@ -76,7 +76,7 @@ class CandidateVerifier:
         self.report = VerifyReport(query_keypoints=len(self.query))
         self.pool: list[SearchResult] = []
         self.sources: dict[int, set[str]] = {}  # result id → the proposals that brought it
-        self._mirrored: list = []
+        self._mirrored = None  # the mirrored query's features, once needed
 
     @property
     def verified(self) -> bool:
@@ -100,10 +100,10 @@ class CandidateVerifier:
         """The mirrored query's features, extracted on first use."""
         from .features import QUERY_KEYPOINTS, extract, mirrored_image
 
-        if not self._mirrored:
-            self._mirrored.append(extract(mirrored_image(self.decoded.image), self.decoded.width,
-                                          self.decoded.height, max_keypoints=QUERY_KEYPOINTS))
-        return self._mirrored[0]
+        if self._mirrored is None:
+            self._mirrored = extract(mirrored_image(self.decoded.image), self.decoded.width,
+                                     self.decoded.height, max_keypoints=QUERY_KEYPOINTS)
+        return self._mirrored
 
     def propose(self, results: Sequence[SearchResult], source: str = "raw", flipped: bool = False) -> int:
         """Add a lookup's `results` behind those already proposed and verify its top

@@ -233,13 +233,13 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
         depth = max(depth, verify.candidates)
     raw = library.search(raw_vector, depth, 0, regions=regions)
     clock.lap("knn+join")
-    verifier = None
+    verifier, results = None, raw.results
     if verify is not None:
         verifier = CandidateVerifier(library, decoded, verify)
         verifier.verify_lookup(raw.results, embedder, regions)
+        results = tuple(verifier.pool)  # the raw results, then what the mirrored query found
         clock.lap("verify")
     report = RestorationReport(mode)
-    results = raw.results
     if mode != "off":
         detection = _detect(library, pixels, raw_vector, raw, regions,
                             verified=None if verifier is None else verifier.verdict)
@@ -268,8 +268,6 @@ def restored_lookup(library: Library, embedder, data: bytes, k: int, offset: int
                                  stage_ms={s: clock.times[s] for s in stages})
     verified = None
     if verifier is not None:
-        if results is raw.results:
-            results = verifier.pool
         results, verified = rank_verified(results, verifier.report, decoded.sha256), verifier.report
         clock.lap("rank")
     page = SearchPage(tuple(results[offset : offset + k]), total=raw.total, took_ms=0.0)
