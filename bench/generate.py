@@ -149,8 +149,8 @@ def print_row(strength: float, name: str, figures: dict) -> None:
 
 
 def run(args, header: dict) -> int:
-    from indexer.cli import main as indexer_main
-    from indexer.commands import load_embedder, open_library
+    from searchapp.cli import main as loupe_main
+    from indexer.factory import load_embedder, open_library
     from indexer.settings import Settings
     from searchapp.diffusion.training import TrainOptions
     from searchapp.generation.backends import OWN_MODEL_FOLDER, OwnGenerator
@@ -171,11 +171,11 @@ def run(args, header: dict) -> int:
         first = [d for d in sorted(corpus_dir.iterdir()) if d.is_dir() and d != held_out] if held_out else [corpus_dir]
         t0 = time.perf_counter()
         for folder in first:
-            assert indexer_main(["index", str(folder), "--no-progress"], env) == 0
+            assert loupe_main(["index", str(folder), "--no-progress"], env) == 0
         print(f"indexed {', '.join(map(str, first))} in {time.perf_counter() - t0:.1f} s ({args.model}/{args.pretrained})")
         train_or_reuse(args, env, model_dir)
         if held_out is not None:
-            assert indexer_main(["index", str(held_out), "--no-progress"], env) == 0
+            assert loupe_main(["index", str(held_out), "--no-progress"], env) == 0
             print(f"indexed {held_out} after training: variations are made of these pictures only")
         trained = OwnGenerator(model_dir, "cpu")
         init_seed = TrainOptions().seed

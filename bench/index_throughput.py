@@ -378,7 +378,7 @@ def job_settings(home: Path, args, regions: Regions | None = None):
 def run_job(photo_dir: Path, embedder, args, parent: Path, regions: Regions, make_job=None, keep_home: bool = False):
     """One IndexJob (or `make_job(library, embedder, options)`) over `photo_dir` on a fresh
     LOUPE_HOME with `regions`: (meter, summary, job); `job.home` is deleted unless kept."""
-    from indexer.commands import open_library
+    from indexer.factory import open_library
     from indexer.jobs import IndexJob, IndexOptions
 
     home = Path(tempfile.mkdtemp(prefix="job-home-", dir=parent))
@@ -784,7 +784,7 @@ def stage_figures(runs: Runs, vectors: bool = False) -> dict:
 def bench(args, run_dir: Path, header: dict) -> int:
     import torch
 
-    from indexer.commands import load_embedder
+    from indexer.factory import load_embedder
     from indexer.embedder import resolve_device
     from indexer.jobs import choose_decoders
 

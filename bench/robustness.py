@@ -224,7 +224,7 @@ def why_missed(index: IndexedCorpus, data: bytes, want: int, rank: int | None) -
 
 def build_index(work: Path, name: str, env: dict, corpus_dir: Path, regions: str,
                 penalty: float | None, restorers_home: Path | None) -> IndexedCorpus:
-    from indexer.commands import load_embedder, open_library
+    from indexer.factory import load_embedder, open_library
     from indexer.jobs import IndexJob, IndexOptions
     from indexer.settings import Settings
     from searchapp.restoration.pipeline import Restorers

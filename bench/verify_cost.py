@@ -32,7 +32,7 @@ from robustness import photos_in, query_bytes, sample_folders
 
 
 def index(work: Path, name: str, env: dict, corpus: Path, features: bool):
-    from indexer.commands import load_embedder, open_library
+    from indexer.factory import load_embedder, open_library
     from indexer.jobs import IndexJob, IndexOptions
     from indexer.settings import Settings
 

@@ -1,4 +1,5 @@
-"""`loupe demo`: index a small set of real photographs and run sample searches on it.
+"""The demo library behind `loupe demo`: a small set of real photographs, indexed, and
+sample searches on it (the command itself is in `searchapp.cli.serve`).
 
 The photographs are the ones scikit-image ships (astronaut, cat, coffee, rocket, ...). The
 demo keeps its own data folder (`$LOUPE_HOME/demo`, embedded SQLite) so it never mixes with
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .errors import LoupeError, ModelMismatchError, WeightsUnavailableError
+from .factory import load_embedder, open_library
 from .settings import Settings
 
 SAMPLE_PHOTOS = (
@@ -47,7 +49,6 @@ def demo_settings(settings: Settings) -> Settings:
 
 def run_demo(settings: Settings, out: TextIO, progress: bool = True) -> Settings:
     """Index and search the samples; returns the settings of the demo library it used."""
-    from .commands import load_embedder, open_library
     from .images import load_image_file
     from .jobs import IndexJob, IndexOptions
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flask import Flask, current_app
 
-from indexer.commands import load_embedder, open_library
+from indexer.factory import load_embedder, open_library
 from indexer.embedder import configured_model, resolve_device
 from indexer.errors import NotIndexedError
 from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, set_decode_slots

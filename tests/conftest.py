@@ -82,7 +82,7 @@ def settings(env):
 
 @pytest.fixture
 def embedder(settings):
-    from indexer.commands import load_embedder
+    from indexer.factory import load_embedder
 
     return load_embedder(settings)
 
@@ -174,7 +174,7 @@ def any_db_env(request, env):
     if request.param == "postgres":
         url = request.getfixturevalue("postgres_url")
         env = {**env, "LOUPE_DATABASE_URL": url}
-        from indexer.cli import main
+        from searchapp.cli import main
 
         assert main(["db", "upgrade"], environ=env) == 0
     return env

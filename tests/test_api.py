@@ -387,7 +387,7 @@ def test_serve_never_enables_debug(settings, monkeypatch):
     import flask
     import waitress
 
-    from searchapp.cli import cmd_serve
+    from searchapp.cli.serve import cmd_serve
 
     seen = {}
     monkeypatch.setattr(waitress, "serve", lambda app, **kw: seen.update(app=app, kw=kw))

@@ -232,7 +232,7 @@ def test_generate_similar_without_a_generator_says_how_to_get_one(page):
 def generator(settings, page):
     """A tiny generator trained for a few seconds on the indexed photographs (the server loads it
     with its first generation job)."""
-    from indexer.commands import open_library
+    from indexer.factory import open_library
     from searchapp.diffusion.training import TrainOptions, load_pictures, train
     from searchapp.diffusion.unet import UNetConfig
 
@@ -304,7 +304,7 @@ def test_generation_shows_progress_and_can_be_cancelled(generator):
 def restorer(page, settings):
     """The page, once a pixel restorer has trained for a moment on the indexed photographs
     (the server loads it with the first query that needs it)."""
-    from indexer.commands import open_library
+    from indexer.factory import open_library
     from searchapp.restoration.pixel import OWN_FOLDER
     from searchapp.restoration.training import PixelTraining, train_pixel_restorer
 

@@ -181,9 +181,18 @@ def test_indexer_never_imports_flask():
     code = (
         "import sys, pkgutil, importlib, indexer\n"
         "for m in pkgutil.walk_packages(indexer.__path__, 'indexer.'): importlib.import_module(m.name)\n"
-        "from indexer.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "assert not [m for m in sys.modules if m == 'flask' or m.startswith('flask.') or m.startswith('searchapp')], 'flask imported'\n"
+        "assert 'torch' not in sys.modules, 'torch imported at import time'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cli_help_never_imports_torch():
+    code = (
+        "import sys\n"
+        "from searchapp.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch imported at import time'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

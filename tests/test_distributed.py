@@ -44,7 +44,7 @@ def _home(tmp_path, env, name):
 
 
 def _index(env, photos, ray_options=None, batch_size=4):
-    from indexer.commands import load_embedder, open_library
+    from indexer.factory import load_embedder, open_library
     from indexer.jobs import IndexJob, IndexOptions
 
     settings = Settings.from_env(env)

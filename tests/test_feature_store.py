@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 from helpers import run_json
 from indexer import features
 from indexer.catalog import ImageRecord
-from indexer.commands import open_library
+from indexer.factory import open_library
 from indexer.gpudecode import DeviceJpegReader
 from indexer.images import DecodeLimits
 from indexer.jobs import ImageFileDataset

@@ -35,7 +35,7 @@ def indexed(env, photos):
 def trained_home(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
     """Photographs indexed, and a tiny generator trained on them for a few seeded steps: built
     once for the module; each test's generations are its own jobs."""
-    from indexer.commands import open_library
+    from indexer.factory import open_library
     from indexer.settings import Settings
 
     folder = tmp_path_factory.mktemp("generate")

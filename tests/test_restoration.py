@@ -412,7 +412,7 @@ def test_cli_search_with_restore(restorable, tmp_path):
 
 @pytest.mark.slow
 def test_noise_levels_are_recorded_at_index_time(env, photos, settings):
-    from indexer.commands import open_library
+    from indexer.factory import open_library
 
     run_json(["index", str(photos), "--no-progress"], env)
     library = open_library(settings)

@@ -828,7 +828,7 @@ def test_two_hosts_sharing_a_postgres_catalog_exclude_each_other(tmp_path, tiny_
                                                                  postgres_url, photo_arrays):
     """Two data folders (two hosts) on one PostgreSQL catalog: while one writes, the other's
     writer is refused with a clear message, and gets in once the first is done."""
-    from indexer.commands import open_library
+    from indexer.factory import open_library
     from indexer.errors import JobLockedError
     from indexer.settings import Settings
 

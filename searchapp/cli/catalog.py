@@ -1,37 +1,61 @@
-"""What each `loupe` command does, given the settings and parsed arguments."""
+"""The catalog commands: `loupe index`, `remove`, `status` and `db`."""
 
 from __future__ import annotations
 
+import argparse
 import os
-import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from sqlalchemy import select
+from indexer.errors import ConfigError, LoupeError, NotIndexedError
+from indexer.factory import load_embedder, open_library
+from indexer.settings import Settings, ensure_home, redact_url
 
-from .catalog import ImageRecord
-from .cli import print_json
-from .errors import ConfigError, LoupeError, NotIndexedError
-from .settings import Settings, ensure_home, redact_url
+from .arguments import non_negative_int, positive_int
+from .output import print_json
 
-MAX_K = 200
-
-
-def load_embedder(settings: Settings, device: str | None = None):
-    from .embedder import ModelSpec, create_embedder
-
-    spec = ModelSpec(settings.model, settings.pretrained, device or settings.device)
-    return create_embedder(spec, settings.models_dir)
+if TYPE_CHECKING:
+    from indexer.catalog import ImageRecord
 
 
-def open_library(settings: Settings):
-    from .library import Library
+def register(commands: argparse._SubParsersAction) -> None:
+    index = commands.add_parser("index", help="index image files and folders (recursive, incremental, resumable)")
+    index.add_argument("paths", nargs="+", metavar="PATH")
+    index.add_argument("--batch-size", type=positive_int, default=32, help="images per model batch (default 32)")
+    index.add_argument("--workers", type=non_negative_int, default=None,
+                       help="decoding processes (default: on CUDA cores - 1; on the CPU, decoding "
+                            "runs in the main process between batches; 0: one decode thread)")
+    index.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
+    index.add_argument("--decode", choices=("auto", "pillow", "torchvision"), default="auto",
+                       help="JPEG decoding: pillow (CPU processes/threads), torchvision (on the model's "
+                            "device: nvJPEG on CUDA, with Pillow for other files), auto (torchvision on CUDA)")
+    index.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="read and embed on a Ray cluster: auto (the running cluster, else a local "
+                            "Ray) or a Ray address; needs the ray extra")
+    index.add_argument("--ray-embedders", type=positive_int, default=None, metavar="N",
+                       help="with --ray: model actors (default: one per GPU, else one per node's CPUs)")
+    index.add_argument("--no-progress", action="store_true", help="no progress bar")
+    index.add_argument("--json", action="store_true", help="print the summary as JSON")
+    index.set_defaults(handler=cmd_index)
 
-    return Library.open(settings)
+    remove = commands.add_parser("remove", help="remove images (by path, folder or id) from the index and catalog")
+    remove.add_argument("targets", nargs="*", metavar="PATH|ID")
+    remove.add_argument("--missing", action="store_true", help="also remove every image whose file has vanished")
+    remove.add_argument("--json", action="store_true")
+    remove.set_defaults(handler=cmd_remove)
+
+    status = commands.add_parser("status", help="counts, model identity, index type, device, database")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", help="apply catalog migrations")
+    db.set_defaults(handler=cmd_db)
 
 
 def cmd_index(settings: Settings, args, out: TextIO) -> int:
-    from .jobs import IndexJob, IndexOptions
+    from indexer.jobs import IndexJob, IndexOptions
 
     for path in args.paths:
         if not Path(path).exists():
@@ -47,7 +71,7 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     if args.ray is not None:
         if args.workers is not None:
             raise LoupeError("--workers is for local jobs; with --ray, Ray tasks decode the files")
-        from .distributed import RayIndexJob, RayOptions
+        from indexer.distributed import RayIndexJob, RayOptions
 
         job = RayIndexJob(library, embedder, options, RayOptions(address=args.ray, embedders=args.ray_embedders))
     else:
@@ -64,76 +88,12 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     return 0
 
 
-def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
-    """`loupe search`. `image_lookup(library, embedder, data, k, offset, regions, verify)` →
-    (page, report dict or None) replaces the plain reverse lookup (searchapp's restoration)."""
-    if (args.text is None) == (args.image is None):
-        raise ConfigError("give either TEXT or --image FILE")
-    if args.text is not None and not args.text.strip():
-        raise ConfigError("the search text is empty")
-    k = min(args.k, MAX_K)
-    library = open_library(settings)
-    if library.stored_identity() is None:
-        raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
-    embedder = load_embedder(settings, args.device)
-    library.bind_model(embedder.identity)
-    restoration = None
-    if args.image is not None:
-        from .images import DecodeLimits, read_file
-        from .lookup import reverse_lookup
-
-        from .verify import VerifyOptions
-
-        data = read_file(Path(args.image), DecodeLimits()).data
-        wanted = settings.verify if getattr(args, "verify", None) is None else args.verify == "on"
-        verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
-        if image_lookup is None:
-            page = reverse_lookup(library, embedder, data, k, args.offset, regions=not args.no_regions, verify=verify)
-        else:
-            page, restoration = image_lookup(library, embedder, data, k, args.offset, not args.no_regions, verify)
-    else:
-        t0 = time.perf_counter()
-        page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
-    if args.json:
-        print_json({**page.as_dict(), **({"restoration": restoration} if restoration is not None else {})}, out)
-        return 0
-    if restoration is not None:
-        print(_restoration_line(restoration), file=out)
-    if embedder.identity.caveat():
-        print(f"note: {embedder.identity.caveat()}", file=out)
-    if not page.results:
-        print("no results", file=out)
-    if page.copy_found is False:
-        print("no copy of this picture is in the collection; the most similar pictures:", file=out)
-    verified = next((r for r in page.results if r.verification is not None), None)
-    if page.copy_found and verified is not None:
-        print(f"verdict: a copy is in the collection (id {verified.id}): {verified.verification.describe()}", file=out)
-    for rank, result in enumerate(page.results, start=args.offset + 1):
-        label = f"  [{result.match}{' in region ' + 'x'.join(map(str, result.region.as_list())) if result.region else ''}]" \
-            if result.match else ""
-        print(f"{rank:4d}  {result.score:7.4f}  {result.path}  ({result.width}x{result.height}, id {result.id}){label}",
-              file=out)
-        if result.verification is not None:
-            print(f"      verified: {result.verification.describe()} ({_verification_facts(result.verification)})",
-                  file=out)
-    return 0
-
-
-def _verification_facts(found) -> str:
-    return (f"{found.inliers} inliers; {found.overlap_query:.0%} of the query, {found.overlap_result:.0%} of the "
-            f"result; scale {found.scale:.2f}; {found.relation}")
-
-
-def _restoration_line(report: dict) -> str:
-    detected = ", ".join(report.get("detected") or []) or "nothing"
-    applied = ", ".join(report.get("applied") or []) or "no stage"
-    skipped = "".join(f"; skipped {stage}: {why}" for stage, why in (report.get("skipped") or {}).items())
-    return f"restoration: detected {detected}; ran {applied} ({report.get('ms', 0):.0f} ms){skipped}"
-
-
 def cmd_remove(settings: Settings, args, out: TextIO) -> int:
-    from .thumbnails import remove_thumbnail
-    from .uploads import discard_upload
+    from sqlalchemy import select
+
+    from indexer.catalog import ImageRecord
+    from indexer.thumbnails import remove_thumbnail
+    from indexer.uploads import discard_upload
 
     if not args.targets and not args.missing:
         raise ConfigError("name the images to remove (PATH or ID), or use --missing")
@@ -162,6 +122,10 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
 
 def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
     """Rows for each target (id, file path or folder); any target matching nothing is an error."""
+    from sqlalchemy import select
+
+    from indexer.catalog import ImageRecord
+
     found: list[ImageRecord] = []
     for target in targets:
         if target.isdigit():
@@ -181,8 +145,8 @@ def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
 
 
 def cmd_status(settings: Settings, args, out: TextIO) -> int:
-    from .embedder import resolve_device
-    from .vectorstore import faiss_build
+    from indexer.embedder import resolve_device
+    from indexer.vectorstore import faiss_build
 
     library = open_library(settings)
     stored = library.stored_identity()
@@ -253,7 +217,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
 
 
 def cmd_db(settings: Settings, args, out: TextIO) -> int:
-    from .database import current_and_head, make_engine, upgrade
+    from indexer.database import current_and_head, make_engine, upgrade
 
     if settings.is_sqlite:
         ensure_home(settings.home)
@@ -264,11 +228,4 @@ def cmd_db(settings: Settings, args, out: TextIO) -> int:
     finally:
         engine.dispose()
     print(f"loupe: database {redact_url(settings.database_url)} is at schema {current}", file=out)
-    return 0
-
-
-def cmd_demo(settings: Settings, args, out: TextIO) -> int:
-    from .demo import run_demo
-
-    run_demo(settings, out, progress=not args.no_progress)
     return 0

@@ -1,0 +1,105 @@
+"""`loupe search`: by text, or by image with query restoration and verification."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TextIO
+
+from indexer.errors import ConfigError, NotIndexedError
+from indexer.factory import load_embedder, open_library
+from indexer.settings import Settings
+
+from .arguments import non_negative_int, positive_int
+from .output import print_json
+
+MAX_K = 200
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from ..restoration.stages import MODES
+
+    search = commands.add_parser("search", help="search by text or by image")
+    search.add_argument("text", nargs="?", metavar="TEXT")
+    search.add_argument("--image", type=Path, metavar="FILE", help="search with this picture instead of text")
+    search.add_argument("-k", type=positive_int, default=10, help="number of results (default 10, max 200)")
+    search.add_argument("--offset", type=non_negative_int, default=0)
+    search.add_argument("--no-regions", action="store_true",
+                        help="with --image: match whole pictures only, not their regions")
+    search.add_argument("--verify", choices=("on", "off"), default=None,
+                        help="with --image: verify the top results with local features (default LOUPE_VERIFY: on)")
+    search.add_argument("--device", default=None)
+    search.add_argument("--json", action="store_true", help="print results as JSON")
+    search.add_argument("--restore", choices=MODES, default="auto",
+                        help="with --image: reconstruct a damaged query first (default auto: the stages that "
+                             "help for what is detected; off; or one stage by name)")
+    search.set_defaults(handler=cmd_search)
+
+
+def cmd_search(settings: Settings, args, out: TextIO) -> int:
+    from indexer.embedder import resolve_device
+
+    from ..restoration.pipeline import Restorers, restored_lookup
+
+    # Built before anything else: a bad LOUPE_RESTORE_AUTO or device stops every search, text ones too.
+    restorers = Restorers(settings.restore, settings.home, resolve_device(args.device or settings.device))
+    if (args.text is None) == (args.image is None):
+        raise ConfigError("give either TEXT or --image FILE")
+    if args.text is not None and not args.text.strip():
+        raise ConfigError("the search text is empty")
+    k = min(args.k, MAX_K)
+    library = open_library(settings)
+    if library.stored_identity() is None:
+        raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
+    embedder = load_embedder(settings, args.device)
+    library.bind_model(embedder.identity)
+    restoration = None
+    if args.image is not None:
+        from indexer.images import DecodeLimits, read_file
+        from indexer.verify import VerifyOptions
+
+        data = read_file(Path(args.image), DecodeLimits()).data
+        wanted = settings.verify if args.verify is None else args.verify == "on"
+        verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
+        page, report = restored_lookup(library, embedder, data, k, args.offset, not args.no_regions,
+                                       mode=args.restore, restorers=restorers, verify=verify)
+        restoration = {**report.as_dict(), "reconstruction": None}
+    else:
+        t0 = time.perf_counter()
+        page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
+    if args.json:
+        print_json({**page.as_dict(), **({"restoration": restoration} if restoration is not None else {})}, out)
+        return 0
+    if restoration is not None:
+        print(_restoration_line(restoration), file=out)
+    if embedder.identity.caveat():
+        print(f"note: {embedder.identity.caveat()}", file=out)
+    if not page.results:
+        print("no results", file=out)
+    if page.copy_found is False:
+        print("no copy of this picture is in the collection; the most similar pictures:", file=out)
+    verified = next((r for r in page.results if r.verification is not None), None)
+    if page.copy_found and verified is not None:
+        print(f"verdict: a copy is in the collection (id {verified.id}): {verified.verification.describe()}", file=out)
+    for rank, result in enumerate(page.results, start=args.offset + 1):
+        label = f"  [{result.match}{' in region ' + 'x'.join(map(str, result.region.as_list())) if result.region else ''}]" \
+            if result.match else ""
+        print(f"{rank:4d}  {result.score:7.4f}  {result.path}  ({result.width}x{result.height}, id {result.id}){label}",
+              file=out)
+        if result.verification is not None:
+            print(f"      verified: {result.verification.describe()} ({_verification_facts(result.verification)})",
+                  file=out)
+    return 0
+
+
+def _verification_facts(found) -> str:
+    return (f"{found.inliers} inliers; {found.overlap_query:.0%} of the query, {found.overlap_result:.0%} of the "
+            f"result; scale {found.scale:.2f}; {found.relation}")
+
+
+def _restoration_line(report: dict) -> str:
+    detected = ", ".join(report.get("detected") or []) or "nothing"
+    applied = ", ".join(report.get("applied") or []) or "no stage"
+    skipped = "".join(f"; skipped {stage}: {why}" for stage, why in (report.get("skipped") or {}).items())
+    return f"restoration: detected {detected}; ran {applied} ({report.get('ms', 0):.0f} ms){skipped}"
