@@ -5,6 +5,9 @@
 - a diffusers image-to-image pipeline (a folder holding `model_index.json`, or a hub id):
   a Stable Diffusion family model run as img2img at the requested strength (needs the
   `generate` extra: transformers). Hub ids are looked up in the local cache first.
+
+Each backend is given its parts (UNet and scheduler, or a pipeline) already on their device;
+`load_own_generator` and `load_diffusers_img2img` load them, `load_generator` picks one.
 """
 
 from __future__ import annotations
