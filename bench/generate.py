@@ -152,8 +152,9 @@ def run(args, header: dict) -> int:
     from searchapp.cli import main as loupe_main
     from indexer.factory import load_embedder, open_library
     from indexer.settings import Settings
-    from searchapp.diffusion.training import TrainOptions
-    from searchapp.generation.backends import OWN_MODEL_FOLDER, OwnGenerator
+    from searchapp.diffusion.training import TrainOptions, read_info
+    from searchapp.diffusion.unet import UNetConfig
+    from searchapp.generation.backends import OWN_MODEL_FOLDER, load_own_generator
 
     work, env = bench_workspace("loupe-generate-", args.home, args.model, args.pretrained)
     env["LOUPE_REGIONS"] = "off"
@@ -177,10 +178,11 @@ def run(args, header: dict) -> int:
         if held_out is not None:
             assert loupe_main(["index", str(held_out), "--no-progress"], env) == 0
             print(f"indexed {held_out} after training: variations are made of these pictures only")
-        trained = OwnGenerator(model_dir, "cpu")
+        trained = load_own_generator(model_dir, "cpu")
         init_seed = TrainOptions().seed
-        untrained = OwnGenerator(untrained_unet_folder(work / "untrained", trained.config, init_seed), "cpu")
-        print(f"backend: {trained.describe()['note']}, {trained.info['steps']} training steps; baseline: the same "
+        config = UNetConfig.from_dict(read_info(model_dir)["config"])
+        untrained = load_own_generator(untrained_unet_folder(work / "untrained", config, init_seed), "cpu")
+        print(f"backend: {trained.describe()['note']}, {trained.trained_steps} training steps; baseline: the same "
               f"configuration untrained (seeded initialisation, seed {init_seed})")
 
         library = open_library(settings)
@@ -205,12 +207,12 @@ def run(args, header: dict) -> int:
         print("(untrained: the same UNet configuration, sampler, strength, steps and seeds with the weights training "
               "starts from; a trained figure means what it says where it differs from this row)")
         if args.figure and grid_rows:
-            save_grid(grid_rows, args.figure, trained.config.sample_size)
+            save_grid(grid_rows, args.figure, trained.resolution)
             print(f"\nfigure:  {args.figure} (rows: a source, then its variations at strength {args.figure_strength})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_result("generate", {"n": args.n, "steps": args.steps, "sources": len(sources),
-                              "trained_steps": trained.info["steps"], "strengths": results}, header)
+                              "trained_steps": trained.trained_steps, "strengths": results}, header)
     return 0
 
 

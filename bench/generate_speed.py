@@ -24,6 +24,7 @@ from PIL import Image
 
 from common import untrained_unet_folder
 from provenance import print_header, print_result
+from random_models import PipelineShape, save_random_pipeline
 
 SD_UNET_WIDTHS, SD_VAE_WIDTHS = (320, 640, 1280, 1280), (128, 256, 512, 512)
 
@@ -76,19 +77,18 @@ def main(argv=None) -> int:
     sd_label = "SD-1.5-sized" if narrow == 1 else f"SD-1.5 {narrow}x narrower"
     header = print_header("generate_speed", args, model=f"random weights: loupe-ddpm {size} px; diffusers img2img "
                           f"{sd_label} at {args.resolution} px")
-    from searchapp.generation.backends import DiffusersImg2Img, OwnGenerator
-    from searchapp.generation.random_pipeline import PipelineShape, save_random_pipeline
+    from searchapp.generation.backends import load_diffusers_img2img, load_own_generator
 
     source = Image.new("RGB", (640, 480), (120, 140, 90))
     with tempfile.TemporaryDirectory(prefix="loupe-genspeed-") as folder:
-        own = OwnGenerator(own_model(Path(folder) / "own", size), args.device)
+        own = load_own_generator(own_model(Path(folder) / "own", size), args.device)
         own_s = timed(own, source, args.n, args.steps, args.strength, args.repeat)
         print(f"loupe-ddpm        {size}x{size}, {args.steps} DDIM steps at strength {args.strength}: "
               f"{own_s:.3f} s/image (batch of {args.n}) on {args.device}", flush=True)
         t0 = time.perf_counter()
         shape = PipelineShape(resolution=args.resolution, unet_widths=tuple(c // narrow for c in SD_UNET_WIDTHS),
                               vae_widths=tuple(c // narrow for c in SD_VAE_WIDTHS), norm_groups=32 // narrow)
-        sd = DiffusersImg2Img(str(save_random_pipeline(Path(folder) / "sd", shape)), args.device)
+        sd = load_diffusers_img2img(str(save_random_pipeline(Path(folder) / "sd", shape)), args.device)
         built = time.perf_counter() - t0
         sd_s = timed(sd, source, args.n, args.steps, args.strength, args.repeat)
         print(f"diffusers-img2img {sd_label}, {args.resolution}x{args.resolution}, {args.steps} steps at strength "

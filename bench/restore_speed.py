@@ -63,7 +63,9 @@ def main(argv=None) -> int:
     pixels = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
     unet = config.create_unet().to(args.device, torch.float16 if cuda else torch.float32).eval()
     pixel = PixelRestorer(unet, config.create_scheduler().alphas_cumprod.numpy(), "untrained")
-    embedding = EmbeddingRestorer(EmbeddingConfig(dim=512).create_network(), EmbeddingConfig(dim=512))
+    embedding_config = EmbeddingConfig(dim=512)
+    embedding = EmbeddingRestorer(embedding_config.create_network(), embedding_config.create_scheduler("ddim"),
+                                  embedding_config.sample_steps)
     vector = rng.normal(size=512).astype(np.float32)
     vector /= np.linalg.norm(vector)
     neighbours = rng.normal(size=(5, 512)).astype(np.float32)

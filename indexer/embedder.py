@@ -60,6 +60,7 @@ class ModelIdentity:
         return None
 
     def same_weights(self, other: "ModelIdentity") -> bool:
+        """Whether `other` is the same model: the one way identities are compared."""
         return (self.architecture, self.pretrained, self.checkpoint_sha256) == (
             other.architecture,
             other.pretrained,
@@ -81,6 +82,16 @@ class ModelIdentity:
             "embed_dim": self.embed_dim,
             "semantic": self.semantic,
         }
+
+    @classmethod
+    def from_dict(cls, data: object) -> "ModelIdentity | None":
+        """The identity `as_dict` wrote (stored beside a trained model or a shard); None when
+        `data` is not one. Compare it with `same_weights`."""
+        try:
+            return cls(str(data["architecture"]), str(data["pretrained"]), data["checkpoint_sha256"],
+                       int(data["embed_dim"]))
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def weights_kind(pretrained: str) -> str:

@@ -198,7 +198,7 @@ def test_pretrained_diffusers_pipeline_backend(indexed, settings, tmp_path):
     pytest.importorskip("transformers")
     from dataclasses import replace
 
-    from searchapp.generation.random_pipeline import TINY, save_random_pipeline
+    from bench.random_models import TINY, save_random_pipeline
 
     pipeline = save_random_pipeline(tmp_path / "sd", TINY)
     client = create_app({**WAITING,

@@ -15,6 +15,7 @@ from PIL import Image
 
 from conftest import make_env, write_photo_folder
 from helpers import check_schema, run_cli, run_json
+from indexer.embedder import ModelIdentity
 from indexer.library import SearchResult
 from indexer.noise import DEFAULT_PROFILE, MIN_NOISY_LEVEL, NoiseProfile, noise_levels
 from searchapp import create_app
@@ -162,7 +163,7 @@ def test_outpaint_canvas_mask_polarity():
 def test_outpainter_extends_a_crop_and_keeps_its_pixels(tmp_path):
     from diffusers import StableDiffusionInpaintPipeline
 
-    from searchapp.generation.random_pipeline import TINY, save_random_pipeline
+    from bench.random_models import TINY, save_random_pipeline
 
     pipe = StableDiffusionInpaintPipeline.from_pretrained(save_random_pipeline(tmp_path / "sd", TINY, inpainting=True),
                                                           safety_checker=None, requires_safety_checker=False)
@@ -186,7 +187,7 @@ def test_embedding_restorer_moves_damaged_embeddings_towards_their_originals(tmp
     originals = _unit(rng.normal(size=(12, 16))).astype(np.float32)
     clean = np.repeat(originals, 40, axis=0)
     damaged = _unit(clean + rng.normal(scale=0.35, size=clean.shape)).astype(np.float32)
-    identity = {"architecture": "test"}
+    identity = ModelIdentity("test", "none", "0" * 64, 16).as_dict()
     summary = train_embedding_restorer(tmp_path, clean, damaged, identity, EmbeddingConfig(dim=16, hidden=128, blocks=2),
                                        budget_seconds=3600, max_steps=600, batch_size=128)
     assert summary.last_loss < summary.first_loss
@@ -382,7 +383,7 @@ def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settin
 @pytest.mark.slow
 def test_outpaint_stage_with_a_configured_pipeline(env, photos, tmp_path):
     from indexer.settings import Settings
-    from searchapp.generation.random_pipeline import TINY, save_random_pipeline
+    from bench.random_models import TINY, save_random_pipeline
 
     run_json(["index", str(photos), "--no-progress"], env)
     pipeline = save_random_pipeline(tmp_path / "inpaint", TINY, inpainting=True)

@@ -1,9 +1,9 @@
 """Training a `UNetConfig` network on the indexed pictures (DDPM noise prediction), within a
 wall-clock budget, with a progress bar, periodic checkpoints, and resumption.
 
-The pictures are the catalog's thumbnails (cached under LOUPE_HOME/thumbs), resized to a little
-more than the network's size and cropped at random (with flips) for each batch. A model
-folder holds:
+The pictures are the indexed picture files, read once (`load_pictures`: squares a little larger
+than the network's input, or squash-resized as the embedder sees them), then cropped at random
+(with flips) for each batch. A model folder holds:
 
     unet/            the EMA weights, diffusers format (what sampling loads)
     training.pt      optimizer, raw weights, step, RNG states (what resuming loads)
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 import numpy as np
+
+from indexer.atomic import atomic_path, atomic_write
 
 from .unet import UNetConfig, save_unet
 
@@ -196,16 +197,13 @@ def _checkpoint(folder: Path, config: UNetConfig, unet, ema, optimizer, rng, noi
     import torch
 
     save_unet(ema, folder)
-    tmp = folder / f".{STATE_FILE}.tmp"
-    torch.save({"raw": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "numpy_rng": rng.bit_generator.state, "torch_rng": noise_source.get_state(),
-                "step": step, "seconds": seconds}, tmp)
-    os.replace(tmp, folder / STATE_FILE)
+    with atomic_path(folder / STATE_FILE) as tmp:
+        torch.save({"raw": unet.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                    "numpy_rng": rng.bit_generator.state, "torch_rng": noise_source.get_state(),
+                    "step": step, "seconds": seconds}, tmp)
     info = {"config": config.as_dict(), "steps": step, "seconds": round(seconds, 1), "pictures": pictures,
             "max_timestep": options.max_timestep, "batch_size": options.batch_size}
-    tmp_info = folder / f".{INFO_FILE}.tmp"
-    tmp_info.write_text(json.dumps(info, indent=2))
-    os.replace(tmp_info, folder / INFO_FILE)
+    atomic_write(folder / INFO_FILE, json.dumps(info, indent=2))
 
 
 def read_info(folder: Path) -> dict | None:

@@ -54,7 +54,8 @@ class UNetConfig:
 
 
 def save_unet(unet, folder: Path) -> None:
-    """Save with diffusers (`save_pretrained`) into `folder/unet`, replacing it atomically."""
+    """Save with diffusers (`save_pretrained`) into `folder/unet`: written in full beside the
+    old folder, then swapped in by two renames (a folder, so `indexer.atomic` does not apply)."""
     import shutil
 
     target = folder / WEIGHTS_FOLDER
@@ -69,11 +70,12 @@ def save_unet(unet, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_unet(folder: Path, device: str = "cpu"):
-    """The saved network, in eval mode, on `device` (half precision on CUDA)."""
-    import torch
+def load_unet(folder: Path, device: str = "cpu", dtype=None):
+    """The saved network, in eval mode, on `device` at `dtype` (None: `default_dtype(device)`)."""
     from diffusers import UNet2DModel
 
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    from .precision import default_dtype
+
+    dtype = dtype or default_dtype(device)
     unet = UNet2DModel.from_pretrained(folder / WEIGHTS_FOLDER, torch_dtype=dtype, low_cpu_mem_usage=False)
     return unet.to(device).eval()

@@ -5,6 +5,9 @@
 - a diffusers image-to-image pipeline (a folder holding `model_index.json`, or a hub id):
   a Stable Diffusion family model run as img2img at the requested strength (needs the
   `generate` extra: transformers). Hub ids are looked up in the local cache first.
+
+Each backend is given its parts (UNet and scheduler, or a pipeline) already on their device;
+`load_own_generator` and `load_diffusers_img2img` load them, `load_generator` picks one.
 """
 
 from __future__ import annotations
@@ -47,65 +50,37 @@ class Generator(Protocol):
 
 
 class OwnGenerator:
-    """Loupe's DDPM (`searchapp.diffusion`), sampled with DDIM from the noised source."""
+    """Loupe's DDPM (`searchapp.diffusion`): a `UNet2DModel` and a DDIM scheduler of its noise
+    schedule, sampled SDEdit-style from the noised source. Loaded by `load_own_generator`."""
 
-    def __init__(self, folder: Path, device: str):
-        from ..diffusion.training import read_info
-        from ..diffusion.unet import UNetConfig, load_unet
-
-        info = read_info(folder)
-        if info is None or not (folder / "unet").is_dir():
-            raise GeneratorUnavailable(
-                f"no trained generator in {folder}: run `loupe train-generator` (it trains on the indexed "
-                "pictures, minutes on a CPU), or set LOUPE_GENERATE_MODEL to a diffusers img2img pipeline"
-            )
-        self.folder = folder
-        self.info = info
-        self.config = UNetConfig.from_dict(info["config"])
-        self.unet = load_unet(folder, device)
+    def __init__(self, unet, scheduler, model: str, device: str, trained_steps: int | None = None):
+        self.unet = unet
+        self.scheduler = scheduler
+        self.model = model
         self.device = device
+        self.trained_steps = trained_steps
+        self.resolution = int(unet.config.sample_size)
 
     def describe(self) -> dict:
-        size = self.config.sample_size
-        return {"backend": "loupe-ddpm", "model": str(self.folder), "resolution": size, "low_resolution": True,
+        size = self.resolution
+        return {"backend": "loupe-ddpm", "model": self.model, "resolution": size, "low_resolution": True,
                 "note": f"Loupe's own small diffusion model, trained on this collection: {size}x{size} pixels",
-                "trained_steps": self.info.get("steps"), "device": self.device}
+                "trained_steps": self.trained_steps, "device": self.device}
 
     def generate(self, source, request, on_step, cancelled):
         from ..diffusion.sampling import sdedit, to_images, to_tensor
 
-        scheduler = self.config.create_scheduler("ddim")
-        x = sdedit(self.unet, scheduler, to_tensor(source, self.config.sample_size), request.n, request.strength,
+        x = sdedit(self.unet, self.scheduler, to_tensor(source, self.resolution), request.n, request.strength,
                    request.steps, request.seed, on_step=on_step, cancelled=cancelled)
         return to_images(x)
 
 
 class DiffusersImg2Img:
-    """A pretrained diffusers image-to-image pipeline (Stable Diffusion family)."""
+    """A pretrained diffusers image-to-image pipeline (Stable Diffusion family), already on its
+    device. Loaded by `load_diffusers_img2img`."""
 
-    def __init__(self, model: str, device: str):
-        import torch
-
-        try:
-            from diffusers import AutoPipelineForImage2Image
-        except ImportError as err:
-            raise GeneratorUnavailable(f"LOUPE_GENERATE_MODEL needs diffusers: {err}") from err
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
-        kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
-        try:
-            pipe = AutoPipelineForImage2Image.from_pretrained(model, local_files_only=True, **kwargs)
-        except Exception as local_error:
-            if Path(model).exists():
-                raise GeneratorUnavailable(f"cannot load the pipeline in {model}: {_short(local_error)}") from local_error
-            try:  # a hub id not in the cache yet
-                pipe = AutoPipelineForImage2Image.from_pretrained(model, **kwargs)
-            except Exception as err:
-                raise GeneratorUnavailable(
-                    f"cannot load {model!r} (LOUPE_GENERATE_MODEL): {_short(err)}. Download it once with network "
-                    "access, or point LOUPE_GENERATE_MODEL at a local pipeline folder"
-                ) from err
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe.to(device)
+    def __init__(self, pipe, model: str, device: str):
+        self.pipe = pipe
         self.model = model
         self.device = device
         self.resolution = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
@@ -140,14 +115,56 @@ class DiffusersImg2Img:
         return list(out.images)
 
 
+def load_own_generator(folder: Path, device: str, dtype=None) -> OwnGenerator:
+    """The generator `loupe train-generator` left in `folder`, on `device` at `dtype` (None: half
+    precision on CUDA)."""
+    from ..diffusion.training import read_info
+    from ..diffusion.unet import UNetConfig, load_unet
+
+    info = read_info(folder)
+    if info is None or not (folder / "unet").is_dir():
+        raise GeneratorUnavailable(
+            f"no trained generator in {folder}: run `loupe train-generator` (it trains on the indexed "
+            "pictures, minutes on a CPU), or set LOUPE_GENERATE_MODEL to a diffusers img2img pipeline"
+        )
+    scheduler = UNetConfig.from_dict(info["config"]).create_scheduler("ddim")
+    return OwnGenerator(load_unet(folder, device, dtype), scheduler, str(folder), device, info.get("steps"))
+
+
+def load_diffusers_img2img(model: str, device: str, dtype=None) -> DiffusersImg2Img:
+    """The img2img pipeline `model` names (a folder, or a hub id looked up in the local cache
+    first), on `device` at `dtype` (None: half precision on CUDA)."""
+    try:
+        from diffusers import AutoPipelineForImage2Image
+    except ImportError as err:
+        raise GeneratorUnavailable(f"LOUPE_GENERATE_MODEL needs diffusers: {err}") from err
+    from ..diffusion.precision import default_dtype
+
+    kwargs = dict(torch_dtype=dtype or default_dtype(device), safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = AutoPipelineForImage2Image.from_pretrained(model, local_files_only=True, **kwargs)
+    except Exception as local_error:
+        if Path(model).exists():
+            raise GeneratorUnavailable(f"cannot load the pipeline in {model}: {_short(local_error)}") from local_error
+        try:  # a hub id not in the cache yet
+            pipe = AutoPipelineForImage2Image.from_pretrained(model, **kwargs)
+        except Exception as err:
+            raise GeneratorUnavailable(
+                f"cannot load {model!r} (LOUPE_GENERATE_MODEL): {_short(err)}. Download it once with network "
+                "access, or point LOUPE_GENERATE_MODEL at a local pipeline folder"
+            ) from err
+    pipe.set_progress_bar_config(disable=True)
+    return DiffusersImg2Img(pipe.to(device), model, device)
+
+
 def load_generator(model: str | None, home: Path, device: str) -> Generator:
     """The backend LOUPE_GENERATE_MODEL names (see the module's docstring)."""
     if not model:
-        return OwnGenerator(home / OWN_MODEL_FOLDER, device)
+        return load_own_generator(home / OWN_MODEL_FOLDER, device)
     folder = Path(model).expanduser()
     if (folder / "model.json").is_file():
-        return OwnGenerator(folder, device)
-    return DiffusersImg2Img(model, device)
+        return load_own_generator(folder, device)
+    return load_diffusers_img2img(model, device)
 
 
 def generator_configured(model: str | None, home: Path) -> bool:

@@ -6,13 +6,14 @@ than their disk quota (LOUPE_GENERATED_QUOTA_MB)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 
 from PIL import Image
+
+from indexer.atomic import atomic_path, atomic_write
 
 FOLDER = "generated"
 RECORD = "job.json"
@@ -37,9 +38,8 @@ class GeneratedStore:
         names = []
         for i, image in enumerate(images):
             name = f"{i}.png"
-            tmp = folder / f".{name}.tmp"
-            image.save(tmp, format="PNG")
-            os.replace(tmp, folder / name)
+            with atomic_path(folder / name) as tmp:
+                image.save(tmp, format="PNG")
             names.append(name)
         self.enforce_quota(keep=job_id)
         return names
@@ -77,11 +77,7 @@ class GeneratedStore:
         return removed
 
     def save_record(self, job_id: str, record: dict) -> None:
-        folder = self.folder(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{RECORD}.tmp"
-        tmp.write_text(json.dumps(record, indent=2))
-        os.replace(tmp, folder / RECORD)
+        atomic_write(self.folder(job_id) / RECORD, json.dumps(record, indent=2))
 
     def load_record(self, job_id: str) -> dict | None:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -20,6 +19,9 @@ from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
 import numpy as np
+
+from indexer.atomic import atomic_path, atomic_write
+from indexer.embedder import ModelIdentity
 
 from .corruptions import random_damage
 from .pixel import StageUnavailable
@@ -39,37 +41,14 @@ class EmbeddingConfig:
     sample_steps: int = 10
 
     def create_network(self, seed: int = 0):
-        """The denoiser f(xₜ, t, c) → x₀ as a torch module (seeded)."""
+        """The denoiser f(xₜ, t, c) → x₀ (`denoiser.EmbeddingDenoiser`), seeded."""
         import torch
 
-        config = self
-
-        class Block(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.norm = torch.nn.LayerNorm(config.hidden)
-                self.mlp = torch.nn.Sequential(torch.nn.Linear(config.hidden, config.hidden), torch.nn.SiLU(),
-                                               torch.nn.Linear(config.hidden, config.hidden))
-
-            def forward(self, h):
-                return h + self.mlp(self.norm(h))
-
-        class Denoiser(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inp = torch.nn.Linear(2 * config.dim + 64, config.hidden)
-                self.blocks = torch.nn.ModuleList(Block() for _ in range(config.blocks))
-                self.out = torch.nn.Sequential(torch.nn.LayerNorm(config.hidden), torch.nn.Linear(config.hidden, config.dim))
-
-            def forward(self, x, t, c):
-                h = self.inp(torch.cat([x, c, _timestep_features(t, 64)], dim=1))
-                for block in self.blocks:
-                    h = block(h)
-                return self.out(h)
+        from .denoiser import EmbeddingDenoiser
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return Denoiser()
+            return EmbeddingDenoiser(self.dim, self.hidden, self.blocks)
 
     def create_scheduler(self, kind: str = "ddpm"):
         from diffusers import DDIMScheduler, DDPMScheduler
@@ -79,32 +58,24 @@ class EmbeddingConfig:
         return ddpm if kind == "ddpm" else DDIMScheduler.from_config(ddpm.config)
 
 
-def _timestep_features(t, width: int):
-    """Sinusoidal features of the timesteps `t` ((N,) tensor)."""
-    import torch
-
-    half = width // 2
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
-
-
 class EmbeddingRestorer:
-    """A trained denoiser: maps a damaged query's embedding towards its clean picture's."""
+    """A trained denoiser (`denoiser.EmbeddingDenoiser`) and the DDIM scheduler it is sampled
+    with over `sample_steps` steps: maps a damaged query's embedding towards its clean picture's.
+    Loaded by `load_embedding_restorer`."""
 
-    def __init__(self, network, config: EmbeddingConfig):
+    def __init__(self, network, scheduler, sample_steps: int):
         self.network = network.eval()
-        self.config = config
-        self.scheduler = config.create_scheduler("ddim")
+        self.scheduler = scheduler
+        self.sample_steps = sample_steps
 
     def restore(self, vector: np.ndarray, seed: int = 0) -> np.ndarray:
         """The reconstructed (unit) embedding for a query embedding `vector` ((D,) or (1, D))."""
         import torch
 
-        scale = math.sqrt(self.config.dim)
+        scale = math.sqrt(self.network.dim)
         c = torch.from_numpy(np.asarray(vector, np.float32).reshape(1, -1) * scale)
         x = torch.randn(c.shape, generator=torch.Generator("cpu").manual_seed(seed))
-        self.scheduler.set_timesteps(self.config.sample_steps)
+        self.scheduler.set_timesteps(self.sample_steps)
         with torch.inference_mode():
             for t in self.scheduler.timesteps:
                 predicted = self.network(x, t.reshape(1), c)
@@ -197,31 +168,35 @@ def train_embedding_restorer(folder: Path, clean: np.ndarray, damaged: np.ndarra
             bar.update(1)
             bar.set_postfix_str(f"loss {np.mean(losses[-50:]):.4f}", refresh=False)
     seconds = time.monotonic() - started
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{WEIGHTS_FILE}.tmp"
-    torch.save(network.state_dict(), tmp)
-    os.replace(tmp, folder / WEIGHTS_FILE)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        torch.save(network.state_dict(), tmp)
     info = {"config": asdict(config), "model": identity, "pairs": len(clean), "steps": len(losses),
             "seconds": round(seconds, 1), "loss": float(np.mean(losses[-50:])) if losses else None}
-    tmp = folder / f".{INFO_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, folder / INFO_FILE)
+    atomic_write(folder / INFO_FILE, json.dumps(info, indent=2))
     return EmbeddingTrainSummary(len(losses), seconds, len(clean), losses[0] if losses else float("nan"),
                                  float(np.mean(losses[-50:])) if losses else float("nan"))
 
 
+def trained_for(info: dict, identity: dict) -> bool:
+    """Whether a restorer whose `model.json` says `info` was trained for the CLIP model `identity`
+    (both as `ModelIdentity.as_dict` writes them), compared as `ModelIdentity.same_weights` does."""
+    trained, wanted = ModelIdentity.from_dict(info.get("model")), ModelIdentity.from_dict(identity)
+    return trained is not None and wanted is not None and trained.same_weights(wanted)
+
+
 def load_embedding_restorer(folder: Path, identity: dict) -> EmbeddingRestorer:
-    """The restorer trained in `folder` for the CLIP model `identity` (as stored with the index)."""
+    """The restorer trained in `folder` for the CLIP model `identity` (as stored with the index,
+    `ModelIdentity.as_dict`), on the CPU."""
     import torch
 
     try:
         info = json.loads((folder / INFO_FILE).read_text())
     except (OSError, ValueError):
         raise StageUnavailable("no embedding restorer is trained: run `loupe train-restorer --stage embedding`") from None
-    if info.get("model") != identity:
+    if not trained_for(info, identity):
         raise StageUnavailable("the embedding restorer was trained for another model than the index's: "
                                "run `loupe train-restorer --stage embedding` again")
     config = EmbeddingConfig(**info["config"])
     network = config.create_network()
     network.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    return EmbeddingRestorer(network, config)
+    return EmbeddingRestorer(network, config.create_scheduler("ddim"), config.sample_steps)

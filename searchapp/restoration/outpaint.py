@@ -52,20 +52,20 @@ class Outpainter:
         return painted
 
 
-def load_outpainter(model: str, device: str, steps: int = 20) -> Outpainter:
-    """The inpainting pipeline LOUPE_OUTPAINT_MODEL names (a folder or hub id; local cache first)."""
-    import torch
-
+def load_outpainter(model: str, device: str, steps: int = 20, dtype=None) -> Outpainter:
+    """The inpainting pipeline LOUPE_OUTPAINT_MODEL names (a folder or hub id; local cache first),
+    on `device` at `dtype` (None: half precision on CUDA)."""
     try:
         from diffusers import AutoPipelineForInpainting
     except ImportError as err:  # diffusers without transformers
         raise StageUnavailable(f"outpainting needs diffusers and transformers: {err}") from None
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = from_pretrained_offline_first(AutoPipelineForInpainting, model, ("",), torch_dtype=dtype,
-                                         safety_checker=None, requires_safety_checker=False)
+    from searchapp.diffusion.precision import default_dtype
+
+    pipe = from_pretrained_offline_first(AutoPipelineForInpainting, model, ("",),
+                                         torch_dtype=dtype or default_dtype(device), safety_checker=None,
+                                         requires_safety_checker=False)
     if pipe is None:
         raise StageUnavailable(f"cannot load an inpainting pipeline from {model!r} (LOUPE_OUTPAINT_MODEL): download "
                                "it once with network access, or give a local folder")
     pipe.set_progress_bar_config(disable=True)
     return Outpainter(pipe.to(device), steps)
-

@@ -84,31 +84,33 @@ def load_pixel_restorer(model: str | None, home: Path, device: str) -> PixelRest
     """The restorer LOUPE_RESTORE_MODEL names, or Loupe's own trained one under LOUPE_HOME."""
     folder = Path(model).expanduser() if model else home / OWN_FOLDER
     if (folder / "model.json").is_file():
-        return _own_restorer(folder, device)
+        return load_own_pixel_restorer(folder, device)
     if not model:
         raise StageUnavailable(
             "no pixel restorer is trained: run `loupe train-restorer`, or set LOUPE_RESTORE_MODEL to a diffusers "
             "UNet2DModel (a folder or hub id)")
-    return _diffusers_restorer(model, device)
+    return load_diffusers_pixel_restorer(model, device)
 
 
-def _own_restorer(folder: Path, device: str) -> PixelRestorer:
+def load_own_pixel_restorer(folder: Path, device: str, dtype=None) -> PixelRestorer:
+    """Loupe's own denoiser trained in `folder`, on `device` at `dtype` (None: half precision on CUDA)."""
     from searchapp.diffusion.unet import UNetConfig, load_unet
 
     info = json.loads((folder / "model.json").read_text())
     config = UNetConfig.from_dict(info["config"])
     scheduler = config.create_scheduler("ddpm")
-    return PixelRestorer(load_unet(folder, device), scheduler.alphas_cumprod.numpy(), str(folder))
+    return PixelRestorer(load_unet(folder, device, dtype), scheduler.alphas_cumprod.numpy(), str(folder))
 
 
-def _diffusers_restorer(model: str, device: str) -> PixelRestorer:
+def load_diffusers_pixel_restorer(model: str, device: str, dtype=None) -> PixelRestorer:
     """A diffusers UNet2DModel and its DDPM schedule: from a model folder, a pipeline folder
-    (`unet/`, `scheduler/`) or a hub id of either, the local cache tried first."""
-    import torch
+    (`unet/`, `scheduler/`) or a hub id of either, the local cache tried first; on `device` at
+    `dtype` (None: half precision on CUDA)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    unet = from_pretrained_offline_first(UNet2DModel, model, ("", "unet"), torch_dtype=dtype)
+    from searchapp.diffusion.precision import default_dtype
+
+    unet = from_pretrained_offline_first(UNet2DModel, model, ("", "unet"), torch_dtype=dtype or default_dtype(device))
     if unet is None:
         raise StageUnavailable(f"cannot load a diffusers UNet2DModel from {model!r} (LOUPE_RESTORE_MODEL): "
                                "download it once with network access, or give a local folder")

@@ -1,5 +1,6 @@
 """Stable Diffusion-shaped img2img and inpainting pipelines with seeded random weights, saved like downloaded
-ones: the real compute for benchmarks, and tiny ones for tests (no weights can be fetched)."""
+ones: the real compute for benchmarks (bench/generate_speed.py), and tiny ones for tests (no weights can
+be fetched; tests import it as `bench.random_models`). A development helper: not part of the installed app."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def save_random_pipeline(folder: Path, shape: PipelineShape = PipelineShape(), s
     torch.manual_seed(seed)
     vae_scale = 2 ** (len(shape.vae_widths) - 1)
     unet = UNet2DConditionModel(
-        sample_size=shape.resolution // vae_scale, in_channels=9 if inpainting else 4, out_channels=4, block_out_channels=shape.unet_widths,
+        sample_size=shape.resolution // vae_scale, in_channels=9 if inpainting else 4, out_channels=4,
+        block_out_channels=shape.unet_widths,
         down_block_types=shape.unet_blocks, up_block_types=tuple(_UP[b] for b in reversed(shape.unet_blocks)),
         cross_attention_dim=shape.text_width, attention_head_dim=shape.attention_head_dim,
         norm_num_groups=shape.norm_groups)
@@ -60,8 +62,7 @@ def save_random_pipeline(folder: Path, shape: PipelineShape = PipelineShape(), s
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     kind = StableDiffusionInpaintPipeline if inpainting else StableDiffusionImg2ImgPipeline
-    pipe = kind(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
+    pipe = kind(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder / "pipeline")
     return folder / "pipeline"
