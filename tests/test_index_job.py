@@ -179,7 +179,7 @@ def test_index_spec_switches_to_ivf_when_large(env, tmp_path, monkeypatch, photo
     for i in range(60):
         noisy = np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(folder / f"n{i}.png")
-    monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d: choose_index_spec(n, d, exact_limit=40))
+    monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d, **kw: choose_index_spec(n, d, exact_limit=40, **kw))
     run_json(["index", str(folder), "--no-progress"], env)
     status = run_json(["status"], env)
     assert status["index"]["type"].startswith("IVF") and status["index"]["vectors"] == 60
@@ -195,7 +195,7 @@ def test_index_spec_switches_to_ivf_when_large(env, tmp_path, monkeypatch, photo
     (1000, None, "cuda", 2, ("default", 1)),  # GPU: processes decode ahead of the model
 ])
 def test_choose_decoders(todo, workers, device, threads, expected):
-    from indexer.jobs import choose_decoders, default_workers
+    from indexer.reader import choose_decoders, default_workers
 
     want = (default_workers(), 1) if expected[0] == "default" else expected
     assert choose_decoders(todo, 32, workers, device, threads) == want
