@@ -151,7 +151,7 @@ def _ids_of(session: Session, paths: list[str]) -> list[int]:
     return ids
 
 
-# -- the job ----
+# -- the job -------------------------------------------------------------------------------------
 class Ingest(Protocol):
     """How a job turns the files it plans to read into written batches: read ▸ embed ▸ write,
     here (`LocalIngest`) or on Ray (`indexer.distributed.RayIngest`)."""
