@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 STAGES = ("read", "embed", "write")
 
@@ -16,7 +16,8 @@ class StageClock:
     another (embedding asked for by the writer) counts for itself only: the outer stage's
     timing leaves it out."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.perf_counter) -> None:
+        self._now = now
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.timings: dict[str, list[float]] = {name: [] for name in STAGES}
         self._inner: list[float] = []  # per open stage, the seconds of stages timed inside it
@@ -24,12 +25,12 @@ class StageClock:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time the block as stage `name`."""
-        start = time.perf_counter()
+        start = self._now()
         self._inner.append(0.0)
         try:
             yield
         finally:
-            elapsed = time.perf_counter() - start
+            elapsed = self._now() - start
             own = elapsed - self._inner.pop()
             self.seconds[name] += own
             self.timings[name].append(own)
@@ -43,6 +44,7 @@ class StageClock:
             with self.stage(name):
                 batch = next(iterator, _END)
             if batch is _END:
+                self.timings[name].pop()  # the wait for the end is no batch's (its seconds stay in the total)
                 return
             yield batch
 
