@@ -53,7 +53,7 @@ ENVIRONMENT = """
 import torch, torchvision
 print("torch", torch.__version__, "cuda", torch.version.cuda, "torchvision", torchvision.__version__)
 print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
-from indexer.gpudecode import device_decode_available
+from indexer.reader import device_decode_available
 print("nvjpeg decoding", device_decode_available("cuda"))
 from indexer.vectorstore import gpu_count
 print("faiss gpus", gpu_count(), "(0: faiss-cpu; searches run on the CPU)")

@@ -4,7 +4,7 @@
     python bench/index_throughput.py                  # ViT-B-32, untrained weights, 256 JPEGs
     python bench/index_throughput.py --quick          # CI smoke run (16 images, 2 batches, one repeat)
     python bench/index_throughput.py --photos DIR     # your own photographs
-    python bench/index_throughput.py --phases         # also: where the job's time goes
+    python bench/index_throughput.py --phases         # also: where the job's time goes, batch by batch
     python bench/index_throughput.py --regions off    # whole images only (default: default,off)
 
 Without --photos it writes N distinct JPEGs (about 1024 px on the long side, quality 90) made
@@ -19,11 +19,13 @@ regions at scale 2, about 7-8 vectors per picture; `off` is whole pictures only;
 
   model   embedder.encode_batch on ready preprocessed whole pictures, batches of the same
           sizes as the job's, on the same device, after a warm-up batch of each size;
-  decode  the job's per-file work (indexer.jobs.ImageFileDataset: read, sha256, decode in
+  decode  the job's per-file work (indexer.reader.ImageFileDataset: read, sha256, decode in
           JPEG draft mode, preprocess, cut the regions) through the job's reader
           (iter_read_batches) with the same worker count, and nothing else running;
   job     indexer.jobs.IndexJob on a fresh LOUPE_HOME (SQLite, FAISS), progress off; with
-          regions it also embeds each region, so its vectors/s is given beside images/s.
+          regions it also embeds each region, so its vectors/s is given beside images/s. The
+          seconds the job itself measured in its read, embed and write stages (its median
+          run's) are printed below its row and reported as `stages`.
 
 Each is measured --repeat times (3; 1 with --quick), interleaved, and the tables give the
 min, median and max images/s over the repeats. job/model near 1 (regions off) means decoding
@@ -86,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--workers",
         type=int,
         default=None,
-        help="decode worker processes (default: as the job chooses, indexer.jobs.choose_decoders)",
+        help="decode worker processes (default: as the job chooses, indexer.reader.choose_decoders)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
@@ -100,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--phases",
         action="store_true",
-        help="also run an instrumented copy of the job and time its per-batch phases, "
+        help="also run the job once more and show its per-batch stage times (as the job measures them), "
         "and time the per-image decode steps in this process",
     )
     p.add_argument("--quick", action="store_true",
@@ -296,13 +298,11 @@ def measure_decode(paths, embedder, batch_size: int, workers: int, threads: int,
     """The job's reading path (dataset + its decode processes or threads, or the device JPEG
     reader) with nothing else running."""
     from indexer.images import DecodeLimits
-    from indexer.jobs import ImageFileDataset, default_workers, iter_read_batches
+    from indexer.reader import DeviceJpegReader, ImageFileDataset, default_workers, iter_read_batches
 
     dataset = ImageFileDataset([str(p) for p in paths], embedder.prepare, DecodeLimits(), embedder.image_size,
                                regions=regions.spec())
     if on_device:
-        from indexer.gpudecode import DeviceJpegReader
-
         batches = DeviceJpegReader(embedder.device, dataset).batches(dataset.paths, batch_size, default_workers())
     else:
         batches = iter_read_batches(dataset, batch_size, workers, threads)
@@ -323,12 +323,16 @@ def _synchronize(device: str) -> None:
 
 
 def decodes_on_device(args, embedder) -> bool:
-    """What the job will do with --decode (indexer.jobs.IndexJob._device_reader's rule)."""
-    if args.decode == "pillow" or (args.decode == "auto" and not embedder.device.startswith("cuda")):
-        return False
-    from indexer.gpudecode import device_decode_available
+    """What the job will do with --decode (indexer.reader.device_reader_for decides for it)."""
+    from indexer.errors import LoupeError
+    from indexer.images import DecodeLimits
+    from indexer.reader import ImageFileDataset, device_reader_for
 
-    return device_decode_available(embedder.device)
+    dataset = ImageFileDataset([], embedder.prepare, DecodeLimits(), embedder.image_size)
+    try:
+        return device_reader_for(dataset, embedder.device, args.decode) is not None
+    except LoupeError:  # --decode torchvision where it cannot: the job says so
+        return False
 
 
 def ready_pixels(paths, embedder, batch_size: int):
@@ -375,9 +379,9 @@ def job_settings(home: Path, args, regions: Regions | None = None):
     return Settings.from_env(env)
 
 
-def run_job(photo_dir: Path, embedder, args, parent: Path, regions: Regions, make_job=None, keep_home: bool = False):
-    """One IndexJob (or `make_job(library, embedder, options)`) over `photo_dir` on a fresh
-    LOUPE_HOME with `regions`: (meter, summary, job); `job.home` is deleted unless kept."""
+def run_job(photo_dir: Path, embedder, args, parent: Path, regions: Regions, ingest=None, keep_home: bool = False):
+    """One IndexJob (with `ingest`, default local) over `photo_dir` on a fresh LOUPE_HOME with
+    `regions`: (meter, summary, job); `job.home` is deleted unless kept."""
     from indexer.factory import open_library
     from indexer.jobs import IndexJob, IndexOptions
 
@@ -385,7 +389,7 @@ def run_job(photo_dir: Path, embedder, args, parent: Path, regions: Regions, mak
     library = open_library(job_settings(home, args, regions))
     try:
         options = IndexOptions(batch_size=args.batch_size, workers=args.workers, progress=False, decode=args.decode)
-        job = (make_job or IndexJob)(library, embedder, options)
+        job = IndexJob(library, embedder, options, ingest=ingest)
         with Meter() as meter:
             summary = job.run([photo_dir])
         job.region_vectors = len(library.regions.store)
@@ -438,7 +442,7 @@ def run_ray_comparison(photo_dir: Path, embedder, args, parent: Path, regions: R
                        local_s: float) -> tuple[list[str], dict]:
     """The same job on Ray: its rate, Ray's start-up, and whether its index equals the local
     one; (lines, figures with `same_index`)."""
-    from indexer.distributed import RayIndexJob, RayOptions, _connect
+    from indexer.distributed import RayIngest, RayOptions, _connect
 
     t0 = time.perf_counter()
     started = _connect(args.ray)
@@ -448,8 +452,7 @@ def run_ray_comparison(photo_dir: Path, embedder, args, parent: Path, regions: R
 
         cluster = ray.cluster_resources()
         meter, summary, job = run_job(
-            photo_dir, embedder, args, parent, regions, keep_home=True,
-            make_job=lambda library, emb, options: RayIndexJob(library, emb, options, RayOptions(address=args.ray)),
+            photo_dir, embedder, args, parent, regions, keep_home=True, ingest=RayIngest(RayOptions(address=args.ray)),
         )
     finally:
         if started:
@@ -465,74 +468,20 @@ def run_ray_comparison(photo_dir: Path, embedder, args, parent: Path, regions: R
         f"ray:     cluster {dict(sorted((k, v) for k, v in cluster.items() if k in ('CPU', 'GPU')))}, "
         f"{'connected' if not started else 'started'} in {start_s:.1f} s (not in the job's time), "
         f"regions {regions.describe()}",
-        f"job (RayIndexJob): {summary.embedded} images in {meter.wall:.2f} s, {rate:.1f} images/s (one run)",
+        f"job (IndexJob, RayIngest): {summary.embedded} images in {meter.wall:.2f} s, {rate:.1f} images/s "
+        f"(one run; {stages_line(summary.stages)})",
         f"ray/local time: {meter.wall / local_s:.2f}; same images (ids, paths, statuses) and regions as the local "
         f"job: {'yes' if same_rows else 'NO'}; largest vector difference {diff:.2e} (tolerance {VECTOR_TOLERANCE:.0e})",
     ]
     if not same:
         lines.append("FAILED: the Ray job built another index than the local job")
-    figures = {"regions": regions.label, "images_per_s": rate, "seconds": meter.wall, "start_s": start_s,
+    figures = {"regions": regions.label, "images_per_s": rate, "seconds": meter.wall, "stages": summary.stages,
+               "start_s": start_s,
                "same_rows": same_rows, "max_vector_diff": diff if same_rows else None, "same_index": same}
     return lines, figures
 
 
-# -- the instrumented copy (--phases) -----------------------------------------------------------------
-def make_timed_job_class():
-    """IndexJob with timers around its per-batch phases: the same work in the same order."""
-    import indexer.jobs as jobs
-
-    class TimedJob(jobs.IndexJob):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.t = defaultdict(float)
-            self.encode_times: list[float] = []
-            self.waits: list[float] = []
-            real_apply = self.library.apply
-
-            def timed_apply(delta):
-                t0 = time.perf_counter()
-                real_apply(delta)
-                self.t["apply"] += time.perf_counter() - t0
-
-            self.library.apply = timed_apply  # an instance attribute: this library only
-
-        def _index(self, roots, progress_stream):
-            real = jobs.iter_read_batches
-
-            def timed_batches(dataset, batch_size, workers, threads=1):
-                it = iter(real(dataset, batch_size, workers, threads))
-                while True:
-                    t0 = time.perf_counter()
-                    try:
-                        batch = next(it)
-                    except StopIteration:
-                        return
-                    self.waits.append(time.perf_counter() - t0)
-                    yield batch
-
-            jobs.iter_read_batches = timed_batches  # IndexJob._index looks it up at call time
-            try:
-                super()._index(roots, progress_stream)
-            finally:
-                jobs.iter_read_batches = real
-
-        def _write_batch(self, batch):
-            t0 = time.perf_counter()
-            super()._write_batch(batch)
-            self.t["write"] += time.perf_counter() - t0
-
-        def _embed(self, items):
-            if not items:
-                return {}
-            t0 = time.perf_counter()
-            found = super()._embed(items)  # stacks whole and region pixels, then encodes
-            self.t["encode"] += time.perf_counter() - t0
-            self.encode_times.append(time.perf_counter() - t0)
-            return found
-
-    return TimedJob
-
-
+# -- where the job's time goes (--phases) ------------------------------------------------------------
 def decode_steps(paths, embedder) -> list[str]:
     """Per-image cost of each step of a dataset item, in this process, on one thread."""
     import torch
@@ -585,35 +534,43 @@ def decode_steps(paths, embedder) -> list[str]:
     return lines
 
 
+def stages_line(stages: dict) -> str:
+    """The job's own stage seconds, as one phrase."""
+    return "stages " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
+
+
 def run_phases(photo_dir, paths, embedder, args, parent, regions: Regions, model_batch_s: float) -> list[str]:
+    """Where one more run of the job spends its time, from the stage times the job measures
+    itself (`IndexJob.clock`: per batch, read waits, embed, write without the embedding)."""
     lines = decode_steps(paths, embedder)
-    meter, summary, job = run_job(photo_dir, embedder, args, parent, regions, make_job=make_timed_job_class())
+    meter, summary, job = run_job(photo_dir, embedder, args, parent, regions)
     wall = meter.wall
-    nb = max(1, len(job.waits))
-    sql = job.t["write"] - job.t["encode"] - job.t["apply"]
+    timings = job.clock.timings
+    waits = timings["read"]
+    nb = max(1, len(waits))
+    stages = summary.stages
     rows = [
-        ("wait for batch 1 (workers start)", job.waits[0] if job.waits else 0.0),
-        ("wait for batches 2..", sum(job.waits[1:])),
-        ("stack + encode_batch", job.t["encode"]),
-        ("SQL + commit", sql),
-        ("FAISS add", job.t["apply"]),
-        ("outside the batch loop", wall - sum(job.waits) - job.t["write"]),
+        ("read: wait for batch 1 (start-up)", waits[0] if waits else 0.0),
+        ("read: wait for batches 2..", sum(waits[1:])),
+        ("embed (stack + encode_batch)", stages["embed"]),
+        ("write (SQL, commit, FAISS add)", stages["write"]),
+        ("outside the stages", wall - sum(stages.values())),
     ]
     lines.append("")
     lines.append(
-        f"instrumented job, regions {regions.describe()}: {summary.embedded} images in {nb} batches, {wall:.2f} s "
-        f"({summary.embedded / wall:.1f} images/s)"
+        f"job, regions {regions.describe()}: {summary.embedded} images in {nb} batches, {wall:.2f} s "
+        f"({summary.embedded / wall:.1f} images/s); the job's own stage times"
     )
     lines.append(f"  {'phase':<34}{'seconds':>9}{'ms/batch':>10}{'share':>8}")
     for name, secs in rows:
         lines.append(f"  {name:<34}{secs:9.3f}{1000 * secs / nb:10.1f}{100 * secs / wall:7.1f}%")
     sizes = batch_sizes(summary.embedded, args.batch_size)
-    full = [t for t, n in zip(job.encode_times, sizes) if n == args.batch_size]
+    full = [t for t, n in zip(timings["embed"], sizes) if n == args.batch_size]
     if full and model_batch_s > 0:
         mean = sum(full) / len(full)
         lines.append(
-            f"  a full batch's encode_batch: {1000 * mean:.0f} ms in the job, "
-            f"{1000 * model_batch_s:.0f} ms alone (x{mean / model_batch_s:.2f})"
+            f"  a full batch's embedding: {1000 * mean:.0f} ms in the job, "
+            f"{1000 * model_batch_s:.0f} ms for encode_batch alone (x{mean / model_batch_s:.2f})"
             + (f"; the job's batches also encode the regions, {job.region_vectors / max(1, summary.embedded):.1f} "
                "per image" if job.region_vectors else "")
         )
@@ -650,19 +607,30 @@ def main(argv=None) -> int:
 
 @dataclass
 class Runs:
-    """The repeated measurements of one stage: (count, vectors, meter) per run."""
+    """The repeated measurements of one stage: (count, vectors, meter) per run, and for a job
+    the seconds it measured in each of its stages."""
 
     label: str
     runs: list = field(default_factory=list)
+    stages: list = field(default_factory=list)
 
-    def add(self, count: int, meter: Meter, vectors: int | None = None) -> None:
+    def add(self, count: int, meter: Meter, vectors: int | None = None, stages: dict | None = None) -> None:
         self.runs.append((count, count if vectors is None else vectors, meter))
+        self.stages.append(stages)
 
     def rates(self, vectors: bool = False) -> list[float]:
         return [(v if vectors else n) / m.wall if m.wall > 0 else 0.0 for n, v, m in self.runs]
 
     def median_run(self) -> tuple[int, int, Meter]:
-        return sorted(self.runs, key=lambda run: run[2].wall)[(len(self.runs) - 1) // 2]
+        return self.runs[self._median()]
+
+    def median_stages(self) -> dict | None:
+        """The stage seconds the median run measured (None: not a job)."""
+        return self.stages[self._median()]
+
+    def _median(self) -> int:
+        order = sorted(range(len(self.runs)), key=lambda i: self.runs[i][2].wall)
+        return order[(len(self.runs) - 1) // 2]
 
 
 def prepare_photos(args, run_dir: Path) -> tuple[Path, list[Path], str]:
@@ -708,7 +676,7 @@ def measure_all(args, photo_dir: Path, paths, embedder, pixels, decoding: dict, 
                 kept_home = done.home
             if summary.embedded != n:
                 notes.append(f"job, regions {regions.label}: {summary.line()}")
-            job[regions.label].add(summary.embedded, meter, summary.embedded + done.region_vectors)
+            job[regions.label].add(summary.embedded, meter, summary.embedded + done.region_vectors, summary.stages)
     return {"model": model, "decode": decode, "job": job, "notes": notes, "kept_home": kept_home,
             "model_batch_s": min(full_batch_s) if full_batch_s else 0.0}
 
@@ -740,6 +708,7 @@ def print_tables(args, measured: dict) -> None:
               f"({vectors / max(1, images):.1f} per image)")
         print(rate_row(measured["decode"][regions.label]))
         print(rate_row(job, vectors=True))
+        print(f"{'':<26}{'':>7}job's own {stages_line(job.median_stages())}")
         r = job_model_ratios(job, model)
         print(f"{'job/model':<26}{'':>7}{'':>9}{r['min']:>9.2f}{r['median']:>9.2f}{r['max']:>9.2f}")
     print(f"(min/median/max over {args.repeat} run{'s' if args.repeat > 1 else ''}; seconds and cpu: the median "
@@ -778,6 +747,7 @@ def stage_figures(runs: Runs, vectors: bool = False) -> dict:
     if vectors:
         figures["vectors_per_s"] = common.spread(runs.rates(vectors=True))
         figures["vectors"] = runs.median_run()[1]
+        figures["stages"] = runs.median_stages()
     return figures
 
 
@@ -786,7 +756,7 @@ def bench(args, run_dir: Path, header: dict) -> int:
 
     from indexer.factory import load_embedder
     from indexer.embedder import resolve_device
-    from indexer.jobs import choose_decoders
+    from indexer.reader import choose_decoders
 
     photo_dir, paths, origin = prepare_photos(args, run_dir)
     n = len(paths)

@@ -46,7 +46,7 @@ def index(work: Path, name: str, env: dict, corpus: Path, features: bool):
     if features:
         IndexJob(library, embedder, IndexOptions(progress=False, calibrate=False)).run([corpus])
     else:  # the job as it was before local features: none found, none backfilled
-        with mock.patch("indexer.jobs.picture_features", lambda decoded: None), \
+        with mock.patch("indexer.reader.picture_features", lambda decoded: None), \
                 mock.patch("indexer.jobs.IndexJob._backfill_features", lambda self, roots: None):
             IndexJob(library, embedder, IndexOptions(progress=False, calibrate=False)).run([corpus])
     seconds = time.perf_counter() - t0

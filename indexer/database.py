@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -101,7 +101,3 @@ def unreachable(url: str, err: Exception) -> DatabaseError:
     reason = str(getattr(err, "orig", err)).strip().splitlines()[0]
     return DatabaseError(f"cannot use the database {redact_url(url)}: {reason}")
 
-
-def ping(engine: Engine) -> None:
-    with engine.connect() as conn:
-        conn.execute(text("SELECT 1"))

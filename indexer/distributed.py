@@ -5,12 +5,13 @@ The local job's stages, spread out with Ray Data:
     read (decode tasks, any CPU) ▸ embed (an actor pool holding the model: one actor per GPU,
     or per group of CPUs) ▸ write (the driver)
 
-Results stream back to the driver in file order. Every `shard_size` files, the driver writes
-them to a shard file under `LOUPE_HOME/shards/` (atomically), merges the shard into the catalog
-and FAISS with the local job's own writer (same batches, so the same ids as a local run), and
-deletes it. A driver that dies between writing and merging leaves the shard behind; the next
-run merges it without embedding its files again. Files already merged are skipped by the
-ordinary incremental plan.
+`RayIngest` plugs these stages into an `IndexJob`, which plans, writes and times as for a local
+run. Results stream back to the driver in file order. Every `part_size` files, the driver
+writes them to a part file under `LOUPE_HOME/shards/` (atomically), merges the part into the
+catalog and FAISS with the job's writer (same batches, so the same ids as a local run), and
+deletes it. A driver that dies between writing and merging leaves the part file behind; the
+next run merges it without embedding its files again. Files already merged are skipped by the
+ordinary incremental plan. (Part files are not the index shards of `indexer.ondisk`.)
 
 Workers need Loupe installed and the image paths readable at the same absolute paths (a shared
 filesystem), as `docs/scaling.md` explains.
@@ -33,14 +34,20 @@ import numpy as np
 from .embedder import ClipEmbedder, ModelIdentity, ModelSpec, Preparer
 from .errors import ConfigError, LoupeError
 from .images import DecodeLimits
-from .jobs import Embedded, ImageFileDataset, IndexJob, IndexOptions, ReadItem, embed_pictures
+from .atomic import atomic_write
+from .embed import Embedded, embed_pictures
+from .jobs import IndexJob
+from .reader import ImageFileDataset, ReadItem
 from .library import Library
 from .regions import Box, RegionSpec
 
 log = logging.getLogger(__name__)
 
-SHARDS_FOLDER = "shards"
-SHARD_FORMAT = 1
+# Part files: the driver's record of a run of embedded files between the Ray pipeline and the
+# catalog. The folder keeps its old name, so parts left by a run interrupted before the rename
+# are still merged.
+PARTS_FOLDER = "shards"
+PART_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class RayOptions:
     address: str = "auto"
     embedders: int | None = None  # model actors; None: one per GPU, else one per `cpus_per_embedder`
     cpus_per_embedder: int | None = None  # None: all CPUs but one (decoding needs a slot), at most 8
-    shard_size: int = 1024  # files per shard written by the driver
+    part_size: int = 1024  # files per part file written by the driver
 
 
 # -- what travels to the workers -------------------------------------------------------------
@@ -201,16 +208,17 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
     return column
 
 
-# -- shards ----------------------------------------------------------------------------------------
+# -- part files ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Shard:
-    """Embedded files as the writer needs them: ReadItems without pixels, vectors by hash."""
+class Part:
+    """A run of embedded files as the writer needs them: ReadItems without pixels, vectors by hash."""
 
     items: list[ReadItem]
     vectors: dict[str, Embedded]
 
 
-def shard_from_rows(rows: list[dict]) -> Shard:
+def part_from_rows(rows: list[dict]) -> Part:
+    """The Ray pipeline's result rows as a part."""
     items, vectors = [], {}
     for row in rows:
         boxes = tuple(Box(*map(int, b)) for b in np.asarray(row["boxes"]).reshape(-1, 4))
@@ -226,46 +234,41 @@ def shard_from_rows(rows: list[dict]) -> Shard:
                 np.asarray(row["vector"], np.float32), np.asarray(row["region_vectors"], np.float32).reshape(len(boxes), len(row["vector"])),
                 float(row["noise"]),
             ))
-    return Shard(items, vectors)
+    return Part(items, vectors)
 
 
-def write_shard(path: Path, shard: Shard, identity: ModelIdentity, regions: RegionSpec) -> None:
-    """Save `shard` atomically (temp file, fsync, rename)."""
+def write_part(path: Path, part: Part, identity: ModelIdentity, regions: RegionSpec) -> None:
+    """Save `part` atomically (`indexer.atomic`)."""
     facts = [{**{k: v for k, v in asdict(item).items() if k not in ("pixels", "region_pixels", "regions", "features")},
               "regions": [[b.x, b.y, b.w, b.h] for b in item.regions],
               "features": base64.b64encode(item.features).decode() if item.features else None}
-             for item in shard.items]
-    hashes = sorted(shard.vectors)
-    whole = np.stack([shard.vectors[h].whole for h in hashes]) if hashes else np.zeros((0, identity.embed_dim), np.float32)
-    counts = np.array([len(shard.vectors[h].regions) for h in hashes], np.int64)
-    region = (np.concatenate([shard.vectors[h].regions for h in hashes]) if counts.sum()
+             for item in part.items]
+    hashes = sorted(part.vectors)
+    whole = np.stack([part.vectors[h].whole for h in hashes]) if hashes else np.zeros((0, identity.embed_dim), np.float32)
+    counts = np.array([len(part.vectors[h].regions) for h in hashes], np.int64)
+    region = (np.concatenate([part.vectors[h].regions for h in hashes]) if counts.sum()
               else np.zeros((0, identity.embed_dim), np.float32))
-    noise = np.array([shard.vectors[h].noise for h in hashes], np.float32)
-    header = {"format": SHARD_FORMAT, "model": identity.as_dict(), "regions": list(regions.scales),
+    noise = np.array([part.vectors[h].noise for h in hashes], np.float32)
+    header = {"format": PART_FORMAT, "model": identity.as_dict(), "regions": list(regions.scales),
               "files": facts, "hashes": hashes}
     buffer = io.BytesIO()
     np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), np.uint8), whole=whole,
              region_counts=counts, region=region, noise=noise)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(buffer.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, buffer.getvalue())
 
 
-def read_shard(path: Path, identity: ModelIdentity, regions: RegionSpec) -> Shard | None:
-    """A shard written for this model and region setting, or None (unreadable or stale)."""
+def read_part(path: Path, identity: ModelIdentity, regions: RegionSpec) -> Part | None:
+    """A part file written for this model and region setting, or None (unreadable or stale)."""
     try:
         with np.load(path) as data:
             header = json.loads(bytes(data["header"]).decode())
             whole, counts, region = data["whole"], data["region_counts"], data["region"]
             noise = data["noise"] if "noise" in data.files else np.full(len(whole), np.nan, np.float32)
     except (OSError, ValueError, KeyError) as err:
-        log.warning("ignoring unreadable shard %s: %s", path, err)
+        log.warning("ignoring unreadable part file %s: %s", path, err)
         return None
-    if (header.get("format") != SHARD_FORMAT or header["model"] != identity.as_dict()
+    stored = ModelIdentity.from_dict(header.get("model"))
+    if (header.get("format") != PART_FORMAT or stored is None or not stored.same_weights(identity)
             or header["regions"] != list(regions.scales)):
         return None
     vectors, at = {}, 0
@@ -275,83 +278,85 @@ def read_shard(path: Path, identity: ModelIdentity, regions: RegionSpec) -> Shar
     items = [ReadItem(**{**facts, "regions": tuple(Box(*b) for b in facts["regions"]),
                          "features": base64.b64decode(facts["features"]) if facts.get("features") else None})
              for facts in header["files"]]
-    return Shard(items, vectors)
+    return Part(items, vectors)
 
 
 # -- the job -----------------------------------------------------------------------------------------
-class RayIndexJob(IndexJob):
-    """`IndexJob` whose reading and embedding run on Ray; planning and writing stay here."""
+class RayIngest:
+    """`IndexJob`'s ingest on Ray: reading and embedding run on the cluster, writing stays in
+    the job (its writer, in the local job's batches). Waiting for the cluster's rows counts as
+    the job's embed stage, and reading part files as its read stage."""
 
-    def __init__(self, library: Library, embedder: ClipEmbedder, options: IndexOptions, ray_options: RayOptions):
-        super().__init__(library, embedder, options)
+    def __init__(self, ray_options: RayOptions = RayOptions()):
         self.ray_options = ray_options
-        self.shards_dir = library.settings.home / SHARDS_FOLDER
-        self.recovered_files = 0  # files merged from shards a previous run left behind
+        self.recovered_files = 0  # files merged from part files a previous run left behind
         self.landed = 0  # files of this run's pipeline merged so far
 
-    def _process(self, todo: list[str], bar) -> None:
-        todo = self._merge_left_shards(todo, bar)
+    def run(self, todo: list[str], job: IndexJob) -> None:
+        todo = self._merge_left_parts(todo, job)
         if not todo:
             return
         started_ray = _connect(self.ray_options.address)
         try:
-            self._run_pipeline(todo, bar)
+            self._run_pipeline(todo, job)
         finally:
             if started_ray:
                 import ray
 
                 ray.shutdown()
 
-    def _merge_left_shards(self, todo: list[str], bar) -> list[str]:
-        """Merge shards an interrupted run wrote but did not merge; what remains to embed."""
-        if not self.shards_dir.is_dir():
+    def _merge_left_parts(self, todo: list[str], job: IndexJob) -> list[str]:
+        """Merge part files an interrupted run wrote but did not merge; what remains to embed."""
+        folder = parts_folder(job.library)
+        if not folder.is_dir():
             return todo
         wanted = set(todo)
         merged: set[str] = set()
-        for path in sorted(self.shards_dir.glob("*.npz")):
-            shard = read_shard(path, self.embedder.identity, self.library.region_spec)
-            if shard is not None:
-                current = [item for item in shard.items if item.path in wanted and _unchanged_since(item)]
-                self._merge(Shard(current, shard.vectors), bar)
+        for path in sorted(folder.glob("*.npz")):
+            with job.clock.stage("read"):
+                part = read_part(path, job.embedder.identity, job.library.region_spec)
+            if part is not None:
+                current = [item for item in part.items if item.path in wanted and _unchanged_since(item)]
+                self._merge(Part(current, part.vectors), job)
                 merged.update(item.path for item in current)
             path.unlink()
         self.recovered_files += len(merged)
         return [path for path in todo if path not in merged]
 
-    def _run_pipeline(self, todo: list[str], bar) -> None:
+    def _run_pipeline(self, todo: list[str], job: IndexJob) -> None:
         import ray
 
-        size = self.ray_options.shard_size
+        size = self.ray_options.part_size
         context = ray.data.DataContext.get_current()  # a Dataset copies it when it is made
         saved = (context.execution_options.preserve_order, context.enable_progress_bars)
         context.execution_options.preserve_order = True  # rows come back in `todo` order
         context.enable_progress_bars = False  # the job's own bar counts merged files
         if not log.isEnabledFor(logging.INFO):  # Ray Data narrates every execution at INFO
             logging.getLogger("ray.data").setLevel(logging.WARNING)
-        dataset = self._dataset(todo)
+        dataset = self._dataset(todo, job)
         rows: list[dict] = []
         number = 0
         try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for batch in job.clock.each("embed", dataset.iter_batches(batch_size=None, batch_format="numpy")):
                 for i in range(len(batch["path"])):
                     rows.append({name: column[i] for name, column in batch.items()})
                 while len(rows) >= size:
-                    self._land(rows[:size], number, todo, bar)
+                    self._land(rows[:size], number, todo, job)
                     rows, number = rows[size:], number + 1
             if rows:
-                self._land(rows, number, todo, bar)
+                self._land(rows, number, todo, job)
         except ray.exceptions.RayError as err:
             raise LoupeError(f"the Ray pipeline failed: {_last_line(err)}") from err
         finally:
             context.execution_options.preserve_order, context.enable_progress_bars = saved
 
-    def _dataset(self, todo: list[str]):
+    def _dataset(self, todo: list[str], job: IndexJob):
         import ray
 
-        recipe = EmbedderRecipe.of(self.embedder, self._worker_device())
-        reader = ReaderSettings(self.embedder.prepare, self.options.limits, self.embedder.image_size,
-                                self.library.region_spec)
-        batch = self.options.batch_size
+        embedder, options = job.embedder, job.options
+        recipe = EmbedderRecipe.of(embedder, _worker_device(embedder.device))
+        reader = ReaderSettings(embedder.prepare, options.limits, embedder.image_size, job.library.region_spec)
+        batch = options.batch_size
         actors, cpus, gpus = embedder_resources(ray.cluster_resources(), self.ray_options, recipe.spec.device)
         blocks = max(1, min(4096, math.ceil(len(todo) / batch)))
         return (
@@ -362,29 +367,32 @@ class RayIndexJob(IndexJob):
                          num_cpus=cpus, num_gpus=gpus)
         )
 
-    def _worker_device(self) -> str:
-        device = self.embedder.device
-        return "auto" if device.startswith("cuda") else device
-
-    def _land(self, rows: list[dict], number: int, todo: list[str], bar) -> None:
-        """Write one shard of results, merge it into the catalog, then drop the file."""
+    def _land(self, rows: list[dict], number: int, todo: list[str], job: IndexJob) -> None:
+        """Write one part file of results, merge it into the catalog, then drop the file."""
         first = self.landed
         if [str(r["path"]) for r in rows] != todo[first : first + len(rows)]:
             raise LoupeError("the Ray pipeline returned files out of order")  # preserve_order is broken
-        shard = shard_from_rows(rows)
-        path = self.shards_dir / f"job{self.job_id}-{number:06d}.npz"
-        write_shard(path, shard, self.embedder.identity, self.library.region_spec)
-        self._merge(shard, bar)
+        part = part_from_rows(rows)
+        path = parts_folder(job.library) / f"job{job.job_id}-{number:06d}.npz"
+        with job.clock.stage("write"):
+            write_part(path, part, job.embedder.identity, job.library.region_spec)
+        self._merge(part, job)
         path.unlink()
         self.landed += len(rows)
 
-    def _merge(self, shard: Shard, bar) -> None:
-        size = self.options.batch_size
-        for start in range(0, len(shard.items), size):
-            chunk = shard.items[start : start + size]
-            self._write_batch(chunk, shard.vectors)
-            bar.update(len(chunk))
-            self._checkpoint()
+    def _merge(self, part: Part, job: IndexJob) -> None:
+        size = job.options.batch_size
+        for start in range(0, len(part.items), size):
+            job.write(part.items[start : start + size], part.vectors)
+
+
+def parts_folder(library: Library) -> Path:
+    """Where the driver keeps part files until they are merged."""
+    return library.settings.home / PARTS_FOLDER
+
+
+def _worker_device(device: str) -> str:
+    return "auto" if device.startswith("cuda") else device
 
 
 def embedder_resources(cluster: dict, options: RayOptions, device: str) -> tuple[int, float, float]:

@@ -161,14 +161,13 @@ class ClipEmbedder:
     size as uint8 pixels (Pillow only, so decode threads and processes never run torch ops,
     whose per-thread OpenMP pools would fight the model for the cores), and `encode_batch`
     converts and normalises a whole batch at once, exactly as open_clip's own preprocessing
-    (`self.preprocess`, squash resize) does.
+    (`image_transform_v2` of the model's `preprocess_cfg`, squash resize) does.
     """
 
-    def __init__(self, model, preprocess: Callable, tokenizer: Callable, device: str, identity: ModelIdentity,
+    def __init__(self, model, tokenizer: Callable, device: str, identity: ModelIdentity,
                  source: tuple[ModelSpec, Path] | None = None):
         self.model = model
         self.source = source  # (spec, models folder) it was created from: how other processes rebuild it
-        self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = device
         self.identity = identity
@@ -263,7 +262,7 @@ def create_embedder(spec: ModelSpec, models_dir: Path) -> ClipEmbedder:
     precision = "fp16" if device.startswith("cuda") else "fp32"
     checkpoint, identity_pretrained, sha = _resolve_weights(spec, models_dir)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
+        model, _, _ = open_clip.create_model_and_transforms(
             spec.architecture,
             pretrained=str(checkpoint) if checkpoint else spec.pretrained,
             precision=precision,
@@ -282,7 +281,7 @@ def create_embedder(spec: ModelSpec, models_dir: Path) -> ClipEmbedder:
         embed_dim=int(model.visual.output_dim),
     )
     tokenizer = open_clip.get_tokenizer(spec.architecture)
-    return ClipEmbedder(model, preprocess, tokenizer, device, identity, source=(spec, Path(models_dir)))
+    return ClipEmbedder(model, tokenizer, device, identity, source=(spec, Path(models_dir)))
 
 
 def _resolve_weights(spec: ModelSpec, models_dir: Path) -> tuple[Path | None, str, str | None]:

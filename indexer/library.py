@@ -1,9 +1,10 @@
 """A Loupe library: the SQL catalog and its FAISS indexes kept in agreement.
 
-This is the one place that converts between FAISS ids and catalog rows: the images index
-is keyed by image primary keys and the regions index by region primary keys, which this
-module maps back to their images. The catalog is the source of truth; each index file is a
-cache of the vectors the catalog stores (see `IndexMirror`).
+This is where search results' FAISS ids become catalog rows (the read side; `indexer.writer`
+owns the write side): the images index is keyed by image primary keys and the regions index
+by region primary keys, which this module maps back to their images. The catalog is the
+source of truth; each index file is a cache of the vectors the catalog stores (see
+`IndexMirror`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import json
 from contextlib import contextmanager
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -60,51 +61,6 @@ log = logging.getLogger(__name__)
 # Region hits fetched per wanted result: an image's regions often fill several top places.
 REGION_FANOUT = 4
 SQL_CHUNK = 1000  # ids per IN (...) list: SQLite and PostgreSQL cap the parameters of one statement
-
-
-@dataclass
-class IndexDelta:
-    """Changes to apply to FAISS once the catalog transaction that caused them commits."""
-
-    remove_ids: list[int] = field(default_factory=list)
-    add_ids: list[int] = field(default_factory=list)
-    add_vectors: list[np.ndarray] = field(default_factory=list)
-    remove_region_ids: list[int] = field(default_factory=list)
-    add_region_ids: list[int] = field(default_factory=list)
-    add_region_vectors: list[np.ndarray] = field(default_factory=list)
-
-    def add(self, id_: int, vector: np.ndarray) -> None:
-        self.add_ids.append(id_)
-        self.add_vectors.append(vector)
-
-    def add_region(self, id_: int, vector: np.ndarray) -> None:
-        self.add_region_ids.append(id_)
-        self.add_region_vectors.append(vector)
-
-    def remove(self, id_: int) -> None:
-        """Drop `id_`: cancel a pending add of it, or remove it from the index."""
-        _drop(id_, self.add_ids, self.add_vectors, self.remove_ids)
-
-    def remove_region(self, id_: int) -> None:
-        _drop(id_, self.add_region_ids, self.add_region_vectors, self.remove_region_ids)
-
-    def merge(self, other: "IndexDelta") -> None:
-        for id_ in other.remove_ids:
-            self.remove(id_)
-        for id_ in other.remove_region_ids:
-            self.remove_region(id_)
-        self.add_ids += other.add_ids
-        self.add_vectors += other.add_vectors
-        self.add_region_ids += other.add_region_ids
-        self.add_region_vectors += other.add_region_vectors
-
-
-def _drop(id_: int, add_ids: list[int], add_vectors: list[np.ndarray], remove_ids: list[int]) -> None:
-    if id_ in add_ids:
-        at = add_ids.index(id_)
-        del add_ids[at], add_vectors[at]
-    else:
-        remove_ids.append(id_)
 
 
 @dataclass(frozen=True)
@@ -253,62 +209,15 @@ class Library:
         regions = self.regions.refresh()
         return images or regions
 
-    def rebuild_store(self) -> VectorStore:
-        self.regions.rebuild()
-        return self.images.rebuild()
-
     def sync_store(self) -> VectorStore:
         """Reconcile both indexes with the catalog, switch their types if their sizes call
         for others, and save them. Callers hold the write lock."""
         self.regions.sync()
         return self.images.sync()
 
-    def apply(self, delta: IndexDelta) -> None:
-        """Apply a committed catalog change to the in-memory indexes."""
-        self.images.apply(delta.remove_ids, delta.add_ids, delta.add_vectors)
-        self.regions.apply(delta.remove_region_ids, delta.add_region_ids, delta.add_region_vectors)
-
     def save_index(self) -> None:
         self.regions.save()
         self.images.save()
-
-    # -- catalog changes --------------------------------------------------------------------
-    @staticmethod
-    def retire(session: Session, record: ImageRecord) -> IndexDelta:
-        """Delete `record`; if it held the vector for duplicates, the oldest duplicate
-        inherits it (as a new FAISS id) and its regions (same ids), so no picture leaves the
-        index by accident."""
-        delta = IndexDelta()
-        if record.status == ImageStatus.INDEXED:
-            delta.remove(record.id)
-            copies = session.scalars(
-                select(ImageRecord).where(ImageRecord.duplicate_of == record.id).order_by(ImageRecord.id)
-            ).all()
-            if copies:
-                heir, others = copies[0], copies[1:]
-                heir.status = ImageStatus.INDEXED
-                heir.duplicate_of = None
-                heir.embedding = record.embedding
-                heir.local_features = record.local_features
-                for other in others:
-                    other.duplicate_of = heir.id
-                session.flush()
-                session.execute(
-                    update(RegionRecord).where(RegionRecord.image_id == record.id).values(image_id=heir.id)
-                )
-                delta.add(heir.id, record.vector())
-            else:
-                for region_id in session.scalars(select(RegionRecord.id).where(RegionRecord.image_id == record.id)):
-                    delta.remove_region(region_id)
-        session.delete(record)
-        session.flush()
-        return delta
-
-    def remove(self, records: Iterable[ImageRecord], session: Session) -> IndexDelta:
-        delta = IndexDelta()
-        for record in records:
-            delta.merge(self.retire(session, record))
-        return delta
 
     # -- queries ------------------------------------------------------------------------------
     def search(self, query: np.ndarray, k: int = 20, offset: int = 0, started: float | None = None,

@@ -121,7 +121,8 @@ class IndexMirror:
         else:
             ids = np.concatenate([c[0] for c in chunks])
             vectors = np.concatenate([c[1] for c in chunks])
-            self._store = VectorStore.build(ids, vectors, choose_index_spec(len(ids), vectors.shape[1]))
+            spec = choose_index_spec(len(ids), vectors.shape[1], memory_bytes=physical_memory())
+            self._store = VectorStore.build(ids, vectors, spec)
         return self._store
 
     def sync(self) -> VectorStore:
@@ -131,7 +132,7 @@ class IndexMirror:
             stale.unlink(missing_ok=True)
         store = self.store
         changed = self._reconcile(store)
-        wanted = choose_index_spec(len(store), store.dim)
+        wanted = choose_index_spec(len(store), store.dim, memory_bytes=physical_memory())
         if wanted.factory != store.spec.factory and len(store) > 0:
             log.info("rebuilding %s as %s for %d vectors", self.path.name, wanted.factory, len(store))
             store = self.rebuild()

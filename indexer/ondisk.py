@@ -16,13 +16,13 @@ to it would grow the list file in place, which a crash could tear; rebuild it in
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .atomic import atomic_path
 from .vectorstore import IndexSpec, VectorStore, _as_matrix, _set_nprobe
 
 DATA_SUFFIX = ".ivfdata"
@@ -66,22 +66,16 @@ def merge_shards(trained_path: Path, shard_paths: Sequence[Path], index_path: Pa
     from faiss.contrib.ondisk import merge_ondisk
 
     data_path = index_path.with_suffix(DATA_SUFFIX)
-    tmp_data = data_path.with_name(f".{data_path.name}.tmp")
-    tmp_index = index_path.with_name(f".{index_path.name}.tmp")
-    tmp_data.unlink(missing_ok=True)
     index = faiss.read_index(str(trained_path))
     if index.ntotal:
         raise ValueError(f"{trained_path} is not an empty trained index")
-    merge_ondisk(index, [str(p) for p in shard_paths], str(tmp_data))
-    _fsync(tmp_data)
-    # The index file names its list file: the final name (the same-folder flag on opening
-    # resolves it next to the index). The list file is renamed into place first.
+    # The list file is renamed into place first, then the index that names it: the final name
+    # (the same-folder flag on opening resolves it next to the index).
+    with atomic_path(data_path) as tmp_data:
+        merge_ondisk(index, [str(p) for p in shard_paths], str(tmp_data))
     lists = faiss.extract_index_ivf(index).invlists
     faiss.downcast_InvertedLists(lists).filename = str(data_path)
-    faiss.write_index(index, str(tmp_index))
-    _fsync(tmp_index)
-    os.replace(tmp_data, data_path)
-    os.replace(tmp_index, index_path)
+    _write(index, index_path)
     return MergedIndex(index_path, data_path, int(index.ntotal))
 
 
@@ -100,13 +94,5 @@ def open_merged(index_path: Path) -> VectorStore:
 def _write(index, path: Path) -> None:
     import faiss
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    faiss.write_index(index, str(tmp))
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))

@@ -55,10 +55,6 @@ class RegionSpec:
     penalty: float = DEFAULT_PENALTY
 
     @property
-    def enabled(self) -> bool:
-        return bool(self.scales)
-
-    @property
     def finest(self) -> float:
         """The smallest region side as a fraction of the picture's short side."""
         return 2.0 / (max(self.scales) + 1) if self.scales else 1.0
@@ -86,9 +82,6 @@ class RegionSpec:
         fills the model's input. Queries decode at the same size, so a file indexed and then
         searched for embeds identically."""
         return int(math.ceil(input_size / self.finest))
-
-    def with_scales(self, scales: tuple[int, ...]) -> "RegionSpec":
-        return replace(self, scales=tuple(scales))
 
     def describe(self) -> str:
         return ",".join(map(str, self.scales)) if self.scales else "off"

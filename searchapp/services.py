@@ -275,6 +275,7 @@ class SearchService:
     def remove_image(self, image_id: int) -> None:
         """Remove an image from the catalog and index; an upload's own file goes too."""
         from indexer.uploads import discard_upload
+        from indexer.writer import apply_delta, retire_all
 
         with self.jobs.writer():
             library = self.library
@@ -283,8 +284,8 @@ class SearchService:
                 with library.sessions.begin() as session:
                     record = library.record(session, image_id)
                     path = record.path
-                    delta = library.remove([record], session)
-                library.apply(delta)
+                    delta = retire_all(session, [record])
+                apply_delta(library, delta)
                 library.save_index()
             remove_thumbnail(self.settings.home, image_id)
             discard_upload(self.settings.home, path)

@@ -404,15 +404,15 @@ def test_a_running_indexing_job_can_be_cancelled_from_the_page(browser, server, 
 
     from PIL import Image
 
-    from indexer.jobs import IndexJob
+    from indexer.writer import BatchWriter
 
-    real = IndexJob._write_batch
+    real = BatchWriter.write
 
     def slow(self, *args, **kwargs):  # a slow disk: each batch takes a while
         time.sleep(0.3)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(IndexJob, "_write_batch", slow)
+    monkeypatch.setattr(BatchWriter, "write", slow)
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(64):

@@ -145,7 +145,7 @@ def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photo
     library = Library.open(Settings.from_env(env))
     queries = [library.vector_of(i) for i in sorted(library.store.ids().tolist())[:6]]
     assert library.store.spec.factory == "Flat"
-    monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d: choose_index_spec(n, d, exact_limit=20))
+    monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d, **kw: choose_index_spec(n, d, exact_limit=20, **kw))
     builds: list[tuple[float, float]] = []
     real_build = VectorStore.build
 

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from helpers import assert_index_matches_catalog, run_cli
-from indexer.distributed import RayIndexJob, RayOptions, embedder_resources
+from indexer.distributed import RayIngest, RayOptions, embedder_resources
 from indexer.settings import Settings
 
 ray = pytest.importorskip("ray")
@@ -51,10 +51,10 @@ def _index(env, photos, ray_options=None, batch_size=4):
     library = open_library(settings)
     embedder = load_embedder(settings)
     options = IndexOptions(batch_size=batch_size, progress=False)
-    job = IndexJob(library, embedder, options) if ray_options is None else RayIndexJob(
-        library, embedder, options, ray_options)
+    ingest = None if ray_options is None else RayIngest(ray_options)
+    job = IndexJob(library, embedder, options, ingest=ingest)
     try:
-        return job, job.run([photos])
+        return ingest or job, job.run([photos])
     finally:
         library.close()
 
@@ -94,39 +94,39 @@ def test_ray_job_gives_the_local_jobs_ids_and_vectors(local_ray, env, photos, tm
     (photos / "b" / "copy-of-coffee.png").write_bytes(next(photos.rglob("coffee-0.*")).read_bytes())
     ray_env = _home(tmp_path, env, "ray-home")
     _, local = _index(env, photos)
-    job, distributed = _index(ray_env, photos, RayOptions(shard_size=7))
+    job, distributed = _index(ray_env, photos, RayOptions(part_size=7))
     assert (distributed.added, distributed.duplicates, distributed.failed) == (24, 1, 1)
     assert (local.added, local.duplicates, local.failed) == (24, 1, 1)
     assert job.landed == 26 and job.recovered_files == 0
     _assert_same_catalog(env, ray_env)
     assert_index_matches_catalog(Settings.from_env(ray_env))
-    assert not list((tmp_path / "ray-home" / "shards").glob("*.npz"))  # merged shards are deleted
+    assert not list((tmp_path / "ray-home" / "shards").glob("*.npz"))  # merged part files are deleted
 
     # Incremental like the local job: a rerun embeds nothing.
-    again, summary = _index(ray_env, photos, RayOptions(shard_size=7))
+    again, summary = _index(ray_env, photos, RayOptions(part_size=7))
     assert (summary.added, summary.unchanged) == (0, 26) and again.landed == 0
 
 
-def test_interrupted_ray_job_resumes_from_its_written_shard(local_ray, env, photos, tmp_path, monkeypatch):
-    """A driver that dies after writing a shard but before merging it: the rerun merges that
-    shard without sending its files through Ray again, and the result equals a clean run."""
+def test_interrupted_ray_job_resumes_from_its_written_part_file(local_ray, env, photos, tmp_path, monkeypatch):
+    """A driver that dies after writing a part file but before merging it: the rerun merges that
+    part without sending its files through Ray again, and the result equals a clean run."""
     reference = _home(tmp_path, env, "reference")
     _index(reference, photos)
-    merge = RayIndexJob._merge
+    merge = RayIngest._merge
 
-    def die_on_second_shard(self, shard, bar):
+    def die_on_second_part(self, part, job):
         if self.landed >= 10:
             raise KeyboardInterrupt
-        merge(self, shard, bar)
+        merge(self, part, job)
 
-    monkeypatch.setattr(RayIndexJob, "_merge", die_on_second_shard)
+    monkeypatch.setattr(RayIngest, "_merge", die_on_second_part)
     with pytest.raises(KeyboardInterrupt):
-        _index(env, photos, RayOptions(shard_size=10))
+        _index(env, photos, RayOptions(part_size=10))
     left = list((Settings.from_env(env).home / "shards").glob("*.npz"))
     assert len(left) == 1
-    monkeypatch.setattr(RayIndexJob, "_merge", merge)
+    monkeypatch.setattr(RayIngest, "_merge", merge)
 
-    job, summary = _index(env, photos, RayOptions(shard_size=10))
+    job, summary = _index(env, photos, RayOptions(part_size=10))
     assert job.recovered_files == 10 and job.landed == 4  # only the last 4 files went through Ray
     assert summary.added == 14 and summary.unchanged == 10
     _assert_same_catalog(reference, env)

@@ -85,10 +85,12 @@ def test_prepared_pixels_match_open_clip_preprocessing(embedder, photo_arrays):
     """Loupe's split preprocessing (Pillow resize, then batched normalise) gives exactly the
     embedding of open_clip's own transform."""
     import torch
+    from open_clip.transform import PreprocessCfg, image_transform_v2
 
     images = [Image.fromarray(photo_arrays[name]) for name in ("astronaut", "camera", "rocket")]
+    preprocess = image_transform_v2(PreprocessCfg(**embedder.model.visual.preprocess_cfg), is_train=False)
     with torch.inference_mode():
-        reference = embedder.model.encode_image(torch.stack([embedder.preprocess(img) for img in images]))
+        reference = embedder.model.encode_image(torch.stack([preprocess(img) for img in images]))
     reference = torch.nn.functional.normalize(reference, dim=-1).numpy()
     prepared = [embedder.prepare(img) for img in images]
     assert prepared[0].dtype == np.uint8 and prepared[0].shape == (32, 32, 3)

@@ -8,9 +8,8 @@ from helpers import run_json
 from indexer import features
 from indexer.catalog import ImageRecord
 from indexer.factory import open_library
-from indexer.gpudecode import DeviceJpegReader
 from indexer.images import DecodeLimits
-from indexer.jobs import ImageFileDataset
+from indexer.reader import DeviceJpegReader, ImageFileDataset
 from indexer.settings import Settings
 
 

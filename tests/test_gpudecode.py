@@ -11,9 +11,8 @@ from PIL import Image
 
 from helpers import run_json
 from hostile_images import hostile_images, valid_images
-from indexer.gpudecode import DeviceJpegReader, device_decode_available
 from indexer.images import DecodeLimits
-from indexer.jobs import ImageFileDataset
+from indexer.reader import DeviceJpegReader, ImageFileDataset, device_decode_available
 from indexer.regions import RegionSpec
 
 
@@ -128,7 +127,7 @@ def test_nvjpeg_decodes_on_cuda_like_pillow(tmp_path, photos, embedder):
 def test_truncated_jpegs_are_left_to_the_pillow_path():
     """nvJPEG decodes a truncated JPEG as if whole (seen on an H200); the reader must send it
     to the Pillow path, which refuses it as always."""
-    from indexer.gpudecode import jpeg_looks_complete
+    from indexer.reader import jpeg_looks_complete
 
     whole = io.BytesIO()
     thumb = io.BytesIO()

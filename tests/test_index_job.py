@@ -17,6 +17,9 @@ def test_index_then_search_finds_each_photo_first(any_db_env, photos):
     summary = run_json(["index", str(photos), "--workers", "1", "--batch-size", "5", "--no-progress"], any_db_env)
     assert summary["files_seen"] == 24
     assert summary["added"] == 24 and summary["failed"] == 0 and summary["duplicates"] == 0
+    assert set(summary["stages"]) == {"read", "embed", "write"}  # the seconds the job measured per stage
+    assert all(seconds > 0 for seconds in summary["stages"].values())
+    assert sum(summary["stages"].values()) <= summary["seconds"]
     settings = Settings.from_env(any_db_env)
     indexed = assert_index_matches_catalog(settings)
     assert len(indexed) == 24
@@ -179,7 +182,7 @@ def test_index_spec_switches_to_ivf_when_large(env, tmp_path, monkeypatch, photo
     for i in range(60):
         noisy = np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(folder / f"n{i}.png")
-    monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d: choose_index_spec(n, d, exact_limit=40))
+    monkeypatch.setattr(mirror_module, "choose_index_spec", lambda n, d, **kw: choose_index_spec(n, d, exact_limit=40, **kw))
     run_json(["index", str(folder), "--no-progress"], env)
     status = run_json(["status"], env)
     assert status["index"]["type"].startswith("IVF") and status["index"]["vectors"] == 60
@@ -195,7 +198,7 @@ def test_index_spec_switches_to_ivf_when_large(env, tmp_path, monkeypatch, photo
     (1000, None, "cuda", 2, ("default", 1)),  # GPU: processes decode ahead of the model
 ])
 def test_choose_decoders(todo, workers, device, threads, expected):
-    from indexer.jobs import choose_decoders, default_workers
+    from indexer.reader import choose_decoders, default_workers
 
     want = (default_workers(), 1) if expected[0] == "default" else expected
     assert choose_decoders(todo, 32, workers, device, threads) == want
@@ -234,3 +237,18 @@ def test_mapped_index_files_serve_searches_and_take_writes(env, photos, photo_ar
     assert_index_matches_catalog(Settings.from_env(mapped))
     code, _, err = run_cli(["status"], {**env, "LOUPE_INDEX_MMAP": "sometimes"})
     assert code == 1 and "LOUPE_INDEX_MMAP" in err
+
+
+def test_stage_clock_counts_a_nested_stage_for_itself_only():
+    """The writer asks for embeddings while it writes: write's time leaves embed's out."""
+    from indexer.timing import StageClock
+
+    ticks = iter([0.0, 1.0, 4.0, 6.0, 10.0, 10.5, 11.0, 11.25])
+    clock = StageClock(now=lambda: next(ticks))
+    with clock.stage("write"):  # 0 .. 6, of which 1 .. 4 embedding
+        with clock.stage("embed"):
+            pass
+    batches = list(clock.each("read", ["batch"]))  # 10 .. 10.5 for the batch, 11 .. 11.25 for the end
+    assert batches == ["batch"]
+    assert clock.seconds == {"read": 0.75, "embed": 3.0, "write": 3.0}
+    assert clock.timings == {"read": [0.5], "embed": [3.0], "write": [3.0]}

@@ -71,9 +71,10 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     if args.ray is not None:
         if args.workers is not None:
             raise LoupeError("--workers is for local jobs; with --ray, Ray tasks decode the files")
-        from indexer.distributed import RayIndexJob, RayOptions
+        from indexer.distributed import RayIngest, RayOptions
 
-        job = RayIndexJob(library, embedder, options, RayOptions(address=args.ray, embedders=args.ray_embedders))
+        ingest = RayIngest(RayOptions(address=args.ray, embedders=args.ray_embedders))
+        job = IndexJob(library, embedder, options, ingest=ingest)
     else:
         job = IndexJob(library, embedder, options)
     summary = job.run(args.paths)
@@ -94,6 +95,7 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
     from indexer.catalog import ImageRecord
     from indexer.thumbnails import remove_thumbnail
     from indexer.uploads import discard_upload
+    from indexer.writer import apply_delta, retire_all
 
     if not args.targets and not args.missing:
         raise ConfigError("name the images to remove (PATH or ID), or use --missing")
@@ -106,8 +108,8 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
                 records += session.scalars(select(ImageRecord).where(ImageRecord.missing_since.is_not(None))).all()
             unique = list({r.id: r for r in records}.values())
             removed = [(r.id, r.path) for r in unique]
-            delta = library.remove(unique, session)
-        library.apply(delta)
+            delta = retire_all(session, unique)
+        apply_delta(library, delta)
         library.sync_store()
     for image_id, path in removed:
         remove_thumbnail(settings.home, image_id)
