@@ -12,9 +12,8 @@ from sqlalchemy import select
 from .catalog import ImageRecord
 from .cli import print_json
 from .errors import ConfigError, LoupeError, NotIndexedError
+from .query import MAX_K, SearchQuery
 from .settings import Settings, ensure_home, redact_url
-
-MAX_K = 200
 
 
 def load_embedder(settings: Settings, device: str | None = None):
@@ -65,8 +64,8 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
 
 
 def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
-    """`loupe search`. `image_lookup(library, embedder, data, k, offset, regions, verify)` →
-    (page, report dict or None) replaces the plain reverse lookup (searchapp's restoration)."""
+    """`loupe search`. `image_lookup(library, embedder, data, query)` → (page, report dict or
+    None) replaces the plain reverse lookup (searchapp's restoration)."""
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either TEXT or --image FILE")
     if args.text is not None and not args.text.strip():
@@ -87,13 +86,14 @@ def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
         data = read_file(Path(args.image), DecodeLimits()).data
         wanted = settings.verify if getattr(args, "verify", None) is None else args.verify == "on"
         verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
+        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify)
         if image_lookup is None:
-            page = reverse_lookup(library, embedder, data, k, args.offset, regions=not args.no_regions, verify=verify)
+            page = reverse_lookup(library, embedder, data, query)
         else:
-            page, restoration = image_lookup(library, embedder, data, k, args.offset, not args.no_regions, verify)
+            page, restoration = image_lookup(library, embedder, data, query)
     else:
         t0 = time.perf_counter()
-        page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
+        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset), started=t0)
     if args.json:
         print_json({**page.as_dict(), **({"restoration": restoration} if restoration is not None else {})}, out)
         return 0
@@ -188,6 +188,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
     stored = library.stored_identity()
     store = library.store
     job = library.last_job()
+    calibration = library.calibration()
     report = {
         "images": library.counts(),
         "failures": [{"path": p, "error": e} for p, e in library.recent_failures()],
@@ -198,10 +199,10 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "index": {**store.describe(), "path": str(settings.index_path), "faiss": faiss_build()},
         "regions": {**library.regions.store.describe(), "path": str(settings.regions_path),
                     "scales": settings.regions.describe()},
-        "matching": library.match_cutoff().as_dict(),
+        "matching": calibration.match.as_dict(),
         "verification": {"enabled": settings.verify, "candidates": settings.verify_candidates,
-                         **library.inlier_cutoff().as_dict()},
-        "noise": library.noise_profile().as_dict(),
+                         **calibration.inliers.as_dict()},
+        "noise": calibration.noise.as_dict(),
         "device": resolve_device(settings.device),
         "database": redact_url(settings.database_url),
         "home": str(settings.home),

@@ -157,9 +157,8 @@ def cmd_search(settings, args, out) -> int:
 
     restorers = Restorers(settings.restore, settings.home, resolve_device(args.device or settings.device))
 
-    def lookup(library, embedder, data, k, offset, regions, verify):
-        page, report = restored_lookup(library, embedder, data, k, offset, regions, mode=args.restore,
-                                       restorers=restorers, verify=verify)
+    def lookup(library, embedder, data, query):
+        page, report = restored_lookup(library, embedder, data, query, mode=args.restore, restorers=restorers)
         return page, {**report.as_dict(), "reconstruction": None}
 
     return plain_search(settings, args, out, image_lookup=lookup)

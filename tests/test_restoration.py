@@ -23,7 +23,8 @@ from searchapp.restoration.embedding import EmbeddingConfig, load_embedding_rest
 from searchapp.restoration.expansion import alpha_query_expansion
 from searchapp.restoration.fusion import fuse
 from searchapp.restoration.outpaint import KEEP, REPAINT, Outpainter, outpaint_canvas
-from searchapp.restoration.pipeline import Detection, parse_policy
+from searchapp.restoration.pipeline import Detection
+from searchapp.restoration.stages import parse_policy
 from searchapp.restoration.pixel import PixelRestorer, StageUnavailable, load_pixel_restorer, timestep_for
 
 TINY_UNET = UNetConfig(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
@@ -289,7 +290,7 @@ def restorable(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
     assert report["pixel"]["steps"] == report["embedding"]["steps"] == RESTORER_STEPS
     settings = Settings.from_env(env)
     # auto's CUDA default: on a CPU, the default runs no stage (the pixel stage exceeds the budget).
-    return Restorable(env, replace(settings, restore=replace(settings.restore, auto="noise:pixel")), photos)
+    return Restorable(env, replace(settings, restore=replace(settings.restore, auto=(("noise", ("pixel",)),))), photos)
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
@@ -367,7 +368,7 @@ def test_each_stage_by_name(restorable, stage):
 @pytest.mark.slow
 def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settings):
     run_json(["index", str(photos), "--no-progress"], env)
-    settings = replace(settings, restore=replace(settings.restore, auto="noise:pixel"))  # auto's CUDA default
+    settings = replace(settings, restore=replace(settings.restore, auto=(("noise", ("pixel",)),)))  # auto's CUDA default
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
     for stage, words in (("pixel", "train-restorer"), ("outpaint", "LOUPE_OUTPAINT_MODEL"),
                          ("embedding", "train-restorer")):
@@ -417,7 +418,7 @@ def test_noise_levels_are_recorded_at_index_time(env, photos, settings):
     run_json(["index", str(photos), "--no-progress"], env)
     library = open_library(settings)
     try:
-        profile = library.noise_profile()
+        profile = library.calibration().noise
         assert profile is not DEFAULT_PROFILE and 0 < profile.median <= profile.high
         record = library.image_by_path(str(sorted(photos.rglob("*-0.*"))[0]))
         assert record.noise_level is not None and record.noise_level >= 0
