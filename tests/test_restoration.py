@@ -440,3 +440,48 @@ def test_a_configured_model_that_fails_to_load_is_skipped_by_auto(env, photos, t
     assert len(body["results"]) == 5
     response = _search(client, _noisy_upload(photos), restore="pixel")
     assert response.status_code == 503 and "LOUPE_RESTORE_MODEL" in response.get_json()["message"]
+
+
+def test_a_bad_restore_policy_stops_the_settings_the_app_and_serve(env, monkeypatch):
+    """LOUPE_RESTORE_AUTO is parsed with the settings: a typo stops `loupe serve` (and the app's
+    creation) with the variable named, rather than failing the first image search."""
+    import waitress
+
+    from indexer.errors import ConfigError
+    from indexer.settings import Settings
+
+    bad = {**env, "LOUPE_RESTORE_AUTO": "noise:pixle"}
+    with pytest.raises(ConfigError, match="LOUPE_RESTORE_AUTO part 'noise:pixle'"):
+        Settings.from_env(bad)
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="LOUPE_RESTORE_AUTO"):
+        create_app({"TESTING": True})
+
+    def never(*args, **kwargs):
+        raise AssertionError("served despite a bad LOUPE_RESTORE_AUTO")
+
+    monkeypatch.setattr(waitress, "serve", never)
+    code, out, err = run_cli(["serve", "--port", "0"], bad)
+    assert code == 1 and "LOUPE_RESTORE_AUTO part 'noise:pixle'" in err and "serving" not in out
+    good = Settings.from_env({**env, "LOUPE_RESTORE_AUTO": "noise:pixel+qe"})
+    assert good.restore.auto == (("noise", ("pixel", "qe")),)
+
+
+def test_each_stage_is_one_registry_entry(tmp_path):
+    """The registry gives the stage names, kinds and costs; `missing` says why a stage cannot
+    run without loading anything; the policy takes the settings' parsed LOUPE_RESTORE_AUTO."""
+    from indexer.settings import RestoreSettings
+    from searchapp.restoration.pipeline import Restorers
+    from searchapp.restoration.stages import COSTLY_STAGES, IMAGE_STAGES, MODES, REGISTRY, STAGES
+
+    assert STAGES == tuple(stage.name for stage in REGISTRY) and MODES == ("auto", "off") + STAGES
+    assert IMAGE_STAGES == {"outpaint", "blur", "pixel", "pixel-ddim"}
+    assert COSTLY_STAGES == {"outpaint", "pixel-ddim", "embedding"}
+    assert all(stage.needs for stage in REGISTRY)
+    bare = Restorers(RestoreSettings(), tmp_path, "cpu")
+    assert bare.policy == {} and Restorers(RestoreSettings(), tmp_path, "cuda").policy == {"noise": ("pixel",)}
+    assert "loupe train-restorer" in bare.missing("pixel", {}) and "LOUPE_OUTPAINT_MODEL" in bare.missing("outpaint", {})
+    assert "--stage embedding" in bare.missing("embedding", {})
+    assert bare.missing("blur", {}) is None and bare.missing("qe", {}) is None
+    assert Restorers(RestoreSettings(auto=(("crop", ("qe",)),)), tmp_path, "cuda").policy == {"crop": ("qe",)}
