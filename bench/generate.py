@@ -113,6 +113,7 @@ def train_or_reuse(args, env: dict, model_dir: Path) -> None:
 def variation_figures(generator, strength: float, corpus: Corpus, sources: list, args) -> tuple[dict, list]:
     """The figures (see the module docstring) of `generator`'s variations of `sources` at
     `strength`, and the figure's rows (a source, then its variations)."""
+    from indexer.query import SearchQuery
     from searchapp.generation.backends import Variations
 
     f = {key: [] for _, key, _, _ in COLUMNS}
@@ -134,10 +135,10 @@ def variation_figures(generator, strength: float, corpus: Corpus, sources: list,
         pairs = embedded @ embedded.T
         f["diversity"].append(1 - pairs[np.triu_indices(len(made), 1)].mean())
         for vector in embedded:
-            hits = corpus.library.search(vector, 6).results
+            hits = corpus.library.search(vector, SearchQuery(k=6)).results
             f["source_in_top5"].append(record.id in [h.id for h in hits[:5]])
             f["copy_max"].append(max(h.score for h in hits if h.id != record.id))
-        source_hits = corpus.library.search(corpus.vectors[record.id], 2).results
+        source_hits = corpus.library.search(corpus.vectors[record.id], SearchQuery(k=2)).results
         f["copy_baseline"].append(max(h.score for h in source_hits if h.id != record.id))
         rows.append([corpus.pictures[record.id]] + made)
     return {key: float(np.mean(values)) for key, values in f.items()}, rows

@@ -174,14 +174,15 @@ def search(index: IndexedCorpus, data: bytes, config: str, k: int):
     """The service's image-search path (`searchapp.restoration.pipeline.restored_lookup`)."""
     from searchapp.restoration.pipeline import restored_lookup
 
+    from indexer.query import SearchQuery
     from indexer.verify import VerifyOptions
 
     ms: dict[str, float] = {}
     mode = mode_of(config)
     verify = VerifyOptions(candidates=VERIFY_CANDIDATES[0]) if verifies(config) else None
-    page, report = restored_lookup(index.library, index.embedder, data, k, regions=is_regional(config),
-                                   mode="off" if mode == "whole" else mode, restorers=index.restorers,
-                                   timings=ms, verify=verify)
+    query = SearchQuery(k=k, regions=is_regional(config), verify=verify)
+    page, report = restored_lookup(index.library, index.embedder, data, query,
+                                   mode="off" if mode == "whole" else mode, restorers=index.restorers, timings=ms)
     return page, report, ms
 
 
@@ -197,6 +198,7 @@ def why_missed(index: IndexedCorpus, data: bytes, want: int, rank: int | None) -
     copy is `first, not labelled a copy`."""
     from indexer.features import QUERY_KEYPOINTS, extract, mirrored_image
     from indexer.images import decode_image
+    from indexer.query import SearchQuery
     from indexer.verify import MIN_KEYPOINTS, verify_pair
 
     if rank == 1:
@@ -211,12 +213,12 @@ def why_missed(index: IndexedCorpus, data: bytes, want: int, rank: int | None) -
     for mirrored in (False, True):
         image = mirrored_image(decoded.image) if mirrored else decoded.image
         vector = embedder.encode_batch([embedder.prepare(image)])
-        found = library.search(vector, VERIFY_CANDIDATES[0], 0, regions=True).results
+        found = library.search(vector, SearchQuery(k=VERIFY_CANDIDATES[0], regions=True)).results
         proposed = proposed or want in [r.id for r in found]
         features = extract(image, decoded.width, decoded.height, max_keypoints=QUERY_KEYPOINTS) if mirrored else query
         fit = verify_pair(features, stored, mirrored=mirrored)
         inliers = max(inliers, fit.inliers if fit is not None else 0)
-    verifies = inliers >= library.inlier_cutoff().inliers
+    verifies = inliers >= library.calibration().inliers.inliers
     if not proposed:
         return MISSES[0] if verifies else MISSES[1]
     return MISSES[3] if verifies else MISSES[2]
@@ -417,12 +419,13 @@ def main() -> int:
         regions = (args.region_scales or "default") if kind_of_index == "regional" else "off"
         indexes[kind_of_index] = built = build_index(work, kind_of_index, env, corpus_dir, regions,
                                                      args.region_penalty, args.restorers)
-        cutoff = built.library.match_cutoff()
+        calibration = built.library.calibration()
+        cutoff, inliers = calibration.match, calibration.inliers
         print(f"{kind_of_index} index (regions {regions}): {built.embedded} photos in {built.seconds:.1f} s "
               f"({built.embedded / built.seconds:.2f} photos/s), {built.vectors} vectors, "
               f"{built.index_bytes / 1e6:.2f} MB of FAISS files; near-duplicate cut-offs {cutoff.whole:.4f} "
               f"(whole), {cutoff.region:.4f} (region); verification inlier cut-off "
-              f"{built.library.inlier_cutoff().inliers} ({built.library.inlier_cutoff().basis})")
+              f"{inliers.inliers} ({inliers.basis})")
     first = next(iter(indexes.values()))
     identity = first.library.stored_identity().as_dict()
     for stage in {mode_of(c) for c in configs} - {"whole", "off", "auto"}:
@@ -472,7 +475,7 @@ def main() -> int:
         flags = false_copies[config]
         per_kind = np.array(flags).reshape(len(kinds), -1).mean(axis=1) if flags else []
         worst = max(zip(per_kind, kinds))[1] if len(flags) else "-"
-        cutoff = index.library.match_cutoff()
+        cutoff = index.library.calibration().match
         print(f"  {config:<{width}} cut-offs {cutoff.whole:.4f}/{cutoff.region:.4f}  "
               f"false-match rate {np.mean(flags) if flags else float('nan'):.3f} ({len(flags)} queries; "
               f"clean {per_kind[kinds.index('clean')] if 'clean' in kinds else float('nan'):.3f}, worst kind {worst})")

@@ -161,11 +161,15 @@ def run_clients(make_request, total: int, clients: int, deadline_s: float) -> tu
 
 def in_process_call(service, name: str, queries: list, seen: list) -> Callable[[int], None]:
     """The endpoint's own call for query i of set `name`; appends (copy found, restored) to `seen`."""
+    from indexer.query import SearchQuery
+
     if name == "text":
-        return lambda i: service.search_text(queries[i % len(queries)], K, 0)
+        return lambda i: service.search_text(queries[i % len(queries)], SearchQuery(k=K))
+
+    image_query = SearchQuery(k=K, regions=True, verify=service.verify_options())
 
     def call(i: int) -> None:
-        page, report = service.search_upload(queries[i % len(queries)], K, 0)
+        page, report = service.search_upload(queries[i % len(queries)], image_query)
         seen.append((page.copy_found, bool(report.applied)))
 
     return call

@@ -102,21 +102,21 @@ def main() -> int:
           f"{with_features:.1f} s with them: +{added:.1%} ({(with_features - without) * 1000 / len(paths):.0f} ms a picture)")
 
     from indexer.lookup import reverse_lookup
+    from indexer.query import SearchQuery
     from indexer.verify import VerifyOptions
 
-    options = VerifyOptions(candidates=args.candidates)
+    query = SearchQuery(k=10, regions=True, verify=VerifyOptions(candidates=args.candidates))
     stage: dict[str, list[float]] = {"member": [], "held-out": []}
     kinds = ("crop40", "noise15", "text")
     for i, path in enumerate(paths[: args.queries]):
         kind = kinds[i % len(kinds)]
         image = damage(Image.open(path).convert("RGB"), kind, np.random.default_rng([i, 0, KINDS.index(kind)]))
         timings: dict[str, float] = {}
-        reverse_lookup(library, embedder, query_bytes(image), 10, timings=timings, verify=options)
+        reverse_lookup(library, embedder, query_bytes(image), query, timings=timings)
         stage["member"].append(timings["verify"])
     for path in photos_in(heldout)[: args.queries] if heldout else []:
         timings = {}
-        reverse_lookup(library, embedder, query_bytes(Image.open(path).convert("RGB")), 10, timings=timings,
-                       verify=options)
+        reverse_lookup(library, embedder, query_bytes(Image.open(path).convert("RGB")), query, timings=timings)
         stage["held-out"].append(timings["verify"])
     for name, values in stage.items():
         if values:

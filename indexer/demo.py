@@ -51,6 +51,7 @@ def run_demo(settings: Settings, out: TextIO, progress: bool = True) -> Settings
     """Index and search the samples; returns the settings of the demo library it used."""
     from .images import load_image_file
     from .jobs import IndexJob, IndexOptions
+    from .query import SearchQuery
 
     demo = demo_settings(settings)
     photos = copy_samples(settings.home / "demo-photos")  # outside the demo home, which indexing skips
@@ -76,11 +77,11 @@ def run_demo(settings: Settings, out: TextIO, progress: bool = True) -> Settings
     summary = IndexJob(library, embedder, IndexOptions(workers=0, progress=progress)).run([photos])
     print(f"loupe demo: {summary.line()}", file=out)
     for query in SAMPLE_QUERIES:
-        page = library.search(embedder.encode_texts([query]), k=3)
+        page = library.search(embedder.encode_texts([query]), SearchQuery(k=3))
         names = ", ".join(f"{Path(r.path).name} ({r.score:.3f})" for r in page.results)
         print(f'  "{query}": {names}', file=out)
     probe = photos / "chelsea.png"
-    page = library.search(embedder.encode_images([load_image_file(probe).image]), k=3)
+    page = library.search(embedder.encode_images([load_image_file(probe).image]), SearchQuery(k=3))
     names = ", ".join(f"{Path(r.path).name} ({r.score:.3f})" for r in page.results)
     print(f"  image {probe.name}: {names}", file=out)
     pretrained = "" if demo.pretrained == settings.pretrained else f"LOUPE_PRETRAINED={demo.pretrained} "

@@ -46,6 +46,7 @@ from .matching import (
 )
 from .mirror import IndexMirror
 from .noise import DEFAULT_PROFILE, NoiseProfile
+from .query import MAX_DEPTH, SCORE_DIGITS, SearchQuery
 from .regions import Box, RegionSpec
 from .settings import Settings
 from .vectorstore import VectorStore
@@ -88,7 +89,7 @@ class SearchResult:
         body = {
             "id": self.id,
             "path": self.path,
-            "score": round(self.score, 6),
+            "score": round(self.score, SCORE_DIGITS),
             "width": self.width,
             "height": self.height,
             "thumb_url": self.thumb_url,
@@ -118,6 +119,15 @@ class SearchPage:
         if self.verify is not None:
             body["verify"] = self.verify
         return body
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What calibration learnt of the index (`Library.calibrate`), read once per query."""
+
+    match: MatchCutoff = DEFAULT_CUTOFF  # the near-duplicate score cut-off
+    inliers: InlierCutoff = DEFAULT_INLIER_CUTOFF  # verification's copy cut-off
+    noise: NoiseProfile = DEFAULT_PROFILE  # the indexed pictures' noise levels
 
 
 class Library:
@@ -220,16 +230,17 @@ class Library:
         self.images.save()
 
     # -- queries ------------------------------------------------------------------------------
-    def search(self, query: np.ndarray, k: int = 20, offset: int = 0, started: float | None = None,
-               regions: bool = False, exclude: Sequence[int] = ()) -> SearchPage:
-        """The best `k` images after `offset` for one query vector, joined to the catalog.
+    def search(self, vector: np.ndarray, query: SearchQuery, started: float | None = None) -> SearchPage:
+        """`query`'s page of the images nearest to one query `vector`, joined to the catalog.
 
-        With `regions`, an image scores the best of its whole vector and its regions' (each
-        lowered by the region penalty), and a result found by a region says which one.
-        Images in `exclude` are left out.
+        With `query.regions`, an image scores the best of its whole vector and its regions'
+        (each lowered by the region penalty), and a result found by a region says which one.
+        Images in `query.exclude` are left out, and with `query.min_score` those scoring below
+        it, before paging; `total` is then how many reach it (counted down to MAX_DEPTH).
         """
         t0 = started if started is not None else time.perf_counter()
-        ranked = self._rank(query, k + offset, regions, set(exclude))[offset : offset + k]
+        ranked, total = self._ranked(vector, query)
+        ranked = ranked[query.offset : query.offset + query.k]
         ids = [image_id for image_id, _, _ in ranked]
         with self.sessions() as session:
             rows = {
@@ -245,31 +256,60 @@ class Library:
             for image_id, score, box in ranked
             if image_id in rows
         )
-        return SearchPage(results, total=len(self.store), took_ms=(time.perf_counter() - t0) * 1000)
+        return SearchPage(results, total=total, took_ms=(time.perf_counter() - t0) * 1000)
+
+    def _ranked(self, vector: np.ndarray, query: SearchQuery) -> tuple[list[tuple[int, float, Box | None]], int]:
+        """The ranked results down to `query`'s page and how many results there are: the images
+        not excluded or, with min_score, those reaching it (the ranking deepens until every one
+        reaching it is found, or MAX_DEPTH)."""
+        exclude = set(query.exclude)
+        if query.min_score is None:
+            return self._rank(vector, query.depth, query.regions, exclude), max(len(self.store) - len(exclude), 0)
+        depth = query.depth
+        while True:
+            best, complete = self._best(vector, depth, query.regions, exclude, admits=query.admits)
+            if complete or depth >= MAX_DEPTH:
+                break
+            depth = min(depth * 2, MAX_DEPTH)
+        return _ordered(best, query.depth), len(best)
 
     def _rank(self, query: np.ndarray, want: int, regions: bool, exclude: set[int],
               whole: bool = True) -> list[tuple[int, float, Box | None]]:
         """(image id, score, matching region or None), best first, at most `want` of them;
         `whole=False` ranks by regions alone."""
+        return _ordered(self._best(query, want, regions, exclude, whole)[0], want)
+
+    def _best(self, query: np.ndarray, want: int, regions: bool, exclude: set[int], whole: bool = True,
+              admits: Callable[[float], bool] | None = None) -> tuple[dict[int, tuple[float, Box | None]], bool]:
+        """Each image's best score (and region) among the hits fetched for `want` results, those
+        `admits` refuses left out; and whether that is every image it admits (False: fetching
+        deeper may find more)."""
         fetch = want + len(exclude)
         best: dict[int, tuple[float, Box | None]] = {}
+        complete = True
         if whole:
-            best = {hit.id: (hit.score, None) for hit in self.store.search(query, fetch)[0] if hit.id not in exclude}
+            hits = self.store.search(query, fetch)[0]
+            complete = _exhausted(hits, fetch, admits, 0.0)
+            best = {hit.id: (hit.score, None) for hit in hits
+                    if hit.id not in exclude and (admits is None or admits(hit.score))}
         region_store = self.regions.store if regions else None
         if region_store is not None and len(region_store):
             penalty = self.region_spec.penalty
             hidden = self._region_count(exclude)  # excluded images' own regions can fill the top places
-            hits = region_store.search(query, fetch * REGION_FANOUT + hidden)[0]
+            asked = fetch * REGION_FANOUT + hidden
+            hits = region_store.search(query, asked)[0]
+            complete = complete and _exhausted(hits, asked, admits, penalty)
             owners = self._region_owners([hit.id for hit in hits])
             for hit in hits:
                 owner = owners.get(hit.id)
                 if owner is None or owner[0] in exclude:
                     continue
                 score = hit.score - penalty
+                if admits is not None and not admits(score):
+                    continue
                 if score > best.get(owner[0], (-np.inf, None))[0]:
                     best[owner[0]] = (score, owner[1])
-        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:want]
-        return [(image_id, score, box) for image_id, (score, box) in ranked]
+        return best, complete
 
     def _region_count(self, image_ids: set[int]) -> int:
         ids = list(image_ids)
@@ -293,11 +333,12 @@ class Library:
                 owners.update({r.id: (r.image_id, Box(r.x, r.y, r.w, r.h)) for r in rows})
         return owners
 
-    def label(self, page: SearchPage, query_sha256: str | None,
+    def label(self, page: SearchPage, cutoff: MatchCutoff, query_sha256: str | None,
               query_pixels: Callable[[], "Image.Image"] | None = None,
               query_size: tuple[int, int] | None = None,
               verified: "VerifyReport | None" = None) -> SearchPage:
-        """`page` with each result's match label and whether a copy of the query was found.
+        """`page` with each result's match label (held to the near-duplicate `cutoff`) and whether
+        a copy of the query was found.
 
         `query_pixels` gives the query's fully decoded picture (of `query_size`); it is called
         only when a result of that size scores high enough to be worth a pixel-by-pixel
@@ -305,7 +346,6 @@ class Library:
         it verified; a pair verification cannot judge (no features stored yet, or too few
         keypoints on either side) falls back to the score cut-off.
         """
-        cutoff = self.match_cutoff()
         labelled = []
         for result in page.results:
             exact = query_sha256 is not None and result.content_hash == query_sha256
@@ -341,29 +381,21 @@ class Library:
         return found
 
     # -- match calibration ----------------------------------------------------------------------
-    def match_cutoff(self) -> MatchCutoff:
-        """The calibrated near-duplicate cut-off (the default until the first calibration)."""
+    def calibration(self) -> Calibration:
+        """The index's calibration as of now, read in one go (each query reads it once): the
+        near-duplicate and inlier cut-offs and the noise profile, the defaults for any part
+        not calibrated yet."""
         with self.sessions() as session:
             info = session.get(IndexInfo, 1)
-        if info is None or info.whole_cutoff is None:
-            return DEFAULT_CUTOFF
-        return MatchCutoff(info.whole_cutoff, info.region_cutoff or DEFAULT_CUTOFF.region, info.cutoff_basis or "")
-
-    def inlier_cutoff(self) -> InlierCutoff:
-        """The calibrated inlier cut-off of verification (the default until calibrated)."""
-        with self.sessions() as session:
-            info = session.get(IndexInfo, 1)
-        if info is None or info.inlier_cutoff is None:
-            return DEFAULT_INLIER_CUTOFF
-        return InlierCutoff(info.inlier_cutoff, info.inlier_basis or "")
-
-    def noise_profile(self) -> NoiseProfile:
-        """The indexed pictures' noise levels as of the last calibration (a default before)."""
-        with self.sessions() as session:
-            info = session.get(IndexInfo, 1)
-        if info is None or info.noise_median is None:
-            return DEFAULT_PROFILE
-        return NoiseProfile(info.noise_median, info.noise_high, len(self.store))
+        if info is None:
+            return Calibration()
+        match = DEFAULT_CUTOFF if info.whole_cutoff is None else MatchCutoff(
+            info.whole_cutoff, info.region_cutoff or DEFAULT_CUTOFF.region, info.cutoff_basis or "")
+        inliers = DEFAULT_INLIER_CUTOFF if info.inlier_cutoff is None else InlierCutoff(
+            info.inlier_cutoff, info.inlier_basis or "")
+        noise = DEFAULT_PROFILE if info.noise_median is None else NoiseProfile(
+            info.noise_median, info.noise_high, len(self.store))
+        return Calibration(match, inliers, noise)
 
     def needs_calibration(self, growth: float = 0.1) -> bool:
         """Whether the cut-offs are missing or the index changed size by more than `growth`
@@ -550,6 +582,20 @@ class Library:
             if record.embedding is None:
                 raise NotIndexedError(f"image {id_} has no vector ({record.status}: {record.error or 'not embedded'})")
             return record.vector()
+
+
+def _ordered(best: dict[int, tuple[float, Box | None]], want: int) -> list[tuple[int, float, Box | None]]:
+    """The best `want` of `best`, by score then id."""
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:want]
+    return [(image_id, score, box) for image_id, (score, box) in ranked]
+
+
+def _exhausted(hits: Sequence, asked: int, admits: Callable[[float], bool] | None, penalty: float) -> bool:
+    """Whether `hits` (best first, `asked` for) hold every hit `admits` would take: the index ran
+    out, or the last one (lowered by `penalty`) is already refused."""
+    if len(hits) < asked:
+        return True
+    return admits is not None and bool(hits) and not admits(hits[-1].score - penalty)
 
 
 def _json_list(text: str | None) -> list[str]:

@@ -1,64 +1,127 @@
 """Reverse lookup of a picture: decode ▸ embed ▸ whole and regional kNN ▸ catalog join ▸
-verify (local features) ▸ match labels. The plain lookup; the service, `loupe search --image`
-and the robustness benchmark go through `searchapp.restoration.pipeline.restored_lookup`, which
-answers the same page when no restoration stage runs."""
+verify (local features) ▸ rank ▸ label. `ImageLookup` holds one query's steps and `Clock` times
+them; `reverse_lookup` runs them in order, and `searchapp.restoration.pipeline.restored_lookup`
+runs the same steps with restoration between the search and the ranking (the path the CLI, the
+service and the benchmarks take), so that it answers this page when no restoration stage runs."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .images import DecodeLimits, decode_image
-from .library import Library, SearchPage, SearchResult
+import numpy as np
+
+from .images import DecodedImage, DecodeLimits, decode_image
+from .library import Calibration, Library, SearchPage, SearchResult
+from .query import SearchQuery
 from .verify import VerifyOptions, VerifyReport
 
+# The steps every image lookup times (a restored lookup adds its own, named after its stages).
+LOOKUP_STEPS = ("decode", "embed", "knn+join", "verify", "rank", "label")
 
-def reverse_lookup(library: Library, embedder, data: bytes, k: int, offset: int = 0, regions: bool = True,
-                   limits: DecodeLimits = DecodeLimits(),
-                   timings: dict[str, float] | None = None,
-                   verify: VerifyOptions | None = None) -> SearchPage:
-    """The indexed pictures nearest to the picture in `data`, labelled exact / near-duplicate /
-    similar. `embedder` is anything with `prepare`, `encode_batch` and `image_size`; with
-    `verify`, the top candidates are verified geometrically and verified copies rank first;
-    `timings`, when given, receives each stage's milliseconds."""
-    clock = [time.perf_counter()]
-    t0 = clock[0]
 
-    def lap(name: str) -> None:
+class Clock:
+    """Each step's milliseconds, lap by lap, into `times` (the caller's dict when given)."""
+
+    def __init__(self, times: dict[str, float] | None = None):
+        self.times = times if times is not None else {}
+        self.start = self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        if timings is not None:
-            timings[name] = (now - clock[0]) * 1000
-        clock[0] = now
+        self.times[name] = (now - self.last) * 1000
+        self.last = now
 
-    decoded = decode_image(data, limits, draft_size=library.draft_size(embedder.image_size))
-    lap("decode")
-    query = embedder.encode_batch([embedder.prepare(decoded.image)])
-    lap("embed")
-    depth = k + offset if verify is None else max(k + offset, verify.candidates)
-    page = library.search(query, depth, 0, started=t0, regions=regions)
-    lap("knn+join")
-    results, report = page.results, None
-    if verify is not None:
-        results, report = verify_results(library, results, decoded, verify, query_sha256=decoded.sha256,
-                                         embedder=embedder, regions=regions)
-        lap("verify")
-    page = replace(page, results=tuple(results[offset : offset + k]))
-    page = finish_page(library, page, decoded, data, limits, report, verify)
-    lap("label")
-    return replace(page, took_ms=(time.perf_counter() - t0) * 1000)
+    def total(self) -> float:
+        """Milliseconds since the clock started."""
+        return (time.perf_counter() - self.start) * 1000
 
 
-def verify_results(library: Library, results: Sequence[SearchResult], decoded, options: VerifyOptions,
-                   query_sha256: str | None = None, embedder=None,
-                   regions: bool = True) -> tuple[tuple[SearchResult, ...], VerifyReport]:
-    """Verify the top `options.candidates` of `results` against the decoded query picture;
-    the results re-ranked (the query's own file first, then verified copies by inliers, then the
-    rest in their order) and the report. With `embedder` and `options.mirror_search`, a query
-    that verifies nothing is also searched mirrored, and the new candidates verified mirrored."""
-    verifier = CandidateVerifier(library, decoded, options)
-    verifier.verify_lookup(results, embedder, regions)
-    return verifier.ranked(query_sha256), verifier.report
+@dataclass
+class ImageLookup:
+    """One picture's lookup as it goes: the decoded query, its embedding, the calibration read
+    once for the whole query, the ranked pool (`results`) and, with verification, the verifier
+    that ranks it. Made by `embed`; `search`, `verify` and `page` are the steps after it."""
+
+    library: Library
+    embedder: object  # anything with `prepare`, `encode_batch` and `image_size`
+    data: bytes
+    query: SearchQuery
+    limits: DecodeLimits
+    clock: Clock
+    calibration: Calibration
+    decoded: DecodedImage
+    pixels: np.ndarray  # the model input
+    vector: np.ndarray  # its embedding, one row
+    raw: SearchPage | None = None  # what the query as given found
+    results: tuple[SearchResult, ...] = ()
+    verifier: "CandidateVerifier | None" = None
+
+    @classmethod
+    def embed(cls, library: Library, embedder, data: bytes, query: SearchQuery,
+              limits: DecodeLimits = DecodeLimits(), timings: dict[str, float] | None = None) -> "ImageLookup":
+        """Decode and embed the picture in `data` (`timings` receives each step's milliseconds)."""
+        clock = Clock(timings)
+        calibration = library.calibration()
+        decoded = decode_image(data, limits, draft_size=library.draft_size(embedder.image_size))
+        clock.lap("decode")
+        pixels = embedder.prepare(decoded.image)
+        vector = embedder.encode_batch([pixels])
+        clock.lap("embed")
+        return cls(library, embedder, data, query, limits, clock, calibration, decoded, pixels, vector)
+
+    def search(self, extra: int = 0) -> SearchPage:
+        """kNN and catalog join of the query as given, deep enough for the page (plus `extra`)
+        and for verification's candidates; the pool starts as what it found."""
+        self.raw = self.library.search(self.vector, self.query.candidates(extra))
+        self.results = self.raw.results
+        self.clock.lap("knn+join")
+        return self.raw
+
+    def search_vector(self, vector: np.ndarray, extra: int = 0) -> SearchPage:
+        """The same search for another query vector (a reconstruction's)."""
+        return self.library.search(vector, self.query.candidates(extra))
+
+    def verify(self) -> None:
+        """With verification asked for, verify the pool's top candidates (and the mirrored
+        query's, when nothing verifies); the pool becomes everything proposed."""
+        if self.query.verify is None:
+            return
+        self.verifier = CandidateVerifier(self.library, self.decoded, self.query.verify,
+                                          self.calibration.inliers.inliers)
+        self.verifier.verify_lookup(self.results, self.embedder, self.query)
+        self.results = tuple(self.verifier.pool)
+        self.clock.lap("verify")
+
+    def page(self) -> SearchPage:
+        """Rank the pool (verified copies first), cut the query's page from it and label it."""
+        results, report = self.results, None
+        if self.verifier is not None:
+            report = self.verifier.report
+            results = rank_verified(results, report, self.decoded.sha256)
+            self.clock.lap("rank")
+        page = SearchPage(self.query.cut(results), total=self.raw.total, took_ms=0.0)
+        page = self.library.label(page, self.calibration.match, self.decoded.sha256,
+                                  lambda: decode_image(self.data, self.limits).image,
+                                  (self.decoded.width, self.decoded.height), verified=report)
+        verify = self.query.verify
+        summary = {"mode": "off"} if report is None else report.as_dict(self.calibration.inliers.inliers,
+                                                                        verify.candidates)
+        self.clock.lap("label")
+        return replace(page, verify=summary, took_ms=self.clock.total())
+
+
+def reverse_lookup(library: Library, embedder, data: bytes, query: SearchQuery,
+                   limits: DecodeLimits = DecodeLimits(),
+                   timings: dict[str, float] | None = None) -> SearchPage:
+    """`query`'s page of the indexed pictures nearest to the picture in `data`, labelled exact /
+    near-duplicate / similar. With `query.verify`, the top candidates are verified geometrically
+    and verified copies rank first; `timings`, when given, receives each step's milliseconds."""
+    lookup = ImageLookup.embed(library, embedder, data, query, limits, timings)
+    lookup.search()
+    lookup.verify()
+    return lookup.page()
 
 
 class CandidateVerifier:
@@ -68,10 +131,11 @@ class CandidateVerifier:
     proposals in the order they came (so a later, unverified proposal never passes an earlier
     result)."""
 
-    def __init__(self, library: Library, decoded, options: VerifyOptions):
+    def __init__(self, library: Library, decoded, options: VerifyOptions, inliers: int):
         from .features import QUERY_KEYPOINTS, extract
 
         self.library, self.decoded, self.options = library, decoded, options
+        self.inliers = inliers  # the calibrated inlier cut-off
         self.query = extract(decoded.image, decoded.width, decoded.height, max_keypoints=QUERY_KEYPOINTS)
         self.report = VerifyReport(query_keypoints=len(self.query))
         self.pool: list[SearchResult] = []
@@ -119,20 +183,22 @@ class CandidateVerifier:
                  if r.id not in self.report.checked and r.id not in self.report.unverifiable]
         if fresh:
             query = self.mirrored() if flipped else self.query
-            verify_stored(self.library, query, fresh, self.options,
+            verify_stored(self.library, query, fresh, self.options, self.inliers,
                           mirrored=None if flipped else self.mirrored, flipped=flipped, report=self.report)
         return len(self.report.results) - before
 
-    def verify_lookup(self, results: Sequence[SearchResult], embedder=None, regions: bool = True) -> None:
+    def verify_lookup(self, results: Sequence[SearchResult], embedder=None,
+                      query: SearchQuery = SearchQuery(regions=True)) -> None:
         """Verify the raw lookup's `results`; when nothing verifies and `embedder` is given,
-        also search with the mirrored query's embedding and verify what that finds."""
+        also search (as `query` does) with the mirrored query's embedding and verify what that
+        finds."""
         from .features import mirrored_image
 
         self.propose(results, "raw")
         if self.verified or embedder is None or not self.options.mirror_search or not len(self.query):
             return
         vector = embedder.encode_batch([embedder.prepare(mirrored_image(self.decoded.image))])
-        found = self.library.search(vector, self.options.candidates, 0, regions=regions).results
+        found = self.library.search(vector, replace(query, k=self.options.candidates, offset=0)).results
         self.propose(found, "mirrored", flipped=True)
         self.report.mirror_searched = True
 
@@ -141,15 +207,15 @@ class CandidateVerifier:
         return rank_verified(self.pool, self.report, query_sha256)
 
 
-def verify_stored(library: Library, query, results: Sequence[SearchResult], options: VerifyOptions,
+def verify_stored(library: Library, query, results: Sequence[SearchResult], options: VerifyOptions, inliers: int,
                   mirrored=None, flipped: bool = False, report: VerifyReport | None = None) -> VerifyReport:
-    """Verify the top candidates of `results` against query features `query` (see
-    `indexer.verify.verify_candidates`)."""
+    """Verify the top candidates of `results` against query features `query`, a copy from
+    `inliers` inliers on (see `indexer.verify.verify_candidates`)."""
     from .verify import verify_candidates
 
     top = [r.id for r in results[: options.candidates]]
     stored = library.features_of(top)
-    return verify_candidates(query, [(i, stored.get(i)) for i in top], library.inlier_cutoff().inliers,
+    return verify_candidates(query, [(i, stored.get(i)) for i in top], inliers,
                              mirrored=mirrored, options=options, flipped=flipped, report=report)
 
 
@@ -164,13 +230,3 @@ def rank_verified(results: Sequence[SearchResult], report: VerifyReport,
         return (1, -found.inliers, position) if found is not None else (2, 0, position)
 
     return tuple(result for _, result in sorted(enumerate(results), key=key))
-
-
-def finish_page(library: Library, page: SearchPage, decoded, data: bytes, limits: DecodeLimits,
-                report: VerifyReport | None, verify: VerifyOptions | None) -> SearchPage:
-    """Label `page` (with the verification `report` when verification ran) and say what ran."""
-    page = library.label(page, decoded.sha256, lambda: decode_image(data, limits).image,
-                         (decoded.width, decoded.height), verified=report)
-    summary = {"mode": "off"} if report is None else report.as_dict(library.inlier_cutoff().inliers,
-                                                                    verify.candidates)
-    return replace(page, verify=summary)

@@ -28,18 +28,24 @@ class RestoreSettings:
     pixel_model: str | None = None  # LOUPE_RESTORE_MODEL: a diffusers UNet2DModel; None: Loupe's own
     outpaint_model: str | None = None  # LOUPE_OUTPAINT_MODEL: a diffusers inpainting pipeline; None: off
     steps: int = 4  # LOUPE_RESTORE_STEPS: DDIM steps of the multi-step pixel stage
-    auto: str | None = None  # LOUPE_RESTORE_AUTO, e.g. "noise:pixel,unmatched:embedding"; None: the default (noise:pixel on CUDA, none on CPU)
+    # LOUPE_RESTORE_AUTO (e.g. "noise:pixel,unmatched:embedding"), parsed when the settings are read,
+    # as ((condition, stages), ...); None: the default for the stage models' device (noise:pixel on
+    # CUDA, none on CPU), resolved when they load.
+    auto: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RestoreSettings":
         raw = (env.get("LOUPE_RESTORE_STEPS") or "4").strip()
         if not raw.isdigit() or not 1 <= int(raw) <= 50:
             raise ConfigError(f"LOUPE_RESTORE_STEPS={raw!r} is not a whole number from 1 to 50")
+        from searchapp.restoration.stages import parse_policy  # light; moves with this class to searchapp
+
+        auto = (env.get("LOUPE_RESTORE_AUTO") or "").strip() or None
         return cls(
             pixel_model=(env.get("LOUPE_RESTORE_MODEL") or "").strip() or None,
             outpaint_model=(env.get("LOUPE_OUTPAINT_MODEL") or "").strip() or None,
             steps=int(raw),
-            auto=(env.get("LOUPE_RESTORE_AUTO") or "").strip() or None,
+            auto=None if auto is None else tuple(parse_policy(auto).items()),
         )
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from indexer.catalog import ImageRecord, JobRecord
+from indexer.query import DEFAULT_K, MAX_K, MAX_OFFSET, SearchQuery
 from indexer.roots import allowed_job_paths, relative_to_root
 
 from .errors import ApiError
@@ -22,9 +24,6 @@ from .services import service
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-MAX_K = 200
-DEFAULT_K = 20
-MAX_OFFSET = 10_000
 REGION_MODES = ("on", "off")
 VERIFY_MODES = ("on", "off")
 PATH_MODES = ("absolute", "relative")
@@ -65,7 +64,8 @@ def _float_param(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
-def _page_params() -> tuple[int, int, float | None]:
+def _page_params() -> SearchQuery:
+    """The page asked for (k, offset, min_score), as a query the search views complete."""
     k = _int_param("k", DEFAULT_K, 1, MAX_K)
     offset = _int_param("offset", 0, 0, MAX_OFFSET)
     _relative_paths()  # checked before any work
@@ -74,13 +74,11 @@ def _page_params() -> tuple[int, int, float | None]:
         min_score = None if raw in (None, "") else float(raw)
     except (TypeError, ValueError):
         raise ApiError(400, "bad_parameter", f"min_score must be a number, not {raw!r}") from None
-    return k, offset, min_score
+    return SearchQuery(k=k, offset=offset, min_score=min_score)
 
 
-def _results(page, min_score: float | None, **extra) -> dict:
+def _results(page, **extra) -> dict:
     body = page.as_dict()
-    if min_score is not None:
-        body["results"] = [r for r in body["results"] if r["score"] >= min_score]
     if _relative_paths():
         _make_relative(body["results"])
     body.update(extra)
@@ -114,13 +112,13 @@ def search_text():
         raise ApiError(400, "missing_query", "give the search text as ?q=...")
     if len(text) > 1000:
         raise ApiError(400, "bad_parameter", "the search text is longer than 1000 characters")
-    k, offset, min_score = _page_params()
-    return jsonify(_results(service().search_text(text, k, offset), min_score))
+    query = _page_params()
+    return jsonify(_results(service().search_text(text, query)))
 
 
 @bp.post("/search/image")
 def search_image():
-    k, offset, min_score = _page_params()
+    query = _page_params()
     restore = str(_param("restore", "auto"))
     if restore not in RESTORE_MODES:
         raise ApiError(400, "bad_parameter", f"restore must be one of {', '.join(RESTORE_MODES)}, not {restore!r}")
@@ -136,20 +134,21 @@ def search_image():
         if verify not in VERIFY_MODES:
             raise ApiError(400, "bad_parameter", f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
         verify = verify == "on"
+    query = replace(query, regions=use_regions, verify=service().verify_options(verify))
     upload = request.files.get("image")
     if upload is not None:
         data = upload.read()
         if not data:
             raise ApiError(400, "bad_image", "the uploaded image is empty")
-        page, report = service().search_upload(data, k, offset, regions=use_regions, restore=restore, verify=verify)
+        page, report = service().search_upload(data, query, restore=restore)
         restoration = report.as_dict()
     else:
         image_id = _param("image_id")
         if image_id is None:
             raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
-        page = service().search_image_id(parse_id(image_id), k, offset, regions=use_regions, verify=verify)
+        page = service().search_image_id(parse_id(image_id), query)
         restoration = {**RestorationReport(restore).as_dict(), "note": "an indexed picture is searched by its stored vector"}
-    return jsonify(_results(page, min_score, restoration=restoration))
+    return jsonify(_results(page, restoration=restoration))
 
 
 @bp.post("/generate")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from indexer.query import DEFAULT_K, MAX_K
+
 from .restoration.stages import CONDITIONS, COSTLY_STAGES, MODES, STAGES
 
 
@@ -29,9 +31,11 @@ PATHS_PARAM = {"name": "paths", "in": "query", "schema": {"enum": ["absolute", "
                "description": "relative: each path relative to the folder it was indexed from, not the server's "
                               "absolute path"}
 PAGE_PARAMS = [
-    {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
+    {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}},
     {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-    {"name": "min_score", "in": "query", "schema": {"type": "number"}},
+    {"name": "min_score", "in": "query", "schema": {"type": "number"},
+     "description": "results scoring below it are left out before the page is cut; `total` then counts those "
+                    "that reach it"},
     PATHS_PARAM,
 ]
 ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}  # searchapp.routing.MAX_ID

@@ -17,6 +17,7 @@ from indexer.embedder import configured_model, resolve_device
 from indexer.errors import NotIndexedError
 from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, set_decode_slots
 from indexer.library import Library, SearchPage
+from indexer.query import SearchQuery
 from indexer.settings import Settings
 from indexer.thumbnails import remove_thumbnail
 from indexer.vectorstore import faiss_build
@@ -185,7 +186,7 @@ class SearchService:
         """Each picture's `k` nearest indexed pictures (whole-picture search), as result JSON."""
         library = self.searchable_library()
         vectors = self.job_embedder.encode_images(images)  # background work: no request deadline
-        return [library.search(vector, k, 0).as_dict()["results"] for vector in vectors]
+        return [library.search(vector, SearchQuery(k=k)).as_dict()["results"] for vector in vectors]
 
     def searchable_library(self) -> Library:
         """The library, bound to the model, with the newest index another process saved."""
@@ -199,11 +200,12 @@ class SearchService:
         return library
 
     # -- queries -------------------------------------------------------------------------------
-    def search_text(self, text: str, k: int, offset: int) -> SearchPage:
+    def search_text(self, text: str, query: SearchQuery) -> SearchPage:
+        """`query`'s page of the pictures nearest to `text` (whole pictures: regions are for image queries)."""
         library = self.searchable_library()
         t0 = time.perf_counter()
-        query = self.embedder.encode_texts([text])
-        return library.search(query, k, offset, started=t0)
+        vector = self.embedder.encode_texts([text])
+        return library.search(vector, replace(query, regions=False, verify=None), started=t0)
 
     def verify_options(self, verify: bool | None = None):
         """The verification settings of an image search (None: verification off); `verify`
@@ -213,44 +215,42 @@ class SearchService:
         wanted = self.settings.verify if verify is None else verify
         return VerifyOptions(candidates=self.settings.verify_candidates) if wanted else None
 
-    def search_upload(self, data: bytes, k: int, offset: int, regions: bool = True, restore: str = "auto",
-                      verify: bool | None = None):
+    def search_upload(self, data: bytes, query: SearchQuery, restore: str = "auto"):
         """Reverse lookup of an uploaded picture with query restoration `restore`
-        (see `searchapp.restoration.pipeline`) and geometric verification: (page, RestorationReport)."""
+        (see `searchapp.restoration.pipeline`) and `query.verify`'s geometric verification:
+        (page, RestorationReport)."""
         from .restoration.pipeline import restored_lookup
 
         library = self.searchable_library()
-        return restored_lookup(library, self.embedder, data, k, offset, regions, self.upload_limits, mode=restore,
-                               restorers=self.restorers if restore != "off" else None,
-                               verify=self.verify_options(verify))
+        return restored_lookup(library, self.embedder, data, query, mode=restore,
+                               restorers=self.restorers if restore != "off" else None, limits=self.upload_limits)
 
-    def search_image_id(self, image_id: int, k: int, offset: int, regions: bool = True,
-                        verify: bool | None = None) -> SearchPage:
+    def search_image_id(self, image_id: int, query: SearchQuery) -> SearchPage:
         """More like an indexed image (its stored vector), the image itself left out; verified
-        with its stored local features."""
+        (`query.verify`) with its stored local features."""
         from indexer.lookup import rank_verified, verify_stored
 
         library = self.searchable_library()
         t0 = time.perf_counter()
+        calibration = library.calibration()
         vector = library.vector_of(image_id)
         record = library.image(image_id)
-        options = self.verify_options(verify)
-        depth = k + offset if options is None else max(k + offset, options.candidates)
-        page = library.search(vector, depth, 0, started=t0, regions=regions, exclude=[image_id])
+        options = query.verify
+        query = replace(query, exclude=(*query.exclude, image_id))
+        page = library.search(vector, query.candidates(), started=t0)
         report, summary = None, {"mode": "off"}
-        query = library.features_of([record.duplicate_of or image_id]).get(record.duplicate_of or image_id)
-        if options is not None and query is not None:
-            report = verify_stored(library, query, page.results, options)
+        features = library.features_of([record.duplicate_of or image_id]).get(record.duplicate_of or image_id)
+        if options is not None and features is not None:
+            report = verify_stored(library, features, page.results, options, calibration.inliers.inliers)
             page = replace(page, results=rank_verified(page.results, report, record.content_hash))
-            summary = report.as_dict(library.inlier_cutoff().inliers, options.candidates)
+            summary = report.as_dict(calibration.inliers.inliers, options.candidates)
         elif options is not None:
             summary = {"mode": "on", "note": "this picture has no local features yet (run loupe index)"}
-        page = replace(page, results=page.results[offset : offset + k])
-        page = library.label(page, record.content_hash,
+        page = replace(page, results=query.cut(page.results))
+        page = library.label(page, calibration.match, record.content_hash,
                              lambda: decode_image(library.read_image_bytes(image_id)).image,
                              (record.width, record.height), verified=report)
-        return replace(page, total=max(page.total - 1, 0), took_ms=(time.perf_counter() - t0) * 1000,
-                       verify=summary)
+        return replace(page, took_ms=(time.perf_counter() - t0) * 1000, verify=summary)
 
     # -- writes ----------------------------------------------------------------------------------
     def add_upload(self, data: bytes, filename: str) -> int:

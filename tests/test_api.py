@@ -90,6 +90,27 @@ def test_text_search_pages(client):
     assert 0 < len(some["results"]) < len(scores)
 
 
+def test_min_score_applies_before_paging(client):
+    """Results under min_score are left out before the page is cut: a page is full while more
+    results reach it, and `total` counts only those (text, and an image search whose
+    verification re-ranks)."""
+    everything = client.get("/api/search?q=a+cat&k=200").get_json()
+    scores = [r["score"] for r in everything["results"]]
+    cut = scores[len(scores) // 2]
+    above = [s for s in scores if s >= cut]
+    first = check_schema(client.get(f"/api/search?q=a+cat&k=3&min_score={cut!r}"), "/api/search")
+    assert [r["score"] for r in first["results"]] == above[:3] and first["total"] == len(above)
+    rest = client.get(f"/api/search?q=a+cat&k=200&offset=3&min_score={cut!r}").get_json()
+    assert [r["score"] for r in rest["results"]] == above[3:] and rest["total"] == len(above)
+
+    ranked = client.post("/api/search/image?k=200", json={"image_id": 1}).get_json()["results"]
+    cut = sorted(r["score"] for r in ranked)[len(ranked) // 2]
+    kept = [r["id"] for r in ranked if r["score"] >= cut]
+    page = check_schema(client.post(f"/api/search/image?k=3&min_score={cut!r}", json={"image_id": 1}),
+                        "/api/search/image", "post")
+    assert [r["id"] for r in page["results"]] == kept[:3] and page["total"] == len(kept)
+
+
 @pytest.mark.parametrize("query, message", [
     ("", "q="), ("q=x&k=0", "between 1 and 200"), ("q=x&k=201", "between 1 and 200"),
     ("q=x&k=ten", "integer"), ("q=x&offset=-1", "offset"), ("q=x&min_score=high", "min_score"),

@@ -48,7 +48,7 @@ def server(env, photos, settings, tmp_path):
     run_json(["index", str(photos), "--no-progress"], env)
     # auto's CUDA default (pixel denoising of noisy queries), so that the page's reconstruction
     # can be tested on a CPU, whose default runs no stage.
-    restore = replace(settings.restore, auto="noise:pixel")
+    restore = replace(settings.restore, auto=(("noise", ("pixel",)),))
     app = create_app({"LOUPE_SETTINGS": replace(settings, allowed_roots=(tmp_path,), restore=restore)})
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)

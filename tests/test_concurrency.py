@@ -139,6 +139,7 @@ def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photo
     start and end are recorded, so the test shows searches answered during the rebuild."""
     import indexer.mirror as mirror_module
     from indexer.library import Library
+    from indexer.query import SearchQuery
     from indexer.vectorstore import VectorStore, choose_index_spec
 
     run_json(["index", str(photos), "--no-progress"], env)
@@ -164,7 +165,7 @@ def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photo
         while not stop.is_set():
             started = time.perf_counter()
             try:
-                page = library.search(queries[i % len(queries)], k=5, regions=True)
+                page = library.search(queries[i % len(queries)], SearchQuery(k=5, regions=True))
                 answered.append((len(page.results), started, time.perf_counter()))
             except Exception as err:  # any failure mid-swap is the bug this test looks for
                 errors.append(repr(err))

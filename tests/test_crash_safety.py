@@ -24,6 +24,7 @@ from PIL import Image
 
 from helpers import catalog_rows, full_run, loupe_argv, run_json
 from indexer.library import Library
+from indexer.query import SearchQuery
 from indexer.vectorstore import VectorStore
 
 pytestmark = pytest.mark.slow
@@ -122,7 +123,7 @@ def _library_agrees_with_catalog(settings) -> set[int]:
         ids = library.store.ids().tolist()
         assert len(ids) == len(set(ids)) and set(ids) == indexed
         for image_id in sorted(indexed)[:40]:
-            assert library.search(library.vector_of(image_id), k=1).results[0].id == image_id
+            assert library.search(library.vector_of(image_id), SearchQuery(k=1)).results[0].id == image_id
         return indexed
     finally:
         library.close()

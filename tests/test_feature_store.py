@@ -80,6 +80,7 @@ def test_plain_lookup_verifies_a_rotated_copy_and_ranks_it_first(env, photos, em
     from PIL import Image
 
     from indexer.lookup import reverse_lookup
+    from indexer.query import SearchQuery
     from indexer.verify import VerifyOptions
 
     run_json(["index", str(photos), "--no-progress"], env)
@@ -92,12 +93,13 @@ def test_plain_lookup_verifies_a_rotated_copy_and_ranks_it_first(env, photos, em
     try:
         library.bind_model(embedder.identity)
         timings: dict[str, float] = {}
-        page = reverse_lookup(library, embedder, buffer.getvalue(), 3, timings=timings, verify=VerifyOptions())
+        page = reverse_lookup(library, embedder, buffer.getvalue(), SearchQuery(k=3, regions=True, verify=VerifyOptions()),
+                              timings=timings)
         first = page.results[0]
         assert "coins" in first.path and first.match == "near-duplicate" and page.copy_found
         assert abs(first.verification.rotation_deg + 8) < 1 and "verify" in timings
         assert page.verify["mode"] == "on" and page.verify["verified"] >= 1
-        plain = reverse_lookup(library, embedder, buffer.getvalue(), 3)
+        plain = reverse_lookup(library, embedder, buffer.getvalue(), SearchQuery(k=3, regions=True))
         assert plain.verify == {"mode": "off"} and all(r.verification is None for r in plain.results)
     finally:
         library.close()

@@ -170,18 +170,13 @@ def test_inlier_cutoff_is_calibrated_within_its_bounds():
 
 
 class _FeatureShelf:
-    """What `CandidateVerifier` asks of a library: stored features by id and the inlier cut-off."""
+    """What `CandidateVerifier` asks of a library: stored features by id."""
 
     def __init__(self, by_id):
         self.by_id = by_id
 
     def features_of(self, ids):
         return {i: self.by_id.get(i) for i in ids}
-
-    def inlier_cutoff(self):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(inliers=CUTOFF)
 
 
 def test_a_later_proposal_rises_only_as_a_verified_copy(photo_arrays, stored):
@@ -200,7 +195,7 @@ def test_a_later_proposal_rises_only_as_a_verified_copy(photo_arrays, stored):
     def results(*ids):
         return [SearchResult(i, f"/p/{i}.jpg", 0.5, 10, 10) for i in ids]
 
-    verifier = CandidateVerifier(_FeatureShelf(by_id), decoded, VerifyOptions(candidates=3))
+    verifier = CandidateVerifier(_FeatureShelf(by_id), decoded, VerifyOptions(candidates=3), CUTOFF)
     assert verifier.verdict is None  # nothing compared yet
     assert verifier.propose(results(*others[:3]), "raw") == 0 and verifier.verdict is False
     assert verifier.propose(results(others[3], others[0]), "restored") == 0  # unverified: behind the raw ones
@@ -213,6 +208,6 @@ def test_a_later_proposal_rises_only_as_a_verified_copy(photo_arrays, stored):
 
     flat = Image.new("RGB", (300, 200), (90, 90, 90))
     blank = CandidateVerifier(_FeatureShelf(by_id), SimpleNamespace(image=flat, width=300, height=200),
-                              VerifyOptions(candidates=3))
+                              VerifyOptions(candidates=3), CUTOFF)
     blank.propose(results(*others[:3]), "raw")
     assert blank.verdict is None  # no keypoints: nothing can be judged, the score cut-off decides

@@ -24,7 +24,8 @@ from searchapp.restoration.embedding import EmbeddingConfig, load_embedding_rest
 from searchapp.restoration.expansion import alpha_query_expansion
 from searchapp.restoration.fusion import fuse
 from searchapp.restoration.outpaint import KEEP, REPAINT, Outpainter, outpaint_canvas
-from searchapp.restoration.pipeline import Detection, parse_policy
+from searchapp.restoration.pipeline import Detection
+from searchapp.restoration.stages import parse_policy
 from searchapp.restoration.pixel import PixelRestorer, StageUnavailable, load_pixel_restorer, timestep_for
 
 TINY_UNET = UNetConfig(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
@@ -290,7 +291,7 @@ def restorable(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
     assert report["pixel"]["steps"] == report["embedding"]["steps"] == RESTORER_STEPS
     settings = Settings.from_env(env)
     # auto's CUDA default: on a CPU, the default runs no stage (the pixel stage exceeds the budget).
-    return Restorable(env, replace(settings, restore=replace(settings.restore, auto="noise:pixel")), photos)
+    return Restorable(env, replace(settings, restore=replace(settings.restore, auto=(("noise", ("pixel",)),))), photos)
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
@@ -368,7 +369,7 @@ def test_each_stage_by_name(restorable, stage):
 @pytest.mark.slow
 def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settings):
     run_json(["index", str(photos), "--no-progress"], env)
-    settings = replace(settings, restore=replace(settings.restore, auto="noise:pixel"))  # auto's CUDA default
+    settings = replace(settings, restore=replace(settings.restore, auto=(("noise", ("pixel",)),)))  # auto's CUDA default
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
     for stage, words in (("pixel", "train-restorer"), ("outpaint", "LOUPE_OUTPAINT_MODEL"),
                          ("embedding", "train-restorer")):
@@ -418,7 +419,7 @@ def test_noise_levels_are_recorded_at_index_time(env, photos, settings):
     run_json(["index", str(photos), "--no-progress"], env)
     library = open_library(settings)
     try:
-        profile = library.noise_profile()
+        profile = library.calibration().noise
         assert profile is not DEFAULT_PROFILE and 0 < profile.median <= profile.high
         record = library.image_by_path(str(sorted(photos.rglob("*-0.*"))[0]))
         assert record.noise_level is not None and record.noise_level >= 0
@@ -440,3 +441,48 @@ def test_a_configured_model_that_fails_to_load_is_skipped_by_auto(env, photos, t
     assert len(body["results"]) == 5
     response = _search(client, _noisy_upload(photos), restore="pixel")
     assert response.status_code == 503 and "LOUPE_RESTORE_MODEL" in response.get_json()["message"]
+
+
+def test_a_bad_restore_policy_stops_the_settings_the_app_and_serve(env, monkeypatch):
+    """LOUPE_RESTORE_AUTO is parsed with the settings: a typo stops `loupe serve` (and the app's
+    creation) with the variable named, rather than failing the first image search."""
+    import waitress
+
+    from indexer.errors import ConfigError
+    from indexer.settings import Settings
+
+    bad = {**env, "LOUPE_RESTORE_AUTO": "noise:pixle"}
+    with pytest.raises(ConfigError, match="LOUPE_RESTORE_AUTO part 'noise:pixle'"):
+        Settings.from_env(bad)
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="LOUPE_RESTORE_AUTO"):
+        create_app({"TESTING": True})
+
+    def never(*args, **kwargs):
+        raise AssertionError("served despite a bad LOUPE_RESTORE_AUTO")
+
+    monkeypatch.setattr(waitress, "serve", never)
+    code, out, err = run_cli(["serve", "--port", "0"], bad)
+    assert code == 1 and "LOUPE_RESTORE_AUTO part 'noise:pixle'" in err and "serving" not in out
+    good = Settings.from_env({**env, "LOUPE_RESTORE_AUTO": "noise:pixel+qe"})
+    assert good.restore.auto == (("noise", ("pixel", "qe")),)
+
+
+def test_each_stage_is_one_registry_entry(tmp_path):
+    """The registry gives the stage names, kinds and costs; `missing` says why a stage cannot
+    run without loading anything; the policy takes the settings' parsed LOUPE_RESTORE_AUTO."""
+    from indexer.settings import RestoreSettings
+    from searchapp.restoration.pipeline import Restorers
+    from searchapp.restoration.stages import COSTLY_STAGES, IMAGE_STAGES, MODES, REGISTRY, STAGES
+
+    assert STAGES == tuple(stage.name for stage in REGISTRY) and MODES == ("auto", "off") + STAGES
+    assert IMAGE_STAGES == {"outpaint", "blur", "pixel", "pixel-ddim"}
+    assert COSTLY_STAGES == {"outpaint", "pixel-ddim", "embedding"}
+    assert all(stage.needs for stage in REGISTRY)
+    bare = Restorers(RestoreSettings(), tmp_path, "cpu")
+    assert bare.policy == {} and Restorers(RestoreSettings(), tmp_path, "cuda").policy == {"noise": ("pixel",)}
+    assert "loupe train-restorer" in bare.missing("pixel", {}) and "LOUPE_OUTPAINT_MODEL" in bare.missing("outpaint", {})
+    assert "--stage embedding" in bare.missing("embedding", {})
+    assert bare.missing("blur", {}) is None and bare.missing("qe", {}) is None
+    assert Restorers(RestoreSettings(auto=(("crop", ("qe",)),)), tmp_path, "cuda").policy == {"crop": ("qe",)}

@@ -154,6 +154,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
     stored = library.stored_identity()
     store = library.store
     job = library.last_job()
+    calibration = library.calibration()
     report = {
         "images": library.counts(),
         "failures": [{"path": p, "error": e} for p, e in library.recent_failures()],
@@ -164,10 +165,10 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "index": {**store.describe(), "path": str(settings.index_path), "faiss": faiss_build()},
         "regions": {**library.regions.store.describe(), "path": str(settings.regions_path),
                     "scales": settings.regions.describe()},
-        "matching": library.match_cutoff().as_dict(),
+        "matching": calibration.match.as_dict(),
         "verification": {"enabled": settings.verify, "candidates": settings.verify_candidates,
-                         **library.inlier_cutoff().as_dict()},
-        "noise": library.noise_profile().as_dict(),
+                         **calibration.inliers.as_dict()},
+        "noise": calibration.noise.as_dict(),
         "device": resolve_device(settings.device),
         "database": redact_url(settings.database_url),
         "home": str(settings.home),

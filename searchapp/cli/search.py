@@ -9,12 +9,11 @@ from typing import TextIO
 
 from indexer.errors import ConfigError, NotIndexedError
 from indexer.factory import load_embedder, open_library
+from indexer.query import MAX_K, SearchQuery
 from indexer.settings import Settings
 
 from .arguments import non_negative_int, positive_int
 from .output import print_json
-
-MAX_K = 200
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -23,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     search = commands.add_parser("search", help="search by text or by image")
     search.add_argument("text", nargs="?", metavar="TEXT")
     search.add_argument("--image", type=Path, metavar="FILE", help="search with this picture instead of text")
-    search.add_argument("-k", type=positive_int, default=10, help="number of results (default 10, max 200)")
+    search.add_argument("-k", type=positive_int, default=10, help=f"number of results (default 10, max {MAX_K})")
     search.add_argument("--offset", type=non_negative_int, default=0)
     search.add_argument("--no-regions", action="store_true",
                         help="with --image: match whole pictures only, not their regions")
@@ -62,12 +61,12 @@ def cmd_search(settings: Settings, args, out: TextIO) -> int:
         data = read_file(Path(args.image), DecodeLimits()).data
         wanted = settings.verify if args.verify is None else args.verify == "on"
         verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
-        page, report = restored_lookup(library, embedder, data, k, args.offset, not args.no_regions,
-                                       mode=args.restore, restorers=restorers, verify=verify)
+        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify)
+        page, report = restored_lookup(library, embedder, data, query, mode=args.restore, restorers=restorers)
         restoration = {**report.as_dict(), "reconstruction": None}
     else:
         t0 = time.perf_counter()
-        page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
+        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset), started=t0)
     if args.json:
         print_json({**page.as_dict(), **({"restoration": restoration} if restoration is not None else {})}, out)
         return 0

@@ -1,0 +1,68 @@
+"""What a search asks for: one frozen `SearchQuery` that the CLI, the HTTP API, the service and
+the benchmarks build, and that `Library.search` and the reverse lookups take. The page bounds
+(`MAX_K`, `MAX_OFFSET`) are defined here and nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .verify import VerifyOptions
+
+MAX_K = 200  # results a page may hold
+DEFAULT_K = 20  # results a page holds when the client does not say (the HTTP API; the CLI has its own)
+MAX_OFFSET = 10_000  # the deepest page the HTTP API serves
+# `min_score` searches count the results that reach it down to the deepest page a client can ask
+# for; beyond that, `total` says how many were counted (the cost of a count stays that of a page).
+MAX_DEPTH = MAX_OFFSET + MAX_K
+SCORE_DIGITS = 6  # scores are reported (and held to min_score) at this many decimals
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One page of a search: the results ranked `offset + 1` to `offset + k`.
+
+    `regions`: search the regional index too (an image scores the best of its whole picture and
+    its regions); `exclude`: image ids left out; `min_score`: results scoring below it (as
+    reported, at SCORE_DIGITS decimals) are left out before paging, so a page is full while more
+    results reach it and `total` counts only those; `verify`: geometric verification of an
+    image query's top candidates (None: off; text queries ignore it). `filters` is reserved
+    for catalog filters (folder, date) and is empty today."""
+
+    k: int = DEFAULT_K
+    offset: int = 0
+    regions: bool = False
+    exclude: tuple[int, ...] = ()
+    min_score: float | None = None
+    verify: "VerifyOptions | None" = None
+    filters: tuple = ()  # reserved for catalog filters; nothing reads it yet
+
+    def __post_init__(self) -> None:
+        if self.k < 1:  # the page bounds a client may ask for (MAX_K, MAX_OFFSET) are checked where it asks
+            raise ValueError(f"k must be at least 1, not {self.k}")
+        if self.offset < 0:
+            raise ValueError(f"offset must not be negative, not {self.offset}")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    @property
+    def depth(self) -> int:
+        """How many ranked results the page needs: those before it and its own."""
+        return self.k + self.offset
+
+    def candidates(self, extra: int = 0) -> "SearchQuery":
+        """The query for the ranked pool a page is cut from: its depth (plus `extra`), and at
+        least the candidates verification looks at, from the first result."""
+        depth = self.depth + extra
+        if self.verify is not None:
+            depth = max(depth, self.verify.candidates)
+        return replace(self, k=depth, offset=0)
+
+    def admits(self, score: float) -> bool:
+        """Whether a result scoring `score` reaches `min_score` (always, without one)."""
+        return self.min_score is None or round(score, SCORE_DIGITS) >= self.min_score
+
+    def cut(self, results: tuple) -> tuple:
+        """This query's page of ranked `results`: those reaching min_score, from offset, k of them."""
+        kept = tuple(r for r in results if self.admits(r.score)) if self.min_score is not None else tuple(results)
+        return kept[self.offset : self.offset + self.k]
