@@ -136,13 +136,13 @@ class Embedding(Stage):
     """The conditional diffusion model over CLIP embeddings."""
 
     def missing(self, restorers, identity):
-        from .embedding import INFO_FILE, OWN_FOLDER
+        from .embedding import INFO_FILE, OWN_FOLDER, trained_for
 
         try:
             info = json.loads((restorers.home / OWN_FOLDER / INFO_FILE).read_text())
         except (OSError, ValueError):
             return "no embedding restorer: run `loupe train-restorer --stage embedding`"
-        if info.get("model") != identity:
+        if not trained_for(info, identity):
             return "the embedding restorer belongs to another model: train it again"
         return None
 
