@@ -19,21 +19,34 @@ def _errors(*codes: int) -> dict:
     return {str(code): _json(_ref("Error"), "error") for code in codes}
 
 
+MAX_K = 200  # the most results a page holds
+MAX_OFFSET = 10_000  # the deepest page start
+MAX_TEXT = 1000  # the longest search text, in characters
+SPACE_PATTERN = " \\t\\n\\r\\f\\v"  # the blanks a search text is trimmed of (searchapp.api.SPACE), as a regex class
+
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
 RETRY_LATER = {**_json(_ref("Error"), "too many generations waiting (`too_many_requests`)"), "headers": RETRY_AFTER}
 BUSY = {**_json(_ref("Error"), "`busy`: the model's queue is full or this request waited past its deadline; "
-                               "or another service is unavailable"), "headers": RETRY_AFTER}
+                               "`database_unavailable`, `weights_unavailable`"), "headers": RETRY_AFTER}
+IMAGE_SEARCH_UNAVAILABLE = {**_json(_ref("Error"), "`busy` (see Retry-After), `database_unavailable`, "
+                                                   "`weights_unavailable`, or `restore_unavailable`: the restoration "
+                                                   "stage asked for has no model here"), "headers": RETRY_AFTER}
+GENERATE_UNAVAILABLE = _json(_ref("Error"), "`generator_unavailable`: no generator is trained or configured; "
+                                            "`busy`, `database_unavailable`, `weights_unavailable`")
 
 
 PATHS_PARAM = {"name": "paths", "in": "query", "schema": {"enum": ["absolute", "relative"], "default": "absolute"},
                "description": "relative: each path relative to the folder it was indexed from, not the server's "
                               "absolute path"}
 PAGE_PARAMS = [
-    {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
-    {"name": "min_score", "in": "query", "schema": {"type": "number"}},
+    {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 20}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
+    {"name": "min_score", "in": "query", "schema": {"type": "number"},
+     "description": "leave out results scoring below this (cosine similarity, -1 to 1)"},
     PATHS_PARAM,
 ]
+K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_K}
+OFFSET_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
 ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}  # searchapp.routing.MAX_ID
 ID_PARAM = {"name": "image_id", "in": "path", "required": True, "schema": ID_SCHEMA}
 JOB_PARAM = {"name": "job_id", "in": "path", "required": True,
@@ -295,9 +308,9 @@ IMAGE_BODY = {
             "type": "object",
             "properties": {
                 "image": {"type": "string", "format": "binary"},
-                "k": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "restore": {"type": "string"},
+                "k": K_SCHEMA,
+                "offset": OFFSET_SCHEMA,
+                "restore": {"enum": list(MODES)},
             },
         }
     },
@@ -305,7 +318,7 @@ IMAGE_BODY = {
         "schema": {
             "type": "object",
             "required": ["image_id"],
-            "properties": {"image_id": ID_SCHEMA, "k": {"type": "integer"}, "offset": {"type": "integer"}},
+            "properties": {"image_id": ID_SCHEMA, "k": K_SCHEMA, "offset": OFFSET_SCHEMA},
         }
     },
 }
@@ -333,7 +346,9 @@ def openapi_document() -> dict:
             "/api/health": {"get": {"responses": {"200": _json(_ref("Health"), "service state")}}},
             "/api/search": {
                 "get": {
-                    "parameters": [{"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
+                    "parameters": [{"name": "q", "in": "query", "required": True, "description": "the search text",
+                                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT,
+                                               "pattern": f"[^{SPACE_PATTERN}]"}},
                                    *PAGE_PARAMS],
                     "security": READ,
                     "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 401, 403, 404, 409),
@@ -356,7 +371,7 @@ def openapi_document() -> dict:
                     "requestBody": {"required": True, "content": IMAGE_BODY},
                     "security": READ,
                     "responses": {"200": _json(_ref("ImageResults"), "best first"),
-                                  **_errors(400, 401, 403, 404, 409, 413), "503": BUSY},
+                                  **_errors(400, 401, 403, 404, 409, 413), "503": IMAGE_SEARCH_UNAVAILABLE},
                 }
             },
             "/api/generate": {
@@ -372,13 +387,16 @@ def openapi_document() -> dict:
                                    "generations wait or run at once (429 with Retry-After beyond)",
                     "responses": {"200": _json(_ref("GenerationJob"), "finished within `wait`"),
                                   "202": _json(_ref("GenerationJob"), "still running: poll Location"),
-                                  **_errors(400, 401, 403, 404, 413, 503), "429": RETRY_LATER},
+                                  **_errors(400, 401, 403, 404, 413), "429": RETRY_LATER,
+                                  "503": GENERATE_UNAVAILABLE},
                 }
             },
             "/api/images": {
                 "post": {
                     "security": BEARER,
-                    "requestBody": {"required": True, "content": {"multipart/form-data": IMAGE_BODY["multipart/form-data"]}},
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                        "type": "object", "required": ["image"],
+                        "properties": {"image": {"type": "string", "format": "binary"}}}}}},
                     "responses": {"201": _json(_ref("Image"), "the indexed image (or the original it duplicates)"),
                                   **_errors(400, 401, 403, 409, 413), "503": BUSY},
                 }
