@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 MAX_K = 200  # results a page may hold
 DEFAULT_K = 20  # results a page holds when the client does not say (the HTTP API; the CLI has its own)
 MAX_OFFSET = 10_000  # the deepest page the HTTP API serves
+MAX_TEXT = 1000  # the longest search text, in characters
+TEXT_BLANKS = " \t\n\r\f\v"  # what a search text is trimmed of; nothing else left means no text
 # `min_score` searches count the results that reach it down to the deepest page a client can ask
 # for; beyond that, `total` says how many were counted (the cost of a count stays that of a page).
 MAX_DEPTH = MAX_OFFSET + MAX_K

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
 from indexer.catalog import ImageRecord, JobRecord
-from indexer.query import DEFAULT_K, MAX_K, MAX_OFFSET, SearchQuery
+from indexer.query import DEFAULT_K, MAX_K, MAX_OFFSET, MAX_TEXT, TEXT_BLANKS, SearchQuery
 from indexer.roots import allowed_job_paths, relative_to_root
 
 from .errors import ApiError
@@ -18,7 +20,7 @@ from .openapi import openapi_document
 from .restoration.pipeline import RestorationReport
 from .restoration.stages import COSTLY_STAGES
 from .restoration.stages import MODES as RESTORE_MODES
-from .routing import parse_id
+from .routing import MAX_ID, parse_id
 from .security import WRITE, demand, require_token
 from .services import service
 
@@ -30,38 +32,60 @@ PATH_MODES = ("absolute", "relative")
 MAX_VARIATIONS = 8
 
 
-def _param(name: str, default=None):
-    """A parameter from the query string, the form, or a JSON body, in that order."""
-    if name in request.args:
-        return request.args[name]
-    if name in request.form:
-        return request.form[name]
+def _given(name: str) -> list:
+    """Every value of parameter `name`: from the query string, the form and a JSON body, in that order."""
+    values = request.args.getlist(name) + request.form.getlist(name)
     body = request.get_json(silent=True) if request.is_json else None
     if isinstance(body, dict) and name in body:
-        return body[name]
-    return default
+        values.append(body[name])
+    return values
+
+
+def _param(name: str, default=None, parse: Callable = lambda raw: raw):
+    """A parameter, parsed by `parse`. When it is given more than once (in the query and the
+    body, say), every value must parse, so nothing invalid is silently ignored; the first wins."""
+    values = [parse(raw) for raw in _given(name)]
+    return values[0] if values else default
 
 
 def _int_param(name: str, default: int, low: int, high: int) -> int:
-    raw = _param(name, default)
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ApiError(400, "bad_parameter", f"{name} must be an integer, not {raw!r}") from None
-    if not low <= value <= high:
-        raise ApiError(400, "bad_parameter", f"{name} must be between {low} and {high}, not {value}")
-    return value
+    def parse(raw) -> int:
+        try:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise TypeError
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ApiError(400, "bad_parameter", f"{name} must be an integer, not {raw!r}") from None
+        if not low <= value <= high:
+            raise ApiError(400, "bad_parameter", f"{name} must be between {low} and {high}, not {value}")
+        return value
+
+    return _param(name, default, parse)
 
 
-def _float_param(name: str, default: float, low: float, high: float) -> float:
-    raw = _param(name, default)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ApiError(400, "bad_parameter", f"{name} must be a number, not {raw!r}") from None
-    if not low <= value <= high:  # also refuses NaN
-        raise ApiError(400, "bad_parameter", f"{name} must be between {low} and {high}, not {value}")
-    return value
+def _float_param(name: str, default: float | None, low: float, high: float) -> float | None:
+    def parse(raw) -> float:
+        try:
+            if isinstance(raw, bool):
+                raise TypeError
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ApiError(400, "bad_parameter", f"{name} must be a number, not {raw!r}") from None
+        if not low <= value <= high:  # also refuses NaN
+            raise ApiError(400, "bad_parameter", f"{name} must be between {low} and {high}, not {value}")
+        return value
+
+    return _param(name, default, parse)
+
+
+def _choice_param(name: str, default: str | None, choices: tuple[str, ...]) -> str | None:
+    def parse(raw) -> str:
+        value = str(raw).lower() if isinstance(raw, str) else raw
+        if value not in choices:
+            raise ApiError(400, "bad_parameter", f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+        return value
+
+    return _param(name, default, parse)
 
 
 def _page_params() -> SearchQuery:
@@ -69,11 +93,7 @@ def _page_params() -> SearchQuery:
     k = _int_param("k", DEFAULT_K, 1, MAX_K)
     offset = _int_param("offset", 0, 0, MAX_OFFSET)
     _relative_paths()  # checked before any work
-    raw = _param("min_score")
-    try:
-        min_score = None if raw in (None, "") else float(raw)
-    except (TypeError, ValueError):
-        raise ApiError(400, "bad_parameter", f"min_score must be a number, not {raw!r}") from None
+    min_score = _float_param("min_score", None, -math.inf, math.inf)
     return SearchQuery(k=k, offset=offset, min_score=min_score)
 
 
@@ -88,10 +108,7 @@ def _results(page, **extra) -> dict:
 def _relative_paths() -> bool:
     """`paths=relative`: give each path relative to the folder it was indexed from (its job's
     root), not the server's absolute path; `absolute` (the default) keeps the contract's paths."""
-    mode = str(_param("paths", "absolute")).lower()
-    if mode not in PATH_MODES:
-        raise ApiError(400, "bad_parameter", f"paths must be one of {', '.join(PATH_MODES)}, not {mode!r}")
-    return mode == "relative"
+    return _choice_param("paths", "absolute", PATH_MODES) == "relative"
 
 
 def _make_relative(items: list[dict]) -> None:
@@ -107,11 +124,11 @@ def health():
 
 @bp.get("/search")
 def search_text():
-    text = (request.args.get("q") or "").strip()
+    text = (request.args.get("q") or "").strip(TEXT_BLANKS)
     if not text:
         raise ApiError(400, "missing_query", "give the search text as ?q=...")
-    if len(text) > 1000:
-        raise ApiError(400, "bad_parameter", "the search text is longer than 1000 characters")
+    if len(text) > MAX_TEXT:
+        raise ApiError(400, "bad_parameter", f"the search text is longer than {MAX_TEXT} characters")
     query = _page_params()
     return jsonify(_results(service().search_text(text, query)))
 
@@ -119,21 +136,12 @@ def search_text():
 @bp.post("/search/image")
 def search_image():
     query = _page_params()
-    restore = str(_param("restore", "auto"))
-    if restore not in RESTORE_MODES:
-        raise ApiError(400, "bad_parameter", f"restore must be one of {', '.join(RESTORE_MODES)}, not {restore!r}")
+    restore = _choice_param("restore", "auto", RESTORE_MODES)
     if restore in COSTLY_STAGES:  # diffusion runs or large models: as costly as a write
         demand(WRITE)
-    regions = str(_param("regions", "on")).lower()
-    if regions not in REGION_MODES:
-        raise ApiError(400, "bad_parameter", f"regions must be one of {', '.join(REGION_MODES)}, not {regions!r}")
-    use_regions = regions == "on"
-    verify = _param("verify")
-    if verify is not None:
-        verify = str(verify).lower()
-        if verify not in VERIFY_MODES:
-            raise ApiError(400, "bad_parameter", f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
-        verify = verify == "on"
+    use_regions = _choice_param("regions", "on", REGION_MODES) == "on"
+    verify = _choice_param("verify", None, VERIFY_MODES)
+    verify = None if verify is None else verify == "on"
     query = replace(query, regions=use_regions, verify=service().verify_options(verify))
     upload = request.files.get("image")
     if upload is not None:
@@ -228,6 +236,8 @@ def cancel_job(job_id: str):
     """Cancel a generation (gen-...) or a bulk indexing job of this server (a number: it stops
     after its current batch; what it wrote stays)."""
     if job_id.isdigit():
+        if not 1 <= int(job_id) <= MAX_ID:
+            raise ApiError(404, "not_found", f"no job with id {job_id}")
         service().jobs.cancel(int(job_id))
         return jsonify(job_json(_job(int(job_id))))
     return _generation_json(service().generations.cancel(job_id), job_id)

@@ -6,7 +6,8 @@ import logging
 
 from flask import Flask, jsonify, request
 from sqlalchemy.exc import DataError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from indexer import errors as loupe_errors
 
@@ -78,6 +79,24 @@ def _wants_json() -> bool:
             or request.accept_mimetypes.best == "application/json")
 
 
+def _methods_matching(app: Flask, methods) -> list[str]:
+    """Which of `methods` really have a route for this request's path. Werkzeug answers 405 when
+    another method's rule matches the path's shape even if a converter (an id out of range)
+    then refuses it; such a path matches nothing."""
+    adapter = app.url_map.bind_to_environ(request.environ)
+    allowed = []
+    for method in sorted(methods):
+        try:
+            adapter.match(method=method)
+        except RequestRedirect:
+            allowed.append(method)
+        except HTTPException:
+            continue
+        else:
+            allowed.append(method)
+    return allowed
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(err: ApiError):
@@ -92,6 +111,15 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
+        headers = None
+        if isinstance(err, MethodNotAllowed):
+            allowed = _methods_matching(app, err.valid_methods or ())
+            if not allowed:  # the path matches no route once its ids are checked: not a method problem
+                err = NotFound()
+            else:
+                headers = {"Allow": ", ".join(allowed)}  # RFC 9110: a 405 lists what is allowed
+                if not _wants_json():
+                    err.valid_methods = allowed
         if not _wants_json():
             return err
         code = (err.name or "error").lower().replace(" ", "_")
@@ -100,7 +128,7 @@ def init_app(app: Flask) -> None:
             404: f"no such endpoint: {request.method} {request.path}",
             405: f"{request.method} is not allowed on {request.path}",
         }
-        return error_response(err.code or 500, code, messages.get(err.code, err.description or err.name))
+        return error_response(err.code or 500, code, messages.get(err.code, err.description or err.name), headers)
 
     @app.errorhandler(OverflowError)
     @app.errorhandler(DataError)

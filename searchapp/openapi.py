@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from indexer.query import DEFAULT_K, MAX_K
+from indexer.query import DEFAULT_K, MAX_K, MAX_OFFSET, MAX_TEXT, TEXT_BLANKS
 
 from .restoration.stages import CONDITIONS, COSTLY_STAGES, MODES, STAGES
 
@@ -21,10 +21,17 @@ def _errors(*codes: int) -> dict:
     return {str(code): _json(_ref("Error"), "error") for code in codes}
 
 
+BLANKS_PATTERN = "".join(f"\\x{ord(c):02x}" for c in TEXT_BLANKS)  # as a regex class's members
+
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
 RETRY_LATER = {**_json(_ref("Error"), "too many generations waiting (`too_many_requests`)"), "headers": RETRY_AFTER}
 BUSY = {**_json(_ref("Error"), "`busy`: the model's queue is full or this request waited past its deadline; "
-                               "or another service is unavailable"), "headers": RETRY_AFTER}
+                               "`database_unavailable`, `weights_unavailable`"), "headers": RETRY_AFTER}
+IMAGE_SEARCH_UNAVAILABLE = {**_json(_ref("Error"), "`busy` (see Retry-After), `database_unavailable`, "
+                                                   "`weights_unavailable`, or `restore_unavailable`: the restoration "
+                                                   "stage asked for has no model here"), "headers": RETRY_AFTER}
+GENERATE_UNAVAILABLE = _json(_ref("Error"), "`generator_unavailable`: no generator is trained or configured; "
+                                            "`busy`, `database_unavailable`, `weights_unavailable`")
 
 
 PATHS_PARAM = {"name": "paths", "in": "query", "schema": {"enum": ["absolute", "relative"], "default": "absolute"},
@@ -32,12 +39,14 @@ PATHS_PARAM = {"name": "paths", "in": "query", "schema": {"enum": ["absolute", "
                               "absolute path"}
 PAGE_PARAMS = [
     {"name": "k", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
     {"name": "min_score", "in": "query", "schema": {"type": "number"},
      "description": "results scoring below it are left out before the page is cut; `total` then counts those "
                     "that reach it"},
     PATHS_PARAM,
 ]
+K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_K}
+OFFSET_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
 ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}  # searchapp.routing.MAX_ID
 ID_PARAM = {"name": "image_id", "in": "path", "required": True, "schema": ID_SCHEMA}
 JOB_PARAM = {"name": "job_id", "in": "path", "required": True,
@@ -299,9 +308,9 @@ IMAGE_BODY = {
             "type": "object",
             "properties": {
                 "image": {"type": "string", "format": "binary"},
-                "k": {"type": "integer"},
-                "offset": {"type": "integer"},
-                "restore": {"type": "string"},
+                "k": K_SCHEMA,
+                "offset": OFFSET_SCHEMA,
+                "restore": {"enum": list(MODES)},
             },
         }
     },
@@ -309,7 +318,7 @@ IMAGE_BODY = {
         "schema": {
             "type": "object",
             "required": ["image_id"],
-            "properties": {"image_id": ID_SCHEMA, "k": {"type": "integer"}, "offset": {"type": "integer"}},
+            "properties": {"image_id": ID_SCHEMA, "k": K_SCHEMA, "offset": OFFSET_SCHEMA},
         }
     },
 }
@@ -337,7 +346,9 @@ def openapi_document() -> dict:
             "/api/health": {"get": {"responses": {"200": _json(_ref("Health"), "service state")}}},
             "/api/search": {
                 "get": {
-                    "parameters": [{"name": "q", "in": "query", "required": True, "schema": {"type": "string"}},
+                    "parameters": [{"name": "q", "in": "query", "required": True, "description": "the search text",
+                                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT,
+                                               "pattern": f"[^{BLANKS_PATTERN}]"}},
                                    *PAGE_PARAMS],
                     "security": READ,
                     "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 401, 403, 404, 409),
@@ -360,7 +371,7 @@ def openapi_document() -> dict:
                     "requestBody": {"required": True, "content": IMAGE_BODY},
                     "security": READ,
                     "responses": {"200": _json(_ref("ImageResults"), "best first"),
-                                  **_errors(400, 401, 403, 404, 409, 413), "503": BUSY},
+                                  **_errors(400, 401, 403, 404, 409, 413), "503": IMAGE_SEARCH_UNAVAILABLE},
                 }
             },
             "/api/generate": {
@@ -376,13 +387,16 @@ def openapi_document() -> dict:
                                    "generations wait or run at once (429 with Retry-After beyond)",
                     "responses": {"200": _json(_ref("GenerationJob"), "finished within `wait`"),
                                   "202": _json(_ref("GenerationJob"), "still running: poll Location"),
-                                  **_errors(400, 401, 403, 404, 413, 503), "429": RETRY_LATER},
+                                  **_errors(400, 401, 403, 404, 413), "429": RETRY_LATER,
+                                  "503": GENERATE_UNAVAILABLE},
                 }
             },
             "/api/images": {
                 "post": {
                     "security": BEARER,
-                    "requestBody": {"required": True, "content": {"multipart/form-data": IMAGE_BODY["multipart/form-data"]}},
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                        "type": "object", "required": ["image"],
+                        "properties": {"image": {"type": "string", "format": "binary"}}}}}},
                     "responses": {"201": _json(_ref("Image"), "the indexed image (or the original it duplicates)"),
                                   **_errors(400, 401, 403, 409, 413), "503": BUSY},
                 }

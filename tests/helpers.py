@@ -39,6 +39,37 @@ def loupe_argv(config, *args) -> list[str]:
     return [sys.executable, "-c", LAUNCHER, str(config), *map(str, args)]
 
 
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(env: dict[str, str], config, port: int, *args: str):
+    """`loupe serve` in a child process on `port` with the tiny test model; returns the
+    process once /api/health answers."""
+    import subprocess
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen(loupe_argv(config, "serve", "--port", port, "--threads", "4", *args),
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"server did not start: {proc.stderr.read().decode(errors='replace')}")
+
+
 def run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """Run `loupe ARGS` (the console script's entry point) in-process; returns (exit status,
     stdout, stderr)."""

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import catalog_rows, full_run, loupe_argv, run_json
+from helpers import catalog_rows, free_port, full_run, run_json, start_server
 from indexer.library import Library
 from indexer.query import SearchQuery
 from indexer.vectorstore import VectorStore
@@ -75,26 +74,6 @@ def test_index_is_rebuilt_from_the_catalog_when_its_file_is_lost(env, photos, se
     assert not list(settings.index_path.parent.glob(".index.faiss.*.tmp"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_server(env, config, port):
-    proc = subprocess.Popen(loupe_argv(config, "serve", "--port", port, "--threads", "4"),
-                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):
-                return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"server did not start: {proc.stderr.read()}")
-
-
 def _post_image(base: str, data: bytes) -> int:
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
@@ -134,9 +113,9 @@ def test_sigkill_server_during_adds_and_removes(env, photos, settings, tiny_mode
     kill_rng = random.Random(5)
     acknowledged: set[int] = set()  # ids whose add the server confirmed and that were not removed
     for round_ in range(5 if full_run() else 2):
-        port = _free_port()
+        port = free_port()
         base = f"http://127.0.0.1:{port}"
-        server = _start_server(env, tiny_model_config, port)
+        server = start_server(env, tiny_model_config, port)
         stop = threading.Event()
 
         def writer(seed, base=base, stop=stop):
