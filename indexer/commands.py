@@ -64,6 +64,19 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     return 0
 
 
+def _page_json(page) -> dict:
+    """The search JSON with each result's web URLs, as `loupe search --json` always printed.
+    Interim: where this command moves into searchapp, `searchapp.urls.Urls.offline().page_json`
+    replaces it (the core keeps no routes)."""
+
+    def with_urls(result) -> dict:
+        body = result.as_dict()
+        head = {key: body.pop(key) for key in ("id", "path", "score", "width", "height")}
+        return {**head, "thumb_url": f"/images/{result.id}/thumb", "file_url": f"/images/{result.id}/file", **body}
+
+    return page.as_dict(with_urls)
+
+
 def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
     """`loupe search`. `image_lookup(library, embedder, data, k, offset, regions, verify)` →
     (page, report dict or None) replaces the plain reverse lookup (searchapp's restoration)."""
@@ -95,7 +108,7 @@ def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
         t0 = time.perf_counter()
         page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
     if args.json:
-        print_json({**page.as_dict(), **({"restoration": restoration} if restoration is not None else {})}, out)
+        print_json({**_page_json(page), **({"restoration": restoration} if restoration is not None else {})}, out)
         return 0
     if restoration is not None:
         print(_restoration_line(restoration), file=out)
@@ -182,6 +195,7 @@ def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
 
 def cmd_status(settings: Settings, args, out: TextIO) -> int:
     from .embedder import resolve_device
+    from .job_report import IndexingJobReport
     from .vectorstore import faiss_build
 
     library = open_library(settings)
@@ -205,18 +219,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "device": resolve_device(settings.device),
         "database": redact_url(settings.database_url),
         "home": str(settings.home),
-        "last_job": None
-        if job is None
-        else {
-            "id": job.id,
-            "state": job.state,
-            "added": job.added,
-            "duplicates": job.duplicates,
-            "skipped": job.skipped,
-            "failed": job.failed,
-            "missing": job.missing,
-            "seconds": round(job.seconds, 2),
-        },
+        "last_job": None if job is None else IndexingJobReport.of(job).brief(),
     }
     if args.json:
         print_json(report, out)

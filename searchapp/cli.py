@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from indexer import cli as indexer_cli
+
+if TYPE_CHECKING:
+    from .settings import ServiceSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -22,7 +27,7 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
                              "read and change the collection (the page says so)")
 
 
-def check_exposure(settings, host: str, insecure: bool) -> None:
+def check_exposure(settings: "ServiceSettings", host: str, insecure: bool) -> None:
     """Refuse a bind beyond loopback without an API token, unless the user said it is meant."""
     from indexer.errors import ConfigError
 
@@ -36,7 +41,7 @@ def check_exposure(settings, host: str, insecure: bool) -> None:
         )
 
 
-def cmd_serve(settings, args, out) -> int:
+def cmd_serve(settings: "ServiceSettings", args, out) -> int:
     from . import create_app
     from .security import AccessPolicy
 
@@ -44,7 +49,7 @@ def cmd_serve(settings, args, out) -> int:
     check_exposure(settings, args.host, insecure)
     app = create_app({"LOUPE_SETTINGS": settings, "LOUPE_SERVE_HOST": args.host})
     rules = AccessPolicy.create(settings, args.host)
-    print(f"loupe: serving {settings.home} on http://{args.host}:{args.port}/", file=out, flush=True)
+    print(f"loupe: serving {settings.core.home} on http://{args.host}:{args.port}/", file=out, flush=True)
     if rules.insecure:
         print("loupe: WARNING: no token: anyone who can reach this port can read and change the collection",
               file=out, flush=True)
@@ -67,12 +72,12 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-serve", action="store_true", help="index and search the samples, then exit")
 
 
-def cmd_demo(settings, args, out) -> int:
+def cmd_demo(settings: "ServiceSettings", args, out) -> int:
     """Index the sample photographs, run sample searches, then serve them."""
     from indexer.demo import run_demo
 
-    demo = run_demo(settings, out, progress=not args.no_progress)
-    return 0 if args.no_serve else cmd_serve(demo, args, out)
+    demo = run_demo(settings.core, out, progress=not args.no_progress)
+    return 0 if args.no_serve else cmd_serve(replace(settings, core=demo), args, out)
 
 
 def configure_train_generator(parser: argparse.ArgumentParser) -> None:
@@ -148,21 +153,22 @@ def configure_search(parser: argparse.ArgumentParser) -> None:
                              "help for what is detected; off; or one stage by name)")
 
 
-def cmd_search(settings, args, out) -> int:
+def cmd_search(settings: "ServiceSettings", args, out) -> int:
     """`loupe search`, with query restoration for image searches."""
     from indexer.commands import cmd_search as plain_search
     from indexer.embedder import resolve_device
 
     from .restoration.pipeline import Restorers, restored_lookup
 
-    restorers = Restorers(settings.restore, settings.home, resolve_device(args.device or settings.device))
+    core = settings.core
+    restorers = Restorers(settings.restore, core.home, resolve_device(args.device or core.device))
 
     def lookup(library, embedder, data, k, offset, regions, verify):
         page, report = restored_lookup(library, embedder, data, k, offset, regions, mode=args.restore,
                                        restorers=restorers, verify=verify)
         return page, {**report.as_dict(), "reconstruction": None}
 
-    return plain_search(settings, args, out, image_lookup=lookup)
+    return plain_search(core, args, out, image_lookup=lookup)
 
 
 def configure_train_restorer(parser: argparse.ArgumentParser) -> None:
@@ -237,8 +243,20 @@ EXTRA_COMMANDS: Mapping[str, indexer_cli.ExtraCommand] = {
 }
 
 
+SERVICE_COMMANDS = ("search", "serve", "demo")  # their handlers take `ServiceSettings`
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    return indexer_cli.main(argv, environ, extra=EXTRA_COMMANDS)
+    env = os.environ if environ is None else environ
+
+    def with_service_settings(handler):
+        from .settings import ServiceSettings
+
+        return lambda settings, args, out: handler(ServiceSettings.from_env(env, core=settings), args, out)
+
+    extra = {name: (text, configure, with_service_settings(handler) if name in SERVICE_COMMANDS else handler)
+             for name, (text, configure, handler) in EXTRA_COMMANDS.items()}
+    return indexer_cli.main(argv, environ, extra=extra)
 
 
 def run() -> None:

@@ -43,8 +43,8 @@ from indexer.library import Library, SearchPage
 from indexer.lookup import CandidateVerifier, finish_page, rank_verified
 from indexer.verify import VerifyOptions
 from indexer.noise import noise_levels
-from indexer.settings import RestoreSettings
 
+from ..settings import RestoreSettings
 from .fusion import fuse
 from .stages import CONDITIONS, IMAGE_STAGES, MODES, STAGES
 from .pixel import StageUnavailable
