@@ -64,22 +64,10 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     return 0
 
 
-def _page_json(page) -> dict:
-    """The search JSON with each result's web URLs, as `loupe search --json` always printed.
-    Interim: where this command moves into searchapp, `searchapp.urls.Urls.offline().page_json`
-    replaces it (the core keeps no routes)."""
-
-    def with_urls(result) -> dict:
-        body = result.as_dict()
-        head = {key: body.pop(key) for key in ("id", "path", "score", "width", "height")}
-        return {**head, "thumb_url": f"/images/{result.id}/thumb", "file_url": f"/images/{result.id}/file", **body}
-
-    return page.as_dict(with_urls)
-
-
-def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
+def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None, page_json=None) -> int:
     """`loupe search`. `image_lookup(library, embedder, data, k, offset, regions, verify)` →
-    (page, report dict or None) replaces the plain reverse lookup (searchapp's restoration)."""
+    (page, report dict or None) replaces the plain reverse lookup (searchapp's restoration);
+    `page_json(page)` → dict serialises the results (searchapp's adds the web URLs)."""
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either TEXT or --image FILE")
     if args.text is not None and not args.text.strip():
@@ -108,7 +96,8 @@ def cmd_search(settings: Settings, args, out: TextIO, image_lookup=None) -> int:
         t0 = time.perf_counter()
         page = library.search(embedder.encode_texts([args.text]), k=k, offset=args.offset, started=t0)
     if args.json:
-        print_json({**_page_json(page), **({"restoration": restoration} if restoration is not None else {})}, out)
+        body = page.as_dict() if page_json is None else page_json(page)
+        print_json({**body, **({"restoration": restoration} if restoration is not None else {})}, out)
         return 0
     if restoration is not None:
         print(_restoration_line(restoration), file=out)

@@ -159,6 +159,7 @@ def cmd_search(settings: "ServiceSettings", args, out) -> int:
     from indexer.embedder import resolve_device
 
     from .restoration.pipeline import Restorers, restored_lookup
+    from .urls import Urls
 
     core = settings.core
     restorers = Restorers(settings.restore, core.home, resolve_device(args.device or core.device))
@@ -168,7 +169,10 @@ def cmd_search(settings: "ServiceSettings", args, out) -> int:
                                        restorers=restorers, verify=verify)
         return page, {**report.as_dict(), "reconstruction": None}
 
-    return plain_search(core, args, out, image_lookup=lookup)
+    def page_json(page) -> dict:  # the web URLs with each result, built only for --json
+        return Urls.offline().page_json(page)
+
+    return plain_search(core, args, out, image_lookup=lookup, page_json=page_json)
 
 
 def configure_train_restorer(parser: argparse.ArgumentParser) -> None:
