@@ -230,6 +230,7 @@ def build_index(work: Path, name: str, env: dict, corpus_dir: Path, regions: str
     from indexer.jobs import IndexJob, IndexOptions
     from indexer.settings import Settings
     from searchapp.restoration.pipeline import Restorers
+    from searchapp.settings import RestoreSettings
 
     home = work / name
     home.mkdir()
@@ -252,7 +253,7 @@ def build_index(work: Path, name: str, env: dict, corpus_dir: Path, regions: str
             original_id[path] = record.duplicate_of or record.id
     vectors = len(library.store) + len(library.regions.store)
     size = sum(p.stat().st_size for p in (settings.index_path, settings.regions_path) if p.exists())
-    restorers = Restorers(settings.restore, home, "cpu")
+    restorers = Restorers(RestoreSettings.from_env(env), home, "cpu")
     return IndexedCorpus(library, embedder, restorers, original_id, seconds, summary.embedded, vectors, size)
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from .atomic import atomic_path, atomic_write
 from .errors import ConfigError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -331,14 +332,11 @@ def untrained_checkpoint(architecture: str, models_dir: Path) -> Path:
     path = models_dir / f"{safe_name}-untrained-seed{UNTRAINED_SEED}.pt"
     if path.is_file():
         return path
-    models_dir.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(UNTRAINED_SEED)
         model = open_clip.create_model(architecture, pretrained=None)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(model.state_dict(), tmp)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
     return path
 
 
@@ -359,12 +357,7 @@ def file_sha256(path: Path) -> str:
             digest.update(chunk)
     sha = digest.hexdigest()
     try:
-        sidecar.write_text(json.dumps({"key": key, "sha256": sha}))
+        atomic_write(sidecar, json.dumps({"key": key, "sha256": sha}))
     except OSError:  # a read-only checkpoint folder just means no cache
         pass
     return sha
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())

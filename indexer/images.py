@@ -19,8 +19,8 @@ from .errors import DecodeBusyError, ImageReadError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 _PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # MPO files open as JPEG
-# EXIF orientations 5-8 swap width and height.
-_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of a picture's display orientation (1-8)
+TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
                     f"image is {width}x{height} pixels, over the {limits.max_pixels}-pixel cap"
                 )
             orientation = _exif_orientation(img)
-            if orientation in _TRANSPOSED_ORIENTATIONS:
+            if orientation in TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
             if draft_size and fmt in ("JPEG", "MPO"):
                 img.draft("RGB", (draft_size, draft_size))
@@ -365,7 +365,7 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
 
 def _exif_orientation(img: Image.Image) -> int | None:
     try:
-        value = img.getexif().get(0x0112)
+        value = img.getexif().get(EXIF_ORIENTATION)
     except Exception:  # broken EXIF blocks are ignored, not fatal
         return None
     return value if isinstance(value, int) and 1 <= value <= 8 else None

@@ -77,23 +77,14 @@ class SearchResult:
     found_by: str | None = None  # restored image searches: "raw", "restored" or "both"
     verification: "Verification | None" = None  # image searches: the geometric evidence, when verified
 
-    @property
-    def thumb_url(self) -> str:
-        return f"/images/{self.id}/thumb"
-
-    @property
-    def file_url(self) -> str:
-        return f"/images/{self.id}/file"
-
     def as_dict(self) -> dict:
+        """The result's facts; the web service adds its URLs (`searchapp.urls`)."""
         body = {
             "id": self.id,
             "path": self.path,
             "score": round(self.score, SCORE_DIGITS),
             "width": self.width,
             "height": self.height,
-            "thumb_url": self.thumb_url,
-            "file_url": self.file_url,
         }
         if self.match is not None:
             body["match"] = self.match
@@ -112,8 +103,10 @@ class SearchPage:
     copy_found: bool | None = None  # image searches: whether a result is the query's picture
     verify: dict | None = None  # image searches: what verification did (None: not asked)
 
-    def as_dict(self) -> dict:
-        body = {"results": [r.as_dict() for r in self.results], "total": self.total, "took_ms": round(self.took_ms, 2)}
+    def as_dict(self, result_json: Callable[[SearchResult], dict] = SearchResult.as_dict) -> dict:
+        """The page's JSON; `result_json` serialises each result (searchapp adds URLs)."""
+        body = {"results": [result_json(r) for r in self.results], "total": self.total,
+                "took_ms": round(self.took_ms, 2)}
         if self.copy_found is not None:
             body["copy_found"] = self.copy_found
         if self.verify is not None:

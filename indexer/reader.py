@@ -34,7 +34,8 @@ from PIL import Image
 
 from . import features as local_features
 from .errors import ImageReadError, LoupeError
-from .images import DecodeLimits, content_hash, decode_image, read_file
+from .images import (EXIF_ORIENTATION, TRANSPOSED_ORIENTATIONS, DecodeLimits, content_hash, decode_image,
+                     read_file)
 from .regions import Box, RegionSpec, region_boxes
 
 log = logging.getLogger(__name__)
@@ -223,8 +224,6 @@ def device_reader_for(dataset: ImageFileDataset, device: str, decode: str) -> "D
 
 
 # -- the device reader ---------------------------------------------------------------------
-_TRANSPOSED = frozenset({5, 6, 7, 8})
-
 
 @dataclass(frozen=True)
 class JpegFile:
@@ -295,13 +294,13 @@ class DeviceJpegReader:
                 header = Image.open(io.BytesIO(raw.data))
                 fmt = header.format
                 width, height = header.size
-                orientation = header.getexif().get(0x0112) if fmt == "JPEG" else None
+                orientation = header.getexif().get(EXIF_ORIENTATION) if fmt == "JPEG" else None
         except (ImageReadError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             return self.cpu_reader.read(path)  # the CPU path words the error the same way as always
         if (fmt != "JPEG" or header.mode not in ("RGB", "L") or width * height > self.limits.max_pixels
                 or not jpeg_looks_complete(raw.data)):
             return self.cpu_reader.read(path)
-        if orientation in _TRANSPOSED:
+        if orientation in TRANSPOSED_ORIENTATIONS:
             width, height = height, width
         try:
             features = picture_features(decode_image(raw.data, self.limits, self.cpu_reader.draft_size))

@@ -22,52 +22,18 @@ def default_home(environ: Mapping[str, str]) -> Path:
 
 
 @dataclass(frozen=True)
-class RestoreSettings:
-    """The query-restoration stages' models and policy (see searchapp.restoration)."""
-
-    pixel_model: str | None = None  # LOUPE_RESTORE_MODEL: a diffusers UNet2DModel; None: Loupe's own
-    outpaint_model: str | None = None  # LOUPE_OUTPAINT_MODEL: a diffusers inpainting pipeline; None: off
-    steps: int = 4  # LOUPE_RESTORE_STEPS: DDIM steps of the multi-step pixel stage
-    # LOUPE_RESTORE_AUTO (e.g. "noise:pixel,unmatched:embedding"), parsed when the settings are read,
-    # as ((condition, stages), ...); None: the default for the stage models' device (noise:pixel on
-    # CUDA, none on CPU), resolved when they load.
-    auto: tuple[tuple[str, tuple[str, ...]], ...] | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "RestoreSettings":
-        raw = (env.get("LOUPE_RESTORE_STEPS") or "4").strip()
-        if not raw.isdigit() or not 1 <= int(raw) <= 50:
-            raise ConfigError(f"LOUPE_RESTORE_STEPS={raw!r} is not a whole number from 1 to 50")
-        from searchapp.restoration.stages import parse_policy  # light; moves with this class to searchapp
-
-        auto = (env.get("LOUPE_RESTORE_AUTO") or "").strip() or None
-        return cls(
-            pixel_model=(env.get("LOUPE_RESTORE_MODEL") or "").strip() or None,
-            outpaint_model=(env.get("LOUPE_OUTPAINT_MODEL") or "").strip() or None,
-            steps=int(raw),
-            auto=None if auto is None else tuple(parse_policy(auto).items()),
-        )
-
-
-@dataclass(frozen=True)
 class Settings:
-    """Where Loupe keeps its data and which model and device it uses."""
+    """Where Loupe keeps its data and which model and device it uses: what the core reads (the
+    web service's own settings are `searchapp.settings.ServiceSettings`)."""
 
     home: Path
     database_url: str = field(repr=False)  # may hold a password
     model: str = DEFAULT_MODEL
     pretrained: str = DEFAULT_PRETRAINED
     device: str = "auto"
-    api_token: str | None = field(default=None, repr=False)  # LOUPE_API_TOKEN: writes need it
-    read_token: str | None = field(default=None, repr=False)  # LOUPE_READ_TOKEN: reads need it (or the API token)
     allowed_roots: tuple[Path, ...] = ()  # LOUPE_ALLOWED_ROOTS: folders a job started over HTTP may index
-    trusted_hosts: tuple[str, ...] = ()  # LOUPE_TRUSTED_HOSTS: Host names the server answers besides loopback
     regions: RegionSpec = RegionSpec()
     index_mmap: str = "auto"  # map index files instead of reading them: auto, on, off
-    generate_model: str | None = None  # LOUPE_GENERATE_MODEL: a diffusers pipeline; None: Loupe's own
-    generated_ttl_hours: float = 168.0  # how long generated pictures are kept
-    generated_quota_mb: float = 1024.0  # LOUPE_GENERATED_QUOTA_MB: disk space generated pictures may take
-    restore: RestoreSettings = RestoreSettings()
     verify: bool = True  # LOUPE_VERIFY: geometric verification of image searches by default
     verify_candidates: int = 30  # LOUPE_VERIFY_CANDIDATES: top results verified per image search
 
@@ -82,24 +48,14 @@ class Settings:
         index_mmap = (env.get("LOUPE_INDEX_MMAP") or "auto").strip().lower()
         if index_mmap not in ("auto", "on", "off"):
             raise ConfigError(f"LOUPE_INDEX_MMAP={index_mmap!r} is not one of auto, on, off")
-        generated_ttl_hours = _positive(env, "LOUPE_GENERATED_TTL_HOURS", "168", "hours")
-        generated_quota_mb = _positive(env, "LOUPE_GENERATED_QUOTA_MB", "1024", "megabytes")
         return cls(
             index_mmap=index_mmap,
-            generate_model=(env.get("LOUPE_GENERATE_MODEL") or "").strip() or None,
-            generated_ttl_hours=generated_ttl_hours,
-            generated_quota_mb=generated_quota_mb,
-            restore=RestoreSettings.from_env(env),
             home=home,
             database_url=database_url,
             model=(env.get("LOUPE_MODEL") or DEFAULT_MODEL).strip(),
             pretrained=(env.get("LOUPE_PRETRAINED") or DEFAULT_PRETRAINED).strip(),
             device=device,
-            api_token=env.get("LOUPE_API_TOKEN") or None,
-            read_token=env.get("LOUPE_READ_TOKEN") or None,
             allowed_roots=parse_roots(env.get("LOUPE_ALLOWED_ROOTS")),
-            trusted_hosts=tuple(h.strip().lower() for h in (env.get("LOUPE_TRUSTED_HOSTS") or "").split(",")
-                                if h.strip()),
             regions=RegionSpec.parse(env.get("LOUPE_REGIONS"), env.get("LOUPE_REGION_PENALTY")),
             verify=_on_off(env, "LOUPE_VERIFY"),
             verify_candidates=_whole_number(env, "LOUPE_VERIFY_CANDIDATES", "30", 1, 200),
@@ -174,14 +130,3 @@ def _whole_number(env: Mapping[str, str], name: str, default: str, low: int, hig
         raise ConfigError(f"{name}={text!r} is not a whole number from {low} to {high}")
     return int(text)
 
-
-def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> float:
-    """The positive number `env[name]` (or `default`), else a ConfigError naming the variable."""
-    text = env.get(name) or default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:  # also refuses nan
-        raise ConfigError(f"{name}={text!r} is not a positive number of {unit}")
-    return value

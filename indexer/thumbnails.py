@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Callable
 
+from .atomic import atomic_path
 from .images import DecodeLimits, decode_image
 
 THUMB_SIZE = 320
@@ -58,13 +58,8 @@ def ensure_thumbnail(home: Path, image_id: int, read: Callable[[], bytes],
             return path
         image = decode_image(read(), limits, draft_size=THUMB_SIZE).image
         image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
+        with atomic_path(path) as tmp:
             image.save(tmp, format="JPEG", quality=85, optimize=True)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return path
 
 

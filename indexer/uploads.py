@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_write
 from .images import content_hash
 
 FOLDER = "uploads"
@@ -18,28 +18,12 @@ def upload_path(home: Path, data: bytes, suffix: str) -> Path:
 def store_upload(home: Path, data: bytes, suffix: str) -> Path:
     """Write `data` as an upload (once: the same bytes share one file) and return its path.
 
-    Written to a temporary file of its own name, fsynced, renamed into place and the folder
-    fsynced, so a crash leaves either the whole file or none, and two writers never share a
-    temporary file. Callers hold the writer lock."""
+    Written atomically (`indexer.atomic`), so a crash leaves either the whole file or none,
+    and two writers never share a temporary file. Callers hold the writer lock."""
     path = upload_path(home, data, suffix)
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    atomic_write(path, data)
     return path
 
 

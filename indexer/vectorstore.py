@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 EXACT_LIMIT = 50_000  # below this many vectors an exact flat index is fast enough
@@ -273,21 +275,8 @@ class VectorStore:
         """Write atomically: a temporary file in the same folder, fsync, rename, fsync folder."""
         import faiss
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with self._lock:
-                faiss.write_index(self._index, str(tmp))
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        with atomic_path(path) as tmp, self._lock:
+            faiss.write_index(self._index, str(tmp))
 
     def describe(self) -> dict:
         return {

@@ -26,10 +26,10 @@ class LoupeRequest(Request):
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """The Flask application. Settings come from the environment unless `test_config` gives
-    `LOUPE_SETTINGS` (an `indexer.settings.Settings`); `LOUPE_SERVE_HOST` (the interface
+    `LOUPE_SETTINGS` (a `searchapp.settings.ServiceSettings`); `LOUPE_SERVE_HOST` (the interface
     `loupe serve` binds; unset means loopback) decides what the access rules demand. Nothing
     heavy loads until a request needs it."""
-    from indexer.settings import Settings
+    from .settings import ServiceSettings
 
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.request_class = LoupeRequest
@@ -49,7 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     if app.config.get("LOUPE_SETTINGS") is None:
-        app.config["LOUPE_SETTINGS"] = Settings.from_env()
+        app.config["LOUPE_SETTINGS"] = ServiceSettings.from_env()
 
     from . import api, errors, files, pages, security, services
     from .routing import IdConverter

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 from dataclasses import replace
@@ -11,9 +10,9 @@ from typing import Callable
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from indexer.catalog import ImageRecord, JobRecord
+from indexer.job_report import IndexingJobReport
 from indexer.query import DEFAULT_K, MAX_K, MAX_OFFSET, MAX_TEXT, TEXT_BLANKS, SearchQuery
-from indexer.roots import allowed_job_paths, relative_to_root
+from indexer.roots import relative_to_root
 
 from .errors import ApiError
 from .openapi import openapi_document
@@ -23,6 +22,7 @@ from .restoration.stages import MODES as RESTORE_MODES
 from .routing import MAX_ID, parse_id
 from .security import WRITE, demand, require_token
 from .services import service
+from .urls import Urls
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -98,7 +98,7 @@ def _page_params() -> SearchQuery:
 
 
 def _results(page, **extra) -> dict:
-    body = page.as_dict()
+    body = Urls().page_json(page)
     if _relative_paths():
         _make_relative(body["results"])
     body.update(extra)
@@ -112,7 +112,7 @@ def _relative_paths() -> bool:
 
 
 def _make_relative(items: list[dict]) -> None:
-    roots = service().library.roots_of([item["id"] for item in items])
+    roots = service().indexed_roots([item["id"] for item in items])
     for item in items:
         item["path"] = relative_to_root(item["path"], roots.get(item["id"], []))
 
@@ -165,8 +165,6 @@ def generate():
     """Start "generate similar" on an upload or an indexed image; answers with the finished
     job when it ends within `wait` seconds (at most GENERATE_MAX_WAIT: 5 s) (200), else with the
     running job (202). It writes pictures to disk, so it needs the API token when one is set."""
-    from indexer.images import decode_image
-
     from .generation.backends import Variations
 
     request_ = Variations(
@@ -183,20 +181,15 @@ def generate():
         data = upload.read()
         if not data:
             raise ApiError(400, "bad_image", "the uploaded image is empty")
-        side = current_app.config["GENERATE_SOURCE_SIDE"]  # JPEGs decode straight to about that size
-        source_image = decode_image(data, service().upload_limits, draft_size=side).image
-        from indexer.images import content_hash
-
-        source = {"upload_sha256": content_hash(data)}
+        source_image, source = service().upload_source(data, current_app.config["GENERATE_SOURCE_SIDE"])
     else:
         image_id = _param("image_id")
         if image_id is None:
             raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
-        record = service().library.image(parse_id(image_id))
-        if record is None or record.status == "failed":
+        found = service().indexed_source(parse_id(image_id))
+        if found is None:
             raise ApiError(404, "not_found", f"no readable image with id {image_id}")
-        source_image = decode_image(service().library.read_image_bytes(record.id)).image
-        source = {"image_id": record.id}
+        source_image, source = found
     if not service().generator_configured():
         from .generation.backends import GeneratorUnavailable
 
@@ -224,7 +217,7 @@ def generation_status(job_id: str):
 @require_token
 def add_generated(job_id: str, number: int):
     """Index one generated picture, when a user asks (they are never indexed otherwise)."""
-    path = service().generations.store.image_path(job_id, f"{number}.png")
+    path = service().generated_picture(job_id, f"{number}.png")
     if path is None:
         raise ApiError(404, "not_found", "no such generated picture (they expire)")
     return _created(service().add_upload(path.read_bytes(), f"{job_id}-{number}.png"))
@@ -238,8 +231,8 @@ def cancel_job(job_id: str):
     if job_id.isdigit():
         if not 1 <= int(job_id) <= MAX_ID:
             raise ApiError(404, "not_found", f"no job with id {job_id}")
-        service().jobs.cancel(int(job_id))
-        return jsonify(job_json(_job(int(job_id))))
+        service().indexing_jobs.cancel(int(job_id))
+        return jsonify(_indexing_job(int(job_id)).as_dict())
     return _generation_json(service().generations.cancel(job_id), job_id)
 
 
@@ -251,10 +244,7 @@ def _generation_json(body: dict | None, job_id: str):
 
 @bp.get("/images/<id:image_id>")
 def image_metadata(image_id: int):
-    record = service().library.image(image_id)
-    if record is None:
-        raise ApiError(404, "not_found", f"no image with id {image_id}")
-    body = image_json(record)
+    body = _image_json(image_id)
     if _relative_paths():
         _make_relative([body])
     return jsonify(body)
@@ -274,7 +264,7 @@ def add_image():
 
 def _created(image_id: int):
     """201 with the indexed image and its Location."""
-    response = jsonify(image_json(service().library.image(image_id)))
+    response = jsonify(_image_json(image_id))
     response.status_code = 201
     response.headers["Location"] = url_for("api.image_metadata", image_id=image_id)
     return response
@@ -297,16 +287,16 @@ def start_job():
     if not all(Path(p).is_absolute() for p in paths):
         raise ApiError(400, "bad_parameter", "job paths must be absolute paths on the server")
     # Refused alike whether a path outside the allowed roots exists or not; the job indexes real paths.
-    job_id = service().jobs.start(allowed_job_paths(paths, service().settings.allowed_roots))
-    response = jsonify(job_json(_job(job_id)))
+    job_id = service().start_indexing(paths)
+    response = jsonify(_indexing_job(job_id).as_dict())
     response.status_code = 202
-    response.headers["Location"] = url_for("api.job_status", job_id=job_id)
+    response.headers["Location"] = url_for("api.indexing_job_status", job_id=job_id)
     return response
 
 
 @bp.get("/jobs/<id:job_id>")
-def job_status(job_id: int):
-    return jsonify(job_json(_job(job_id)))
+def indexing_job_status(job_id: int):
+    return jsonify(_indexing_job(job_id).as_dict())
 
 
 @bp.get("/openapi.json")
@@ -314,48 +304,16 @@ def openapi():
     return jsonify(openapi_document())
 
 
-def _job(job_id: int) -> JobRecord:
-    with service().library.sessions() as session:
-        job = session.get(JobRecord, job_id)
+def _indexing_job(job_id: int) -> IndexingJobReport:
+    job = service().indexing_job(job_id)
     if job is None:
         raise ApiError(404, "not_found", f"no job with id {job_id}")
     return job
 
 
-def image_json(record: ImageRecord) -> dict:
-    return {
-        "id": record.id,
-        "path": record.path,
-        "status": record.status,
-        "width": record.width,
-        "height": record.height,
-        "format": record.format,
-        "size_bytes": record.size_bytes,
-        "content_hash": record.content_hash,
-        "duplicate_of": record.duplicate_of,
-        "error": record.error,
-        "missing": record.missing_since is not None,
-        "indexed_at": record.indexed_at.isoformat() if record.indexed_at else None,
-        "thumb_url": f"/images/{record.id}/thumb",
-        "file_url": f"/images/{record.id}/file",
-    }
-
-
-def job_json(job: JobRecord) -> dict:
-    done = job.added + job.duplicates + job.failed + job.skipped
-    return {
-        "id": job.id,
-        "state": job.state,
-        "roots": json.loads(job.roots),
-        "files_seen": job.files_seen,
-        "added": job.added,
-        "duplicates": job.duplicates,
-        "skipped": job.skipped,
-        "failed": job.failed,
-        "missing": job.missing,
-        "progress": round(done / job.files_seen, 4) if job.files_seen else 0.0,
-        "seconds": round(job.seconds, 3),
-        "error": job.error,
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
+def _image_json(image_id: int) -> dict:
+    """An image's catalog facts and its URLs."""
+    facts = service().image_facts(image_id)
+    if facts is None:
+        raise ApiError(404, "not_found", f"no image with id {image_id}")
+    return {**facts, **Urls().image(image_id)}

@@ -9,13 +9,13 @@ from typing import BinaryIO
 from flask import Blueprint, Response, request, send_file
 from werkzeug.wsgi import wrap_file
 
-from indexer.catalog import ImageRecord, ImageStatus
+from indexer.catalog import ImageStatus
 from indexer.errors import FileChangedError, FileMissingError, ImageReadError
 from indexer.images import DecodeLimits, read_open_file
-from indexer.thumbnails import THUMB_SIZE, ensure_thumbnail
+from indexer.thumbnails import THUMB_SIZE
 
 from .errors import ApiError
-from .services import service
+from .services import ServedFile, service
 
 bp = Blueprint("files", __name__)
 
@@ -32,8 +32,8 @@ FILE_CACHE = f"private, max-age={ONE_DAY}"
 THUMB_CACHE = f"private, max-age={30 * ONE_DAY}, immutable"
 
 
-def _catalogued(image_id: int) -> ImageRecord:
-    record = service().library.image(image_id)
+def _catalogued(image_id: int) -> ServedFile:
+    record = service().served_file(image_id)
     if record is None:
         raise ApiError(404, "not_found", f"no image with id {image_id}")
     if record.status == ImageStatus.FAILED or record.format not in MIMETYPES:
@@ -41,10 +41,10 @@ def _catalogued(image_id: int) -> ImageRecord:
     return record
 
 
-def _open(record: ImageRecord) -> BinaryIO:
+def _open(record: ServedFile) -> BinaryIO:
     """The image's file, if it is still the one that was indexed; else 404 (the row is flagged)."""
     try:
-        return service().library.open_image(record)
+        return service().open_file(record)
     except FileMissingError:
         raise ApiError(404, "file_missing", f"the file of image {record.id} is no longer where it was indexed") from None
     except FileChangedError:
@@ -73,7 +73,7 @@ def image_thumb(image_id: int):
             return read_open_file(fh, DecodeLimits()).data
 
         try:
-            thumb = ensure_thumbnail(service().settings.home, image_id, read)
+            thumb = service().thumbnail(image_id, read)
         except ImageReadError as err:
             raise ApiError(404, "bad_image", f"cannot make a thumbnail of image {image_id}: {err}") from err
     # An id's content never changes (a changed file gets a new id), so thumbnails are immutable.
@@ -86,7 +86,7 @@ def image_thumb(image_id: int):
 @bp.get("/generated/<job_id>/<name>")
 def generated_image(job_id: str, name: str):
     """A generated picture (never indexed; expires with its job)."""
-    path = service().generations.store.image_path(job_id, name)
+    path = service().generated_picture(job_id, name)
     if path is None:
         raise ApiError(404, "not_found", "no such generated picture (they expire)")
     response = send_file(path, mimetype="image/png", conditional=True, max_age=ONE_DAY)

@@ -18,7 +18,7 @@ def search_page():
               "signed_in": held.by_cookie and held.role is not None,
               "can_write": not rules.writes_protected or held.role == WRITE}
     return render_template("search.html", health=service().health(), access=access,
-                           running_job=service().jobs.running_id)
+                           running_job=service().indexing_jobs.running_id)
 
 
 @bp.get("/login")

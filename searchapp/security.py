@@ -61,7 +61,7 @@ class AccessPolicy:
 
     @classmethod
     def create(cls, settings, bind_host: str | None = None) -> "AccessPolicy":
-        """The policy for `settings` served on `bind_host` (None: loopback, as in tests).
+        """The policy for `settings` (`searchapp.settings.ServiceSettings`) served on `bind_host` (None: loopback, as in tests).
 
         Beyond loopback, reads need a token too: LOUPE_READ_TOKEN when set, else the API token
         (`loupe serve` refuses such a bind without the API token unless told it is insecure)."""

@@ -5,25 +5,30 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import BinaryIO
 
 from flask import Flask, current_app
 
 from indexer.factory import load_embedder, open_library
 from indexer.embedder import configured_model, resolve_device
 from indexer.errors import NotIndexedError
-from indexer.images import DecodeLimits, IMAGE_SUFFIXES, decode_image, set_decode_slots
+from indexer.catalog import ImageRecord, ImageStatus, JobRecord
+from indexer.images import DecodeLimits, IMAGE_SUFFIXES, content_hash, decode_image, set_decode_slots
+from indexer.job_report import IndexingJobReport
 from indexer.library import Library, SearchPage
 from indexer.query import SearchQuery
-from indexer.settings import Settings
-from indexer.thumbnails import remove_thumbnail
+from indexer.roots import allowed_job_paths
+from indexer.thumbnails import ensure_thumbnail, remove_thumbnail
 from indexer.vectorstore import faiss_build
 
 from .errors import Busy
-from .jobs import JobRunner
+from .indexing_jobs import IndexingJobs
+from .settings import ServiceSettings
+from .urls import Urls
 
 EXTENSION = "loupe"
 DECODE_WAIT_SECONDS = 30.0  # how long an upload waits for a decode slot before 503 busy
@@ -107,9 +112,11 @@ class ConfinedEmbedder:
 class SearchService:
     """Everything a request needs, created on first use (never at import or app creation)."""
 
-    def __init__(self, settings: Settings, upload_limits: DecodeLimits, model_thread: ModelThread | None = None,
-                 generation_limits=None):
-        self.settings = settings
+    def __init__(self, settings: ServiceSettings, upload_limits: DecodeLimits, model_thread: ModelThread | None = None,
+                 generation_limits=None, urls: Urls | None = None):
+        self.service_settings = settings
+        self.settings = settings.core  # what the library and the model read
+        self.urls = urls or Urls.offline()  # background work (generation) has no request to build URLs from
         self.upload_limits = upload_limits
         self._init_lock = threading.Lock()
         self.model_thread = model_thread or ModelThread()
@@ -117,7 +124,7 @@ class SearchService:
         self.write_lock = threading.Lock()  # one writer (add, remove, job) in this process
         self._library: Library | None = None
         self._embedder = None
-        self.jobs = JobRunner(self)
+        self.indexing_jobs = IndexingJobs(self)
         self._generations = None
         self._restorers = None
 
@@ -154,14 +161,16 @@ class SearchService:
                     from .generation.jobs import GenerationJobs
                     from .generation.store import GeneratedStore
 
-                    store = GeneratedStore(self.settings.home, self.settings.generated_ttl_hours * 3600,
-                                           quota_bytes=int(self.settings.generated_quota_mb * 2**20))
+                    own = self.service_settings
+                    store = GeneratedStore(self.settings.home, own.generated_ttl_hours * 3600,
+                                           quota_bytes=int(own.generated_quota_mb * 2**20))
                     device = resolve_device(self.settings.device)
                     self._generations = GenerationJobs(
                         store,
-                        lambda: load_generator(self.settings.generate_model, self.settings.home, device),
+                        lambda: load_generator(own.generate_model, self.settings.home, device),
                         self.nearest_indexed,
                         limits=self.generation_limits,
+                        picture_url=self.urls.generated,
                     )
         return self._generations
 
@@ -173,20 +182,20 @@ class SearchService:
                 if self._restorers is None:
                     from .restoration.pipeline import Restorers
 
-                    self._restorers = Restorers(self.settings.restore, self.settings.home,
+                    self._restorers = Restorers(self.service_settings.restore, self.settings.home,
                                                 resolve_device(self.settings.device), run=self.model_thread.call)
         return self._restorers
 
     def generator_configured(self) -> bool:
         from .generation.backends import generator_configured
 
-        return generator_configured(self.settings.generate_model, self.settings.home)
+        return generator_configured(self.service_settings.generate_model, self.settings.home)
 
     def nearest_indexed(self, images, k: int = 6) -> list[list[dict]]:
         """Each picture's `k` nearest indexed pictures (whole-picture search), as result JSON."""
         library = self.searchable_library()
         vectors = self.job_embedder.encode_images(images)  # background work: no request deadline
-        return [library.search(vector, SearchQuery(k=k)).as_dict()["results"] for vector in vectors]
+        return [self.urls.page_json(library.search(vector, SearchQuery(k=k)))["results"] for vector in vectors]
 
     def searchable_library(self) -> Library:
         """The library, bound to the model, with the newest index another process saved."""
@@ -265,10 +274,10 @@ class SearchService:
         suffix = Path(filename or "").suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
             suffix = "." + decoded.format.lower().replace("jpeg", "jpg")
-        with self.jobs.writer():
+        with self.indexing_jobs.writer():
             path = store_upload(self.settings.home, data, suffix)
-            self.jobs.index_locked([path])
-        self.jobs.calibration.request()
+            self.indexing_jobs.index_locked([path])
+        self.indexing_jobs.calibration.request()
         record = self.library.image_by_path(str(path))
         return record.duplicate_of or record.id
 
@@ -277,7 +286,7 @@ class SearchService:
         from indexer.uploads import discard_upload
         from indexer.writer import apply_delta, retire_all
 
-        with self.jobs.writer():
+        with self.indexing_jobs.writer():
             library = self.library
             with library.writer():
                 library.sync_store()
@@ -290,7 +299,57 @@ class SearchService:
             remove_thumbnail(self.settings.home, image_id)
             discard_upload(self.settings.home, path)
 
+    def start_indexing(self, paths: list[str]) -> int:
+        """Start a bulk indexing job over `paths` (absolute, inside LOUPE_ALLOWED_ROOTS when set);
+        returns its id once it is recorded."""
+        return self.indexing_jobs.start(allowed_job_paths(paths, self.settings.allowed_roots))
+
+    # -- generation sources ----------------------------------------------------------------------
+    def upload_source(self, data: bytes, side: int):
+        """An uploaded picture as a generation source: (picture, source JSON)."""
+        image = decode_image(data, self.upload_limits, draft_size=side).image  # JPEGs decode straight to about `side`
+        return image, {"upload_sha256": content_hash(data)}
+
+    def indexed_source(self, image_id: int):
+        """An indexed picture as a generation source: (picture, source JSON), or None when there
+        is no readable image with that id."""
+        record = self.library.image(image_id)
+        if record is None or record.status == ImageStatus.FAILED:
+            return None
+        return decode_image(self.library.read_image_bytes(record.id)).image, {"image_id": record.id}
+
+    def generated_picture(self, job_id: str, name: str) -> Path | None:
+        """A generated picture's file, while its job has not expired."""
+        return self.generations.store.image_path(job_id, name)
+
     # -- facts -----------------------------------------------------------------------------------
+    def image_facts(self, image_id: int) -> dict | None:
+        """An image's catalog facts as JSON (None: no such image)."""
+        record = self.library.image(image_id)
+        return None if record is None else catalog_facts(record)
+
+    def served_file(self, image_id: int) -> "ServedFile | None":
+        """What the file routes need of a catalogued image (None: no such image)."""
+        record = self.library.image(image_id)
+        return None if record is None else ServedFile.of(record)
+
+    def open_file(self, served: "ServedFile") -> BinaryIO:
+        """The image's file, if it is still the one that was indexed (`Library.open_image`)."""
+        return self.library.open_image(served)
+
+    def thumbnail(self, image_id: int, read) -> Path:
+        """The cached thumbnail of an image, made from the bytes `read()` gives if needed."""
+        return ensure_thumbnail(self.settings.home, image_id, read)
+
+    def indexed_roots(self, image_ids: list[int]) -> dict[int, list[str]]:
+        """Each image's indexed roots (the folders its job indexed)."""
+        return self.library.roots_of(image_ids)
+
+    def indexing_job(self, job_id: int) -> IndexingJobReport | None:
+        with self.library.sessions() as session:
+            job = session.get(JobRecord, job_id)
+        return None if job is None else IndexingJobReport.of(job)
+
     def health(self) -> dict:
         library = self.library
         identity = library.stored_identity()
@@ -306,17 +365,51 @@ class SearchService:
         }
 
 
+@dataclass(frozen=True)
+class ServedFile:
+    """A catalogued image's file as the file routes serve it."""
+
+    id: int
+    status: str
+    format: str | None
+    size_bytes: int
+    mtime_ns: int
+    path: str = field(repr=False)
+
+    @classmethod
+    def of(cls, record: ImageRecord) -> "ServedFile":
+        return cls(record.id, record.status, record.format, record.size_bytes, record.mtime_ns, record.path)
+
+
+def catalog_facts(record: ImageRecord) -> dict:
+    """An image's catalog row as JSON (the web service adds its URLs)."""
+    return {
+        "id": record.id,
+        "path": record.path,
+        "status": record.status,
+        "width": record.width,
+        "height": record.height,
+        "format": record.format,
+        "size_bytes": record.size_bytes,
+        "content_hash": record.content_hash,
+        "duplicate_of": record.duplicate_of,
+        "error": record.error,
+        "missing": record.missing_since is not None,
+        "indexed_at": record.indexed_at.isoformat() if record.indexed_at else None,
+    }
+
+
 def init_app(app: Flask) -> None:
     from .generation.jobs import GenerationLimits
 
-    settings = app.config.get("LOUPE_SETTINGS") or Settings.from_env()
+    settings = app.config.get("LOUPE_SETTINGS") or ServiceSettings.from_env()
     limits = DecodeLimits(max_file_bytes=app.config["MAX_CONTENT_LENGTH"], max_pixels=app.config["MAX_UPLOAD_PIXELS"],
                           max_decode_bytes=app.config["MAX_UPLOAD_DECODE_BYTES"], wait_seconds=DECODE_WAIT_SECONDS)
     set_decode_slots(app.config["MAX_CONCURRENT_DECODES"])
     model_thread = ModelThread(max_pending=app.config["MODEL_QUEUE_LIMIT"], deadline=app.config["MODEL_DEADLINE_SECONDS"])
     generation = GenerationLimits(max_pending=app.config["GENERATE_QUEUE_LIMIT"],
                                   source_side=app.config["GENERATE_SOURCE_SIDE"])
-    app.extensions[EXTENSION] = SearchService(settings, limits, model_thread, generation)
+    app.extensions[EXTENSION] = SearchService(settings, limits, model_thread, generation, Urls.of_app(app))
 
 
 def service() -> SearchService:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from helpers import assert_index_matches_catalog, check_schema, gradient_png, run_json
 from searchapp import create_app
+from searchapp.settings import ServiceSettings
 
 
 @pytest.fixture
@@ -22,7 +23,9 @@ def indexed(env, photos):
 
 
 def make_app(settings, **config):
-    return create_app({"TESTING": True, "LOUPE_SETTINGS": settings, **config})
+    """The app on `settings`: the service's own, or the core's with the service's defaults."""
+    service = settings if isinstance(settings, ServiceSettings) else ServiceSettings(settings)
+    return create_app({"TESTING": True, "LOUPE_SETTINGS": service, **config})
 
 
 @pytest.fixture
@@ -327,9 +330,7 @@ def test_bulk_job_bad_input(client, body, message, tmp_path):
 
 
 def test_write_endpoints_need_the_token_when_set(indexed, settings, photos):
-    from dataclasses import replace
-
-    client = make_app(replace(settings, api_token="s3cret-token")).test_client()
+    client = make_app(ServiceSettings(settings, api_token="s3cret-token")).test_client()
     for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 403),
                             ({"Authorization": "Basic s3cret-token"}, 401)):
         assert client.delete("/api/images/1", headers=headers).status_code == status
@@ -414,19 +415,18 @@ def test_serve_never_enables_debug(settings, monkeypatch):
     monkeypatch.setattr(waitress, "serve", lambda app, **kw: seen.update(app=app, kw=kw))
     monkeypatch.setattr(flask.Flask, "run", lambda self, **kw: seen.update(dev_app=self, dev_kw=kw))
     args = argparse.Namespace(host="127.0.0.1", port=0, threads=2, dev=False)
-    assert cmd_serve(settings, args, io.StringIO()) == 0
+    assert cmd_serve(ServiceSettings(settings), args, io.StringIO()) == 0
     assert seen["app"].debug is False and seen["kw"]["threads"] == 2
     args.dev = True
-    cmd_serve(settings, args, io.StringIO())
+    cmd_serve(ServiceSettings(settings), args, io.StringIO())
     assert seen["dev_kw"]["debug"] is False
 
 
 def test_secrets_are_never_logged(indexed, settings, caplog):
     import logging
-    from dataclasses import replace
 
     secret = "very-secret-token-123"
-    client = make_app(replace(settings, api_token=secret)).test_client()
+    client = make_app(ServiceSettings(settings, api_token=secret)).test_client()
     with caplog.at_level(logging.DEBUG):
         client.delete("/api/images/1", headers={"Authorization": f"Bearer {secret}x"})
         client.delete("/api/images/2", headers={"Authorization": f"Bearer {secret}"})
@@ -457,7 +457,7 @@ def test_uploads_recalibrate_in_the_background_not_in_the_request(client, monkey
         Image.fromarray(np.ascontiguousarray(photo_arrays["coins"][:, i * 7:])).save(png, "PNG")
         response = client.post("/api/images", data={"image": (io.BytesIO(png.getvalue()), f"c{i}.png")})
         assert response.status_code == 201
-    service.jobs.calibration.thread.join(timeout=60)
+    service.indexing_jobs.calibration.thread.join(timeout=60)
     assert calls and set(calls) == {"loupe-calibrate"}
     assert client.get("/api/health").get_json()["images"] == 28
     status = service.library

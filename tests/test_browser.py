@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from helpers import gradient_png, run_json
+from searchapp.settings import ServiceSettings
 
 CHROMIUM = os.environ.get("LOUPE_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -48,8 +49,8 @@ def server(env, photos, settings, tmp_path):
     run_json(["index", str(photos), "--no-progress"], env)
     # auto's CUDA default (pixel denoising of noisy queries), so that the page's reconstruction
     # can be tested on a CPU, whose default runs no stage.
-    restore = replace(settings.restore, auto=(("noise", ("pixel",)),))
-    app = create_app({"LOUPE_SETTINGS": replace(settings, allowed_roots=(tmp_path,), restore=restore)})
+    service = ServiceSettings.from_env(env, core=replace(settings, allowed_roots=(tmp_path,)))
+    app = create_app({"LOUPE_SETTINGS": replace(service, restore=replace(service.restore, auto=(("noise", ("pixel",)),)))})
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -345,14 +346,12 @@ def test_a_noisy_upload_shows_what_was_detected_and_its_reconstruction(restorer,
 @pytest.fixture
 def guarded_server(env, photos, settings):
     """`loupe serve` with a read token and an API token: the page asks for one first."""
-    from dataclasses import replace
-
     from waitress.server import create_server
 
     from searchapp import create_app
 
     run_json(["index", str(photos), "--no-progress"], env)
-    guarded = replace(settings, api_token="browser-write-token", read_token="browser-read-token")
+    guarded = ServiceSettings(settings, api_token="browser-write-token", read_token="browser-read-token")
     server = create_server(create_app({"LOUPE_SETTINGS": guarded}), host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -17,6 +17,7 @@ from PIL import Image
 from helpers import assert_index_matches_catalog, loupe_argv, run_cli, run_json
 from indexer.settings import Settings
 from searchapp import create_app
+from searchapp.settings import ServiceSettings
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,8 @@ def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, sett
 
     run_json(["index", str(photos), "--no-progress"], env)
     # Jobs over HTTP may index only inside LOUPE_ALLOWED_ROOTS: here, the test's folder.
-    client = create_app({"TESTING": True, "LOUPE_SETTINGS": replace(settings, allowed_roots=(tmp_path,))}).test_client()
+    service = ServiceSettings(replace(settings, allowed_roots=(tmp_path,)))
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": service}).test_client()
     assert client.get("/api/search?q=warm").status_code == 200
     bulk = tmp_path / "bulk"
     bulk.mkdir()
@@ -96,7 +98,7 @@ def test_concurrent_adds_and_removes_on_postgres(env, postgres_url):
     pg_env = {**env, "LOUPE_DATABASE_URL": postgres_url}
     assert run_cli(["db", "upgrade"], pg_env)[0] == 0
     settings = Settings.from_env(pg_env)
-    client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": ServiceSettings(settings)}).test_client()
     kept: list[int] = []
     lock = threading.Lock()
 

@@ -11,6 +11,7 @@ from indexer.factory import open_library
 from indexer.images import DecodeLimits
 from indexer.reader import DeviceJpegReader, ImageFileDataset
 from indexer.settings import Settings
+from searchapp.settings import ServiceSettings
 
 
 def _blobs(settings) -> dict[str, bytes | None]:
@@ -64,7 +65,7 @@ def test_upload_gets_features(env, photo_arrays, tmp_path):
 
     from searchapp import create_app
 
-    app = create_app({"TESTING": True, "LOUPE_SETTINGS": Settings.from_env(env)})
+    app = create_app({"TESTING": True, "LOUPE_SETTINGS": ServiceSettings.from_env(env)})
     buffer = io.BytesIO()
     Image.fromarray(photo_arrays["rocket"]).save(buffer, "PNG")
     response = app.test_client().post("/api/images", data={"image": (io.BytesIO(buffer.getvalue()), "r.png")},

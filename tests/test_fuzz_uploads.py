@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from helpers import assert_index_matches_catalog, current_rss_mb, full_run, run_json
 from hostile_images import hostile_images, mutate, valid_images
 from searchapp import create_app
+from searchapp.settings import ServiceSettings
 
 pytestmark = pytest.mark.slow
 
@@ -60,8 +61,8 @@ def build(case) -> tuple[bytes, dict]:
 @pytest.fixture
 def fuzz_client(env, photos, settings):
     run_json(["index", str(photos), "--no-progress"], env)
-    app = create_app({"TESTING": True, "LOUPE_SETTINGS": settings, "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
-                      "MAX_UPLOAD_PIXELS": 4_000_000})
+    app = create_app({"TESTING": True, "LOUPE_SETTINGS": ServiceSettings(settings),
+                      "MAX_CONTENT_LENGTH": 2 * 1024 * 1024, "MAX_UPLOAD_PIXELS": 4_000_000})
     return app.test_client()
 
 

@@ -18,6 +18,7 @@ from searchapp.cli import main as loupe_main
 from searchapp.diffusion.training import TrainOptions, load_pictures, read_info, train
 from searchapp.diffusion.unet import UNetConfig
 from searchapp.generation.backends import OWN_MODEL_FOLDER
+from searchapp.settings import ServiceSettings
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,7 @@ WAITING = {"TESTING": True, "GENERATE_MAX_WAIT": 120}
 
 @pytest.fixture
 def client(trained):
-    return create_app({**WAITING, "LOUPE_SETTINGS": trained}).test_client()
+    return create_app({**WAITING, "LOUPE_SETTINGS": ServiceSettings(trained)}).test_client()
 
 
 def _png(client, url) -> np.ndarray:
@@ -141,7 +142,7 @@ def test_generate_from_an_upload_and_after_a_restart(client, trained, photos):
     job = response.get_json()
     assert response.status_code == 200 and job["state"] == "finished"
     assert set(job["source"]) == {"upload_sha256"}
-    restarted = create_app({**WAITING, "LOUPE_SETTINGS": trained}).test_client()
+    restarted = create_app({**WAITING, "LOUPE_SETTINGS": ServiceSettings(trained)}).test_client()
     assert restarted.get(f"/api/jobs/{job['id']}").get_json()["images"] == job["images"]
     assert restarted.get(job["images"][0]["url"]).status_code == 200
 
@@ -179,7 +180,7 @@ def test_unknown_jobs_and_pictures_are_404(client):
 
 
 def test_without_a_generator_the_answer_says_how_to_get_one(indexed, settings):
-    client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": ServiceSettings(settings)}).test_client()
     response = client.post("/api/generate", json={"image_id": 1})
     assert response.status_code == 503
     assert response.get_json()["error"] == "generator_unavailable"
@@ -196,13 +197,12 @@ def test_generated_pictures_expire(client, trained):
 
 def test_pretrained_diffusers_pipeline_backend(indexed, settings, tmp_path):
     pytest.importorskip("transformers")
-    from dataclasses import replace
 
     from bench.random_models import TINY, save_random_pipeline
 
     pipeline = save_random_pipeline(tmp_path / "sd", TINY)
     client = create_app({**WAITING,
-                         "LOUPE_SETTINGS": replace(settings, generate_model=str(pipeline))}).test_client()
+                         "LOUPE_SETTINGS": ServiceSettings(settings, generate_model=str(pipeline))}).test_client()
     body = {"image_id": 3, "n": 2, "seed": 5, "steps": 4, "strength": 0.5, "wait": 120}
     job = client.post("/api/generate", json=body).get_json()
     assert job["state"] == "finished", job
@@ -212,6 +212,6 @@ def test_pretrained_diffusers_pipeline_backend(indexed, settings, tmp_path):
     again = client.post("/api/generate", json=body).get_json()
     assert all(np.array_equal(a, _png(client, b["url"])) for a, b in zip(first, again["images"]))
 
-    broken = create_app({**WAITING, "LOUPE_SETTINGS": replace(settings, generate_model=str(tmp_path))})
+    broken = create_app({**WAITING, "LOUPE_SETTINGS": ServiceSettings(settings, generate_model=str(tmp_path))})
     failed = broken.test_client().post("/api/generate", json={**body, "wait": 60}).get_json()
     assert failed["state"] == "failed" and "cannot load" in failed["error"]

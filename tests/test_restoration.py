@@ -27,6 +27,7 @@ from searchapp.restoration.outpaint import KEEP, REPAINT, Outpainter, outpaint_c
 from searchapp.restoration.pipeline import Detection
 from searchapp.restoration.stages import parse_policy
 from searchapp.restoration.pixel import PixelRestorer, StageUnavailable, load_pixel_restorer, timestep_for
+from searchapp.settings import ServiceSettings
 
 TINY_UNET = UNetConfig(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
 
@@ -280,7 +281,6 @@ RESTORER_STEPS = 5
 def restorable(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
     """Photographs indexed with the tiny CLIP model and both restorers trained for a few
     seeded steps: built once for the module (the tests only read it)."""
-    from indexer.settings import Settings
 
     folder = tmp_path_factory.mktemp("restorable")
     env = make_env(folder, models_dir)
@@ -289,7 +289,7 @@ def restorable(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
     report = run_json(["train-restorer", "--steps", str(RESTORER_STEPS), "--max-pictures", "4", "--no-progress",
                        "--json"], env)
     assert report["pixel"]["steps"] == report["embedding"]["steps"] == RESTORER_STEPS
-    settings = Settings.from_env(env)
+    settings = ServiceSettings.from_env(env)
     # auto's CUDA default: on a CPU, the default runs no stage (the pixel stage exceeds the budget).
     return Restorable(env, replace(settings, restore=replace(settings.restore, auto=(("noise", ("pixel",)),))), photos)
 
@@ -369,6 +369,7 @@ def test_each_stage_by_name(restorable, stage):
 @pytest.mark.slow
 def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settings):
     run_json(["index", str(photos), "--no-progress"], env)
+    settings = ServiceSettings.from_env(env, core=settings)
     settings = replace(settings, restore=replace(settings.restore, auto=(("noise", ("pixel",)),)))  # auto's CUDA default
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
     for stage, words in (("pixel", "train-restorer"), ("outpaint", "LOUPE_OUTPAINT_MODEL"),
@@ -383,12 +384,12 @@ def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settin
 
 @pytest.mark.slow
 def test_outpaint_stage_with_a_configured_pipeline(env, photos, tmp_path):
-    from indexer.settings import Settings
     from bench.random_models import TINY, save_random_pipeline
 
     run_json(["index", str(photos), "--no-progress"], env)
     pipeline = save_random_pipeline(tmp_path / "inpaint", TINY, inpainting=True)
-    settings = Settings.from_env({**env, "LOUPE_OUTPAINT_MODEL": str(pipeline), "LOUPE_RESTORE_AUTO": "crop:outpaint"})
+    settings = ServiceSettings.from_env({**env, "LOUPE_OUTPAINT_MODEL": str(pipeline),
+                                         "LOUPE_RESTORE_AUTO": "crop:outpaint"})
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
     picture = Image.open(sorted(photos.rglob("*-0.*"))[0]).convert("RGB")
     crop = picture.crop((0, 0, picture.width // 2, picture.height // 2))
@@ -429,11 +430,10 @@ def test_noise_levels_are_recorded_at_index_time(env, photos, settings):
 
 @pytest.mark.slow
 def test_a_configured_model_that_fails_to_load_is_skipped_by_auto(env, photos, tmp_path):
-    from indexer.settings import Settings
 
     run_json(["index", str(photos), "--no-progress"], env)
     (tmp_path / "broken").mkdir()
-    settings = Settings.from_env({**env, "LOUPE_RESTORE_MODEL": str(tmp_path / "broken"),
+    settings = ServiceSettings.from_env({**env, "LOUPE_RESTORE_MODEL": str(tmp_path / "broken"),
                                   "LOUPE_RESTORE_AUTO": "noise:pixel"})
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
     body = _search(client, _noisy_upload(photos)).get_json()
@@ -449,11 +449,11 @@ def test_a_bad_restore_policy_stops_the_settings_the_app_and_serve(env, monkeypa
     import waitress
 
     from indexer.errors import ConfigError
-    from indexer.settings import Settings
+    from searchapp.settings import ServiceSettings
 
     bad = {**env, "LOUPE_RESTORE_AUTO": "noise:pixle"}
     with pytest.raises(ConfigError, match="LOUPE_RESTORE_AUTO part 'noise:pixle'"):
-        Settings.from_env(bad)
+        ServiceSettings.from_env(bad)
     for name, value in bad.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match="LOUPE_RESTORE_AUTO"):
@@ -465,14 +465,14 @@ def test_a_bad_restore_policy_stops_the_settings_the_app_and_serve(env, monkeypa
     monkeypatch.setattr(waitress, "serve", never)
     code, out, err = run_cli(["serve", "--port", "0"], bad)
     assert code == 1 and "LOUPE_RESTORE_AUTO part 'noise:pixle'" in err and "serving" not in out
-    good = Settings.from_env({**env, "LOUPE_RESTORE_AUTO": "noise:pixel+qe"})
+    good = ServiceSettings.from_env({**env, "LOUPE_RESTORE_AUTO": "noise:pixel+qe"})
     assert good.restore.auto == (("noise", ("pixel", "qe")),)
 
 
 def test_each_stage_is_one_registry_entry(tmp_path):
     """The registry gives the stage names, kinds and costs; `missing` says why a stage cannot
     run without loading anything; the policy takes the settings' parsed LOUPE_RESTORE_AUTO."""
-    from indexer.settings import RestoreSettings
+    from searchapp.settings import RestoreSettings
     from searchapp.restoration.pipeline import Restorers
     from searchapp.restoration.stages import COSTLY_STAGES, IMAGE_STAGES, MODES, REGISTRY, STAGES
 

@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import make_env, write_photo_folder
 from helpers import run_cli, run_json
 from searchapp import create_app
+from searchapp.settings import ServiceSettings
 
 TOKEN = "write-token-0123456789abcdef"
 READ_TOKEN = "read-token-0123456789abcdef"
@@ -40,7 +41,9 @@ def indexed(env, photos, settings):
 
 
 def make_app(settings, **config):
-    return create_app({"TESTING": True, "LOUPE_SETTINGS": settings, **config})
+    """The app on `settings`: the service's own, or the core's with the service's defaults."""
+    service = settings if isinstance(settings, ServiceSettings) else ServiceSettings(settings)
+    return create_app({"TESTING": True, "LOUPE_SETTINGS": service, **config})
 
 
 def png_bytes(colour=(200, 10, 10), size=(24, 24)) -> bytes:
@@ -90,9 +93,7 @@ def test_serve_refuses_the_network_without_a_token(env, monkeypatch):
 
 
 def test_settings_never_print_secrets(env):
-    from indexer.settings import Settings
-
-    settings = Settings.from_env({**env, "LOUPE_API_TOKEN": TOKEN, "LOUPE_READ_TOKEN": READ_TOKEN,
+    settings = ServiceSettings.from_env({**env, "LOUPE_API_TOKEN": TOKEN, "LOUPE_READ_TOKEN": READ_TOKEN,
                                   "LOUPE_DATABASE_URL": "postgresql+psycopg://loupe:hunter2@db/loupe"})
     text = repr(settings) + str(settings)
     assert TOKEN not in text and READ_TOKEN not in text and "hunter2" not in text
@@ -123,7 +124,7 @@ def test_a_foreign_host_header_is_refused(shared, url):
 
 def test_configured_host_names_are_answered(shared):
     settings, _, _ = shared
-    client = make_app(replace(settings, trusted_hosts=("photos.lan", ".home.arpa"))).test_client()
+    client = make_app(ServiceSettings(settings, trusted_hosts=("photos.lan", ".home.arpa"))).test_client()
     assert client.get("/api/health", headers={"Host": "photos.lan:8765"}).status_code == 200
     assert client.get("/api/health", headers={"Host": "nas.home.arpa"}).status_code == 200
     assert client.get("/api/health", headers={"Host": "evil.example"}).status_code == 400
@@ -173,7 +174,7 @@ def test_the_page_and_plain_clients_may_write(indexed):
 # -- reads when a read token is set --------------------------------------------------------------------
 def test_reads_need_the_read_token(shared):
     settings, _, _ = shared
-    client = make_app(replace(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
+    client = make_app(ServiceSettings(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
     for url in ("/api/search?q=x", "/api/images/1", "/images/1/file", "/images/1/thumb", "/api/jobs/1",
                 "/api/jobs/gen-0123456789abcdef", "/generated/gen-0123456789abcdef/0.png"):
         response = client.get(url)
@@ -192,7 +193,7 @@ def test_reads_need_the_read_token(shared):
 
 
 def test_the_read_token_cannot_write(indexed):
-    client = make_app(replace(indexed, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
+    client = make_app(ServiceSettings(indexed, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
     response = client.post("/api/images", data={"image": (io.BytesIO(png_bytes()), "x.png")},
                            headers=bearer(READ_TOKEN))
     assert response.status_code == 403 and "API token" in response.get_json()["message"]
@@ -201,7 +202,7 @@ def test_the_read_token_cannot_write(indexed):
 
 def test_signing_in_sets_a_strict_cookie_that_is_not_the_token(shared):
     settings, _, _ = shared
-    client = make_app(replace(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
+    client = make_app(ServiceSettings(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
     refused = client.post("/login", data={"token": "guess"})
     assert refused.status_code == 401 and "not valid" in refused.get_data(as_text=True)
     signed = client.post("/login", data={"token": READ_TOKEN})
@@ -222,7 +223,7 @@ def test_signing_in_sets_a_strict_cookie_that_is_not_the_token(shared):
 
 def test_a_forged_session_cookie_is_refused(shared):
     settings, _, _ = shared
-    client = make_app(replace(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
+    client = make_app(ServiceSettings(settings, api_token=TOKEN, read_token=READ_TOKEN)).test_client()
     for value in ("write.", "write.00", "read." + "0" * 64, READ_TOKEN, "write." + TOKEN):
         client.set_cookie("loupe_session", value)
         assert client.get("/api/images/1").status_code == 401, value
@@ -254,7 +255,8 @@ def test_job_paths_outside_the_allowed_roots_are_refused_alike(indexed, photos, 
     secret.mkdir()
     (secret / "unreadable").mkdir(mode=0)
     for settings, headers in ((replace(indexed, allowed_roots=(allowed,)), None),
-                              (replace(indexed, allowed_roots=(allowed,), api_token=TOKEN), bearer(TOKEN))):
+                              (ServiceSettings(replace(indexed, allowed_roots=(allowed,)), api_token=TOKEN),
+                               bearer(TOKEN))):
         client = make_app(settings).test_client()
         answers = {_job_answer(client, path, headers)[1]["message"]: path for path in (
             "/etc", "/etc/passwd", "/no/such/folder", secret, secret / "unreadable", secret / "missing.jpg",
@@ -349,15 +351,15 @@ def test_uploads_and_hidden_files_never_count_as_vanished(tmp_path, tiny_model_c
 def test_a_bulk_job_can_be_cancelled(indexed, tmp_path, photo_arrays, monkeypatch):
     from helpers import assert_index_matches_catalog
     from indexer.jobs import IndexOptions
-    from searchapp.jobs import JobRunner
+    from searchapp.indexing_jobs import IndexingJobs
 
-    monkeypatch.setattr(JobRunner, "_options", lambda self, calibrate=True: IndexOptions(
+    monkeypatch.setattr(IndexingJobs, "_options", lambda self, calibrate=True: IndexOptions(
         batch_size=2, workers=0, progress=False, calibrate=calibrate))
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(40):
         Image.fromarray(photo_arrays["coffee"][i:, i:]).save(folder / f"c{i:02d}.png")
-    client = make_app(replace(indexed, allowed_roots=(tmp_path,), api_token=TOKEN)).test_client()
+    client = make_app(ServiceSettings(replace(indexed, allowed_roots=(tmp_path,)), api_token=TOKEN)).test_client()
     started = client.post("/api/jobs", json={"paths": [str(folder)]}, headers=bearer(TOKEN)).get_json()
     assert client.post(f"/api/jobs/{started['id']}/cancel").status_code == 401  # a write: the token
     cancelled = client.post(f"/api/jobs/{started['id']}/cancel", headers=bearer(TOKEN))
@@ -621,7 +623,7 @@ def test_generate_waits_at_most_five_seconds(indexed, held):
 
 
 def test_generate_and_costly_stages_need_the_token(indexed, held):
-    client = make_app(replace(indexed, api_token=TOKEN)).test_client()
+    client = make_app(ServiceSettings(indexed, api_token=TOKEN)).test_client()
     assert client.post("/api/generate", json={"image_id": 1, "wait": 0}).status_code == 401
     assert client.post("/api/generate", json={"image_id": 1, "wait": 0}, headers=bearer(TOKEN)).status_code == 202
     assert client.post("/api/jobs/gen-0123456789abcdef/cancel").status_code == 401

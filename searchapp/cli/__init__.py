@@ -1,7 +1,9 @@
 """The `loupe` command line: one parser, one command group per module.
 
 Each group module (`catalog`, `search`, `serve`, `training`) adds its subcommands with
-`register(commands)` and gives each a handler `(settings, args, out) -> exit status`.
+`register(commands)` and gives each a handler `(settings, args, out) -> exit status`; the
+settings are the core's `Settings`, or `ServiceSettings` for a command registered with
+`service_settings=True` (those that serve, restore or generate).
 Every command exits 0 on success, non-zero with a one-line reason."""
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     configure_logging(args.verbose)
     from indexer.settings import Settings
 
+    from ..settings import ServiceSettings
+
     try:
-        settings = Settings.from_env(environ)
+        read = ServiceSettings.from_env if getattr(args, "service_settings", False) else Settings.from_env
+        settings = read(environ)
         return args.handler(settings, args, sys.stdout) or 0
     except LoupeError as err:
         print(f"loupe: error: {err}", file=sys.stderr)

@@ -148,6 +148,7 @@ def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
 
 def cmd_status(settings: Settings, args, out: TextIO) -> int:
     from indexer.embedder import resolve_device
+    from indexer.job_report import IndexingJobReport
     from indexer.vectorstore import faiss_build
 
     library = open_library(settings)
@@ -172,18 +173,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "device": resolve_device(settings.device),
         "database": redact_url(settings.database_url),
         "home": str(settings.home),
-        "last_job": None
-        if job is None
-        else {
-            "id": job.id,
-            "state": job.state,
-            "added": job.added,
-            "duplicates": job.duplicates,
-            "skipped": job.skipped,
-            "failed": job.failed,
-            "missing": job.missing,
-            "seconds": round(job.seconds, 2),
-        },
+        "last_job": None if job is None else IndexingJobReport.of(job).brief(),
     }
     if args.json:
         print_json(report, out)

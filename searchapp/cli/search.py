@@ -10,8 +10,8 @@ from typing import TextIO
 from indexer.errors import ConfigError, NotIndexedError
 from indexer.factory import load_embedder, open_library
 from indexer.query import MAX_K, SearchQuery
-from indexer.settings import Settings
 
+from ..settings import ServiceSettings
 from .arguments import non_negative_int, positive_int
 from .output import print_json
 
@@ -33,16 +33,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--restore", choices=MODES, default="auto",
                         help="with --image: reconstruct a damaged query first (default auto: the stages that "
                              "help for what is detected; off; or one stage by name)")
-    search.set_defaults(handler=cmd_search)
+    search.set_defaults(handler=cmd_search, service_settings=True)
 
 
-def cmd_search(settings: Settings, args, out: TextIO) -> int:
+def cmd_search(settings: ServiceSettings, args, out: TextIO) -> int:
     from indexer.embedder import resolve_device
 
     from ..restoration.pipeline import Restorers, restored_lookup
 
     # Built before anything else: a bad LOUPE_RESTORE_AUTO or device stops every search, text ones too.
-    restorers = Restorers(settings.restore, settings.home, resolve_device(args.device or settings.device))
+    service_settings, settings = settings, settings.core
+    restorers = Restorers(service_settings.restore, settings.home, resolve_device(args.device or settings.device))
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either TEXT or --image FILE")
     if args.text is not None and not args.text.strip():
@@ -68,7 +69,10 @@ def cmd_search(settings: Settings, args, out: TextIO) -> int:
         t0 = time.perf_counter()
         page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset), started=t0)
     if args.json:
-        print_json({**page.as_dict(), **({"restoration": restoration} if restoration is not None else {})}, out)
+        from ..urls import Urls  # the web URLs of each result, as the API gives them
+
+        print_json({**Urls.offline().page_json(page), **({"restoration": restoration} if restoration is not None else {})},
+                   out)
         return 0
     if restoration is not None:
         print(_restoration_line(restoration), file=out)

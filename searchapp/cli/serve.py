@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from typing import TextIO
 
 from indexer.errors import ConfigError
-from indexer.settings import Settings
+
+from ..settings import ServiceSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -15,13 +17,13 @@ DEFAULT_PORT = 8765
 def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve the API and the web UI")
     _add_serve_options(serve)
-    serve.set_defaults(handler=cmd_serve)
+    serve.set_defaults(handler=cmd_serve, service_settings=True)
 
     demo = commands.add_parser("demo", help="index the bundled sample photographs, run sample searches and serve them")
     demo.add_argument("--no-progress", action="store_true")
     _add_serve_options(demo)
     demo.add_argument("--no-serve", action="store_true", help="index and search the samples, then exit")
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, service_settings=True)
 
 
 def _add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +36,7 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
                              "read and change the collection (the page says so)")
 
 
-def check_exposure(settings: Settings, host: str, insecure: bool) -> None:
+def check_exposure(settings: ServiceSettings, host: str, insecure: bool) -> None:
     """Refuse a bind beyond loopback without an API token, unless the user said it is meant."""
     from ..security import is_loopback
 
@@ -46,7 +48,7 @@ def check_exposure(settings: Settings, host: str, insecure: bool) -> None:
         )
 
 
-def cmd_serve(settings: Settings, args, out: TextIO) -> int:
+def cmd_serve(settings: ServiceSettings, args, out: TextIO) -> int:
     from .. import create_app
     from ..security import AccessPolicy
 
@@ -54,7 +56,7 @@ def cmd_serve(settings: Settings, args, out: TextIO) -> int:
     check_exposure(settings, args.host, insecure)
     app = create_app({"LOUPE_SETTINGS": settings, "LOUPE_SERVE_HOST": args.host})
     rules = AccessPolicy.create(settings, args.host)
-    print(f"loupe: serving {settings.home} on http://{args.host}:{args.port}/", file=out, flush=True)
+    print(f"loupe: serving {settings.core.home} on http://{args.host}:{args.port}/", file=out, flush=True)
     if rules.insecure:
         print("loupe: WARNING: no token: anyone who can reach this port can read and change the collection",
               file=out, flush=True)
@@ -71,9 +73,9 @@ def cmd_serve(settings: Settings, args, out: TextIO) -> int:
     return 0
 
 
-def cmd_demo(settings: Settings, args, out: TextIO) -> int:
+def cmd_demo(settings: ServiceSettings, args, out: TextIO) -> int:
     """Index the sample photographs, run sample searches, then serve them."""
     from indexer.demo import run_demo
 
-    demo = run_demo(settings, out, progress=not args.no_progress)
-    return 0 if args.no_serve else cmd_serve(demo, args, out)
+    demo = run_demo(settings.core, out, progress=not args.no_progress)
+    return 0 if args.no_serve else cmd_serve(replace(settings, core=demo), args, out)

@@ -1,4 +1,5 @@
-"""Generation requests run one at a time on a background thread; their state is polled.
+"""Generation jobs (`gen-…` ids; bulk indexing jobs are `searchapp.indexing_jobs`) run one at
+a time on a background thread; their state is polled.
 
 A job: queued → running (progress in denoising steps) → finished (pictures and, for each,
 its nearest indexed pictures) | failed | cancelled. Ended jobs leave memory for the disk
@@ -77,11 +78,14 @@ class GenerationJob:
 
 class GenerationJobs:
     """Queue and run generation jobs. `load_backend()` makes the generator (once, on first
-    use); `neighbours(images)` gives each picture's nearest indexed pictures."""
+    use); `neighbours(images)` gives each picture's nearest indexed pictures; `picture_url(job_id,
+    name)` the URL a generated picture is served at."""
 
     def __init__(self, store: GeneratedStore, load_backend: Callable[[], Generator],
-                 neighbours: Callable[[list[Image.Image]], list[list[dict]]], limits: GenerationLimits | None = None):
+                 neighbours: Callable[[list[Image.Image]], list[list[dict]]], picture_url: Callable[[str, str], str],
+                 limits: GenerationLimits | None = None):
         self.store = store
+        self._picture_url = picture_url
         self.limits = limits or GenerationLimits()
         self._load_backend = load_backend
         self._backend: Generator | None = None
@@ -180,7 +184,7 @@ class GenerationJobs:
             names = self.store.save_images(job.id, pictures)
             neighbours = self._neighbours(pictures)
             job.images = [
-                {"url": f"/generated/{job.id}/{name}", "seed": job.request.seed + i, "neighbours": near}
+                {"url": self._picture_url(job.id, name), "seed": job.request.seed + i, "neighbours": near}
                 for i, (name, near) in enumerate(zip(names, neighbours))
             ]
             job.state = "finished"

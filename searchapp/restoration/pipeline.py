@@ -36,8 +36,8 @@ from indexer.library import Calibration, Library, SearchPage
 from indexer.lookup import LOOKUP_STEPS, ImageLookup
 from indexer.noise import noise_levels
 from indexer.query import SearchQuery
-from indexer.settings import RestoreSettings
 
+from ..settings import RestoreSettings
 from .fusion import fuse
 from .pixel import StageUnavailable
 from .stages import MODES, REGISTRY, StageInput, parse_policy, stage_named

@@ -1,4 +1,5 @@
-"""Indexing jobs started through the API: one at a time, in a background thread."""
+"""Bulk indexing jobs started through the API (`/api/jobs/<number>`): one at a time, in a
+background thread. Generation jobs (`gen-…` ids) are `searchapp.generation.jobs`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 WRITER_WAIT_SECONDS = 30.0  # how long a small write (add, remove) waits for the one before it
 
 
-class JobRunner:
+class IndexingJobs:
     """Runs IndexJobs on the service's shared library and model, so searches see new images
     as each batch commits."""
 
