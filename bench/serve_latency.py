@@ -242,16 +242,16 @@ def main(argv=None) -> int:
 
     import torch
 
-    from indexer.settings import Settings
     from searchapp import create_app
     from searchapp.services import EXTENSION
+    from searchapp.settings import ServiceSettings
 
     work, env = bench_workspace("loupe-serve-bench-", args.home, args.model, args.pretrained)
     try:
         indexed = make_corpus(work / "photos", args.corpus, exclude=HELD_OUT_PHOTOS)
         index_s = index_folder(work / "photos", env)
         sets = query_sets(work, indexed, args.queries, args.seed)
-        service = create_app({"LOUPE_SETTINGS": Settings.from_env(env)}).extensions[EXTENSION]  # as `loupe serve`
+        service = create_app({"LOUPE_SETTINGS": ServiceSettings.from_env(env)}).extensions[EXTENSION]  # as `loupe serve`
         regions = ",".join(map(str, service.settings.regions.scales)) or "off"
         restorers = provide_restorers(args.restorers, service.settings.home,
                                       service.library.stored_identity().as_dict())

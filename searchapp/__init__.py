@@ -53,11 +53,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from . import api, errors, files, pages, security, services
     from .routing import IdConverter
+    from .urls import Urls
 
     app.url_map.converters["id"] = IdConverter
 
     rules = security.AccessPolicy.create(app.config["LOUPE_SETTINGS"], app.config["LOUPE_SERVE_HOST"])
-    services.init_app(app)
+    services.init_app(app, Urls.of_app(app))
     errors.init_app(app)
     security.init_app(app, rules)
     app.register_blueprint(api.bp)

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field, replace
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from flask import Flask, current_app
 
-from indexer.factory import load_embedder, open_library
+from indexer.catalog import ImageRecord, ImageStatus, JobRecord
 from indexer.embedder import configured_model, resolve_device
 from indexer.errors import NotIndexedError
-from indexer.catalog import ImageRecord, ImageStatus, JobRecord
+from indexer.factory import load_embedder, open_library
 from indexer.images import DecodeLimits, IMAGE_SUFFIXES, content_hash, decode_image, set_decode_slots
 from indexer.job_report import IndexingJobReport
 from indexer.library import Library, SearchPage
@@ -25,10 +25,12 @@ from indexer.roots import allowed_job_paths
 from indexer.thumbnails import ensure_thumbnail, remove_thumbnail
 from indexer.vectorstore import faiss_build
 
-from .errors import Busy
+from .capacity import Busy
 from .indexing_jobs import IndexingJobs
 from .settings import ServiceSettings
-from .urls import Urls
+
+if TYPE_CHECKING:
+    from .urls import Urls
 
 EXTENSION = "loupe"
 DECODE_WAIT_SECONDS = 30.0  # how long an upload waits for a decode slot before 503 busy
@@ -113,10 +115,10 @@ class SearchService:
     """Everything a request needs, created on first use (never at import or app creation)."""
 
     def __init__(self, settings: ServiceSettings, upload_limits: DecodeLimits, model_thread: ModelThread | None = None,
-                 generation_limits=None, urls: Urls | None = None):
+                 generation_limits=None, *, urls: "Urls"):
         self.service_settings = settings
         self.settings = settings.core  # what the library and the model read
-        self.urls = urls or Urls.offline()  # background work (generation) has no request to build URLs from
+        self.urls = urls  # the app's URLs without a request: background work (generation) has none
         self.upload_limits = upload_limits
         self._init_lock = threading.Lock()
         self.model_thread = model_thread or ModelThread()
@@ -399,7 +401,8 @@ def catalog_facts(record: ImageRecord) -> dict:
     }
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, urls: "Urls") -> None:
+    """Give `app` its service (built on first use); `urls` builds the app's URLs without a request."""
     from .generation.jobs import GenerationLimits
 
     settings = app.config.get("LOUPE_SETTINGS") or ServiceSettings.from_env()
@@ -409,7 +412,7 @@ def init_app(app: Flask) -> None:
     model_thread = ModelThread(max_pending=app.config["MODEL_QUEUE_LIMIT"], deadline=app.config["MODEL_DEADLINE_SECONDS"])
     generation = GenerationLimits(max_pending=app.config["GENERATE_QUEUE_LIMIT"],
                                   source_side=app.config["GENERATE_SOURCE_SIDE"])
-    app.extensions[EXTENSION] = SearchService(settings, limits, model_thread, generation, Urls.of_app(app))
+    app.extensions[EXTENSION] = SearchService(settings, limits, model_thread, generation, urls=urls)
 
 
 def service() -> SearchService:

@@ -655,7 +655,7 @@ def test_the_model_thread_refuses_rather_than_queue_forever():
     import threading
     import time
 
-    from searchapp.errors import Busy
+    from searchapp.capacity import Busy
     from searchapp.services import ModelThread
 
     model = ModelThread(max_pending=2, deadline=0.2)

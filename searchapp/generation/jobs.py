@@ -20,7 +20,7 @@ from typing import Callable
 
 from PIL import Image
 
-from ..errors import QueueFull
+from ..capacity import QueueFull
 from .backends import Generator, Variations
 from .store import GeneratedStore
 
