@@ -36,14 +36,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.set_defaults(handler=cmd_search, service_settings=True)
 
 
-def cmd_search(settings: ServiceSettings, args, out: TextIO) -> int:
+def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
     from indexer.embedder import resolve_device
 
     from ..restoration.pipeline import Restorers, restored_lookup
 
-    # Built before anything else: a bad LOUPE_RESTORE_AUTO or device stops every search, text ones too.
-    service_settings, settings = settings, settings.core
-    restorers = Restorers(service_settings.restore, settings.home, resolve_device(args.device or settings.device))
+    # Built before anything else: a bad device stops every search, text ones too (a bad
+    # LOUPE_RESTORE_AUTO already stopped the settings).
+    settings = service.core
+    restorers = Restorers(service.restore, settings.home, resolve_device(args.device or settings.device))
     if (args.text is None) == (args.image is None):
         raise ConfigError("give either TEXT or --image FILE")
     if args.text is not None and not args.text.strip():
