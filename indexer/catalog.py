@@ -14,12 +14,14 @@ from datetime import datetime, timezone
 import numpy as np
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
 )
@@ -83,6 +85,24 @@ class ImageRecord(Base):
     local_features: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
     job_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("jobs.id", ondelete="SET NULL"))
     missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What the library filters and sorts by (indexer.metadata reads it at index time; rows indexed
+    # before it existed have metadata_version null, and the next `loupe index` backfills them
+    # without re-embedding). `folder` is the absolute parent folder of `path`.
+    folder: Mapped[str | None] = mapped_column(Text, index=True)
+    # When the picture was taken, as a UTC instant: EXIF DateTimeOriginal (with OffsetTimeOriginal
+    # when present, else read as UTC) or, without it, the file's modification time. `taken_source`
+    # says which ("exif" or "file"); `taken_offset_min` is the EXIF offset in minutes, when given.
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    taken_source: Mapped[str | None] = mapped_column(String(8))
+    taken_offset_min: Mapped[int | None] = mapped_column(SmallInteger)
+    camera_make: Mapped[str | None] = mapped_column(String(64))
+    camera_model: Mapped[str | None] = mapped_column(String(64))
+    orientation: Mapped[int | None] = mapped_column(SmallInteger)  # EXIF orientation, 1-8
+    has_gps: Mapped[bool | None] = mapped_column(Boolean)
+    # Coordinates are kept only when the user opts in (LOUPE_KEEP_GPS); else null even with has_gps.
+    gps_lat: Mapped[float | None] = mapped_column(Float)
+    gps_lon: Mapped[float | None] = mapped_column(Float)
+    metadata_version: Mapped[int | None] = mapped_column(SmallInteger)  # null: not read yet
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     def vector(self) -> np.ndarray:
