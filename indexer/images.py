@@ -112,6 +112,7 @@ class DecodedImage:
     format: str
     sha256: str
     exif: Image.Exif | None = field(default=None, compare=False, repr=False)  # parsed from the header
+    original_orientation: int | None = None  # HEIF: the orientation libheif applied (EXIF then says 1)
 
 
 _heif_lock = threading.Lock()
@@ -317,6 +318,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
                     f"image is {width}x{height} pixels, over the {limits.max_pixels}-pixel cap"
                 )
             exif = _exif_or_none(img)
+            original_orientation = img.info.get("original_orientation")
             orientation = _exif_orientation(img)
             if orientation in TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
@@ -350,7 +352,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
     except Exception as err:  # Pillow plugins raise assorted errors on hostile input
         raise ImageReadError(f"cannot decode image: {type(err).__name__}: {err}") from err
     return DecodedImage(image=rgb, width=width, height=height, format=fmt, sha256=content_hash(data),
-                        exif=exif)
+                        exif=exif, original_orientation=original_orientation)
 
 
 def load_image_file(path: Path, limits: DecodeLimits = DecodeLimits(), draft_size: int | None = None) -> DecodedImage:

@@ -305,18 +305,28 @@ class IndexJob:
     def _backfill_metadata(self, roots: Sequence[Path]) -> None:
         """Read the metadata (indexer.metadata) of pictures under `roots` indexed before it was
         recorded, from their headers (no pixel decoded, nothing embedded), in batches. Failed
-        rows only get their folder: their file is read again when it changes."""
-        from sqlalchemy import or_
+        rows only get their folder: their file is read again when it changes. LOUPE_KEEP_GPS is
+        followed both ways: on, pictures with a position but no stored coordinates are read
+        again; off, coordinates stored under `roots` are erased."""
+        from sqlalchemy import and_, or_
 
+        keep_gps = self.library.settings.keep_gps
+        wanted = or_(ImageRecord.metadata_version.is_(None), ImageRecord.gps_lat.is_not(None))
+        if keep_gps:
+            wanted = or_(ImageRecord.metadata_version.is_(None),
+                         and_(ImageRecord.has_gps.is_(True), ImageRecord.gps_lat.is_(None)))
         with self.library.sessions() as session:
-            query = select(ImageRecord.id, ImageRecord.path, ImageRecord.status).where(
-                ImageRecord.metadata_version.is_(None), ImageRecord.missing_since.is_(None),
+            query = select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.metadata_version).where(
+                wanted, ImageRecord.missing_since.is_(None),
                 or_(ImageRecord.status != ImageStatus.FAILED, ImageRecord.folder.is_(None)))
             rows = [row for row in session.execute(query.order_by(ImageRecord.id)) if _under(row.path, roots)]
+        if not keep_gps:
+            self._writer.forget_gps([row.id for row in rows if row.metadata_version is not None])
+            rows = [row for row in rows if row.metadata_version is None]
         if not rows:
             return
         reader = ImageFileDataset([], self.embedder.prepare, self.options.limits, self.embedder.image_size,
-                                  keep_gps=self.library.settings.keep_gps)
+                                  keep_gps=keep_gps)
 
         def read(row):
             return None if row.status == ImageStatus.FAILED else reader.read_metadata(row.path)

@@ -86,10 +86,13 @@ class PictureMetadata:
             return None
 
 
-def read_metadata(exif: Mapping | None, mtime_ns: int, keep_gps: bool = False) -> PictureMetadata:
+def read_metadata(exif: Mapping | None, mtime_ns: int, keep_gps: bool = False,
+                  original_orientation: int | None = None) -> PictureMetadata:
     """The metadata of a picture whose EXIF block is `exif` (a Pillow `Image.Exif`, from
     `image.getexif()`, or None) and whose file was last modified at `mtime_ns` (`os.stat`'s
-    `st_mtime_ns`). GPS coordinates are converted to decimal degrees only when `keep_gps`."""
+    `st_mtime_ns`). GPS coordinates are converted to decimal degrees only when `keep_gps`.
+    `original_orientation` (pillow-heif's `info["original_orientation"]`: libheif rotates HEIF
+    pixels itself and resets the EXIF tag to 1) wins over the EXIF tag when valid."""
     exif = exif if exif is not None else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on corrupt EXIF: broken input is expected
@@ -108,7 +111,7 @@ def read_metadata(exif: Mapping | None, mtime_ns: int, keep_gps: bool = False) -
         taken_offset_min=offset,
         camera_make=_text(_get(exif, TAG_MAKE)),
         camera_model=_text(_get(exif, TAG_MODEL)),
-        orientation=_orientation(_get(exif, TAG_ORIENTATION)),
+        orientation=_orientation(original_orientation) or _orientation(_get(exif, TAG_ORIENTATION)),
         has_gps=position is not None,
         gps_lat=position[0] if position is not None and keep_gps else None,
         gps_lon=position[1] if position is not None and keep_gps else None,
@@ -117,7 +120,7 @@ def read_metadata(exif: Mapping | None, mtime_ns: int, keep_gps: bool = False) -
 
 def metadata_of_image(image, mtime_ns: int, keep_gps: bool = False) -> PictureMetadata:
     """`read_metadata` of an open Pillow image (its header is enough: no pixel is decoded)."""
-    return read_metadata(exif_of(image), mtime_ns, keep_gps)
+    return read_metadata(exif_of(image), mtime_ns, keep_gps, _get(image.info, "original_orientation"))
 
 
 def exif_of(image) -> Mapping | None:

@@ -109,7 +109,7 @@ class ImageFileDataset:
         return ReadItem(
             path, raw.size, raw.mtime_ns, decoded.sha256, decoded.width, decoded.height, decoded.format, pixels,
             regions=boxes, region_pixels=region_pixels, features=features,
-            metadata=read_metadata(decoded.exif, raw.mtime_ns, self.keep_gps),
+            metadata=read_metadata(decoded.exif, raw.mtime_ns, self.keep_gps, decoded.original_orientation),
         )
 
     def read_metadata(self, path: str) -> PictureMetadata | None:
@@ -315,7 +315,8 @@ class DeviceJpegReader:
                 width, height = header.size
                 exif = exif_of(header)  # None when broken: the CPU path copes the same way
                 orientation = exif.get(EXIF_ORIENTATION) if fmt == "JPEG" and exif is not None else None
-                metadata = read_metadata(exif, raw.mtime_ns, self.cpu_reader.keep_gps)
+                metadata = read_metadata(exif, raw.mtime_ns, self.cpu_reader.keep_gps,
+                                         header.info.get("original_orientation"))
         except (ImageReadError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             return self.cpu_reader.read(path)  # the CPU path words the error the same way as always
         if (fmt != "JPEG" or header.mode not in ("RGB", "L") or width * height > self.limits.max_pixels

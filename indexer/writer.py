@@ -182,6 +182,13 @@ class BatchWriter:
                 if metadata is not None:
                     self.counts["metadata_added"] += 1
 
+    def forget_gps(self, image_ids: Sequence[int]) -> None:
+        """Erase the stored coordinates of these rows (LOUPE_KEEP_GPS turned off); `has_gps` stays."""
+        with self.library.sessions.begin() as session:
+            for start in range(0, len(image_ids), 1000):
+                chunk = list(image_ids[start : start + 1000])
+                session.execute(update(ImageRecord).where(ImageRecord.id.in_(chunk)).values(gps_lat=None, gps_lon=None))
+
     def _replace(self, session: Session, item: ReadItem, old: ImageRecord | None,
                  canonical: dict[str, ImageRecord], vectors: dict[str, Embedded]) -> IndexDelta:
         """Record `item` as a new row (indexed, duplicate or failed), retiring `old` first."""

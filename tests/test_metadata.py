@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -190,6 +190,7 @@ def write_library(folder: Path) -> dict[str, Path]:
     }
     for n, (path, exif) in enumerate(files.values()):
         path.write_bytes(jpeg_bytes(exif, size=(64 + 8 * n, 48), colour=(40 * n, 90, 200 - 30 * n)))
+    os.utime(files["bare"][0], ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))  # 2020-09-13
     png = folder / "drawing.png"
     Image.new("RGB", (40, 30), (10, 200, 10)).save(png)
     os.utime(png, ns=(MTIME_NS, MTIME_NS))
@@ -226,11 +227,19 @@ def test_index_records_metadata_of_every_new_row(env, tmp_path):
     assert all(row.metadata_version == METADATA_VERSION for row in rows.values())
 
 
-def test_index_keeps_coordinates_when_the_user_opts_in(env, tmp_path):
+def test_keep_gps_is_followed_both_ways_on_the_next_index(env, tmp_path):
     write_library(tmp_path / "lib")
-    run_json(["index", str(tmp_path / "lib"), "--no-progress"], {**env, "LOUPE_KEEP_GPS": "on"})
-    row = rows_by_name(Settings.from_env(env))["offset"]
+    settings = Settings.from_env(env)
+    run_json(["index", str(tmp_path / "lib"), "--no-progress"], env)
+    assert rows_by_name(settings)["offset"].gps_lat is None
+    kept = run_json(["index", str(tmp_path / "lib"), "--no-progress"], {**env, "LOUPE_KEEP_GPS": "true"})
+    assert kept["embedded"] == 0 and kept["metadata_added"] == 1  # only the picture with a position
+    row = rows_by_name(settings)["offset"]
     assert row.gps_lat == pytest.approx(48.8583) and row.gps_lon == pytest.approx(2.2945)
+    dropped = run_json(["index", str(tmp_path / "lib"), "--no-progress"], {**env, "LOUPE_KEEP_GPS": "off"})
+    assert dropped["metadata_added"] == 0
+    row = rows_by_name(settings)["offset"]
+    assert (row.has_gps, row.gps_lat, row.gps_lon) == (True, None, None)
 
 
 def test_device_reader_gives_the_cpu_readers_metadata(tmp_path, embedder):
@@ -271,3 +280,128 @@ def test_index_backfills_metadata_without_re_embedding(env, tmp_path):
     assert {n: (as_utc(r.taken_at), r.taken_source) for n, r in rows_by_name(settings).items()} == {
         n: (as_utc(r.taken_at), r.taken_source) for n, r in before.items()}
     assert run_json(["index", str(tmp_path / "lib"), "--no-progress"], env)["metadata_added"] == 0
+
+
+# -- HEIC/HEIF --------------------------------------------------------------------------------------
+def heic_bytes(exif: Image.Exif | None = None, size=(64, 48), colour=(200, 30, 30)) -> bytes:
+    """A small HEIC made here with pillow-heif (the test is skipped when it cannot encode)."""
+    pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif is not installed")
+    if not pillow_heif.libheif_info().get("HEIF"):
+        pytest.skip("this pillow-heif build has no HEVC encoder: cannot make a HEIC in the test")
+    from indexer.images import register_heif
+
+    assert register_heif()
+    buffer = io.BytesIO()
+    extra = {} if exif is None else {"exif": exif.tobytes()}
+    Image.new("RGB", size, colour).save(buffer, "HEIF", quality=60, **extra)
+    return buffer.getvalue()
+
+
+def test_heic_decodes_with_its_exif_and_the_same_caps():
+    data = heic_bytes(make_exif("2023:07:14 10:11:12", "+02:00", make="Apple", model="iPhone 15", orientation=6))
+    decoded = decode_image(data)
+    assert decoded.format == "HEIF" and (decoded.width, decoded.height) == (48, 64)  # turned upright
+    assert decoded.image.size == (48, 64) and decoded.image.mode == "RGB"
+    r, g, b = decoded.image.getpixel((10, 10))
+    assert r > 150 and g < 80 and b < 80
+    meta = read_metadata(decoded.exif, MTIME_NS, original_orientation=decoded.original_orientation)
+    assert (meta.taken_source, meta.taken_offset_min, meta.camera_make, meta.orientation) == ("exif", 120, "Apple", 6)
+    from indexer.errors import ImageReadError
+
+    with pytest.raises(ImageReadError, match="over the 1000-pixel cap"):
+        decode_image(data, DecodeLimits(max_pixels=1000))
+    for cut in (12, len(data) // 2, len(data) - 8):
+        with pytest.raises(ImageReadError):
+            decode_image(data[:cut])
+
+
+def test_heic_files_are_walked_indexed_and_dated(env, tmp_path):
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    (folder / "IMG_0001.HEIC").write_bytes(heic_bytes(make_exif("2023:07:14 10:11:12", "+02:00", make="Apple")))
+    (folder / "IMG_0002.heif").write_bytes(heic_bytes(colour=(20, 200, 30)))
+    (folder / "broken.heic").write_bytes(heic_bytes(colour=(20, 20, 230))[:200])
+    summary = run_json(["index", str(folder), "--no-progress"], env)
+    assert (summary["added"], summary["failed"]) == (2, 1)
+    rows = rows_by_name(Settings.from_env(env))
+    first, second, broken = rows["IMG_0001"], rows["IMG_0002"], rows["broken"]
+    assert (first.format, first.width, first.height, first.camera_make) == ("HEIF", 64, 48, "Apple")
+    assert as_utc(first.taken_at) == datetime(2023, 7, 14, 8, 11, 12, tzinfo=timezone.utc)
+    assert (second.status, second.taken_source) == ("indexed", "file")
+    assert broken.status == "failed" and broken.error and broken.metadata_version is None
+    from searchapp import create_app
+    from searchapp.settings import ServiceSettings
+
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": ServiceSettings(Settings.from_env(env))}).test_client()
+    served = client.get(f"/images/{first.id}/file")
+    assert served.status_code == 200 and served.mimetype == "image/heif"
+    assert served.data == (folder / "IMG_0001.HEIC").read_bytes() and ".heic" in served.headers["Content-Disposition"]
+    thumb = client.get(f"/images/{first.id}/thumb")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/jpeg"
+
+
+def test_ray_read_stage_and_part_files_carry_the_metadata(tmp_path, embedder):
+    """The Ray job's columns and part files (indexer.distributed) keep what the CPU reader read
+    (tests/test_distributed.py compares a whole Ray job's catalog with the local job's)."""
+    from indexer.distributed import ReaderSettings, part_from_rows, read_part, read_stage, write_part
+    from indexer.regions import RegionSpec
+
+    files = write_library(tmp_path / "lib")
+    paths = sorted(str(p) for p in files.values())
+    reader = ReaderSettings(embedder.prepare, DecodeLimits(), embedder.image_size, RegionSpec(scales=()),
+                            keep_gps=True)
+    columns = read_stage({"path": paths}, reader)
+    rows = [{name: column[i] for name, column in columns.items()} for i in range(len(paths))]
+    part = part_from_rows([{**row, "vector": embedder.encode_images([Image.open(row["path"])])[0],
+                            "region_vectors": [], "noise": 0.0} for row in rows])
+    cpu = ImageFileDataset([], embedder.prepare, DecodeLimits(), embedder.image_size, keep_gps=True)
+    expected = [cpu.read(p).metadata for p in paths]
+    assert [item.metadata for item in part.items] == expected
+    assert any(m.gps_lat is not None for m in expected)
+    write_part(tmp_path / "part.npz", part, embedder.identity, RegionSpec(scales=()))
+    again = read_part(tmp_path / "part.npz", embedder.identity, RegionSpec(scales=()))
+    assert [item.metadata for item in again.items] == expected
+
+
+# -- the API ---------------------------------------------------------------------------------------
+def test_image_api_gives_the_metadata_and_coordinates_when_kept(env, tmp_path):
+    from helpers import check_schema
+    from searchapp import create_app
+    from searchapp.settings import ServiceSettings
+
+    files = write_library(tmp_path / "lib")
+    run_json(["index", str(tmp_path / "lib"), "--no-progress"], {**env, "LOUPE_KEEP_GPS": "1"})
+    rows = rows_by_name(Settings.from_env(env))
+    assert rows["offset"].gps_lat == pytest.approx(48.8583) and rows["offset"].gps_lon == pytest.approx(2.2945)
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": ServiceSettings(Settings.from_env(env))}).test_client()
+    path = "/api/images/{image_id}"
+    shot = check_schema(client.get(f"/api/images/{rows['offset'].id}"), path)
+    assert shot["taken_at"] == "2023-07-14T10:11:12+02:00"  # the instant, in the picture's own offset
+    assert datetime.fromisoformat(shot["taken_at"]) == datetime(2023, 7, 14, 8, 11, 12, tzinfo=timezone.utc)
+    assert (shot["taken_source"], shot["taken_offset_min"], shot["orientation"]) == ("exif", 120, 6)
+    assert shot["camera"] == {"make": "Apple", "model": "iPhone 15"} and shot["has_gps"] is True
+    assert shot["gps"] == {"lat": pytest.approx(48.8583), "lon": pytest.approx(2.2945)}
+    assert shot["folder"] == str(files["offset"].parent)
+    plain = check_schema(client.get(f"/api/images/{rows['plain'].id}"), path)
+    assert plain["taken_at"] == "2021-01-02T03:04:05+00:00" and plain["taken_offset_min"] is None
+    assert "gps" not in plain and plain["has_gps"] is False
+    bare = check_schema(client.get(f"/api/images/{rows['bare'].id}"), path)
+    assert (bare["taken_source"], bare["camera"], bare["orientation"]) == ("file", None, None)
+    relative = client.get(f"/api/images/{rows['offset'].id}?paths=relative").get_json()
+    assert (relative["path"], relative["folder"]) == ("trip/offset.jpg", "trip")
+
+
+def test_postgres_round_trip_keeps_the_instant(any_db_env, tmp_path):
+    write_library(tmp_path / "lib")
+    run_json(["index", str(tmp_path / "lib"), "--no-progress"], any_db_env)
+    rows = rows_by_name(Settings.from_env(any_db_env))
+    assert as_utc(rows["offset"].taken_at) == datetime(2023, 7, 14, 8, 11, 12, tzinfo=timezone.utc)
+    assert as_utc(rows["drawing"].taken_at) == FILE_TIME  # microseconds kept
+    library = open_library(Settings.from_env(any_db_env))
+    try:  # a filter on the column compares instants, whatever the session's time zone
+        with library.sessions() as session:
+            after = session.scalars(select(ImageRecord.path).where(
+                ImageRecord.taken_at >= datetime(2023, 7, 14, 10, 11, 11, tzinfo=timezone(timedelta(hours=2))))).all()
+    finally:
+        library.close()
+    assert sorted(Path(p).stem for p in after) == ["drawing", "offset"]
