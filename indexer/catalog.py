@@ -9,7 +9,7 @@ the catalog by comparing id sets.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import numpy as np
 from sqlalchemy import (
@@ -55,9 +55,10 @@ class UtcDateTime(TypeDecorator):
     def process_bind_param(self, value, dialect):
         if value is None:
             return None
-        if value.tzinfo is None:  # naive values are taken as UTC already
-            return value
-        value = value.astimezone(timezone.utc)
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)  # a date: its start, in UTC
+        # naive values are taken as UTC already
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value, dialect):

@@ -143,13 +143,15 @@ def pillow_formats() -> tuple[str, ...]:
     return _PIL_FORMATS + ((HEIF_FORMAT,) if register_heif() else ())
 
 
-def open_header(data: bytes) -> Image.Image:
-    """Open image bytes lazily: Pillow parses the header (size, mode, EXIF) and decodes no pixel.
+def open_header(source: bytes | BinaryIO) -> Image.Image:
+    """Open image bytes or an open file lazily: Pillow parses the header (size, mode, EXIF) and
+    decodes no pixel (from a file, a JPEG's markers before its first scan are all it reads).
     Raises what `Image.open` raises (UnidentifiedImageError, DecompressionBombError, OSError...)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on corrupt EXIF
-        return Image.open(io.BytesIO(data), formats=pillow_formats())
+        fp = io.BytesIO(source) if isinstance(source, bytes) else source
+        return Image.open(fp, formats=pillow_formats())
 
 
 def iter_image_files(paths: Iterable[Path], exclude: Path | None = None,
@@ -270,6 +272,28 @@ def read_file(path: Path, limits: DecodeLimits) -> FileBytes:
         raise ImageReadError(NOT_REGULAR)
     with os.fdopen(fd, "rb") as fh:
         return read_open_file(fh, limits)
+
+
+def open_regular_file(path: Path, limits: DecodeLimits) -> tuple[BinaryIO, os.stat_result]:
+    """The open file at `path` and its stat, with `read_file`'s checks (a regular file, opened
+    without blocking, within the size cap, not empty) but nothing read: for header-only reads."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise ImageReadError(f"cannot read file: {err.strerror or err}") from err
+    fh = os.fdopen(fd, "rb")
+    try:
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
+            raise ImageReadError(NOT_REGULAR)
+        if stat.st_size > limits.max_file_bytes:
+            raise ImageReadError(f"file is {stat.st_size} bytes, over the {limits.max_file_bytes}-byte cap")
+        if stat.st_size == 0:
+            raise ImageReadError("file is empty")
+    except BaseException:
+        fh.close()
+        raise
+    return fh, stat
 
 
 def read_open_file(fh: BinaryIO, limits: DecodeLimits) -> FileBytes:

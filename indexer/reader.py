@@ -35,7 +35,7 @@ from PIL import Image
 from . import features as local_features
 from .errors import ImageReadError, LoupeError
 from .images import (EXIF_ORIENTATION, TRANSPOSED_ORIENTATIONS, DecodeLimits, content_hash, decode_image,
-                     open_header, read_file)
+                     open_header, open_regular_file, read_file)
 from .metadata import PictureMetadata, exif_of, metadata_of_image, read_metadata
 from .regions import Box, RegionSpec, region_boxes
 
@@ -113,18 +113,18 @@ class ImageFileDataset:
         )
 
     def read_metadata(self, path: str) -> PictureMetadata | None:
-        """The metadata of the file at `path` from its header alone (no pixel is decoded); None
-        when the file cannot be read now (it is looked at again next run). A header Pillow
-        cannot parse gives the file-time metadata, as for any picture without EXIF."""
+        """The metadata of the file at `path` from its header alone (a JPEG's pixels are neither
+        read nor decoded); None when the file cannot be opened now (it is looked at again next
+        run). A header Pillow cannot parse gives the file-time metadata, as for no EXIF."""
         try:
-            raw = read_file(Path(path), self.limits)
+            fh, stat = open_regular_file(Path(path), self.limits)
         except ImageReadError:
             return None
-        try:
-            header = open_header(raw.data)
-        except Exception:  # unparsable now, though it was indexed: filed by its file time
-            return read_metadata(None, raw.mtime_ns, self.keep_gps)
-        return metadata_of_image(header, raw.mtime_ns, self.keep_gps)
+        with fh:
+            try:
+                return metadata_of_image(open_header(fh), stat.st_mtime_ns, self.keep_gps)
+            except Exception:  # unparsable now, though it was indexed: filed by its file time
+                return read_metadata(None, stat.st_mtime_ns, self.keep_gps)
 
     def read_features(self, path: str) -> bytes | None:
         """The local features of the file at `path` (None when it cannot be read now)."""

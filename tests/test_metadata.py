@@ -405,3 +405,18 @@ def test_postgres_round_trip_keeps_the_instant(any_db_env, tmp_path):
     finally:
         library.close()
     assert sorted(Path(p).stem for p in after) == ["drawing", "offset"]
+
+
+def test_taken_at_binds_any_instant_as_utc():
+    from datetime import date
+
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from indexer.catalog import UtcDateTime
+
+    column = UtcDateTime()
+    paris = datetime(2023, 7, 14, 10, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert column.process_bind_param(paris, sqlite.dialect()) == datetime(2023, 7, 14, 8, 0)
+    assert column.process_bind_param(paris, postgresql.dialect()) == datetime(2023, 7, 14, 8, 0, tzinfo=timezone.utc)
+    assert column.process_bind_param(date(2023, 7, 14), sqlite.dialect()) == datetime(2023, 7, 14)
+    assert column.process_result_value(datetime(2023, 7, 14, 8, 0), sqlite.dialect()).tzinfo == timezone.utc
