@@ -14,14 +14,15 @@ The grammar (docs/queries.md says it for users):
 - A word *opens a term* when it starts with a prefix and a term follows it: a sign (`+`, `-`),
   a weight (`2:`, `0.5:`, `.5:`; 0 < weight <= MAX_WEIGHT), or both (`-0.5:`). "A term
   follows" means the next character is a letter or a double quote; a sign may also stand
-  alone as a word, and then the next word starts the term (`cat - dog`). Any other word,
-  however it looks (`t-shirt`, `-5`, `10:30`, `C++`, `--`), is plain text of the current term.
+  alone as a word, and then the next word (a letter, a quote or a weight first) starts the
+  term (`cat - dog`, `cat - 2:dog`). Any other word, however it looks (`t-shirt`, `-5`,
+  `10:30`, `C++`, `--`, a sign at the end), is plain text of the current term.
 - A term runs from its prefix to the next word that opens a term; the first term needs no
   prefix. A term's text is the source text between those points (inner blanks kept); a term
   that is one whole quoted span loses its quotes, other quotes stay as typed.
-- Errors (`QuerySyntaxError`): an empty term, a weight out of bounds, two operators in a
-  row, more than MAX_TERMS terms, no positive term (a picture counts as one), and terms that
-  cancel out.
+- Errors (`QuerySyntaxError`): an empty term (`-""`), a weight out of bounds (`0:a`), more
+  than MAX_TERMS terms, no positive term (a picture counts as one), terms that cancel out
+  (`a -a`, found when the vectors are summed).
 
 A text without prefixes and without a wholly quoted term is *plain*: one term, its text the
 text as given, weight 1; `query_vector` then returns the model's vector for it unchanged, so a

@@ -481,9 +481,10 @@ def test_a_photo_and_words_search_together(page, photos):
     page.set_input_files("#file", str(original))
     page.wait_for_selector("#verdict.found")
     assert page.is_visible("#words-hint")
-    with page.expect_request(lambda r: "/api/search/image" in r.url and r.method == "POST") as sent:
+    with page.expect_response(lambda r: "/api/search/image" in r.url) as answered:
         page.fill("#q", "at night -people")
-    assert 'name="q"' in sent.value.post_data and "at night -people" in sent.value.post_data
+    assert answered.value.json()["combined"]["terms"] == [{"text": "at night", "weight": 1.0},
+                                                          {"text": "people", "weight": -1.0}]
     page.wait_for_selector("#terms:not([hidden])")
     assert page.inner_text("#terms") == "Searching for: this photo · at night · not people"
     page.wait_for_selector("#results .card")
