@@ -73,6 +73,7 @@
 
   function request(q, from) {
     const params = new URLSearchParams({ k: PAGE, offset: from });
+    if (!from) showTerms(null); // until the answer says how the words were read
     if (q.kind === "combined") return requestCombined(q, params);
     if (q.kind === "text") {
       params.set("q", q.text);
