@@ -132,12 +132,17 @@ def search_text():
     if len(text) > MAX_TEXT:
         raise ApiError(400, "bad_parameter", f"the search text is longer than {MAX_TEXT} characters")
     query = _page_params()
+    terms = _parsed_q(text, image=False)
+    if not terms.plain:  # weights, negatives or several terms: the combined query's vector
+        return jsonify(_results(_terms_page(terms, query), combined=terms.as_dict()))
     return jsonify(_results(service().search_text(text, query)))
 
 
 @bp.post("/search/image")
 def search_image():
     query = _page_params()
+    if _given("q"):  # words with the picture: a combined query, not a copy check
+        return _search_image_with_words(query)
     restore = _choice_param("restore", "auto", RESTORE_MODES)
     if restore in COSTLY_STAGES:  # diffusion runs or large models: as costly as a write
         demand(WRITE)
@@ -159,6 +164,67 @@ def search_image():
         page = service().search_image_id(parse_id(image_id), query)
         restoration = {**RestorationReport(restore).as_dict(), "note": "an indexed picture is searched by its stored vector"}
     return jsonify(_results(page, restoration=restoration))
+
+
+def _parsed_q(text: str, image: bool):
+    """The terms of search text `text` (`indexer.combine`); bad syntax is a 400 naming q."""
+    from indexer.combine import QuerySyntaxError, parse_terms
+
+    try:
+        return parse_terms(text, image=image)
+    except QuerySyntaxError as err:
+        raise ApiError(400, "bad_parameter", f"q: {err}") from None
+
+
+def _terms_page(terms, query: SearchQuery, image: bytes | int | None = None):
+    """The service's page for combined query `terms`; terms that cancel out are a 400 naming q."""
+    from indexer.combine import QuerySyntaxError
+
+    try:
+        return service().search_terms(terms, query, image=image)
+    except QuerySyntaxError as err:
+        raise ApiError(400, "bad_parameter", f"q: {err}") from None
+
+
+def _search_image_with_words(query: SearchQuery):
+    """POST /api/search/image with `q`: the picture (upload or image_id) and the words as one
+    combined query. It looks for similar pictures, not copies: no restoration, no verification,
+    whole pictures, every result `similar`; asking for a restoration stage or for verification
+    with it is a 400."""
+    from indexer.combine import COMBINED_NOTE
+
+    def text(raw) -> str:
+        if not isinstance(raw, str):
+            raise ApiError(400, "bad_parameter", f"q must be a string, not {raw!r}")
+        if not raw.strip(TEXT_BLANKS):
+            raise ApiError(400, "bad_parameter", "q is empty: give words to combine with the picture, or leave q out")
+        if len(raw) > MAX_TEXT:
+            raise ApiError(400, "bad_parameter", f"q is longer than {MAX_TEXT} characters")
+        return raw
+
+    terms = _parsed_q(_param("q", parse=text), image=True)
+    restore = _choice_param("restore", "auto", RESTORE_MODES)
+    if restore not in ("auto", "off"):
+        raise ApiError(400, "bad_parameter", f"restore={restore} cannot be combined with q: a combined query is "
+                                             "not restored (leave restore out, or send auto or off)")
+    if _choice_param("verify", None, VERIFY_MODES) == "on":
+        raise ApiError(400, "bad_parameter", "verify=on cannot be combined with q: a combined query looks for "
+                                             "similar pictures, not copies (leave verify out, or send off)")
+    _choice_param("regions", "on", REGION_MODES)  # checked; a combined query matches whole pictures
+    upload = request.files.get("image")
+    if upload is not None:
+        data = upload.read()
+        if not data:
+            raise ApiError(400, "bad_image", "the uploaded image is empty")
+        image = data
+    else:
+        image_id = _param("image_id")
+        if image_id is None:
+            raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
+        image = parse_id(image_id)
+    page = _terms_page(terms, query, image)
+    restoration = {**RestorationReport(restore).as_dict(), "note": COMBINED_NOTE}
+    return jsonify(_results(page, restoration=restoration, combined=terms.as_dict(image=True)))
 
 
 @bp.post("/generate")

@@ -318,6 +318,21 @@ GENERATE_FIELDS = {
                             "server waits at most 5 s whatever is asked (poll Location)"},
 }
 
+Q_FIELD = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": f"[^{BLANKS_PATTERN}]",
+           "description": "words to combine with the picture (docs/queries.md): `at night`, `-people`, `2:beach`; "
+                          "a combined query looks for similar pictures, not copies (no restoration, no "
+                          "verification: `restore` may only be auto or off, `verify` only off)"}
+SCHEMAS["Combined"] = {
+    "type": "object", "required": ["terms"],
+    "description": "how the search text was read (present when it used the syntax, or came with a picture)",
+    "properties": {
+        "terms": {"type": "array", "items": {"type": "object", "required": ["text", "weight"], "properties": {
+            "text": {"type": "string"}, "weight": {"type": "number", "description": "negative: subtracted"}}}},
+        "image_weight": {"type": "number", "description": "the picture's weight in the sum"},
+    },
+}
+SCHEMAS["Results"]["properties"]["combined"] = _ref("Combined")
+
 IMAGE_BODY = {
     "multipart/form-data": {
         "schema": {
@@ -327,6 +342,7 @@ IMAGE_BODY = {
                 "k": K_SCHEMA,
                 "offset": OFFSET_SCHEMA,
                 "restore": {"enum": list(MODES)},
+                "q": Q_FIELD,
             },
         }
     },
@@ -334,7 +350,7 @@ IMAGE_BODY = {
         "schema": {
             "type": "object",
             "required": ["image_id"],
-            "properties": {"image_id": ID_SCHEMA, "k": K_SCHEMA, "offset": OFFSET_SCHEMA},
+            "properties": {"image_id": ID_SCHEMA, "k": K_SCHEMA, "offset": OFFSET_SCHEMA, "q": Q_FIELD},
         }
     },
 }
@@ -362,7 +378,8 @@ def openapi_document() -> dict:
             "/api/health": {"get": {"responses": {"200": _json(_ref("Health"), "service state")}}},
             "/api/search": {
                 "get": {
-                    "parameters": [{"name": "q", "in": "query", "required": True, "description": "the search text",
+                    "parameters": [{"name": "q", "in": "query", "required": True, "description": "the search text; `+`, `-` and `2:` at a word's start "
+                                    "combine weighted terms (docs/queries.md): `beach 2:sunset -people`",
                                     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT,
                                                "pattern": f"[^{BLANKS_PATTERN}]"}},
                                    *PAGE_PARAMS],

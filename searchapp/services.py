@@ -218,6 +218,23 @@ class SearchService:
         vector = self.embedder.encode_texts([text])
         return library.search(vector, replace(query, regions=False, verify=None), started=t0)
 
+    def search_terms(self, terms, query: SearchQuery, image: bytes | int | None = None) -> SearchPage:
+        """`query`'s page for combined query `terms` (`indexer.combine.TermQuery`), alone or with
+        a picture: uploaded bytes, or an indexed image's id (its stored vector; the image itself
+        left out). Every model call (the picture, then all the terms in one batch) runs on the
+        model thread; whole pictures, no restoration, no verification (`combine.combined_search`)."""
+        from indexer.combine import combined_search, picture_vector
+
+        library = self.searchable_library()
+        t0 = time.perf_counter()
+        vector = None
+        if isinstance(image, bytes):
+            vector = picture_vector(library, self.embedder, image, self.upload_limits)
+        elif image is not None:
+            vector = library.vector_of(image)
+            query = replace(query, exclude=(*query.exclude, image))
+        return combined_search(library, self.embedder, terms, query, vector, started=t0)
+
     def verify_options(self, verify: bool | None = None):
         """The verification settings of an image search (None: verification off); `verify`
         None follows LOUPE_VERIFY."""

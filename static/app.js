@@ -73,6 +73,8 @@
 
   function request(q, from) {
     const params = new URLSearchParams({ k: PAGE, offset: from });
+    if (!from) showTerms(null); // until the answer says how the words were read
+    if (q.kind === "combined") return requestCombined(q, params);
     if (q.kind === "text") {
       params.set("q", q.text);
       return api(`/api/search?${params}`, { signal: controller.signal });
@@ -125,6 +127,7 @@
       total = page.total;
       if (offset === 0 && query.kind !== "text") showVerdict(page);
       if (offset === 0 && query.kind === "upload") showRestoration(page.restoration);
+      if (offset === 0) showTerms(page.combined || null);
       render(page.results, offset === 0);
       offset += page.results.length;
       const more = page.results.length === PAGE && offset < total;
@@ -145,7 +148,7 @@
 
   // What an image search found: a copy of the picture, or plainly none.
   function showVerdict(page) {
-    if (!page || typeof page.copy_found !== "boolean" || !page.results.length) {
+    if (!page || page.combined || typeof page.copy_found !== "boolean" || !page.results.length) {
       els.verdict.hidden = true;
       return;
     }
@@ -334,7 +337,8 @@
   }
 
   function clearQueryPanel() {
-    if (query && query.kind === "upload") URL.revokeObjectURL(query.url);
+    const photo = photoOf(query);
+    if (photo && photo.kind === "upload") URL.revokeObjectURL(photo.url);
     showRestoration(null);
     els.query.hidden = true;
     els.queryImage.removeAttribute("src");
@@ -410,6 +414,54 @@
     els.moreLike.focus();
   }
 
+  // -- a photo and words together (combined queries: docs/queries.md) --------------------------
+  // The photo (an upload, or "more like this") stays until Clear; words typed while it is shown
+  // search with it ("at night", "-people", "2:beach"); emptying the words searches the photo
+  // alone again (the copy check). Without a photo, words are a text search as before.
+  function photoOf(q) {
+    if (!q) return null;
+    if (q.kind === "combined") return q.base;
+    return q.kind === "upload" || q.kind === "similar" ? q : null;
+  }
+
+  function requestCombined(q, params) {
+    if (q.base.kind === "upload") {
+      const form = new FormData();
+      form.append("image", q.base.file, q.base.file.name || "pasted-image");
+      form.append("q", q.text);
+      return api(`/api/search/image?${params}`, { method: "POST", body: form, signal: controller.signal });
+    }
+    return api(`/api/search/image?${params}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_id: q.base.id, q: q.text }),
+      signal: controller.signal,
+    });
+  }
+
+  function searchWords(text) {
+    const photo = photoOf(query);
+    if (!photo) return searchText(text);
+    const trimmed = text.trim();
+    els.queryMeta.textContent = trimmed ? `this picture with “${trimmed}”: similar pictures, not copies`
+      : photo.kind === "upload" ? "searching for this picture" : "pictures similar to this one";
+    run(trimmed ? { kind: "combined", base: photo, text: trimmed } : photo);
+  }
+
+  // How the server read the words: "sunset ×2 · not people", after the photo when there is one.
+  function showTerms(combined) {
+    const terms = $("terms");
+    if (!terms) return;
+    terms.hidden = !combined;
+    if (!combined) return;
+    const words = combined.terms.map((t) => {
+      const times = Math.abs(t.weight) === 1 ? "" : ` ×${Math.abs(t.weight)}`;
+      return `${t.weight < 0 ? "not " : ""}${t.text}${times}`;
+    });
+    if (combined.image_weight !== undefined) words.unshift("this photo");
+    terms.textContent = `Searching for: ${words.join(" · ")}`;
+  }
+
   // -- generate similar ----------------------------------------------------------------------
   function generateFromDetail() {
     els.detail.close();
@@ -421,11 +473,12 @@
   }
 
   function generateFromQuery() {
-    if (!query || query.kind !== "upload") return;
+    const photo = photoOf(query);
+    if (!photo || photo.kind !== "upload") return;
     const form = new FormData();
-    form.append("image", query.file, query.file.name || "pasted-image");
+    form.append("image", photo.file, photo.file.name || "pasted-image");
     for (const [key, value] of Object.entries({ ...GENERATE, wait: 0 })) form.append(key, String(value));
-    generate({ method: "POST", body: form }, query.file.name || "your picture");
+    generate({ method: "POST", body: form }, photo.file.name || "your picture");
   }
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -578,11 +631,11 @@
   els.form.addEventListener("submit", (event) => {
     event.preventDefault();
     clearTimeout(debounce);
-    searchText(els.q.value);
+    searchWords(els.q.value);
   });
   els.q.addEventListener("input", () => {
     clearTimeout(debounce);
-    debounce = setTimeout(() => searchText(els.q.value), 250);
+    debounce = setTimeout(() => searchWords(els.q.value), 250);
   });
   const pickFile = () => els.file.click();
   els.pick.addEventListener("click", pickFile);

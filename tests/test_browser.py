@@ -472,3 +472,25 @@ def test_a_verified_crop_shows_its_outline_verdict_and_compare_view(page, photos
     outline = page.locator("#compare-match polygon").bounding_box()
     assert abs(warped["x"] - outline["x"]) < 4 and abs(warped["width"] - outline["width"]) < 5  # the stroke: 3 px
     page.screenshot(path=str(tmp_path / "compare.png"))
+
+
+def test_a_photo_and_words_search_together(page, photos):
+    """A photo, then words: one combined search (similar pictures, no copy verdict); emptying the
+    words searches the photo alone again (#18)."""
+    original = next(photos.rglob("rocket-0.*"))
+    page.set_input_files("#file", str(original))
+    page.wait_for_selector("#verdict.found")
+    assert page.is_visible("#words-hint")
+    with page.expect_response(lambda r: "/api/search/image" in r.url) as answered:
+        page.fill("#q", "at night -people")
+    assert answered.value.json()["combined"]["terms"] == [{"text": "at night", "weight": 1.0},
+                                                          {"text": "people", "weight": -1.0}]
+    page.wait_for_selector("#terms:not([hidden])")
+    assert page.inner_text("#terms") == "Searching for: this photo · at night · not people"
+    page.wait_for_selector("#results .card")
+    assert page.is_hidden("#verdict") and page.is_visible("#query")
+    assert page.locator("#results .card").count() == 24 and page.locator("#results .badge").count() == 0
+    assert "at night" in page.inner_text("#query-meta")
+    page.fill("#q", "")
+    page.wait_for_selector("#verdict.found")
+    assert page.is_hidden("#terms")
