@@ -507,6 +507,44 @@ class Library:
             found.update(zip(chunk_ids.tolist(), chunk_vectors))
         return np.stack([found[i] for i in ids]) if ids else np.zeros((0, self._dim() or 0), np.float32)
 
+    def near_pairs(self, min_score: float, max_neighbours: int, nprobe: int | None = None,
+                   chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of indexed pictures whose whole-picture vectors score at least `min_score`
+        (a FAISS range search of each stored vector against the images index), each picture
+        keeping its `max_neighbours` best: (first ids, second ids, scores), first < second, each
+        pair once. `nprobe` overrides an inverted file's probes for this search."""
+        store = self.store
+        firsts, seconds, scores = [], [], []
+        for ids, vectors in self.images.stored_vectors():
+            for at in range(0, len(ids), chunk):
+                part_ids = ids[at : at + chunk]
+                try:
+                    lims, found_scores, found_ids = store.range_search(vectors[at : at + chunk], min_score, nprobe)
+                except RuntimeError:  # an index type whose range search takes no parameters
+                    lims, found_scores, found_ids = store.range_search(vectors[at : at + chunk], min_score)
+                for row, image_id in enumerate(part_ids.tolist()):
+                    lo, hi = int(lims[row]), int(lims[row + 1])
+                    if hi - lo <= 1:
+                        continue
+                    hit_ids, hit_scores = found_ids[lo:hi], found_scores[lo:hi]
+                    keep = hit_ids != image_id
+                    hit_ids, hit_scores = hit_ids[keep], hit_scores[keep]
+                    if len(hit_ids) > max_neighbours:
+                        best = np.argsort(-hit_scores, kind="stable")[:max_neighbours]
+                        hit_ids, hit_scores = hit_ids[best], hit_scores[best]
+                    firsts.append(np.minimum(hit_ids, image_id))
+                    seconds.append(np.maximum(hit_ids, image_id))
+                    scores.append(hit_scores)
+        if not firsts:
+            empty = np.zeros(0, np.int64)
+            return empty, empty.copy(), np.zeros(0, np.float32)
+        a, b, s = np.concatenate(firsts), np.concatenate(seconds), np.concatenate(scores).astype(np.float32)
+        order = np.lexsort((-s, b, a))
+        a, b, s = a[order], b[order], s[order]
+        first = np.ones(len(a), bool)
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        return a[first], b[first], s[first]
+
     # -- the catalogued files ---------------------------------------------------------------------
     def roots_of(self, image_ids: Sequence[int]) -> dict[int, list[str]]:
         """Each image's indexed roots: the roots of the job that catalogued it ([] if unknown)."""

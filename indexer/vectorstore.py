@@ -204,6 +204,19 @@ class VectorStore:
             for row_s, row_i in zip(scores, ids)
         ]
 
+    def range_search(self, queries: np.ndarray, min_score: float, nprobe: int | None = None):
+        """Every stored vector scoring at least `min_score` against each query row, as FAISS's
+        (lims, scores, ids) arrays; on the CPU copy (GPU indexes have no range search), with
+        `nprobe` probes for inverted files (None: the store's own)."""
+        import faiss
+
+        queries = _as_matrix(queries, self.dim)
+        params = None
+        if nprobe is not None and faiss.try_extract_index_ivf(self._index) is not None:
+            params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        with self._lock:
+            return self._index.range_search(queries, float(min_score), params=params)
+
     def _searcher(self):
         if not self.use_gpu:
             return self._index
