@@ -83,7 +83,8 @@ class Member:
 
     def as_dict(self) -> dict:
         body = {"id": self.id, "path": self.path, "score": round(self.score, 6), "width": self.width,
-                "height": self.height, "size_bytes": self.size_bytes, "taken_at": self.taken_at,
+                "height": self.height, "size_bytes": self.size_bytes, "content_hash": self.content_hash,
+                "taken_at": self.taken_at,
                 "camera": self.camera, "evidence": self.evidence, "inliers": self.inliers}
         return body
 
@@ -106,7 +107,8 @@ class DuplicateGroup:
 
     @classmethod
     def from_dict(cls, body: dict) -> "DuplicateGroup":
-        members = tuple(Member(**{k: v for k, v in m.items()}) for m in body["images"])
+        names = set(Member.__dataclass_fields__)
+        members = tuple(Member(**{k: v for k, v in m.items() if k in names}) for m in body["images"])
         return cls(body["id"], body["kind"], members, body["keep"], body["reason"])
 
 
