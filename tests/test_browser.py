@@ -472,3 +472,24 @@ def test_a_verified_crop_shows_its_outline_verdict_and_compare_view(page, photos
     outline = page.locator("#compare-match polygon").bounding_box()
     assert abs(warped["x"] - outline["x"]) < 4 and abs(warped["width"] - outline["width"]) < 5  # the stroke: 3 px
     page.screenshot(path=str(tmp_path / "compare.png"))
+
+
+def test_duplicates_page_quarantine_and_restore(page, server, photos, tmp_path):
+    page.click("#duplicates-link")
+    page.wait_for_selector(".dups-group")
+    assert page.locator(".dups-group").count() >= 6  # 8 photographs with their crops (a few crops missed)
+    first = page.locator(".dups-group").first
+    assert first.locator(".dups-pic.keep").count() == 1
+    paths = [p.inner_text() for p in first.locator(".dups-pic:not(.keep) .path").all()]
+    first.locator("button.quarantine").click()
+    page.wait_for_selector(".dups-group.done button.restore")
+    assert "to the quarantine" in page.inner_text("#dups-status")
+    page.wait_for_selector("#dups-quarantine li")
+    assert not any(os.path.exists(p) for p in paths)
+    page.wait_for_function("Array.from(document.querySelectorAll('.dups-pic img')).slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(tmp_path / "duplicates.png"))
+    first.locator("button.restore").click()
+    page.wait_for_function("document.getElementById('dups-status').textContent.startsWith('Restored')"
+                           " || document.querySelectorAll('#dups-quarantine li').length === 0")
+    page.wait_for_function("document.getElementById('dups-quarantine').hidden")
+    assert all(os.path.exists(p) for p in paths)
