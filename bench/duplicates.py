@@ -3,6 +3,7 @@ groups, against planted groups of real photographs, and the seconds it takes.
 
     python bench/duplicates.py                      # 100,000 pictures (ViT-B-32, untrained)
     python bench/duplicates.py --size 10000 --quick # a smaller library
+    python bench/duplicates.py --workspace /tmp/loupe-bench-dups-XXXX   # reuse its indexed photographs
 
 The library: scikit-image's photographs, each with four altered copies (downscaled 60 % and
 re-encoded, JPEG quality 40, a centre crop keeping 85 % of each side, brightened 15 %), indexed
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -94,6 +96,15 @@ def add_synthetic(library, count: int, seed: int) -> float:
     return time.perf_counter() - t0
 
 
+def drop_synthetic(library) -> None:
+    from sqlalchemy import delete
+
+    from indexer.catalog import ImageRecord
+
+    with library.sessions.begin() as session:
+        session.execute(delete(ImageRecord).where(ImageRecord.path.like("/synthetic/%")))
+
+
 def pair_figures(groups, planted: dict[int, int]) -> dict:
     """Precision and recall of the found groups' pairs against the planted groups (by image id)."""
     truth = set()
@@ -126,6 +137,9 @@ def main(argv=None) -> int:
     parser.add_argument("--home", default=DEFAULT_HOME, help="where the untrained weights are cached")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="skip the run without verification")
+    parser.add_argument("--workspace", default=None,
+                        help="reuse an earlier run's folder (printed as workspace:): its photographs are not "
+                             "indexed again, its synthetic pictures are replaced")
     args = parser.parse_args(argv)
     header = print_header("duplicates", args, clip_model_label(args.model, args.pretrained))
 
@@ -134,13 +148,24 @@ def main(argv=None) -> int:
     from indexer.jobs import IndexJob, IndexOptions
     from indexer.settings import Settings
 
-    work, env = bench_workspace("loupe-bench-dups-", args.home, args.model, args.pretrained)
-    planted_paths = plant(work / "photos")
-    settings = Settings.from_env(env)
-    library = open_library(settings)
-    t0 = time.perf_counter()
-    IndexJob(library, load_embedder(settings), IndexOptions(progress=False, calibrate=False)).run([work / "photos"])
-    index_s = time.perf_counter() - t0
+    if args.workspace:  # an earlier run's: its indexed photographs kept, its synthetic rows replaced
+        work = Path(args.workspace)
+        env = {**os.environ, "LOUPE_HOME": str(work / "home"), "LOUPE_MODEL": args.model,
+               "LOUPE_PRETRAINED": args.pretrained, "LOUPE_DEVICE": "cpu"}
+        planted_paths = {str(p): int(p.parent.name[1:]) for p in sorted((work / "photos").rglob("*.*"))}
+        settings = Settings.from_env(env)
+        library = open_library(settings)
+        drop_synthetic(library)
+        index_s = 0.0
+    else:
+        work, env = bench_workspace("loupe-bench-dups-", args.home, args.model, args.pretrained)
+        planted_paths = plant(work / "photos")
+        settings = Settings.from_env(env)
+        library = open_library(settings)
+        t0 = time.perf_counter()
+        IndexJob(library, load_embedder(settings), IndexOptions(progress=False, calibrate=False)).run([work / "photos"])
+        index_s = time.perf_counter() - t0
+    print(f"workspace: {work}", flush=True)
     planted = {}
     for path, g in planted_paths.items():
         record = library.image_by_path(path)

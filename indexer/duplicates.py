@@ -5,11 +5,12 @@ range search ▸ candidate pairs ▸ verification ▸ components ▸ anti-chaini
 1. `Library.near_pairs`: every pair of indexed pictures whose whole-picture vectors score at
    least the candidate score (the calibrated near-duplicate cut-off, lowered by a margin when
    verification will judge the pairs), each picture keeping its best `max_neighbours`.
-2. A pair is an edge when both pictures have local features and verify geometrically (at least
-   the calibrated inlier cut-off, one picture inside the other: not merely overlapping), or,
-   when verification cannot judge it (features missing, too few keypoints) or is off, when its
-   score reaches the cut-off. Files with the same bytes (catalog status `duplicate`) ride with
-   the picture that holds their vector.
+2. A pair is an edge when both pictures have enough local features and verify geometrically
+   (at least the calibrated inlier cut-off, one picture inside the other: not merely
+   overlapping); when verification cannot judge it (features missing, too few keypoints), when
+   its score reaches the cut-off and small greyscale thumbnails of the two files correlate
+   (`PIXEL_MATCH`); with verification off, when its score reaches the cut-off. Files with the
+   same bytes (catalog status `duplicate`) ride with the picture that holds their vector.
 3. Connected components of the edges, split so that no picture joins a group through a chain:
    each group is a centre (the picture with most edges) and pictures with an edge *to it*; the
    rest are grouped again the same way.
@@ -25,6 +26,7 @@ cached beside the index (`DuplicatesCache`), keyed by a fingerprint of the catal
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -40,7 +42,18 @@ from .library import SQL_CHUNK, Library
 
 DUPLICATE, BURST = "duplicate", "burst"
 KINDS = (DUPLICATE, BURST)
-EXACT, VERIFIED, SCORE, CENTRE = "exact", "verified", "score", "centre"
+EXACT, VERIFIED, PIXELS, SCORE, CENTRE = "exact", "verified", "pixels", "score", "centre"
+# Verification judges a pair only when both pictures have at least this many stored keypoints:
+# copies of a picture poorer in texture reach fewer inliers than the cut-off (measured on
+# scikit-image's phantom: 10-14 inliers from 22-67 keypoints, against 130-220 for textured
+# photographs with 240), so its pairs are left to the embedding's cut-off, as unverifiable ones are.
+JUDGEABLE_KEYPOINTS = 64
+# Pairs verification cannot judge (too few keypoints on either side) are compared by their
+# pixels instead: small greyscale thumbnails, their normalised correlation at least PIXEL_MATCH.
+# Untrained and even trained embeddings put flat, dark pictures (micrographs, night skies) close
+# together (measured untrained: 0.997 between unrelated ones), so the score alone would join them.
+PIXEL_SIDE = 16
+PIXEL_MATCH = 0.9
 CACHE_NAME = "duplicates.json"
 CACHE_VERSION = 1
 
@@ -74,7 +87,7 @@ class Member:
     taken_at: str | None  # ISO 8601, UTC
     camera: str | None
     score: float  # whole-picture similarity to the centre (1 for the centre and same-bytes copies)
-    evidence: str  # centre, exact (same bytes), verified (local features) or score (the cut-off alone)
+    evidence: str  # centre, exact (same bytes), verified (local features), pixels (thumbnails) or score
     inliers: int | None = None
 
     @property
@@ -121,6 +134,7 @@ class DuplicateStats:
     verified_pairs: int
     refused_pairs: int
     score_pairs: int
+    pixel_pairs: int
     exact_pairs: int
     seconds: dict = field(default_factory=dict)
 
@@ -160,9 +174,10 @@ def components(nodes: Iterable[int], edges: Iterable[tuple[int, int]]) -> list[l
 
 def star_split(component: Sequence[int], weights: dict[tuple[int, int], float]) -> list[tuple[int, list[int]]]:
     """Split a component into stars, the guard against chaining: each is (centre, members), every
-    member joined to the centre by an edge (`weights`, keyed by (smaller, larger) id). The centre
-    is the picture with most edges among those left, then the highest total weight, then the
-    lowest id; stars of one picture are dropped."""
+    member joined by an edge (`weights`, keyed by (smaller, larger) id) to the centre, or to more
+    than half of the star's members (at least two): a chain of pictures each like only the next
+    never becomes one group. The centre is the picture with most edges among those left, then
+    the highest total weight, then the lowest id; stars of one picture are dropped."""
     left = set(component)
     neighbours: dict[int, dict[int, float]] = {n: {} for n in component}
     for (a, b), w in weights.items():
@@ -176,10 +191,18 @@ def star_split(component: Sequence[int], weights: dict[tuple[int, int], float]) 
             return (len(mine), sum(mine), -n)
 
         centre = max(left, key=rank)
-        members = sorted(m for m in neighbours[centre] if m in left)
-        left -= {centre, *members}
-        if members:
-            stars.append((centre, [centre, *members]))
+        members = {centre, *(m for m in neighbours[centre] if m in left)}
+        grown = True
+        while grown:  # a picture the centre missed joins when it matches most of the star
+            grown = False
+            for n in sorted(left - members):
+                links = sum(1 for m in neighbours[n] if m in members)
+                if links >= 2 and 2 * links > len(members):
+                    members.add(n)
+                    grown = True
+        left -= members
+        if len(members) > 1:
+            stars.append((centre, [centre, *sorted(members - {centre})]))
     return stars
 
 
@@ -303,7 +326,7 @@ def find_groups(library: Library, options: DuplicateOptions = DuplicateOptions()
     clock = time.perf_counter()
     weights: dict[tuple[int, int], float] = {}
     evidence: dict[tuple[int, int], tuple[str, int | None]] = {}
-    verified = refused = by_score = 0
+    verified = refused = by_score = by_pixels = 0
     judged = np.zeros(len(a), bool)
     if options.verify and len(a):
         involved = sorted(set(a.tolist()) | set(b.tolist()))
@@ -314,7 +337,7 @@ def find_groups(library: Library, options: DuplicateOptions = DuplicateOptions()
                 found = decode(blob)
             except ValueError:
                 continue
-            if len(found) >= MIN_KEYPOINTS:
+            if len(found) >= max(MIN_KEYPOINTS, JUDGEABLE_KEYPOINTS):
                 features[image_id] = found
         verify_options = VerifyOptions()
         order = np.argsort(a, kind="stable")
@@ -339,9 +362,20 @@ def find_groups(library: Library, options: DuplicateOptions = DuplicateOptions()
                     verified += 1
                 else:
                     refused += 1
+    signatures: dict[int, np.ndarray | None] = {}
     for r in np.flatnonzero(~judged):
-        if scores[r] >= cutoff:
-            key = (int(a[r]), int(b[r]))
+        key = (int(a[r]), int(b[r]))
+        if options.verify:  # verification cannot judge this pair: its pixels decide
+            if scores[r] < cutoff:
+                continue
+            pair = [_signature(library, i, signatures) for i in key]
+            if pair[0] is None or pair[1] is None or float(pair[0] @ pair[1]) < PIXEL_MATCH:
+                refused += 1
+                continue
+            weights[key] = float(scores[r])
+            evidence[key] = (PIXELS, None)
+            by_pixels += 1
+        elif scores[r] >= cutoff:
             weights[key] = float(scores[r])
             evidence[key] = (SCORE, None)
             by_score += 1
@@ -362,8 +396,11 @@ def find_groups(library: Library, options: DuplicateOptions = DuplicateOptions()
                     continue
                 if node == centre:
                     score, (kind, inliers) = 1.0, (CENTRE, None)
-                else:
+                else:  # its edge to the centre, or its strongest into the star
                     key = (min(node, centre), max(node, centre))
+                    if key not in weights:
+                        key = max(((min(node, m), max(node, m)) for m in star if m != node),
+                                  key=lambda k: weights.get(k, -1.0))
                     score, (kind, inliers) = weights[key], evidence[key]
                 members.append(_member(rows[node], score, kind, inliers))
                 members += [_member(rows[c], score if node != centre else 1.0, EXACT if node == centre else kind, inliers)
@@ -373,7 +410,7 @@ def find_groups(library: Library, options: DuplicateOptions = DuplicateOptions()
     groups.sort(key=lambda g: (g.kind != DUPLICATE, -len(g.members), g.keep))
     seconds["group"] = time.perf_counter() - clock
     stats = DuplicateStats(round(candidate, 6), round(cutoff, 6), inlier_cutoff, int(len(a)), verified, refused,
-                           by_score, sum(len(c) for c in copies.values()),
+                           by_score, by_pixels, sum(len(c) for c in copies.values()),
                            {k: round(v, 3) for k, v in seconds.items()})
     return DuplicateReport(tuple(groups), stats, stamp)
 
@@ -392,6 +429,27 @@ def _group(members: list[Member], rows: dict[int, _Row], options: DuplicateOptio
         reason = f"burst shots ({members[0].camera}): shown for review, nothing suggested for removal; best frame: {reason}"
     ordered = (kept, *sorted((m for m in members if m.id != kept.id), key=lambda m: m.id))
     return DuplicateGroup(group_id(m.content_hash or f"id:{m.id}" for m in members), kind, ordered, kept.id, reason)
+
+
+def _signature(library: Library, image_id: int, cache: dict[int, np.ndarray | None]) -> np.ndarray | None:
+    """The picture's PIXEL_SIDE² greyscale thumbnail, centred and of unit length (None: its
+    file cannot be read as catalogued)."""
+    if image_id not in cache:
+        from PIL import Image
+
+        from .images import DecodeLimits
+
+        try:
+            data = library.read_image_bytes(image_id, DecodeLimits())
+            with Image.open(io.BytesIO(data)) as img:
+                img.draft("L", (PIXEL_SIDE * 4, PIXEL_SIDE * 4))
+                small = np.asarray(img.convert("L").resize((PIXEL_SIDE, PIXEL_SIDE), Image.BOX), np.float32).ravel()
+            small -= small.mean()
+            norm = float(np.linalg.norm(small))
+            cache[image_id] = small / norm if norm > 1e-3 else None
+        except Exception:  # a vanished, changed or unreadable file: nothing to compare
+            cache[image_id] = None
+    return cache[image_id]
 
 
 def _feature_blobs(library: Library, ids: Sequence[int]) -> dict[int, bytes]:

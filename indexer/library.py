@@ -509,32 +509,23 @@ class Library:
 
     def near_pairs(self, min_score: float, max_neighbours: int, nprobe: int | None = None,
                    chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every pair of indexed pictures whose whole-picture vectors score at least `min_score`
-        (a FAISS range search of each stored vector against the images index), each picture
-        keeping its `max_neighbours` best: (first ids, second ids, scores), first < second, each
-        pair once. `nprobe` overrides an inverted file's probes for this search."""
+        """Every pair of indexed pictures whose whole-picture vectors score at least `min_score`,
+        each picture keeping its `max_neighbours` best: a range search capped at that many
+        neighbours (FAISS k-nearest-neighbour search of each stored vector against the images
+        index, cut at `min_score`), so that a dense region of the collection cannot make it
+        quadratic. Returns (first ids, second ids, scores), first < second, each pair once.
+        `nprobe` overrides an inverted file's probes for this search."""
         store = self.store
         firsts, seconds, scores = [], [], []
         for ids, vectors in self.images.stored_vectors():
             for at in range(0, len(ids), chunk):
-                part_ids = ids[at : at + chunk]
-                try:
-                    lims, found_scores, found_ids = store.range_search(vectors[at : at + chunk], min_score, nprobe)
-                except RuntimeError:  # an index type whose range search takes no parameters
-                    lims, found_scores, found_ids = store.range_search(vectors[at : at + chunk], min_score)
-                for row, image_id in enumerate(part_ids.tolist()):
-                    lo, hi = int(lims[row]), int(lims[row + 1])
-                    if hi - lo <= 1:
-                        continue
-                    hit_ids, hit_scores = found_ids[lo:hi], found_scores[lo:hi]
-                    keep = hit_ids != image_id
-                    hit_ids, hit_scores = hit_ids[keep], hit_scores[keep]
-                    if len(hit_ids) > max_neighbours:
-                        best = np.argsort(-hit_scores, kind="stable")[:max_neighbours]
-                        hit_ids, hit_scores = hit_ids[best], hit_scores[best]
-                    firsts.append(np.minimum(hit_ids, image_id))
-                    seconds.append(np.maximum(hit_ids, image_id))
-                    scores.append(hit_scores)
+                part = ids[at : at + chunk]
+                found_scores, found_ids = store.neighbours(vectors[at : at + chunk], max_neighbours + 1, nprobe)
+                keep = (found_ids >= 0) & (found_ids != part[:, None]) & (found_scores >= min_score)
+                rows = np.broadcast_to(part[:, None], found_ids.shape)[keep]
+                firsts.append(np.minimum(rows, found_ids[keep]))
+                seconds.append(np.maximum(rows, found_ids[keep]))
+                scores.append(found_scores[keep])
         if not firsts:
             empty = np.zeros(0, np.int64)
             return empty, empty.copy(), np.zeros(0, np.float32)

@@ -294,9 +294,10 @@ SCHEMAS["GenerationJob"] = {
 SCHEMAS["DuplicateImage"] = {"allOf": [_ref("Result"), {"type": "object", "required": ["evidence"], "properties": {
     "size_bytes": {"type": "integer"}, "content_hash": NULLABLE_STR,
     "taken_at": NULLABLE_STR, "camera": NULLABLE_STR,
-    "evidence": {"enum": ["centre", "exact", "verified", "score"],
-                 "description": "what ties it to the group's centre: the centre itself, the same bytes, "
-                                "geometric verification, or the embedding's cut-off alone (no local features)"},
+    "evidence": {"enum": ["centre", "exact", "verified", "pixels", "score"],
+                 "description": "what ties it to the group: the centre itself, the same bytes, geometric "
+                                "verification, thumbnails alike (too few keypoints to verify), or the "
+                                "embedding's cut-off alone (verification off)"},
     "inliers": NULLABLE_INT}}]}
 SCHEMAS["DuplicateGroup"] = {
     "type": "object", "required": ["id", "kind", "images", "keep", "reason"],

@@ -73,6 +73,10 @@ def test_star_split_never_chains_unrelated_pictures():
         for m in members:
             assert m == centre or (min(m, centre), max(m, centre)) in weights  # each joined to its centre
     assert (2, [1, 2, 3]) in [(c, sorted(members)) for c, members in stars]  # 2: most edges, lowest id among ties
+    # A copy the centre missed joins when it matches most of the star (5 matches 2, 3, 4, not 1);
+    # 6, like 5 alone, stays out.
+    clique = {(a, b): 1.0 for a, b in [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4), (2, 5), (3, 5), (4, 5), (5, 6)]}
+    assert [(c, sorted(m)) for c, m in star_split(range(1, 7), clique)] == [(2, [1, 2, 3, 4, 5])]
 
 
 def _member(id_, w, h, taken=None, path="/p/x.jpg", camera=None):
