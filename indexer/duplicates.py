@@ -9,7 +9,7 @@ range search ▸ candidate pairs ▸ verification ▸ components ▸ anti-chaini
    (at least the calibrated inlier cut-off, one picture inside the other: not merely
    overlapping); when verification cannot judge it (features missing, too few keypoints), when
    its score reaches the cut-off and small greyscale thumbnails of the two files correlate
-   (`PIXEL_MATCH`); with verification off, when its score reaches the cut-off. Files with the
+   (`PIXEL_MATCH`, one picture whole against the other whole or centre-cropped); with verification off, when its score reaches the cut-off. Files with the
    same bytes (catalog status `duplicate`) ride with the picture that holds their vector.
 3. Connected components of the edges, split so that no picture joins a group through a chain:
    each group is a centre (the picture with most edges) and pictures with an edge *to it*; the
@@ -52,8 +52,12 @@ JUDGEABLE_KEYPOINTS = 64
 # pixels instead: small greyscale thumbnails, their normalised correlation at least PIXEL_MATCH.
 # Untrained and even trained embeddings put flat, dark pictures (micrographs, night skies) close
 # together (measured untrained: 0.997 between unrelated ones), so the score alone would join them.
+# Measured on the planted copies of bench/duplicates.py (untrained ViT-B-32): copies of pictures
+# too poor in keypoints correlate 0.87 or more (crops of 85 % included), unrelated ones that the
+# embedding puts above the cut-off at most 0.40.
 PIXEL_SIDE = 16
-PIXEL_MATCH = 0.9
+PIXEL_MATCH = 0.75
+PIXEL_ZOOMS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # centred crops tried against the other's whole
 CACHE_NAME = "duplicates.json"
 CACHE_VERSION = 1
 
@@ -66,7 +70,7 @@ class DuplicateOptions:
     candidate_margin: float = 0.08
     min_candidate_score: float = 0.5
     max_neighbours: int = 16  # candidates per picture (bounds verification's cost)
-    nprobe: int | None = 32  # probes of an inverted-file index for the range search
+    nprobe: int | None = None  # probes of an inverted-file index for the neighbour search (None: its own)
     burst_gap_s: float = 10.0  # bursts: at most this long between consecutive shots
 
     def key(self) -> list:
@@ -369,7 +373,7 @@ def find_groups(library: Library, options: DuplicateOptions = DuplicateOptions()
             if scores[r] < cutoff:
                 continue
             pair = [_signature(library, i, signatures) for i in key]
-            if pair[0] is None or pair[1] is None or float(pair[0] @ pair[1]) < PIXEL_MATCH:
+            if pair[0] is None or pair[1] is None or pixels_alike(pair[0], pair[1]) < PIXEL_MATCH:
                 refused += 1
                 continue
             weights[key] = float(scores[r])
@@ -432,8 +436,9 @@ def _group(members: list[Member], rows: dict[int, _Row], options: DuplicateOptio
 
 
 def _signature(library: Library, image_id: int, cache: dict[int, np.ndarray | None]) -> np.ndarray | None:
-    """The picture's PIXEL_SIDE² greyscale thumbnail, centred and of unit length (None: its
-    file cannot be read as catalogued)."""
+    """The picture's PIXEL_SIDE² greyscale thumbnails, one row per zoom of `PIXEL_ZOOMS` (the
+    whole picture, then centred crops), each centred and of unit length (None: its file cannot
+    be read as catalogued, or it is one flat colour)."""
     if image_id not in cache:
         from PIL import Image
 
@@ -442,14 +447,29 @@ def _signature(library: Library, image_id: int, cache: dict[int, np.ndarray | No
         try:
             data = library.read_image_bytes(image_id, DecodeLimits())
             with Image.open(io.BytesIO(data)) as img:
-                img.draft("L", (PIXEL_SIDE * 4, PIXEL_SIDE * 4))
-                small = np.asarray(img.convert("L").resize((PIXEL_SIDE, PIXEL_SIDE), Image.BOX), np.float32).ravel()
-            small -= small.mean()
-            norm = float(np.linalg.norm(small))
-            cache[image_id] = small / norm if norm > 1e-3 else None
-        except Exception:  # a vanished, changed or unreadable file: nothing to compare
+                img.draft("L", (PIXEL_SIDE * 8, PIXEL_SIDE * 8))
+                grey = img.convert("L")
+            rows = []
+            for zoom in PIXEL_ZOOMS:
+                w, h = grey.size
+                cw, ch = w * zoom, h * zoom
+                box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+                small = np.asarray(grey.resize((PIXEL_SIDE, PIXEL_SIDE), Image.BOX, box=box), np.float32).ravel()
+                small -= small.mean()
+                norm = float(np.linalg.norm(small))
+                if norm <= 1e-3:
+                    raise ValueError("flat")
+                rows.append(small / norm)
+            cache[image_id] = np.stack(rows)
+        except Exception:  # a vanished, changed, unreadable or flat file: nothing to compare
             cache[image_id] = None
     return cache[image_id]
+
+
+def pixels_alike(first: np.ndarray, second: np.ndarray) -> float:
+    """How alike two pictures' thumbnails are: the best correlation of one whole picture with
+    the other at any zoom (so that a crop of about that size matches its original)."""
+    return float(max((first[0] @ second.T).max(), (second[0] @ first.T).max()))
 
 
 def _feature_blobs(library: Library, ids: Sequence[int]) -> dict[int, bytes]:
