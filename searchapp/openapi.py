@@ -307,14 +307,19 @@ SCHEMAS["GenerationJob"] = {
     },
 }
 
-SCHEMAS["DuplicateImage"] = {"allOf": [_ref("Result"), {"type": "object", "required": ["evidence"], "properties": {
-    "size_bytes": {"type": "integer"}, "content_hash": NULLABLE_STR,
-    "taken_at": NULLABLE_STR, "camera": NULLABLE_STR,
-    "evidence": {"enum": ["centre", "exact", "verified", "pixels", "score"],
-                 "description": "what ties it to the group: the centre itself, the same bytes, geometric "
-                                "verification, thumbnails alike (too few keypoints to verify), or the "
-                                "embedding's cut-off alone (verification off)"},
-    "inliers": NULLABLE_INT}}]}
+SCHEMAS["DuplicateImage"] = {
+    "type": "object", "required": ["id", "path", "score", "width", "height", "thumb_url", "file_url", "evidence"],
+    "description": "a search result (Result) with what ties it to its group",
+    "properties": {
+        **SCHEMAS["Result"]["properties"],
+        "size_bytes": {"type": "integer"}, "content_hash": NULLABLE_STR, "taken_at": NULLABLE_STR,
+        "camera": NULLABLE_STR, "inliers": NULLABLE_INT,
+        "evidence": {"enum": ["centre", "exact", "verified", "pixels", "score"],
+                     "description": "what ties it to the group: the centre itself, the same bytes, geometric "
+                                    "verification, thumbnails alike (too few keypoints to verify), or the "
+                                    "embedding's cut-off alone (verification off)"},
+    },
+}
 SCHEMAS["DuplicateGroup"] = {
     "type": "object", "required": ["id", "kind", "images", "keep", "reason"],
     "properties": {
@@ -341,8 +346,9 @@ SCHEMAS["QuarantineEntry"] = {
 GROUP_PARAM = {"name": "group_id", "in": "path", "required": True,
                "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
 RESTORED = _json({"type": "object", "required": ["restored"], "properties": {"restored": {
-    "type": "array", "items": {"allOf": [_ref("QuarantineEntry"), {"type": "object", "properties": {
-        "image_id": {"type": "integer", "description": "the picture's new catalog id"}}}]}}}},
+    "type": "array", "items": {"type": "object", "required": ["id", "image_id", "original_path"], "properties": {
+        **SCHEMAS["QuarantineEntry"]["properties"],
+        "image_id": {"type": "integer", "description": "the picture's new catalog id"}}}}}},
     "the files are back at their paths and in the catalog")
 DISMISSED = _json({"type": "object", "required": ["group", "dismissed"],
                    "properties": {"group": {"type": "string"}, "dismissed": {"type": "boolean"}}}, "remembered")
