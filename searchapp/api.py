@@ -373,6 +373,8 @@ def duplicates():
 def quarantine_group(group_id: str):
     """Move every picture of the group but the one kept (the suggestion, or `keep`) to the quarantine."""
     group_id = _group_id(group_id)
+    if request.is_json and request.get_data() and not isinstance(request.get_json(silent=True), dict):
+        raise ApiError(400, "bad_parameter", 'send JSON {"keep": ID} or no body')
     keep = _param("keep", None, lambda raw: parse_id(raw, "keep"))
     return jsonify(service().duplicates_action("quarantine", group_id, keep=keep))
 

@@ -270,6 +270,10 @@ def test_api_actions_need_the_token(client, library_env):
     assert gid not in {g["id"] for g in client.get("/api/duplicates").get_json()["groups"]}
     client.post(f"/api/duplicates/{gid}/undismiss", headers=headers)
     assert gid in {g["id"] for g in client.get("/api/duplicates").get_json()["groups"]}
+    bad = client.post(f"/api/duplicates/{gid}/quarantine", json=[None, None], headers=headers)
+    assert bad.status_code == 400 and bad.get_json()["error"] == "bad_parameter"
+    bad = client.post(f"/api/duplicates/{gid}/quarantine", json={"keep": "x"}, headers=headers)
+    assert bad.status_code == 400 and "keep" in bad.get_json()["message"]
     missing = client.post("/api/duplicates/0123456789abcdef/quarantine", headers=headers)
     assert missing.status_code == 404 and missing.get_json()["error"] == "not_indexed"
     assert client.post("/api/duplicates/not-a-group/dismiss", headers=headers).status_code == 404
