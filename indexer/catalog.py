@@ -194,3 +194,35 @@ class IndexInfo(Base):
     inlier_cutoff: Mapped[int | None] = mapped_column(Integer)
     inlier_basis: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DuplicateDismissal(Base):
+    """A duplicates group the user dismissed (`indexer.duplicates`): remembered by its members'
+    content hashes, so it stays dismissed across re-indexing while no new picture joins it."""
+
+    __tablename__ = "duplicate_dismissals"
+
+    group_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hashes: Mapped[str] = mapped_column(Text)  # JSON list of the members' content hashes
+    dismissed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class QuarantineRecord(Base):
+    """A picture moved to `$LOUPE_HOME/quarantine` (`indexer.quarantine`): where it came from and
+    what its catalog row held (vector, local features, regions), so one call puts both back."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    group_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    image_id: Mapped[int] = mapped_column(BigInteger)  # the row it was (rows are deleted, ids never reused)
+    kept_id: Mapped[int | None] = mapped_column(BigInteger)  # the picture kept in its place
+    original_path: Mapped[str] = mapped_column(Text)
+    stored_path: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    facts: Mapped[str] = mapped_column(Text)  # JSON: the row's scalar columns
+    embedding: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
+    local_features: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
+    regions: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))  # indexer.quarantine.pack_regions
+    moved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -286,3 +286,37 @@ def _indexed_by_hash(session: Session, hashes: set[str]) -> dict[str, ImageRecor
     for row in rows:
         found.setdefault(row.content_hash, row)
     return found
+
+
+def reinstate(session: Session, facts: dict, vector: np.ndarray | None, features: bytes | None,
+              regions: Sequence[tuple[tuple[int, int, int, int], np.ndarray]]) -> tuple[ImageRecord, IndexDelta]:
+    """A catalog row again for a file put back (`indexer.quarantine`), from what its row held: a
+    `duplicate` of the indexed picture with the same bytes when there is one, else an indexed
+    picture with its vector, local features and regions (added to FAISS once this commits)."""
+    delta = IndexDelta()
+    holder = None
+    if facts.get("content_hash"):
+        holder = session.scalars(select(ImageRecord).where(
+            ImageRecord.content_hash == facts["content_hash"], ImageRecord.status == ImageStatus.INDEXED)
+            .order_by(ImageRecord.id).limit(1)).first()
+    record = ImageRecord(**facts)
+    if holder is not None or vector is None:
+        record.status = ImageStatus.DUPLICATE if holder is not None else ImageStatus.FAILED
+        record.duplicate_of = holder.id if holder is not None else None
+        record.error = None if holder is not None else "restored without its vector: run loupe index"
+        session.add(record)
+        session.flush()
+        return record, delta
+    record.status = ImageStatus.INDEXED
+    record.embedding = np.asarray(vector, np.float32).tobytes()
+    record.local_features = features
+    session.add(record)
+    session.flush()
+    delta.add(record.id, np.asarray(vector, np.float32))
+    for (x, y, w, h), region_vector in regions:
+        region = RegionRecord(image_id=record.id, x=x, y=y, w=w, h=h,
+                              embedding=np.asarray(region_vector, np.float32).tobytes())
+        session.add(region)
+        session.flush()
+        delta.add_region(region.id, np.asarray(region_vector, np.float32))
+    return record, delta

@@ -385,3 +385,91 @@ def _image_json(image_id: int) -> dict:
     if facts is None:
         raise ApiError(404, "not_found", f"no image with id {image_id}")
     return {**facts, **Urls().image(image_id)}
+
+
+# -- the duplicates review ------------------------------------------------------------------------
+DUPLICATE_KINDS = ("duplicate", "burst")
+DUPLICATES_DEFAULT_LIMIT, DUPLICATES_MAX_LIMIT = 20, 100
+DUPLICATES_MAX_OFFSET = 10**7 - 1  # cursors carry at most 7 digits
+GROUP_ID_CHARS = frozenset("0123456789abcdef")
+
+
+def _duplicates_cursor(raw) -> int:
+    """The offset a `cursor` (a page's `next`: `o` and a number; empty: the first page) stands for."""
+    text = str(raw)
+    if text == "":
+        return 0
+    if not (2 <= len(text) <= 8 and text[0] == "o" and text[1:].isdigit() and text[1:].isascii()):
+        raise ApiError(400, "bad_parameter", "cursor is not one this server gave (pass back a page's next)")
+    return int(text[1:])
+
+
+def _duplicates_next(offset: int | None) -> str | None:
+    return None if offset is None or offset > DUPLICATES_MAX_OFFSET else f"o{offset}"
+
+
+def _group_id(group_id: str) -> str:
+    if len(group_id) != 16 or not set(group_id) <= GROUP_ID_CHARS:
+        raise ApiError(404, "not_found", f"no duplicates group {group_id!r}")
+    return group_id
+
+
+@bp.get("/duplicates")
+def duplicates():
+    """Groups of duplicate pictures and bursts, a page at a time (`next` → `cursor`)."""
+    kind = _choice_param("kind", None, DUPLICATE_KINDS)
+    limit = _int_param("limit", DUPLICATES_DEFAULT_LIMIT, 1, DUPLICATES_MAX_LIMIT)
+    offset = _param("cursor", 0, _duplicates_cursor)
+    dismissed = _choice_param("dismissed", "off", ("on", "off")) == "on"
+    relative = _relative_paths()
+    page = service().duplicate_groups(kind, offset, limit, dismissed)
+    urls = Urls()
+    groups = []
+    for group in page.groups:
+        body = group.as_dict()
+        body["images"] = [{**image, **urls.image(image["id"])} for image in body["images"]]
+        if relative:
+            _make_relative(body["images"])
+        groups.append(body)
+    return jsonify(groups=groups, next=_duplicates_next(page.next_offset), total=page.total)
+
+
+@bp.post("/duplicates/<group_id>/quarantine")
+@require_token
+def quarantine_group(group_id: str):
+    """Move every picture of the group but the one kept (the suggestion, or `keep`) to the quarantine."""
+    group_id = _group_id(group_id)
+    if request.is_json and request.get_data() and not isinstance(request.get_json(silent=True), dict):
+        raise ApiError(400, "bad_parameter", 'send JSON {"keep": ID} or no body')
+    keep = _param("keep", None, lambda raw: parse_id(raw, "keep"))
+    return jsonify(service().duplicates_action("quarantine", group_id, keep=keep))
+
+
+@bp.post("/duplicates/<group_id>/restore")
+@require_token
+def restore_group(group_id: str):
+    """Put back every quarantined picture of the group."""
+    return jsonify(service().duplicates_action("restore", _group_id(group_id)))
+
+
+@bp.post("/duplicates/<group_id>/dismiss")
+@require_token
+def dismiss_group(group_id: str):
+    return jsonify(service().duplicates_action("dismiss", _group_id(group_id)))
+
+
+@bp.post("/duplicates/<group_id>/undismiss")
+@require_token
+def undismiss_group(group_id: str):
+    return jsonify(service().duplicates_action("undismiss", _group_id(group_id)))
+
+
+@bp.get("/quarantine")
+def quarantine_list():
+    return jsonify(entries=service().quarantined())
+
+
+@bp.post("/quarantine/<id:entry_id>/restore")
+@require_token
+def restore_entry(entry_id: int):
+    return jsonify(service().duplicates_action("restore", entry_id=entry_id))

@@ -307,6 +307,101 @@ SCHEMAS["GenerationJob"] = {
     },
 }
 
+SCHEMAS["DuplicateImage"] = {
+    "type": "object", "required": ["id", "path", "score", "width", "height", "thumb_url", "file_url", "evidence"],
+    "description": "a search result (Result) with what ties it to its group",
+    "properties": {
+        **SCHEMAS["Result"]["properties"],
+        "size_bytes": {"type": "integer"}, "content_hash": NULLABLE_STR, "taken_at": NULLABLE_STR,
+        "camera": NULLABLE_STR, "inliers": NULLABLE_INT,
+        "evidence": {"enum": ["centre", "exact", "verified", "pixels", "score"],
+                     "description": "what ties it to the group: the centre itself, the same bytes, geometric "
+                                    "verification, thumbnails alike (too few keypoints to verify), or the "
+                                    "embedding's cut-off alone (verification off)"},
+    },
+}
+SCHEMAS["DuplicateGroup"] = {
+    "type": "object", "required": ["id", "kind", "images", "keep", "reason"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "stable while its pictures are"},
+        "kind": {"enum": ["duplicate", "burst"],
+                 "description": "burst: one camera, seconds apart; shown, never suggested for removal"},
+        "images": {"type": "array", "minItems": 2, "items": _ref("DuplicateImage")},
+        "keep": {"type": "integer", "description": "the picture to keep: most pixels, then earliest taken, then "
+                                                   "shortest path"},
+        "reason": {"type": "string"},
+    },
+}
+SCHEMAS["DuplicateGroups"] = {
+    "type": "object", "required": ["groups", "next"],
+    "properties": {"groups": {"type": "array", "items": _ref("DuplicateGroup")}, "next": NULLABLE_STR,
+                   "total": {"type": "integer"}},
+}
+SCHEMAS["QuarantineEntry"] = {
+    "type": "object", "required": ["id", "image_id", "original_path", "stored_path"],
+    "properties": {"id": {"type": "integer"}, "group": NULLABLE_STR, "image_id": {"type": "integer"},
+                   "kept_id": NULLABLE_INT, "original_path": {"type": "string"}, "stored_path": {"type": "string"},
+                   "moved_at": {"type": "string"}},
+}
+GROUP_PARAM = {"name": "group_id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
+RESTORED = _json({"type": "object", "required": ["restored"], "properties": {"restored": {
+    "type": "array", "items": {"type": "object", "required": ["id", "image_id", "original_path"], "properties": {
+        **SCHEMAS["QuarantineEntry"]["properties"],
+        "image_id": {"type": "integer", "description": "the picture's new catalog id"}}}}}},
+    "the files are back at their paths and in the catalog")
+DISMISSED = _json({"type": "object", "required": ["group", "dismissed"],
+                   "properties": {"group": {"type": "string"}, "dismissed": {"type": "boolean"}}}, "remembered")
+
+
+def duplicates_paths() -> dict:
+    """The duplicates review's entries of the document."""
+    write = {"security": BEARER, "parameters": [GROUP_PARAM]}
+    return {
+        "/api/duplicates": {"get": {
+            "parameters": [
+                {"name": "kind", "in": "query", "schema": {"enum": ["duplicate", "burst"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+                                                              "default": 20}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^(o[0-9]{1,7})?$"},
+                 "description": "a page's `next`, for the page after it (empty: the first page)"},
+                {"name": "dismissed", "in": "query", "schema": {"enum": ["on", "off"], "default": "off"},
+                 "description": "on: include the groups dismissed before"},
+                PATHS_PARAM],
+            "security": READ,
+            "description": "groups of the same picture (exact copies and verified near-duplicates) and of burst "
+                           "shots, duplicates first, largest first; computed on the first call after the catalog "
+                           "changed (seconds for a large library; 503 busy while another request computes them)",
+            "responses": {"200": _json(_ref("DuplicateGroups"), "one page of groups"),
+                          **_errors(400, 401, 403), "503": BUSY}}},
+        "/api/duplicates/{group_id}/quarantine": {"post": {
+            **write,
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"keep": ID_SCHEMA}}}}},
+            "description": "moves every picture of the group but the one kept (the suggestion, or `keep`) to "
+                           "LOUPE_HOME/quarantine and out of the catalog; refused for burst groups (409) and for "
+                           "files outside the folders they were indexed from (403)",
+            "responses": {"200": _json({"type": "object", "required": ["group", "kept", "quarantined"], "properties": {
+                "group": {"type": "string"}, "kept": {"type": "integer"},
+                "quarantined": {"type": "array", "items": _ref("QuarantineEntry")}}}, "moved"),
+                **_errors(400, 401, 403, 404, 409), "503": BUSY}}},
+        "/api/duplicates/{group_id}/restore": {"post": {
+            **write, "responses": {"200": RESTORED, **_errors(401, 403, 404, 409)}}},
+        "/api/duplicates/{group_id}/dismiss": {"post": {
+            **write, "responses": {"200": DISMISSED, **_errors(401, 403, 404, 409)}}},
+        "/api/duplicates/{group_id}/undismiss": {"post": {
+            **write, "responses": {"200": DISMISSED, **_errors(401, 403, 404, 409)}}},
+        "/api/quarantine": {"get": {"security": READ, "responses": {
+            "200": _json({"type": "object", "required": ["entries"], "properties": {
+                "entries": {"type": "array", "items": _ref("QuarantineEntry")}}}, "newest first"),
+            **_errors(401, 403)}}},
+        "/api/quarantine/{entry_id}/restore": {"post": {
+            "security": BEARER, "parameters": [{"name": "entry_id", "in": "path", "required": True,
+                                                "schema": ID_SCHEMA}],
+            "responses": {"200": RESTORED, **_errors(401, 403, 404, 409)}}},
+    }
+
+
 GENERATE_FIELDS = {
     "n": {"type": "integer", "minimum": 1, "maximum": 8, "default": 4},
     "strength": {"type": "number", "minimum": 0.05, "maximum": 1, "default": 0.6,
@@ -486,5 +581,6 @@ def openapi_document() -> dict:
                 "get": {"parameters": [ID_PARAM], "security": READ,
                         "responses": {"200": {"description": "a JPEG thumbnail"}, **_errors(401, 403, 404)}}
             },
+            **duplicates_paths(),
         },
     }

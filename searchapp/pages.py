@@ -21,6 +21,14 @@ def search_page():
                            running_job=service().indexing_jobs.running_id)
 
 
+@bp.get("/duplicates")
+def duplicates_page():
+    """The duplicates review (driven by static/duplicates.js over /api/duplicates)."""
+    rules, held = policy(), grant()
+    can_write = not rules.writes_protected or held.role == WRITE
+    return render_template("duplicates.html", can_write=can_write)
+
+
 @bp.get("/login")
 def login():
     return render_template("login.html", error=None, tokens=policy().reads_protected or policy().writes_protected)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 EXTENSION = "loupe"
 DECODE_WAIT_SECONDS = 30.0  # how long an upload waits for a decode slot before 503 busy
+DUPLICATES_WAIT_SECONDS = 30.0  # how long a request waits for another computing the duplicates
 
 
 class ModelThread:
@@ -129,6 +130,7 @@ class SearchService:
         self.indexing_jobs = IndexingJobs(self)
         self._generations = None
         self._restorers = None
+        self._duplicates_lock = threading.Lock()  # one computation of the duplicates groups at a time
 
     # -- lazily loaded parts -----------------------------------------------------------------
     @property
@@ -368,6 +370,60 @@ class SearchService:
         with self.library.sessions() as session:
             job = session.get(JobRecord, job_id)
         return None if job is None else IndexingJobReport.of(job)
+
+    # -- the duplicates review (indexer.review) -----------------------------------------------------
+    def _review(self):
+        from indexer.duplicates import DuplicateOptions
+        from indexer.review import DuplicatesReview
+
+        return DuplicatesReview(self.library, DuplicateOptions(verify=self.settings.verify))
+
+    def duplicate_groups(self, kind: str | None, offset: int, limit: int, dismissed: bool):
+        """A page of the library's duplicate and burst groups (`indexer.review.GroupPage`),
+        computed on the first call after the catalog changed (one computation at a time: a
+        request that waits past DUPLICATES_WAIT_SECONDS gets 503 busy)."""
+        from indexer.review import GroupPage
+
+        library = self.library
+        if library.stored_identity() is None:
+            return GroupPage((), 0, None, {})
+        if not self.write_lock.locked():
+            with self._init_lock:
+                library.refresh()
+        if not self._duplicates_lock.acquire(timeout=DUPLICATES_WAIT_SECONDS):
+            raise Busy("the duplicates are being computed; try again shortly", retry_after=10)
+        try:
+            return self._review().page(kind, offset, limit, dismissed)
+        finally:
+            self._duplicates_lock.release()
+
+    def duplicates_action(self, action: str, group_id: str | None = None, keep: int | None = None,
+                          entry_id: int | None = None) -> dict:
+        """quarantine, restore (a group's or one entry's), dismiss or undismiss, under the
+        writer locks; the JSON answer."""
+        with self.indexing_jobs.writer():
+            library = self.library
+            with library.writer(), self._duplicates_lock:
+                library.sync_store()
+                review = self._review()
+                if action == "quarantine":
+                    group, entries = review.quarantine(group_id, keep)
+                    for entry in entries:
+                        remove_thumbnail(self.settings.home, entry.image_id)
+                    return {"group": group.id, "kept": keep or group.keep,
+                            "quarantined": [e.as_dict() for e in entries]}
+                if action == "restore":
+                    restored = review.restore(entry_ids=[entry_id] if entry_id is not None else None,
+                                              group_id=group_id)
+                    return {"restored": [{**r.entry.as_dict(), "image_id": r.image_id} for r in restored]}
+                if action == "dismiss":
+                    return {"group": review.dismiss(group_id).id, "dismissed": True}
+                review.undismiss(group_id)
+                return {"group": group_id, "dismissed": False}
+
+    def quarantined(self) -> list[dict]:
+        """What is in the quarantine, newest first."""
+        return [e.as_dict() for e in self._review().quarantined()]
 
     def health(self) -> dict:
         library = self.library

@@ -494,3 +494,24 @@ def test_a_photo_and_words_search_together(page, photos):
     page.fill("#q", "")
     page.wait_for_selector("#verdict.found")
     assert page.is_hidden("#terms")
+
+
+def test_duplicates_page_quarantine_and_restore(page, server, photos, tmp_path):
+    page.click("#duplicates-link")
+    page.wait_for_selector(".dups-group")
+    assert page.locator(".dups-group").count() >= 6  # 8 photographs with their crops (a few crops missed)
+    first = page.locator(".dups-group").first
+    assert first.locator(".dups-pic.keep").count() == 1
+    paths = [p.inner_text() for p in first.locator(".dups-pic:not(.keep) .path").all()]
+    first.locator("button.quarantine").click()
+    page.wait_for_selector(".dups-group.done button.restore")
+    assert "to the quarantine" in page.inner_text("#dups-status")
+    page.wait_for_selector("#dups-quarantine li")
+    assert not any(os.path.exists(p) for p in paths)
+    page.wait_for_function("Array.from(document.querySelectorAll('.dups-pic img')).slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(tmp_path / "duplicates.png"))
+    first.locator("button.restore").click()
+    page.wait_for_function("document.getElementById('dups-status').textContent.startsWith('Restored')"
+                           " || document.querySelectorAll('#dups-quarantine li').length === 0")
+    page.wait_for_function("document.getElementById('dups-quarantine').hidden")
+    assert all(os.path.exists(p) for p in paths)

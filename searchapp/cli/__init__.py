@@ -16,13 +16,13 @@ from typing import Mapping, Sequence
 
 from indexer.errors import LoupeError
 
-from . import catalog, search, serve, training
+from . import catalog, duplicates, search, serve, training
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2  # what argparse exits with on a usage error
 EXIT_INTERRUPTED = 130
 
-COMMAND_GROUPS = (catalog, search, serve, training)  # in the order `loupe --help` lists them
+COMMAND_GROUPS = (catalog, search, duplicates, serve, training)  # in the order `loupe --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
