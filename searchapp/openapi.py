@@ -77,6 +77,7 @@ SCHEMAS = {
             "height": NULLABLE_INT,
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
+            "preview_url": {"type": "string"},
         },
     },
     "Results": {
@@ -241,6 +242,7 @@ SCHEMAS = {
             "indexed_at": NULLABLE_STR,
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
+            "preview_url": {"type": "string"},
         },
     },
     "Job": {
@@ -452,6 +454,12 @@ def openapi_document() -> dict:
             "/images/{image_id}/thumb": {
                 "get": {"parameters": [ID_PARAM], "security": READ,
                         "responses": {"200": {"description": "a JPEG thumbnail"}, **_errors(401, 403, 404)}}
+            },
+            "/images/{image_id}/preview": {
+                "get": {"parameters": [ID_PARAM], "security": READ,
+                        "description": "the picture at most 1600 px a side as a JPEG (any indexed format), for "
+                                       "viewing; the original bytes are /images/{image_id}/file",
+                        "responses": {"200": {"description": "a JPEG preview"}, **_errors(401, 403, 404)}}
             },
         },
     }
