@@ -117,8 +117,11 @@ def test_delete_removes_an_uploads_bytes_thumbnail_and_preview(library):
     client = make_app(library).test_client()
     buf = io.BytesIO()
     Image.effect_mandelbrot((300, 200), (-2, -1, 1, 1), 60).convert("RGB").save(buf, "PNG")
-    added = client.post("/api/images", data={"image": (io.BytesIO(buf.getvalue()), "probe.png")}).get_json()
     home = library_home(library)
+    checked = client.post("/api/search/image?k=3&restore=off", data={"image": (io.BytesIO(buf.getvalue()), "q.png")})
+    assert checked.status_code == 200 and checked.get_json()["copy_found"] is False
+    assert not (home / "uploads").exists() or not list((home / "uploads").iterdir())  # a search keeps nothing
+    added = client.post("/api/images", data={"image": (io.BytesIO(buf.getvalue()), "probe.png")}).get_json()
     stored = [p for p in (home / "uploads").iterdir() if p.suffix == ".png"]
     assert len(stored) == 1 and stored[0].read_bytes() == buf.getvalue()
     assert client.get(added["thumb_url"]).status_code == 200 and client.get(added["preview_url"]).status_code == 200
