@@ -87,7 +87,7 @@ def image_thumb(image_id: int):
 @bp.get("/images/<id:image_id>/preview")
 def image_preview(image_id: int):
     """The picture at most PREVIEW_SIZE px a side as a JPEG (the detail view's; any indexed
-    format, TIFF included), cached like thumbnails and checked against its original likewise."""
+    format, TIFF included), cached on disk like thumbnails and checked against its original likewise."""
     record = _catalogued(image_id)
     with _open(record) as fh:
         def read() -> bytes:
@@ -97,8 +97,10 @@ def image_preview(image_id: int):
             preview = service().preview(record, read)
         except ImageReadError as err:
             raise ApiError(404, "bad_image", f"cannot make a preview of image {image_id}: {err}") from err
-    response = send_file(preview, mimetype="image/jpeg", conditional=True, max_age=30 * ONE_DAY)
-    response.headers["Cache-Control"] = THUMB_CACHE
+    # Cached a day like originals, not for good: a catalog rebuilt from scratch can give the id
+    # to another picture (the file cache on disk is keyed by content, a browser's by URL).
+    response = send_file(preview, mimetype="image/jpeg", conditional=True, max_age=ONE_DAY)
+    response.headers["Cache-Control"] = FILE_CACHE
     response.headers["Content-Disposition"] = f'inline; filename="{image_id}-{PREVIEW_SIZE}.jpg"'
     return response
 
