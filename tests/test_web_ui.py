@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_env, write_photos
-from helpers import run_json
+from helpers import check_schema, run_json
 from searchapp import create_app
 from searchapp.settings import ServiceSettings, parse_url_prefix
 
@@ -52,6 +52,7 @@ def test_a_url_prefix_puts_every_url_under_it(library):
     assert 'href="/photos/static/style.css"' in html and 'src="/photos/static/app.js"' in html
     # No URL on the page escapes the prefix (the app's own paths all go through url_for).
     assert not re.findall(r'(?:href|src|action)="/(?!photos/)', html)
+    check_schema(client.get("/photos/api/search?q=a+photo"), "/api/search")
     results = ids_by_name(client, "/photos")
     assert results and all(r["thumb_url"].startswith("/photos/images/") for r in results.values())
     result = next(iter(results.values()))
@@ -101,7 +102,7 @@ def test_preview_is_a_bounded_jpeg_cached_and_a_tiff_renders(library):
         assert img.format == "JPEG" and max(img.size) == 1600 and img.size == (1600, 1200)
     cached = list((library_home(library) / "previews").rglob(f"{large['id']}-*.jpg"))
     assert len(cached) == 1
-    metadata = client.get(f"/api/images/{large['id']}").get_json()
+    metadata = check_schema(client.get(f"/api/images/{large['id']}"), "/api/images/{image_id}")
     assert metadata["preview_url"] == large["preview_url"]
     assert client.get("/images/999999/preview").status_code == 404
 
