@@ -64,4 +64,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(pages.bp)
+    _serve_under_prefix(app, getattr(app.config["LOUPE_SETTINGS"], "url_prefix", None))
     return app
+
+
+def _serve_under_prefix(app: Flask, prefix: str | None) -> None:
+    """Under `LOUPE_URL_PREFIX`: requests under the prefix have it as their script root, and
+    URLs built outside a request (a generation's pictures) start with it too."""
+    if not prefix:
+        return
+    from .prefix import PrefixMiddleware
+
+    app.config["LOUPE_URL_PREFIX"] = prefix
+    app.wsgi_app = PrefixMiddleware(app.wsgi_app, prefix)

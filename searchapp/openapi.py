@@ -91,6 +91,7 @@ SCHEMAS = {
             "height": NULLABLE_INT,
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
+            "preview_url": {"type": "string"},
         },
     },
     "Results": {
@@ -257,6 +258,9 @@ SCHEMAS = {
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
             **IMAGE_METADATA_PROPERTIES,
+
+
+            "preview_url": {"type": "string"},
         },
     },
     "Job": {
@@ -582,5 +586,13 @@ def openapi_document() -> dict:
                         "responses": {"200": {"description": "a JPEG thumbnail"}, **_errors(401, 403, 404)}}
             },
             **duplicates_paths(),
+
+
+            "/images/{image_id}/preview": {
+                "get": {"parameters": [ID_PARAM], "security": READ,
+                        "description": "the picture at most 1600 px a side as a JPEG (any indexed format), for "
+                                       "viewing; the original bytes are /images/{image_id}/file",
+                        "responses": {"200": {"description": "a JPEG preview"}, **_errors(401, 403, 404)}}
+            },
         },
     }

@@ -304,6 +304,7 @@ class SearchService:
 
     def remove_image(self, image_id: int) -> None:
         """Remove an image from the catalog and index; an upload's own file goes too."""
+        from indexer.previews import remove_previews
         from indexer.uploads import discard_upload
         from indexer.writer import apply_delta, retire_all
 
@@ -318,6 +319,7 @@ class SearchService:
                 apply_delta(library, delta)
                 library.save_index()
             remove_thumbnail(self.settings.home, image_id)
+            remove_previews(self.settings.home, image_id)
             discard_upload(self.settings.home, path)
 
     def start_indexing(self, paths: list[str]) -> int:
@@ -361,6 +363,12 @@ class SearchService:
     def thumbnail(self, image_id: int, read) -> Path:
         """The cached thumbnail of an image, made from the bytes `read()` gives if needed."""
         return ensure_thumbnail(self.settings.home, image_id, read)
+
+    def preview(self, served: "ServedFile", read) -> Path:
+        """The cached bounded-size preview of an image (`indexer.previews`), made from `read()` if needed."""
+        from indexer.previews import ensure_preview
+
+        return ensure_preview(self.settings.home, served.id, served.content_hash or "unhashed", read)
 
     def indexed_roots(self, image_ids: list[int]) -> dict[int, list[str]]:
         """Each image's indexed roots (the folders its job indexed)."""
@@ -450,10 +458,12 @@ class ServedFile:
     size_bytes: int
     mtime_ns: int
     path: str = field(repr=False)
+    content_hash: str | None = None
 
     @classmethod
     def of(cls, record: ImageRecord) -> "ServedFile":
-        return cls(record.id, record.status, record.format, record.size_bytes, record.mtime_ns, record.path)
+        return cls(record.id, record.status, record.format, record.size_bytes, record.mtime_ns, record.path,
+                   record.content_hash)
 
 
 def catalog_facts(record: ImageRecord) -> dict:

@@ -5,6 +5,7 @@ environment when a command starts (never at import)."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -12,6 +13,8 @@ from indexer.errors import ConfigError
 from indexer.settings import Settings
 
 from .restoration.stages import parse_policy
+
+_URL_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class ServiceSettings:
     generated_ttl_hours: float = 168.0  # LOUPE_GENERATED_TTL_HOURS: how long generated pictures are kept
     generated_quota_mb: float = 1024.0  # LOUPE_GENERATED_QUOTA_MB: disk space generated pictures may take
     restore: RestoreSettings = RestoreSettings()
+    url_prefix: str | None = None  # LOUPE_URL_PREFIX: the sub-path a reverse proxy serves Loupe under (/photos)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, core: Settings | None = None) -> "ServiceSettings":
@@ -69,7 +73,22 @@ class ServiceSettings:
             read_token=env.get("LOUPE_READ_TOKEN") or None,
             trusted_hosts=tuple(h.strip().lower() for h in (env.get("LOUPE_TRUSTED_HOSTS") or "").split(",")
                                 if h.strip()),
+            url_prefix=parse_url_prefix(env.get("LOUPE_URL_PREFIX")),
         )
+
+
+def parse_url_prefix(text: str | None) -> str | None:
+    """`LOUPE_URL_PREFIX`: a path such as `/photos` (a trailing `/` is dropped; empty or `/`: None),
+    else a ConfigError naming the variable."""
+    value = (text or "").strip().rstrip("/")
+    if not value:
+        return None
+    segments = value.split("/")
+    if not value.startswith("/") or any(not part or part in (".", "..") or not _URL_SEGMENT.fullmatch(part)
+                                        for part in segments[1:]):
+        raise ConfigError(f"LOUPE_URL_PREFIX={text!r} is not a path such as /photos (letters, digits, '-', '_', "
+                          "'.', '~' between slashes)")
+    return value
 
 
 def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> float:

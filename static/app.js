@@ -25,6 +25,18 @@
   // Generating and adding pictures need the API token when the server has one: without a
   // session that may write, those buttons are not offered (the footer links to the sign-in).
   const CAN_WRITE = document.body.dataset.canWrite !== "false";
+  // "Generate similar" needs the token and a generator: without either it is not offered.
+  const CAN_GENERATE = CAN_WRITE && document.body.dataset.canGenerate === "true";
+  // Where the app is served from ("/", or the sub-path a reverse proxy serves it under,
+  // LOUPE_URL_PREFIX): every URL the page builds itself goes through apiUrl().
+  const ROOT = document.body.dataset.root || "/";
+  const PLACEHOLDER = document.body.dataset.placeholder || apiUrl("static/missing.svg");
+  // Errors whose server message is written for the command line: the page's own words instead.
+  const PAGE_MESSAGES = {
+    not_indexed: "Nothing is indexed yet: the guides (linked at the bottom of the page) say how to add pictures.",
+    model_mismatch: "This server's model does not match the index: the guides (linked below) say how to change models.",
+    weights_unavailable: "The model's weights are not available on this server: see the guides linked below.",
+  };
   const POLL_MS = 400;
   const MATCH_LABELS = { exact: "Exact copy", "near-duplicate": "Near-duplicate" };
   const STAGE_NAMES = {
@@ -45,12 +57,38 @@
   let genRun = 0; // bumps on every generation started or closed, so old polls stop
   let genJob = null;
 
+  // A URL of this app from its path ("api/search" or "/api/search"), under ROOT; a URL the
+  // server built (it already starts with ROOT) or an absolute one is left as it is.
+  function apiUrl(path) {
+    if (/^[a-z]+:/i.test(path) || (ROOT !== "/" && path.startsWith(ROOT))) return path;
+    return ROOT + path.replace(/^\/+/, "");
+  }
+
   // Every API call says it comes from this page: the server refuses requests that change
   // something unless they come from its own origin, and a cross-site form cannot set a header.
   function api(url, init = {}) {
     const headers = new Headers(init.headers || {});
     headers.set("X-Loupe-Request", "1");
-    return window.fetch(url, { ...init, headers, credentials: "same-origin" });
+    return window.fetch(apiUrl(url), { ...init, headers, credentials: "same-origin" });
+  }
+
+  // A picture whose file cannot be served (moved, changed, unreadable) shows a placeholder
+  // instead of a broken image; an element reused for another picture clears the mark on load.
+  function withPlaceholder(img) {
+    const placeholder = new URL(PLACEHOLDER, document.baseURI).href;
+    img.addEventListener("error", () => {
+      if (!img.getAttribute("src") || img.src === placeholder) return;
+      img.classList.add("missing");
+      img.title = "This picture's file is not available (moved, changed or unreadable)";
+      img.src = placeholder;
+    });
+    img.addEventListener("load", () => {
+      if (img.src !== placeholder && img.classList.contains("missing")) {
+        img.classList.remove("missing");
+        img.removeAttribute("title");
+      }
+    });
+    return img;
   }
 
   function setState(text, kind = "") {
@@ -65,7 +103,7 @@
   async function errorMessage(response) {
     try {
       const body = await response.json();
-      return body.message || body.error || response.statusText;
+      return PAGE_MESSAGES[body.error] || body.message || body.error || response.statusText;
     } catch (_) {
       return `${response.status} ${response.statusText}`;
     }
@@ -190,7 +228,7 @@
   // A thumbnail; when a region of the picture matched, the whole picture is shown (letterboxed)
   // with that region outlined.
   function thumbnail(result) {
-    const img = document.createElement("img");
+    const img = withPlaceholder(document.createElement("img"));
     img.src = result.thumb_url;
     img.alt = baseName(result.path);
     img.loading = "lazy";
@@ -253,7 +291,7 @@
     els.compareQuery.src = queryImage.src;
     const svg = outlineSvg(result);
     const image = document.createElementNS(SVG, "image");
-    image.setAttribute("href", result.file_url);
+    image.setAttribute("href", result.preview_url || result.file_url);
     image.setAttribute("width", result.width);
     image.setAttribute("height", result.height);
     const [p0, p1, , p3] = result.verification.outline;
@@ -329,7 +367,7 @@
   }
 
   function showQueryPanel(src, title, meta, canGenerate = false) {
-    els.generateFromQuery.hidden = !(canGenerate && CAN_WRITE);
+    els.generateFromQuery.hidden = !(canGenerate && CAN_GENERATE);
     els.queryImage.src = src;
     els.queryTitle.textContent = title;
     els.queryMeta.textContent = meta;
@@ -390,7 +428,7 @@
     }
     const image = await response.json();
     els.detailTitle.textContent = baseName(image.path);
-    els.detailImage.src = image.file_url;
+    els.detailImage.src = image.preview_url || image.file_url; // a bounded JPEG: the original is a link
     els.detailImage.alt = baseName(image.path);
     els.openOriginal.href = image.file_url;
     const facts = [
@@ -557,7 +595,7 @@
         link.dataset.id = result.id;
         link.title = `${baseName(result.path)} · ${result.score.toFixed(3)}`;
         link.setAttribute("aria-label", `${baseName(result.path)}, score ${result.score.toFixed(3)}`);
-        const thumb = document.createElement("img");
+        const thumb = withPlaceholder(document.createElement("img"));
         thumb.src = result.thumb_url;
         thumb.alt = "";
         thumb.loading = "lazy";
@@ -705,7 +743,9 @@
     if (event.target === els.detail) els.detail.close(); // a click on the backdrop
   });
 
-  els.generate.hidden = !CAN_WRITE;
+  els.generate.hidden = !CAN_GENERATE;
+  withPlaceholder(els.detailImage);
+  withPlaceholder(els.queryImage);
   if ($("index-job")) watchIndexJob($("index-job"));
 
   const initial = new URL(window.location).searchParams.get("q");

@@ -93,6 +93,7 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
     from sqlalchemy import select
 
     from indexer.catalog import ImageRecord
+    from indexer.previews import remove_previews
     from indexer.thumbnails import remove_thumbnail
     from indexer.uploads import discard_upload
     from indexer.writer import apply_delta, retire_all
@@ -113,6 +114,7 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
         library.sync_store()
     for image_id, path in removed:
         remove_thumbnail(settings.home, image_id)
+        remove_previews(settings.home, image_id)
         discard_upload(settings.home, path)
     removed_paths = [path for _, path in removed]
     if args.json:
