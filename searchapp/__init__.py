@@ -59,9 +59,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     rules = security.AccessPolicy.create(app.config["LOUPE_SETTINGS"], app.config["LOUPE_SERVE_HOST"])
     services.init_app(app, Urls.of_app(app))
+    _observe(app)  # before the access rules, so a refused request is timed and logged too
     errors.init_app(app)
     security.init_app(app, rules)
     app.register_blueprint(api.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(pages.bp)
     return app
+
+
+def _observe(app: Flask) -> None:
+    """The access log and the Prometheus metrics (`/metrics`) of `app`."""
+    from . import access_log, metrics
+    from .services import EXTENSION
+
+    access_log.init_app(app)
+    metrics.init_app(app, app.extensions[EXTENSION])

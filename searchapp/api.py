@@ -119,7 +119,10 @@ def _make_relative(items: list[dict]) -> None:
 
 @bp.get("/health")
 def health():
-    return jsonify(service().health())
+    """Liveness and readiness: 200 when every check is ok, 503 (same body) when degraded, so a
+    proxy or monitor needs only the status code."""
+    body = service().health()
+    return jsonify(body), 200 if body["status"] == "ok" else 503
 
 
 @bp.get("/search")

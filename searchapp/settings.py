@@ -53,6 +53,10 @@ class ServiceSettings:
     generated_ttl_hours: float = 168.0  # LOUPE_GENERATED_TTL_HOURS: how long generated pictures are kept
     generated_quota_mb: float = 1024.0  # LOUPE_GENERATED_QUOTA_MB: disk space generated pictures may take
     restore: RestoreSettings = RestoreSettings()
+    # LOUPE_MIN_FREE_MB: /api/health is degraded below this much free space under LOUPE_HOME (0: never)
+    min_free_mb: float = 1024.0
+    # LOUPE_METRICS_TOKEN: when set, /metrics needs it (or a token that may read); else /metrics follows the read rule
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, core: Settings | None = None) -> "ServiceSettings":
@@ -69,6 +73,8 @@ class ServiceSettings:
             read_token=env.get("LOUPE_READ_TOKEN") or None,
             trusted_hosts=tuple(h.strip().lower() for h in (env.get("LOUPE_TRUSTED_HOSTS") or "").split(",")
                                 if h.strip()),
+            min_free_mb=_non_negative(env, "LOUPE_MIN_FREE_MB", "1024", "megabytes"),
+            metrics_token=env.get("LOUPE_METRICS_TOKEN") or None,
         )
 
 
@@ -81,4 +87,16 @@ def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> flo
         value = -1.0
     if not value > 0:  # also refuses nan
         raise ConfigError(f"{name}={text!r} is not a positive number of {unit}")
+    return value
+
+
+def _non_negative(env: Mapping[str, str], name: str, default: str, unit: str) -> float:
+    """The number `env[name]` (or `default`), 0 or more, else a ConfigError naming the variable."""
+    text = (env.get(name) or default).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise ConfigError(f"{name}={text!r} is not a number of {unit}, 0 or more")
     return value
