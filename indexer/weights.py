@@ -13,10 +13,12 @@ HF_DEFAULT_FILE = "open_clip_pytorch_model.bin"  # open_clip's name when a hub e
 
 @dataclass(frozen=True)
 class WeightsOnDisk:
-    """`present`: the model can load without the network; `reason` says what was found."""
+    """`present`: the model can load without the network; `reason` says what was found (no
+    server paths: `/api/health` shows it to anyone); `detail` adds the paths."""
 
     present: bool
     reason: str
+    detail: str = ""
 
 
 def find_weights(architecture: str, pretrained: str, models_dir: Path) -> WeightsOnDisk:
@@ -34,15 +36,16 @@ def find_weights(architecture: str, pretrained: str, models_dir: Path) -> Weight
     if kind == "file":
         path = Path(pretrained).expanduser()
         if path.is_file():
-            return WeightsOnDisk(True, f"checkpoint file {path} is present")
-        return WeightsOnDisk(False, f"checkpoint file {path} (LOUPE_PRETRAINED) does not exist")
+            return WeightsOnDisk(True, "the checkpoint file (LOUPE_PRETRAINED) is present", str(path))
+        return WeightsOnDisk(False, "the checkpoint file (LOUPE_PRETRAINED) does not exist", f"no file {path}")
     if pretrained not in open_clip.list_pretrained_tags_by_model(architecture):
         return WeightsOnDisk(False, f"{architecture} has no pretrained tag {pretrained!r} (LOUPE_PRETRAINED)")
     cfg = open_clip.get_pretrained_cfg(architecture, pretrained) or {}
     if _cached(cfg, models_dir):
-        return WeightsOnDisk(True, f"weights {architecture}/{pretrained} are in {models_dir}")
-    return WeightsOnDisk(False, f"weights {architecture}/{pretrained} are not in {models_dir}: loading them needs "
-                                "the network once (or set LOUPE_PRETRAINED to a local checkpoint file)")
+        return WeightsOnDisk(True, f"weights {architecture}/{pretrained} are in LOUPE_HOME/models", str(models_dir))
+    return WeightsOnDisk(False, f"weights {architecture}/{pretrained} are not in LOUPE_HOME/models: loading them "
+                                "needs the network once (or set LOUPE_PRETRAINED to a local checkpoint file)",
+                         f"looked in {models_dir}")
 
 
 def _cached(cfg: dict, models_dir: Path) -> bool:

@@ -236,7 +236,8 @@ SCHEMAS = {
         "required": ["state", "reason"],
         "properties": {
             "state": {"enum": ["ok", "degraded"]},
-            "reason": {"type": "string"},
+            "reason": {"type": "string", "description": "why, in words, naming no server path or error text"},
+            "detail": {"type": "string", "description": "paths and error text, only for callers who may read"},
             "loaded": {"type": "boolean", "description": "index, model: loaded in this process"},
             "free_bytes": {"type": "integer", "description": "disk: free bytes under LOUPE_HOME"},
             "min_free_bytes": {"type": "integer", "description": "disk: the threshold (LOUPE_MIN_FREE_MB)"},

@@ -1,6 +1,9 @@
 """Readiness: whether this server can answer searches now, and if not, why. `/api/health` runs
 these checks on every call, so each is cheap: one `SELECT 1`, a file's existence, the model's
-weights looked for on disk (never loaded), the free space under `LOUPE_HOME`."""
+weights looked for on disk (never loaded), the free space under `LOUPE_HOME`.
+
+A check's `reason` names no server path, URL or error text (anyone may call `/api/health`);
+its `detail` does, and is shown only to callers who may read (`Readiness.as_dict(detailed)`)."""
 
 from __future__ import annotations
 
@@ -15,18 +18,21 @@ CHECKS = ("database", "index", "model", "disk")
 
 @dataclass(frozen=True)
 class Check:
-    """One part's state (`ok` or `degraded`), why, and the facts behind it."""
+    """One part's state (`ok` or `degraded`), why (`reason`: for anyone; `detail`: paths and
+    errors, for callers who may read), and the facts behind it."""
 
     state: str
     reason: str
     facts: dict = field(default_factory=dict)
+    detail: str = ""
 
     @property
     def ok(self) -> bool:
         return self.state == OK
 
-    def as_dict(self) -> dict:
-        return {"state": self.state, "reason": self.reason, **self.facts}
+    def as_dict(self, detailed: bool = True) -> dict:
+        shown = {"detail": self.detail} if detailed and self.detail else {}
+        return {"state": self.state, "reason": self.reason, **self.facts, **shown}
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,8 @@ class Readiness:
     def status(self) -> str:
         return OK if all(check.ok for check in self.checks.values()) else DEGRADED
 
-    def as_dict(self) -> dict:
-        return {name: check.as_dict() for name, check in self.checks.items()}
+    def as_dict(self, detailed: bool = True) -> dict:
+        return {name: check.as_dict(detailed) for name, check in self.checks.items()}
 
 
 def check_database(open_library: Callable[[], object]) -> tuple[Check, object | None]:
@@ -52,7 +58,7 @@ def check_database(open_library: Callable[[], object]) -> tuple[Check, object | 
         with library.sessions() as session:
             session.execute(text("SELECT 1"))
     except Exception as err:  # any failure to reach the catalog makes the server unready
-        return Check(DEGRADED, f"the catalog cannot be used: {_first_line(err)}"), None
+        return Check(DEGRADED, "the catalog cannot be used", detail=_first_line(err)), None
     return Check(OK, "the catalog answers"), library
 
 
@@ -71,7 +77,7 @@ def check_index(library, counts: dict | None) -> Check:
     try:
         vectors = len(library.store)  # loaded once, then kept
     except Exception as err:
-        return Check(DEGRADED, f"cannot load {path.name}: {_first_line(err)}", {"loaded": False})
+        return Check(DEGRADED, f"cannot load {path.name}", {"loaded": False}, detail=_first_line(err))
     return Check(OK, f"loaded: {vectors} vectors", {"loaded": True})
 
 
@@ -80,15 +86,15 @@ def check_model(settings, loaded: bool, failed: str | None = None) -> Check:
     if loaded:
         return Check(OK, "loaded", {"loaded": True})
     if failed:
-        return Check(DEGRADED, f"the last load failed: {failed}", {"loaded": False})
+        return Check(DEGRADED, "the last load failed", {"loaded": False}, detail=failed)
     from indexer.weights import find_weights
 
     try:
         found = find_weights(settings.model, settings.pretrained, settings.models_dir)
     except Exception as err:
-        return Check(DEGRADED, f"cannot look for the weights: {_first_line(err)}", {"loaded": False})
+        return Check(DEGRADED, "cannot look for the weights", {"loaded": False}, detail=_first_line(err))
     state = OK if found.present else DEGRADED
-    return Check(state, f"not loaded yet; {found.reason}", {"loaded": False})
+    return Check(state, f"not loaded yet; {found.reason}", {"loaded": False}, detail=found.detail)
 
 
 def check_disk(home: Path, min_free_bytes: int, free_bytes: Callable[[Path], int] | None = None) -> Check:
@@ -97,12 +103,12 @@ def check_disk(home: Path, min_free_bytes: int, free_bytes: Callable[[Path], int
     try:
         free = measure(_existing(home))
     except OSError as err:
-        return Check(DEGRADED, f"cannot measure the free space under {home}: {err}")
+        return Check(DEGRADED, "cannot measure the free space under LOUPE_HOME", detail=f"{home}: {err}")
     facts = {"free_bytes": free, "min_free_bytes": min_free_bytes}
     if free < min_free_bytes:
-        return Check(DEGRADED, f"low: {free / 2**20:.0f} MB free under {home}, below LOUPE_MIN_FREE_MB "
-                               f"({min_free_bytes / 2**20:.0f} MB)", facts)
-    return Check(OK, f"{free / 2**20:.0f} MB free", facts)
+        return Check(DEGRADED, f"low: {free / 2**20:.0f} MB free under LOUPE_HOME, below LOUPE_MIN_FREE_MB "
+                               f"({min_free_bytes / 2**20:.0f} MB)", facts, detail=str(home))
+    return Check(OK, f"{free / 2**20:.0f} MB free under LOUPE_HOME", facts, detail=str(home))
 
 
 def _free_bytes(path: Path) -> int:

@@ -262,6 +262,15 @@ def require_token(view):
     return wrapped
 
 
+def can_read() -> bool:
+    """Whether this request may read the collection (without raising)."""
+    try:
+        demand(READ)
+    except ApiError:
+        return False
+    return True
+
+
 def can_write() -> bool:
     """Whether this request may use what needs the API token (without raising)."""
     try:

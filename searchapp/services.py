@@ -384,17 +384,21 @@ class SearchService:
             job = session.get(JobRecord, job_id)
         return None if job is None else IndexingJobReport.of(job)
 
-    def health(self) -> dict:
+    def health(self, detailed: bool = True) -> dict:
         """The service's state and its readiness (`searchapp.readiness`): `status` is `ok` when
         the database, index, model and disk checks all pass, else `degraded`; `images` is null
-        when the catalog cannot be read. Cheap: nothing is loaded but the catalog and the index."""
+        when the catalog cannot be read; `detailed`: each check's `detail` (paths, errors) too.
+        Cheap: nothing is loaded but the catalog and the index."""
         from .readiness import Readiness, check_database, check_disk, check_index, check_model
 
         database, library = check_database(lambda: self.library)
         counts = identity = None
         if library is not None:
-            counts = library.counts()
-            identity = library.stored_identity()
+            try:
+                counts = library.counts()
+                identity = library.stored_identity()
+            except Exception as err:  # the catalog went away between the two queries
+                database, library = check_database(lambda: _raise(err))
         index_check = check_index(library, counts)
         usable = identity is not None and (index_check.ok or library.images.loaded)  # a missing file is not rebuilt here
         index = library.store.describe() if usable else {"type": None, "vectors": 0}
@@ -412,7 +416,7 @@ class SearchService:
             "model": model,
             "index": index,
             "device": resolve_device(self.settings.device),
-            "checks": readiness.as_dict(),
+            "checks": readiness.as_dict(detailed),
         }
 
 
@@ -448,6 +452,10 @@ def catalog_facts(record: ImageRecord) -> dict:
         "missing": record.missing_since is not None,
         "indexed_at": record.indexed_at.isoformat() if record.indexed_at else None,
     }
+
+
+def _raise(err: Exception):
+    raise err
 
 
 def init_app(app: Flask, urls: "Urls") -> None:

@@ -74,6 +74,15 @@ def test_health_is_ok_when_every_check_passes(client):
     assert client.get("/api/health").get_json()["checks"]["model"]["loaded"] is True
 
 
+def test_health_shows_paths_and_errors_only_to_readers(service, indexed_env):
+    client = make_app(replace(service, read_token=READ_TOKEN)).test_client()
+    anonymous = client.get("/api/health")  # liveness stays public
+    assert anonymous.status_code == 200 and indexed_env["LOUPE_HOME"] not in anonymous.get_data(as_text=True)
+    assert all("detail" not in check for check in anonymous.get_json()["checks"].values())
+    reader = client.get("/api/health", headers={"Authorization": f"Bearer {READ_TOKEN}"}).get_json()
+    assert reader["checks"]["disk"]["detail"] == indexed_env["LOUPE_HOME"]
+
+
 def test_low_disk_space_degrades(service):
     response = make_app(replace(service, min_free_mb=1e12)).test_client().get("/api/health")
     body = check_schema(response, "/api/health")
@@ -89,6 +98,7 @@ def test_unreachable_database_degrades(env):
     assert response.status_code == 503 and body["status"] == "degraded"
     assert body["checks"]["database"]["state"] == "degraded" and "cannot be used" in body["checks"]["database"]["reason"]
     assert body["checks"]["index"]["state"] == "degraded" and body["images"] is None
+    assert "127.0.0.1" in body["checks"]["database"]["detail"]  # loopback, reads open: the detail is shown
 
 
 def test_missing_index_file_degrades(indexed_env, tmp_path, models_dir):
@@ -111,6 +121,7 @@ def test_missing_model_weights_degrade(env, model, pretrained, words):
     body = make_app(ServiceSettings.from_env(environ)).test_client().get("/api/health").get_json()
     assert body["status"] == "degraded" and body["checks"]["model"]["state"] == "degraded"
     assert words in body["checks"]["model"]["reason"] and body["checks"]["model"]["loaded"] is False
+    assert "/nowhere" not in body["checks"]["model"]["reason"]  # paths go to `detail` only
     assert body["checks"]["index"]["state"] == "ok"  # nothing indexed yet: ready, empty
 
 
