@@ -39,6 +39,9 @@ class IndexOptions:
     # process on a small thread pool between batches (measured faster on 2 cores: no
     # inter-process copies, no decode processes competing with the model). 0: one thread.
     workers: int | None = None  # (see `indexer.reader.choose_decoders`)
+    # With workers 0: decode on this many threads of this process (None: one). A server's jobs
+    # use it, as forking decode processes from a multi-threaded server is unsafe.
+    decode_threads: int | None = None
     limits: DecodeLimits = DecodeLimits()
     checkpoint_seconds: float = 60.0  # how often the FAISS file is saved during a job
     # Recalibrate the match cut-offs at the end when the index changed enough. A server's
@@ -172,7 +175,8 @@ class LocalIngest:
             regions=job.library.region_spec, keep_gps=job.library.settings.keep_gps,
         )
         options = job.options
-        batches = read_batches(dataset, options.batch_size, job.embedder.device, options.decode, options.workers)
+        batches = read_batches(dataset, options.batch_size, job.embedder.device, options.decode, options.workers,
+                               options.decode_threads)
         for batch in job.clock.each("read", batches):
             job.write(batch)
 

@@ -194,10 +194,14 @@ def iter_read_batches(dataset: ImageFileDataset, batch_size: int, workers: int =
     yield from loader
 
 
-def choose_decoders(todo: int, batch_size: int, workers: int | None, device: str, torch_threads: int) -> tuple[int, int]:
-    """(decode processes, decode threads) for a job of `todo` files (see IndexOptions.workers)."""
+def choose_decoders(todo: int, batch_size: int, workers: int | None, device: str, torch_threads: int,
+                    threads: int | None = None) -> tuple[int, int]:
+    """(decode processes, decode threads) for a job of `todo` files (see IndexOptions.workers
+    and IndexOptions.decode_threads)."""
     if todo <= batch_size:
         return 0, 1  # one batch: not worth starting processes or threads
+    if workers == 0 and threads:
+        return 0, max(1, threads)
     if workers is not None:
         return workers, 1
     if device.startswith("cuda"):
@@ -217,7 +221,7 @@ def _thread_batches(dataset: ImageFileDataset, batch_size: int, threads: int):
 
 
 def read_batches(dataset: ImageFileDataset, batch_size: int, device: str, decode: str = "auto",
-                 workers: int | None = None) -> Iterator[list[ReadItem]]:
+                 workers: int | None = None, threads: int | None = None) -> Iterator[list[ReadItem]]:
     """Batches of `dataset`'s files, read by the decoder `decode` asks for (`IndexOptions.decode`)
     with the decoders `workers` asks for (`IndexOptions.workers`). Raises LoupeError at once
     when `decode` is `torchvision` and torchvision cannot decode on `device`."""
@@ -226,7 +230,7 @@ def read_batches(dataset: ImageFileDataset, batch_size: int, device: str, decode
         return device_reader.batches(dataset.paths, batch_size, threads=default_workers())
     import torch
 
-    processes, threads = choose_decoders(len(dataset), batch_size, workers, device, torch.get_num_threads())
+    processes, threads = choose_decoders(len(dataset), batch_size, workers, device, torch.get_num_threads(), threads)
     return iter_read_batches(dataset, batch_size, processes, threads)
 
 

@@ -59,6 +59,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     rules = security.AccessPolicy.create(app.config["LOUPE_SETTINGS"], app.config["LOUPE_SERVE_HOST"])
     services.init_app(app, Urls.of_app(app))
+    _observe(app)  # before the access rules, so a refused request is timed and logged too
     errors.init_app(app)
     security.init_app(app, rules)
     app.register_blueprint(api.bp)
@@ -77,3 +78,12 @@ def _serve_under_prefix(app: Flask, prefix: str | None) -> None:
 
     app.config["LOUPE_URL_PREFIX"] = prefix
     app.wsgi_app = PrefixMiddleware(app.wsgi_app, prefix)
+
+
+def _observe(app: Flask) -> None:
+    """The access log and the Prometheus metrics (`/metrics`) of `app`."""
+    from . import access_log, metrics
+    from .services import EXTENSION
+
+    access_log.init_app(app)
+    metrics.init_app(app, app.extensions[EXTENSION])

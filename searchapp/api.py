@@ -20,7 +20,7 @@ from .restoration.pipeline import RestorationReport
 from .restoration.stages import COSTLY_STAGES
 from .restoration.stages import MODES as RESTORE_MODES
 from .routing import MAX_ID, parse_id
-from .security import WRITE, demand, require_token
+from .security import WRITE, can_read, demand, require_token
 from .services import service
 from .urls import Urls
 
@@ -121,7 +121,10 @@ def _make_relative(items: list[dict]) -> None:
 
 @bp.get("/health")
 def health():
-    return jsonify(service().health())
+    """Liveness and readiness: 200 when every check is ok, 503 (same body) when degraded, so a
+    proxy or monitor needs only the status code."""
+    body = service().health(detailed=can_read())  # paths and errors only for callers who may read
+    return jsonify(body), 200 if body["status"] == "ok" else 503
 
 
 @bp.get("/search")

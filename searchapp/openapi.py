@@ -206,10 +206,12 @@ SCHEMAS = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "images", "model", "index", "device"],
+        "required": ["status", "images", "model", "index", "device", "checks"],
         "properties": {
-            "status": {"const": "ok"},
-            "images": {"type": "integer"},
+            "status": {"enum": ["ok", "degraded"],
+                       "description": "ok when every check is ok (HTTP 200); degraded otherwise (HTTP 503)"},
+            "images": {"type": ["integer", "null"], "description": "indexed pictures; null when the catalog "
+                                                                   "cannot be read"},
             "model": {
                 "type": "object",
                 "required": ["architecture", "pretrained", "semantic"],
@@ -236,6 +238,24 @@ SCHEMAS = {
                 },
             },
             "device": {"type": "string"},
+            "checks": {
+                "type": "object",
+                "required": ["database", "index", "model", "disk"],
+                "description": "readiness, each part with its state and the reason in words",
+                "properties": {name: _ref("Check") for name in ("database", "index", "model", "disk")},
+            },
+        },
+    },
+    "Check": {
+        "type": "object",
+        "required": ["state", "reason"],
+        "properties": {
+            "state": {"enum": ["ok", "degraded"]},
+            "reason": {"type": "string", "description": "why, in words, naming no server path or error text"},
+            "detail": {"type": "string", "description": "paths and error text, only for callers who may read"},
+            "loaded": {"type": "boolean", "description": "index, model: loaded in this process"},
+            "free_bytes": {"type": "integer", "description": "disk: free bytes under LOUPE_HOME"},
+            "min_free_bytes": {"type": "integer", "description": "disk: the threshold (LOUPE_MIN_FREE_MB)"},
         },
     },
     "Image": {
@@ -474,7 +494,18 @@ def openapi_document() -> dict:
             },
         },
         "paths": {
-            "/api/health": {"get": {"responses": {"200": _json(_ref("Health"), "service state")}}},
+            "/api/health": {"get": {
+                "description": "liveness and readiness: the database answers, the index is on disk and loads, "
+                               "the model is loaded or its weights are on disk, LOUPE_HOME has LOUPE_MIN_FREE_MB free",
+                "responses": {"200": _json(_ref("Health"), "ready: every check is ok"),
+                              "503": _json(_ref("Health"), "degraded: `checks` say which part and why")}}},
+            "/metrics": {"get": {
+                "description": "Prometheus metrics (text exposition format). With LOUPE_METRICS_TOKEN set it needs "
+                               "that token (or the read or API token); otherwise it follows the read rule",
+                "security": READ,
+                "responses": {"200": {"description": "the metrics", "content": {"text/plain": {
+                                  "schema": {"type": "string"}}}},
+                              **_errors(400, 401, 403)}}},
             "/api/search": {
                 "get": {
                     "parameters": [{"name": "q", "in": "query", "required": True, "description": "the search text; `+`, `-` and `2:` at a word's start "

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from flask import Flask, current_app
 
@@ -76,6 +76,12 @@ class ModelThread:
                            retry_after=self._retry_after()) from None
             return future.result()  # running: it finishes
 
+    @property
+    def pending(self) -> int:
+        """Model calls waiting or running now (the queue depth `/metrics` reports)."""
+        with self._lock:
+            return self._pending
+
     def _done(self, _future) -> None:
         with self._lock:
             self._pending -= 1
@@ -131,6 +137,9 @@ class SearchService:
         self._generations = None
         self._restorers = None
         self._duplicates_lock = threading.Lock()  # one computation of the duplicates groups at a time
+        self._model_error: str | None = None  # why the last model load failed (readiness)
+        # Called with (search kind, {step: milliseconds}) after each search (`searchapp.metrics`).
+        self.observe_steps: Callable[[str, dict[str, float]], None] | None = None
 
     # -- lazily loaded parts -----------------------------------------------------------------
     @property
@@ -142,11 +151,22 @@ class SearchService:
         return self._library
 
     @property
+    def loaded_parts(self) -> tuple[Library | None, object | None]:
+        """(library, generation jobs) as far as something loaded them already: `/metrics` reads
+        them without loading anything."""
+        return self._library, self._generations
+
+    @property
     def embedder(self) -> "ConfinedEmbedder":
         if self._embedder is None:
             with self._init_lock:
                 if self._embedder is None:
-                    loaded = self.model_thread.call(load_embedder, self.settings, deadline=None)
+                    try:
+                        loaded = self.model_thread.call(load_embedder, self.settings, deadline=None)
+                    except Exception as err:
+                        self._model_error = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                        raise
+                    self._model_error = None
                     self._embedder = ConfinedEmbedder(loaded, self.model_thread)
         return self._embedder
 
@@ -218,7 +238,15 @@ class SearchService:
         library = self.searchable_library()
         t0 = time.perf_counter()
         vector = self.embedder.encode_texts([text])
-        return library.search(vector, replace(query, regions=False, verify=None), started=t0)
+        t1 = time.perf_counter()
+        page = library.search(vector, replace(query, regions=False, verify=None), started=t0)
+        self._observe("text", {"embed": (t1 - t0) * 1000, "knn+join": (time.perf_counter() - t1) * 1000})
+        return page
+
+    def _observe(self, kind: str, steps: dict[str, float]) -> None:
+        """Report a search's step times to `observe_steps` (metrics), if anything listens."""
+        if self.observe_steps is not None:
+            self.observe_steps(kind, steps)
 
     def search_terms(self, terms, query: SearchQuery, image: bytes | int | None = None) -> SearchPage:
         """`query`'s page for combined query `terms` (`indexer.combine.TermQuery`), alone or with
@@ -252,8 +280,12 @@ class SearchService:
         from .restoration.pipeline import restored_lookup
 
         library = self.searchable_library()
-        return restored_lookup(library, self.embedder, data, query, mode=restore,
-                               restorers=self.restorers if restore != "off" else None, limits=self.upload_limits)
+        steps: dict[str, float] = {}
+        found = restored_lookup(library, self.embedder, data, query, mode=restore,
+                                restorers=self.restorers if restore != "off" else None, limits=self.upload_limits,
+                                timings=steps)
+        self._observe("image", steps)
+        return found
 
     def search_image_id(self, image_id: int, query: SearchQuery) -> SearchPage:
         """More like an indexed image (its stored vector), the image itself left out; verified
@@ -433,18 +465,40 @@ class SearchService:
         """What is in the quarantine, newest first."""
         return [e.as_dict() for e in self._review().quarantined()]
 
-    def health(self) -> dict:
-        library = self.library
-        identity = library.stored_identity()
-        index = library.store.describe() if identity is not None else {"type": None, "vectors": 0}
+    def health(self, detailed: bool = True) -> dict:
+        """The service's state and its readiness (`searchapp.readiness`): `status` is `ok` when
+        the database, index, model and disk checks all pass, else `degraded`; `images` is null
+        when the catalog cannot be read; `detailed`: each check's `detail` (paths, errors) too.
+        Cheap: nothing is loaded but the catalog and the index."""
+        from .readiness import Readiness, check_database, check_disk, check_index, check_model
+
+        database, library = check_database(lambda: self.library)
+        counts = identity = None
+        if library is not None:
+            try:
+                counts = library.counts()
+                identity = library.stored_identity()
+            except Exception as err:  # the catalog went away between the two queries
+                failure = err
+                database, library = check_database(lambda: _raise(failure))
+        index_check = check_index(library, counts)
+        usable = identity is not None and (index_check.ok or library.images.loaded)  # a missing file is not rebuilt here
+        index = library.store.describe() if usable else {"type": None, "vectors": 0}
         index["faiss"] = faiss_build()
         model = identity.as_dict() if identity else configured_model(self.settings.model, self.settings.pretrained)
+        readiness = Readiness({
+            "database": database,
+            "index": index_check,
+            "model": check_model(self.settings, self._embedder is not None, self._model_error),
+            "disk": check_disk(self.settings.home, int(self.service_settings.min_free_mb * 2**20)),
+        })
         return {
-            "status": "ok",
-            "images": library.counts()["indexed"],
+            "status": readiness.status,
+            "images": None if counts is None else counts["indexed"],
             "model": model,
             "index": index,
             "device": resolve_device(self.settings.device),
+            "checks": readiness.as_dict(detailed),
         }
 
 
@@ -513,6 +567,10 @@ def metadata_facts(record: ImageRecord) -> dict:
     if record.gps_lat is not None and record.gps_lon is not None:
         facts["gps"] = {"lat": record.gps_lat, "lon": record.gps_lon}
     return facts
+
+
+def _raise(err: Exception):
+    raise err
 
 
 def init_app(app: Flask, urls: "Urls") -> None:

@@ -57,6 +57,10 @@ class ServiceSettings:
     generated_quota_mb: float = 1024.0  # LOUPE_GENERATED_QUOTA_MB: disk space generated pictures may take
     restore: RestoreSettings = RestoreSettings()
     url_prefix: str | None = None  # LOUPE_URL_PREFIX: the sub-path a reverse proxy serves Loupe under (/photos)
+    # LOUPE_MIN_FREE_MB: /api/health is degraded below this much free space under LOUPE_HOME (0: never)
+    min_free_mb: float = 1024.0
+    # LOUPE_METRICS_TOKEN: when set, /metrics needs it (or a token that may read); else /metrics follows the read rule
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, core: Settings | None = None) -> "ServiceSettings":
@@ -74,6 +78,8 @@ class ServiceSettings:
             trusted_hosts=tuple(h.strip().lower() for h in (env.get("LOUPE_TRUSTED_HOSTS") or "").split(",")
                                 if h.strip()),
             url_prefix=parse_url_prefix(env.get("LOUPE_URL_PREFIX")),
+            min_free_mb=_non_negative(env, "LOUPE_MIN_FREE_MB", "1024", "megabytes"),
+            metrics_token=env.get("LOUPE_METRICS_TOKEN") or None,
         )
 
 
@@ -100,4 +106,16 @@ def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> flo
         value = -1.0
     if not value > 0:  # also refuses nan
         raise ConfigError(f"{name}={text!r} is not a positive number of {unit}")
+    return value
+
+
+def _non_negative(env: Mapping[str, str], name: str, default: str, unit: str) -> float:
+    """The number `env[name]` (or `default`), 0 or more, else a ConfigError naming the variable."""
+    text = (env.get(name) or default).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise ConfigError(f"{name}={text!r} is not a number of {unit}, 0 or more")
     return value

@@ -9,10 +9,10 @@ from typing import TextIO
 
 from indexer.errors import ConfigError, NotIndexedError
 from indexer.factory import load_embedder, open_library
-from indexer.query import MAX_K, SearchQuery
+from indexer.query import MAX_K, MAX_OFFSET, SearchQuery
 
 from ..settings import ServiceSettings
-from .arguments import non_negative_int, positive_int
+from .arguments import bounded_int
 from .output import print_json
 
 
@@ -24,13 +24,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="words; `beach 2:sunset -people` weights and subtracts terms (docs/queries.md)")
     search.add_argument("--image", type=Path, metavar="FILE",
                         help="search with this picture (with TEXT too: the picture and the words combined)")
-    search.add_argument("-k", type=positive_int, default=10, help=f"number of results (default 10, max {MAX_K})")
-    search.add_argument("--offset", type=non_negative_int, default=0)
+    search.add_argument("-k", type=bounded_int(1, MAX_K), default=10,
+                        help=f"number of results, 1 to {MAX_K} (default 10; more is an error)")
+    search.add_argument("--offset", type=bounded_int(0, MAX_OFFSET), default=0,
+                        help=f"results to skip before the first one shown, 0 to {MAX_OFFSET} (default 0)")
     search.add_argument("--no-regions", action="store_true",
                         help="with --image: match whole pictures only, not their regions")
     search.add_argument("--verify", choices=("on", "off"), default=None,
                         help="with --image: verify the top results with local features (default LOUPE_VERIFY: on)")
-    search.add_argument("--device", default=None)
+    search.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
     search.add_argument("--json", action="store_true", help="print results as JSON")
     search.add_argument("--restore", choices=MODES, default="auto",
                         help="with --image: reconstruct a damaged query first (default auto: the stages that "
@@ -52,7 +54,7 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
     if args.text is not None and not args.text.strip():
         raise ConfigError("the search text is empty")
     terms = _search_terms(args)  # None: a plain text, or a picture alone
-    k = min(args.k, MAX_K)
+    k = args.k  # 1 to MAX_K: the parser refuses anything else (never clamped)
     library = open_library(settings)
     if library.stored_identity() is None:
         raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
