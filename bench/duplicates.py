@@ -28,7 +28,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageEnhance
 
 from common import DEFAULT_HOME, bench_workspace, clip_model_label
