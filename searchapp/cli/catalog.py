@@ -1,4 +1,4 @@
-"""The catalog commands: `loupe index`, `remove`, `status` and `db`."""
+"""The catalog commands: `loupe index`, `remove`, `status`, `reembed` and `db`."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", help="counts, model identity, index type, device, database")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=cmd_status)
+
+    register_reembed(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -107,12 +109,12 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
             if args.missing:
                 records += session.scalars(select(ImageRecord).where(ImageRecord.missing_since.is_not(None))).all()
             unique = list({r.id: r for r in records}.values())
-            removed = [(r.id, r.path) for r in unique]
+            removed = [(r.content_hash, r.path) for r in unique]
             delta = retire_all(session, unique)
         apply_delta(library, delta)
         library.sync_store()
-    for image_id, path in removed:
-        remove_thumbnail(settings.home, image_id)
+    for content_hash, path in removed:
+        remove_thumbnail(settings.home, content_hash)
         discard_upload(settings.home, path)
     removed_paths = [path for _, path in removed]
     if args.json:
@@ -221,4 +223,52 @@ def cmd_db(settings: Settings, args, out: TextIO) -> int:
     finally:
         engine.dispose()
     print(f"loupe: database {redact_url(settings.database_url)} is at schema {current}", file=out)
+    return 0
+
+
+def register_reembed(commands: argparse._SubParsersAction) -> None:
+    reembed = commands.add_parser(
+        "reembed", help="re-embed the whole library with another model (LOUPE_MODEL/LOUPE_PRETRAINED or "
+                        "--model/--pretrained), then swap it in; resumable")
+    reembed.add_argument("--model", default=None, help="open_clip architecture (default: LOUPE_MODEL)")
+    reembed.add_argument("--pretrained", default=None,
+                         help="pretrained tag, checkpoint path or none (default: LOUPE_PRETRAINED)")
+    reembed.add_argument("--batch-size", type=positive_int, default=32, help="images per model batch (default 32)")
+    reembed.add_argument("--workers", type=non_negative_int, default=None, help="decoding processes (as for index)")
+    reembed.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
+    reembed.add_argument("--decode", choices=("auto", "pillow", "torchvision"), default="auto",
+                         help="JPEG decoding (as for index)")
+    reembed.add_argument("--allow-unreadable", action="store_true",
+                         help="swap even if some indexed files cannot be read now (they become failed)")
+    reembed.add_argument("--discard", action="store_true",
+                         help="drop a stopped re-embed's staged vectors instead (the index is untouched)")
+    reembed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    reembed.add_argument("--json", action="store_true", help="print the summary as JSON")
+    reembed.set_defaults(handler=cmd_reembed)
+
+
+def cmd_reembed(settings: Settings, args, out: TextIO) -> int:
+    from indexer.reembed import Reembed, ReembedOptions, discard
+
+    library = open_library(settings)
+    if args.discard:
+        dropped = discard(library)
+        if args.json:
+            print_json({"discarded": dropped}, out)
+        else:
+            print(f"loupe: discarded {dropped} staged vectors; the index is unchanged", file=out)
+        return 0
+    settings = settings.with_overrides(model=args.model, pretrained=args.pretrained)
+    embedder = load_embedder(settings, args.device)
+    options = ReembedOptions(batch_size=args.batch_size, workers=args.workers, decode=args.decode,
+                             progress=not args.no_progress, allow_unreadable=args.allow_unreadable)
+    summary = Reembed(library, embedder, options).run()
+    if args.json:
+        print_json(summary.as_dict(), out)
+    else:
+        print(f"loupe: {summary.line()}", file=out)
+        if summary.discarded:
+            print(f"loupe: discarded {summary.discarded} vectors staged earlier for another model", file=out)
+        print(f"loupe: restart `loupe serve` with LOUPE_MODEL={summary.new_model.architecture} and "
+              f"LOUPE_PRETRAINED set to these weights; searches with the old model are refused", file=out)
     return 0
