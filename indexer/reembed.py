@@ -200,7 +200,7 @@ class Reembed:
 
         options = self.options
         dataset = ImageFileDataset([row.path for row in todo], self.embedder.prepare, options.limits,
-                                   self.embedder.image_size, regions=self.library.region_spec)
+                                   self.embedder.image_size, regions=self.library.region_spec, features=False)
         by_path = {row.path: row for row in todo}
         batches = read_batches(dataset, options.batch_size, self.embedder.device, options.decode, options.workers)
         bar = tqdm(total=len(todo), unit="img", desc=label, file=progress_stream or sys.stderr,
