@@ -199,11 +199,16 @@ def test_interrupted_reembed_resumes_and_leaves_the_old_index_untouched(env_a, b
     assert_same_vectors(snapshot(env_a), before)
     assert file_digest(settings.index_path) == index_before
     assert run_json(["search", "a cat", "-k", "5"], env_a)["results"] == query["results"]
-    assert run_json(["status"], env_a)["model"]["index"]["pretrained"] == "none"
+    status = run_json(["status"], env_a)
+    assert status["model"]["index"]["pretrained"] == "none"
+    assert status["reembed"]["staged"] == 4 and status["reembed"]["model"]["pretrained"] == "file"
+    code, out, _ = run_cli(["status"], env_a)
+    assert code == 0 and "4 of 6 pictures staged" in out
     # The rerun embeds only the rest.
     summary = run_json(["reembed", "--no-progress"], env_b(env_a, base))
     assert summary["resumed"] == 4 and summary["embedded"] == summary["pictures"] - 4
     assert_same_vectors(snapshot(env_a), base["fresh_b"])
+    assert run_json(["status"], env_a)["reembed"] is None
 
 
 def test_a_crash_during_the_swap_leaves_one_model_whole(env_a, base, monkeypatch):
@@ -246,9 +251,13 @@ def test_a_crash_during_the_swap_leaves_one_model_whole(env_a, base, monkeypatch
 
 def test_unreadable_files_are_refused_unless_allowed(env_a, base, tmp_path, photo_arrays):
     extra = tmp_path / "extra"
-    write_photos(extra, {"coins": photo_arrays["coins"]})
+    gone = write_photos(extra, {"coins": photo_arrays["coins"]})[0]
+    original = write_photos(extra, {"moon": photo_arrays["moon"]})[0]
+    shutil.copy(original, extra / "moon-copy.png")
     assert run_cli(["index", str(extra), "--no-progress"], env_a)[0] == 0
-    gone = next(extra.iterdir())
+    rows = {row.path: row for row in catalog_rows(settings_of(env_a))}
+    holder = next(Path(p) for p in (original, extra / "moon-copy.png") if rows[str(p)].status == "indexed")
+    holder.unlink()  # the picture is read from its duplicate instead
     moved = gone.read_bytes()
     gone.unlink()
     code, _, err = run_cli(["reembed", "--no-progress"], env_b(env_a, base))
@@ -257,8 +266,10 @@ def test_unreadable_files_are_refused_unless_allowed(env_a, base, tmp_path, phot
     assert run_json(["status"], env_a)["model"]["index"]["pretrained"] == "none"  # nothing swapped
     summary = run_json(["reembed", "--no-progress", "--allow-unreadable"], env_b(env_a, base))
     assert summary["resumed"] > 0 and [u["path"] for u in summary["unreadable"]] == [str(gone)]
-    status, whole, _ = snapshot(env_a)[str(gone)]
+    after = snapshot(env_a)
+    status, whole, _ = after[str(gone)]
     assert status == "failed" and whole is None
+    assert after[str(holder)][0] == "indexed" and after[str(holder)][1].shape == (32,)
     assert_index_matches_catalog(settings_of(env_a))
     # When the file comes back, indexing its folder with the new model reads it again.
     gone.write_bytes(moved)
@@ -340,3 +351,18 @@ def test_thumbnails_never_show_on_another_picture(env, tmp_path, photo_arrays):
         assert np.abs(pixels - coffee).mean() < 10
     assert "immutable" not in client.get("/images/1/thumb").headers["Cache-Control"]
     assert "immutable" in client.get(result["thumb_url"]).headers["Cache-Control"]
+
+
+def test_reembed_on_postgresql(postgres_url, tmp_path, tiny_model_config, models_dir, photo_arrays, base):
+    env = {**make_env(tmp_path, models_dir), "LOUPE_DATABASE_URL": postgres_url}
+    assert run_cli(["db", "upgrade"], env)[0] == 0
+    photos = tmp_path / "photos"
+    write_photos(photos, dict(list(photo_arrays.items())[:2]))
+    assert run_cli(["index", str(photos), "--no-progress"], env)[0] == 0
+    summary = run_json(["reembed", "--no-progress"], env_b(env, base))
+    assert summary["pictures"] == 2
+    assert len(assert_index_matches_catalog(settings_of(env))) == 2
+    assert run_json(["status"], env_b(env, base))["model"]["index"]["pretrained"] == "file"
+    fresh = {Path(path).name: vectors for path, vectors in base["fresh_b"].items()}
+    found = snapshot(env)
+    assert_same_vectors(found, {path: fresh[Path(path).name] for path in found})  # the same bytes in both

@@ -149,8 +149,9 @@ def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
 
 
 def cmd_status(settings: Settings, args, out: TextIO) -> int:
-    from indexer.embedder import resolve_device
+    from indexer.embedder import ModelIdentity, resolve_device
     from indexer.job_report import IndexingJobReport
+    from indexer.reembed import staged_progress
     from indexer.vectorstore import faiss_build
 
     library = open_library(settings)
@@ -176,6 +177,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "database": redact_url(settings.database_url),
         "home": str(settings.home),
         "last_job": None if job is None else IndexingJobReport.of(job).brief(),
+        "reembed": staged_progress(library),  # a re-embed staged and not swapped yet, else null
     }
     if args.json:
         print_json(report, out)
@@ -206,6 +208,11 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
     print(f"database: {report['database']}", file=out)
     if job is not None:
         print(f"last job: #{job.id} {job.state}, {job.added} added, {job.failed} failed, {job.seconds:.1f} s", file=out)
+    if report["reembed"] is not None:
+        staged = report["reembed"]
+        target = ModelIdentity.from_dict(staged["model"])
+        print(f"reembed:  {staged['staged']} of {counts['indexed']} pictures staged for "
+              f"{target.describe() if target else '?'} (rerun `loupe reembed` with it to finish, or --discard)", file=out)
     for failure in report["failures"]:
         print(f"failed:   {failure['path']}: {failure['error']}", file=out)
     return 0
