@@ -314,9 +314,14 @@ def test_a_running_service_refuses_the_old_model_after_the_swap(env_a, base):
     client = make_app_for(env_a).test_client()
     assert client.get("/api/search?q=cat").status_code == 200
     assert run_cli(["reembed", "--no-progress"], env_b(env_a, base))[0] == 0
+    # Adding with the old model is refused under the write lock (no search ran since the swap).
+    picture = next(base["photos"].glob("*.jpg")).read_bytes()
+    added = client.post("/api/images", data={"image": (io.BytesIO(picture[:-2] + b"\xff\xd9"), "new.jpg")})
+    assert added.status_code == 409 and added.get_json()["error"] == "model_mismatch", added.get_json()
     answer = client.get("/api/search?q=cat")
     assert answer.status_code == 409 and answer.get_json()["error"] == "model_mismatch"
     assert "LOUPE_PRETRAINED" in answer.get_json()["message"]
+    assert_same_vectors(snapshot(env_a), base["fresh_b"])  # nothing of the old model's was added
 
 
 def test_thumbnails_never_show_on_another_picture(env, tmp_path, photo_arrays):
