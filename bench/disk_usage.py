@@ -124,7 +124,7 @@ def index_one(photo_dir: str, home: str, env: dict) -> dict:
         IndexJob(library, embedder, IndexOptions(progress=False)).run([Path(photo_dir)])
         for record in _records(library):
             data = Path(record.path).read_bytes()
-            ensure_thumbnail(settings.home, record.id, lambda: data)
+            ensure_thumbnail(settings.home, record.content_hash, lambda: data)
             ensure_preview(settings.home, record.id, record.content_hash, lambda: data, DecodeLimits())
         library.store  # both indexes loaded, as a server holds them
         library.regions.store

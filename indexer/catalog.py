@@ -226,3 +226,44 @@ class QuarantineRecord(Base):
     local_features: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
     regions: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))  # indexer.quarantine.pack_regions
     moved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- re-embedding with another model (`indexer.reembed`) ----------------------------------------
+class ReembedTarget(Base):
+    """One row while a re-embed is staged: the model the staged vectors come from."""
+
+    __tablename__ = "reembed_target"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    architecture: Mapped[str] = mapped_column(String(128))
+    pretrained: Mapped[str] = mapped_column(String(256))
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    embed_dim: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StagedVector(Base):
+    """An indexed image's whole-picture vector under the re-embed target's model (and the noise
+    level of that model's input); swapped into `images` when every picture has one."""
+
+    __tablename__ = "staged_vectors"
+
+    image_id: Mapped[int] = mapped_column(BigId, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    noise_level: Mapped[float | None] = mapped_column(Float)
+
+
+class StagedRegion(Base):
+    """A region of an indexed image with its vector under the re-embed target's model; the
+    staged regions replace `image_regions` at the swap."""
+
+    __tablename__ = "staged_regions"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(BigId, ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)

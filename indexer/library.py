@@ -132,9 +132,9 @@ class Library:
         self._identity: ModelIdentity | None = None
         self.images = IndexMirror(settings.index_path, sessions, ImageRecord.id, ImageRecord.embedding,
                                   where=ImageRecord.status == ImageStatus.INDEXED, dim=self._dim,
-                                  mmap=settings.index_mmap)
+                                  mmap=settings.index_mmap, stamp=self._stamp)
         self.regions = IndexMirror(settings.regions_path, sessions, RegionRecord.id, RegionRecord.embedding,
-                                   dim=self._dim, mmap=settings.index_mmap)
+                                   dim=self._dim, mmap=settings.index_mmap, stamp=self._stamp)
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -149,6 +149,7 @@ class Library:
         from .lock import catalog_lock, write_lock
 
         with write_lock(self.settings.home), catalog_lock(self.sessions.kw["bind"]):
+            self.check_model_unchanged()
             yield
 
     @property
@@ -192,8 +193,53 @@ class Library:
             raise ModelMismatchError(
                 f"this index was built with {stored.describe()} but the configured model is "
                 f"{identity.describe()}: set LOUPE_MODEL/LOUPE_PRETRAINED to match the index, "
+                "run `loupe reembed` to re-embed the library with the configured model, "
                 "or use another LOUPE_HOME (or database) for the new model"
             )
+
+    def _catalog_identity(self) -> ModelIdentity | None:
+        """The model the catalog records now (not the one this object read first)."""
+        with self.sessions() as session:
+            info = session.get(IndexInfo, 1)
+        return None if info is None else ModelIdentity(info.architecture, info.pretrained,
+                                                        info.checkpoint_sha256, info.embed_dim)
+
+    def model_changed(self) -> bool:
+        """Whether another process changed the index's model (`loupe reembed`) since this object
+        read it; if so, forget what was read, so the next use reads the new model's index."""
+        if self._identity is None:
+            return False
+        now = self._catalog_identity()
+        if now is not None and now.same_weights(self._identity) and now.embed_dim == self._identity.embed_dim:
+            return False
+        self.forget()
+        return True
+
+    def check_model_unchanged(self) -> None:
+        """Refuse to go on when the index's model changed since this object read it: a process
+        still running the old model must not add its vectors to the new model's index."""
+        before = self._identity
+        if self.model_changed():
+            now = self.stored_identity()
+            raise ModelMismatchError(
+                f"the index was re-embedded with {now.describe() if now else 'another model'} while this "
+                f"process ran {before.describe()}: restart it with LOUPE_MODEL/LOUPE_PRETRAINED set to the "
+                "index's model"
+            )
+
+    def forget(self) -> None:
+        """Drop what this object read of the index (its model, the loaded vector indexes); the
+        next use reads them again."""
+        self._identity = None
+        self.images.forget()
+        self.regions.forget()
+
+    def _stamp(self) -> str | None:
+        """The index's model as one line, written beside each index file (`IndexMirror`)."""
+        identity = self.stored_identity()
+        if identity is None:
+            return None
+        return f"{identity.architecture}|{identity.pretrained}|{identity.checkpoint_sha256 or ''}|{identity.embed_dim}"
 
     def _dim(self) -> int | None:
         identity = self.stored_identity()
@@ -207,7 +253,11 @@ class Library:
 
     def refresh(self) -> bool:
         """Reload the indexes another process saved since (e.g. a finished bulk job); True
-        if one reloaded. Each new index is ready before it replaces the old one."""
+        if one reloaded. Each new index is ready before it replaces the old one. When the
+        index's model changed (`loupe reembed`), everything is forgotten and read again on next
+        use, so that `bind_model` then refuses a process that still runs the old model."""
+        if self.model_changed():
+            return True
         images = self.images.refresh()
         regions = self.regions.refresh()
         return images or regions

@@ -22,8 +22,22 @@ def write_lock(home: Path) -> Iterator[None]:
     A POSIX record lock (`lockf`), not `flock`: forked children such as decode workers do not
     inherit it, so a killed job's orphaned workers cannot keep the next job out.
     """
+    with _file_lock(home, "write.lock", "is changing the index in"):
+        yield
+
+
+@contextmanager
+def reembed_lock(home: Path) -> Iterator[None]:
+    """Hold `home/reembed.lock`: one `loupe reembed` at a time per data folder (it takes the
+    write lock as well, but only for its catch-up and swap)."""
+    with _file_lock(home, "reembed.lock", "is re-embedding the library in"):
+        yield
+
+
+@contextmanager
+def _file_lock(home: Path, name: str, doing: str) -> Iterator[None]:
     ensure_home(home)
-    path = home / "write.lock"
+    path = home / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -31,7 +45,7 @@ def write_lock(home: Path) -> Iterator[None]:
         except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise JobLockedError(
-                f"another Loupe process (pid {holder}) is changing the index in {home}; wait for it to finish"
+                f"another Loupe process (pid {holder}) {doing} {home}; wait for it to finish"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)

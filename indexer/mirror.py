@@ -27,7 +27,8 @@ class IndexMirror:
     """The FAISS file at `path` mirroring `id_column`/`vector_column` of the rows `where` selects."""
 
     def __init__(self, path: Path, sessions: sessionmaker[Session], id_column, vector_column,
-                 where=None, dim: Callable[[], int | None] = lambda: None, mmap: str = "off"):
+                 where=None, dim: Callable[[], int | None] = lambda: None, mmap: str = "off",
+                 stamp: Callable[[], str | None] = lambda: None):
         self.path = path
         self.mmap = mmap  # LOUPE_INDEX_MMAP: auto, on or off (see `should_map`)
         self.sessions = sessions
@@ -35,6 +36,9 @@ class IndexMirror:
         self.vector_column = vector_column
         self.where = where
         self.dim = dim
+        # The table's model, written beside the file when it is saved: a file saved under another
+        # model (a catalog re-embedded by another host) is rebuilt, never trusted by its ids.
+        self.stamp = stamp
         self._store: VectorStore | None = None
         self._unsaved = False  # the in-memory index has changes the file lacks
         self._file_seen: tuple | None = None  # the file's stat when last loaded or saved
@@ -57,7 +61,7 @@ class IndexMirror:
         if self.path.exists():
             mapped = should_map(self.mmap, self.path.stat().st_size, physical_memory())
             store = VectorStore.load(self.path, mapped=mapped)
-        if store is None or (dim is not None and store.dim != dim):
+        if store is None or (dim is not None and store.dim != dim) or not self._stamp_matches():
             return self.rebuild()
         self._reconcile(store)
         return store
@@ -76,6 +80,13 @@ class IndexMirror:
             return False
         self._store = self._load()
         return True
+
+    def forget(self) -> None:
+        """Drop the loaded index (the next use loads the file again), e.g. after the table's
+        vectors were replaced by another model's."""
+        self._store = None
+        self._unsaved = False
+        self._file_seen = None
 
     def _select(self, *columns):
         query = select(*columns)
@@ -153,7 +164,31 @@ class IndexMirror:
             store.add(np.array(add_ids, dtype=np.int64), np.stack(add_vectors))
         self._unsaved = True
 
+    @property
+    def stamp_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".model")
+
+    def _stamp_matches(self) -> bool:
+        """Whether the file was saved under the table's model (a file without a stamp, saved by
+        an earlier version, is taken as it is)."""
+        wanted = self.stamp()
+        try:
+            found = self.stamp_path.read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return True
+        return wanted is None or found == wanted
+
     def save(self) -> None:
+        from .atomic import atomic_write
+
         self.store.save(self.path)
+        stamp = self.stamp()
+        if stamp is not None:  # after the file: a crash between the two leaves a file rebuilt, never misread
+            try:
+                current = self.stamp_path.read_text().strip()
+            except OSError:
+                current = None
+            if current != stamp:
+                atomic_write(self.stamp_path, stamp + "\n")
         self._unsaved = False
         self._file_seen = self._file_stat()

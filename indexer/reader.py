@@ -71,9 +71,10 @@ class ImageFileDataset:
     """Map-style dataset: index → ReadItem (decode errors become items, never exceptions)."""
 
     def __init__(self, paths: Sequence[str], prepare: Callable, limits: DecodeLimits, input_size: int,
-                 regions: RegionSpec = RegionSpec(scales=()), keep_gps: bool = False):
+                 regions: RegionSpec = RegionSpec(scales=()), keep_gps: bool = False, features: bool = True):
         self.paths = list(paths)
         self.keep_gps = keep_gps  # LOUPE_KEEP_GPS: record coordinates, not only whether there are any
+        self.features = features  # find local features (False: items carry none; `loupe reembed` keeps its own)
         self.prepare = prepare
         self.limits = limits
         self.regions = regions
@@ -101,7 +102,7 @@ class ImageFileDataset:
             decoded = decode_image(raw.data, self.limits, self.draft_size)
             pixels = self.prepare(decoded.image)
             boxes, region_pixels = self._regions(decoded)
-            features = picture_features(decoded)
+            features = picture_features(decoded) if self.features else None
         except ImageReadError as err:
             return ReadItem(path, raw.size, raw.mtime_ns, error=str(err))
         except Exception as err:  # a transform failing on an odd image must not stop the job
@@ -329,7 +330,8 @@ class DeviceJpegReader:
         if orientation in TRANSPOSED_ORIENTATIONS:
             width, height = height, width
         try:
-            features = picture_features(decode_image(raw.data, self.limits, self.cpu_reader.draft_size))
+            features = (picture_features(decode_image(raw.data, self.limits, self.cpu_reader.draft_size))
+                        if self.cpu_reader.features else None)
         except Exception:  # the CPU path words the error the same way as always
             return self.cpu_reader.read(path)
         return JpegFile(path, raw.data, raw.size, raw.mtime_ns, content_hash(raw.data), width, height, features,

@@ -1,7 +1,15 @@
-"""Thumbnails: made on first request from the catalogued file and cached under LOUPE_HOME."""
+"""Thumbnails: made on first request from the catalogued file and cached under LOUPE_HOME.
+
+The cache is keyed by the picture's content hash (SHA-256 of its bytes), never by its row id:
+ids restart when a catalog is deleted and made again, and a cached file named after an id
+would then show on another picture. A file named after the bytes it was made from can only
+ever show those bytes. Duplicates (same bytes) share one thumbnail.
+"""
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 from pathlib import Path
 from typing import Callable
@@ -10,50 +18,56 @@ from .atomic import atomic_path
 from .images import DecodeLimits, decode_image
 
 THUMB_SIZE = 320
+THUMB_VERSION = 16  # hex digits of the content hash a thumbnail URL carries as its version (`v`)
 _LOCK_STRIPES = 64
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_LEGACY_SHARD = re.compile(r"[0-9]{3}")  # the old id-keyed cache: thumbs/NNN/<id>.jpg
 
 
-class _IdLocks:
-    """One lock per image id (striped: ids share `stripes` locks), so that a burst of requests
-    for one new thumbnail decodes its original once, not once per request."""
+class _KeyLocks:
+    """One lock per content hash (striped: hashes share `stripes` locks), so that a burst of
+    requests for one new thumbnail decodes its original once, not once per request."""
 
     def __init__(self, stripes: int = _LOCK_STRIPES):
         self._locks = [threading.Lock() for _ in range(stripes)]
 
-    def __call__(self, image_id: int) -> threading.Lock:
-        return self._locks[image_id % len(self._locks)]
+    def __call__(self, key: str) -> threading.Lock:
+        return self._locks[int(key[:8], 16) % len(self._locks)]
 
 
-_locks: _IdLocks | None = None
+_locks: _KeyLocks | None = None
 _locks_made = threading.Lock()
 
 
-def _lock_for(image_id: int) -> threading.Lock:
+def _lock_for(key: str) -> threading.Lock:
     global _locks
     if _locks is None:
         with _locks_made:
             if _locks is None:
-                _locks = _IdLocks()
-    return _locks(image_id)
+                _locks = _KeyLocks()
+    return _locks(key)
 
 
-def thumbnail_path(home: Path, image_id: int) -> Path:
-    # Ids are immutable per content (a changed file gets a new id), so a cached thumbnail
-    # never goes stale; shard folders keep directories small.
-    return home / "thumbs" / f"{image_id % 1000:03d}" / f"{image_id}.jpg"
+def thumbnail_path(home: Path, content_hash: str) -> Path:
+    """Where the thumbnail of the bytes with SHA-256 `content_hash` is cached (sharded by its
+    first two hex digits, so folders stay small). Raises ValueError for anything but a hash."""
+    if not isinstance(content_hash, str) or not _SHA256.fullmatch(content_hash):
+        raise ValueError(f"not a SHA-256 content hash: {content_hash!r}")
+    return home / "thumbs" / content_hash[:2] / f"{content_hash}.jpg"
 
 
-def ensure_thumbnail(home: Path, image_id: int, read: Callable[[], bytes],
+def ensure_thumbnail(home: Path, content_hash: str, read: Callable[[], bytes],
                      limits: DecodeLimits = DecodeLimits()) -> Path:
-    """The cached thumbnail of image `image_id` (at most THUMB_SIZE px a side, JPEG), made from
-    the bytes `read()` gives (the checked catalogued file) if needed, under the id's lock.
+    """The cached thumbnail of the picture whose bytes hash to `content_hash` (at most
+    THUMB_SIZE px a side, JPEG), made from the bytes `read()` gives if needed, under the hash's
+    lock. The caller gives the checked catalogued file of a row with that hash.
 
     Written to a temporary file and renamed, so concurrent readers never see half a file.
     """
-    path = thumbnail_path(home, image_id)
+    path = thumbnail_path(home, content_hash)
     if path.exists():
         return path
-    with _lock_for(image_id):
+    with _lock_for(content_hash):
         if path.exists():  # made while this request waited
             return path
         image = decode_image(read(), limits, draft_size=THUMB_SIZE).image
@@ -63,5 +77,22 @@ def ensure_thumbnail(home: Path, image_id: int, read: Callable[[], bytes],
     return path
 
 
-def remove_thumbnail(home: Path, image_id: int) -> None:
-    thumbnail_path(home, image_id).unlink(missing_ok=True)
+def remove_thumbnail(home: Path, content_hash: str | None) -> None:
+    """Drop the cached thumbnail of `content_hash` (a duplicate still indexed makes it again)."""
+    if content_hash is not None and _SHA256.fullmatch(content_hash):
+        thumbnail_path(home, content_hash).unlink(missing_ok=True)
+
+
+def remove_legacy_thumbnails(home: Path) -> int:
+    """Delete the cache of earlier versions, keyed by row id (thumbs/NNN/<id>.jpg), which could
+    show a picture's thumbnail on another once ids restarted; returns the folders removed.
+    Nothing reads those files any more, so removing them is only about disk space."""
+    root = home / "thumbs"
+    removed = 0
+    if not root.is_dir():
+        return 0
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.is_symlink() and _LEGACY_SHARD.fullmatch(folder.name):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed

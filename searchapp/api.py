@@ -387,7 +387,7 @@ def _image_json(image_id: int) -> dict:
     facts = service().image_facts(image_id)
     if facts is None:
         raise ApiError(404, "not_found", f"no image with id {image_id}")
-    return {**facts, **Urls().image(image_id)}
+    return {**facts, **Urls().image(image_id, facts.get("content_hash"))}
 
 
 # -- the duplicates review ------------------------------------------------------------------------

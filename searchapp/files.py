@@ -13,7 +13,7 @@ from indexer.catalog import ImageStatus
 from indexer.errors import FileChangedError, FileMissingError, ImageReadError
 from indexer.images import DecodeLimits, read_open_file
 from indexer.previews import PREVIEW_SIZE
-from indexer.thumbnails import THUMB_SIZE
+from indexer.thumbnails import THUMB_SIZE, THUMB_VERSION
 
 from .errors import ApiError
 from .services import ServedFile, service
@@ -31,6 +31,9 @@ ONE_DAY = 24 * 3600
 # Pictures are private: a shared cache (a proxy) must never keep them for another user.
 FILE_CACHE = f"private, max-age={ONE_DAY}"
 THUMB_CACHE = f"private, max-age={30 * ONE_DAY}, immutable"
+# A thumbnail URL without its content version: an id may name other bytes after a catalog is
+# made again, so the browser checks its copy (its ETag names the content-keyed file) first.
+FILE_CACHE_REVALIDATE = "private, no-cache"
 
 
 def _catalogued(image_id: int) -> ServedFile:
@@ -74,12 +77,14 @@ def image_thumb(image_id: int):
             return read_open_file(fh, DecodeLimits()).data
 
         try:
-            thumb = service().thumbnail(image_id, read)
+            thumb = service().thumbnail(record, read)
         except ImageReadError as err:
             raise ApiError(404, "bad_image", f"cannot make a thumbnail of image {image_id}: {err}") from err
-    # An id's content never changes (a changed file gets a new id), so thumbnails are immutable.
+    # The cache is keyed by content (`indexer.thumbnails`); a URL carrying the content hash (`?v=`,
+    # as `Urls` builds them) names those bytes for good, so browsers may keep it as immutable.
     response = send_file(thumb, mimetype="image/jpeg", conditional=True, max_age=30 * ONE_DAY)
-    response.headers["Cache-Control"] = THUMB_CACHE
+    versioned = record.content_hash is not None and request.args.get("v") == record.content_hash[:THUMB_VERSION]
+    response.headers["Cache-Control"] = THUMB_CACHE if versioned else FILE_CACHE_REVALIDATE
     response.headers["Content-Disposition"] = f'inline; filename="{image_id}-{THUMB_SIZE}.jpg"'
     return response
 

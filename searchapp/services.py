@@ -15,7 +15,7 @@ from flask import Flask, current_app
 
 from indexer.catalog import ImageRecord, ImageStatus, JobRecord
 from indexer.embedder import configured_model, resolve_device
-from indexer.errors import NotIndexedError
+from indexer.errors import ImageReadError, NotIndexedError
 from indexer.factory import load_embedder, open_library
 from indexer.images import DecodeLimits, IMAGE_SUFFIXES, content_hash, decode_image, set_decode_slots
 from indexer.job_report import IndexingJobReport
@@ -226,10 +226,10 @@ class SearchService:
         library = self.library
         if library.stored_identity() is None:
             raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` or POST /api/jobs")
-        library.bind_model(self.embedder.identity)
         if not self.write_lock.locked():
             with self._init_lock:
-                library.refresh()
+                library.refresh()  # notices a model changed by `loupe reembed`: bind_model then refuses
+        library.bind_model(self.embedder.identity)
         return library
 
     # -- queries -------------------------------------------------------------------------------
@@ -346,11 +346,11 @@ class SearchService:
                 library.sync_store()
                 with library.sessions.begin() as session:
                     record = library.record(session, image_id)
-                    path = record.path
+                    path, sha = record.path, record.content_hash
                     delta = retire_all(session, [record])
                 apply_delta(library, delta)
                 library.save_index()
-            remove_thumbnail(self.settings.home, image_id)
+            remove_thumbnail(self.settings.home, sha)
             remove_previews(self.settings.home, image_id)
             discard_upload(self.settings.home, path)
 
@@ -392,9 +392,12 @@ class SearchService:
         """The image's file, if it is still the one that was indexed (`Library.open_image`)."""
         return self.library.open_image(served)
 
-    def thumbnail(self, image_id: int, read) -> Path:
-        """The cached thumbnail of an image, made from the bytes `read()` gives if needed."""
-        return ensure_thumbnail(self.settings.home, image_id, read)
+    def thumbnail(self, served: "ServedFile", read) -> Path:
+        """The cached thumbnail of an image (keyed by its content), made from the bytes `read()`
+        gives if needed."""
+        if served.content_hash is None:
+            raise ImageReadError(f"image {served.id} has no content hash")
+        return ensure_thumbnail(self.settings.home, served.content_hash, read)
 
     def preview(self, served: "ServedFile", read) -> Path:
         """The cached bounded-size preview of an image (`indexer.previews`), made from `read()` if needed."""
@@ -447,9 +450,7 @@ class SearchService:
                 library.sync_store()
                 review = self._review()
                 if action == "quarantine":
-                    group, entries = review.quarantine(group_id, keep)
-                    for entry in entries:
-                        remove_thumbnail(self.settings.home, entry.image_id)
+                    group, entries = review.quarantine(group_id, keep)  # thumbnails are keyed by content: none goes stale
                     return {"group": group.id, "kept": keep or group.keep,
                             "quarantined": [e.as_dict() for e in entries]}
                 if action == "restore":
@@ -512,7 +513,7 @@ class ServedFile:
     size_bytes: int
     mtime_ns: int
     path: str = field(repr=False)
-    content_hash: str | None = None
+    content_hash: str | None = None  # keys its thumbnail (`indexer.thumbnails`)
 
     @classmethod
     def of(cls, record: ImageRecord) -> "ServedFile":

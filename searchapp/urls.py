@@ -8,6 +8,7 @@ from typing import Callable
 from flask import Flask, url_for
 
 from indexer.library import SearchPage, SearchResult
+from indexer.thumbnails import THUMB_VERSION
 
 IMAGE_THUMB = "files.image_thumb"
 IMAGE_FILE = "files.image_file"
@@ -42,8 +43,13 @@ class Urls:
         app.register_blueprint(files.bp)
         return cls.of_app(app)
 
-    def image(self, image_id: int) -> dict[str, str]:
-        return {"thumb_url": self._build(IMAGE_THUMB, image_id=image_id),
+    def image(self, image_id: int, content_hash: str | None = None) -> dict[str, str]:
+        """An image's URLs; with its `content_hash`, the thumbnail's carries a version (`v`), so a
+        browser's cached copy never shows on another picture that later gets the same id."""
+        thumb = {"image_id": image_id}
+        if content_hash:
+            thumb["v"] = content_hash[:THUMB_VERSION]
+        return {"thumb_url": self._build(IMAGE_THUMB, **thumb),
                 "file_url": self._build(IMAGE_FILE, image_id=image_id),
                 "preview_url": self._build(IMAGE_PREVIEW, image_id=image_id)}
 
@@ -54,7 +60,7 @@ class Urls:
         """A search result's JSON with its image URLs after its size."""
         body = result.as_dict()
         head = {key: body.pop(key) for key in RESULT_HEAD}
-        return {**head, **self.image(result.id), **body}
+        return {**head, **self.image(result.id, result.content_hash), **body}
 
     def page_json(self, page: SearchPage) -> dict:
         return page.as_dict(self.result_json)

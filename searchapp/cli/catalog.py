@@ -1,4 +1,4 @@
-"""The catalog commands: `loupe index`, `remove`, `status` and `db`."""
+"""The catalog commands: `loupe index`, `remove`, `status`, `reembed` and `db`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     status.add_argument("--failures", action="store_true",
                         help="list every file that failed to index, with its error (with --json: as JSON)")
     status.set_defaults(handler=cmd_status)
+
+    register_reembed(commands)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -109,12 +111,12 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
         library.sync_store()
         with library.sessions.begin() as session:
             unique = _targets_and_missing(session, args)
-            removed = [(r.id, r.path) for r in unique]
+            removed = [(r.id, r.content_hash, r.path) for r in unique]
             delta = retire_all(session, unique)
         apply_delta(library, delta)
         library.sync_store()
-    for image_id, path in removed:
-        remove_thumbnail(settings.home, image_id)
+    for image_id, content_hash, path in removed:
+        remove_thumbnail(settings.home, content_hash)
         remove_previews(settings.home, image_id)
         discard_upload(settings.home, path)
     removed_paths = [path for _, path in removed]
@@ -191,8 +193,9 @@ def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
 
 
 def cmd_status(settings: Settings, args, out: TextIO) -> int:
-    from indexer.embedder import configured_model, resolve_device
+    from indexer.embedder import ModelIdentity, configured_model, resolve_device
     from indexer.job_report import IndexingJobReport
+    from indexer.reembed import staged_progress
     from indexer.vectorstore import faiss_build
 
     library = open_library(settings)
@@ -222,6 +225,7 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "database": redact_url(settings.database_url),
         "home": str(settings.home),
         "last_job": None if job is None else IndexingJobReport.of(job).brief(),
+        "reembed": staged_progress(library),  # a re-embed staged and not swapped yet, else null
     }
     if args.json:
         print_json(report, out)
@@ -252,6 +256,11 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
     print(f"database: {report['database']}", file=out)
     if job is not None:
         print(f"last job: #{job.id} {job.state}, {job.added} added, {job.failed} failed, {job.seconds:.1f} s", file=out)
+    if report["reembed"] is not None:
+        staged = report["reembed"]
+        target = ModelIdentity.from_dict(staged["model"])
+        print(f"reembed:  {staged['staged']} of {counts['indexed']} pictures staged for "
+              f"{target.describe() if target else '?'} (rerun `loupe reembed` with it to finish, or --discard)", file=out)
     for failure in report["failures"]:
         print(f"failed:   {failure['path']}: {failure['error']}", file=out)
     if counts["failed"] > len(report["failures"]):
@@ -290,4 +299,52 @@ def cmd_db(settings: Settings, args, out: TextIO) -> int:
     finally:
         engine.dispose()
     print(f"loupe: database {redact_url(settings.database_url)} is at schema {current}", file=out)
+    return 0
+
+
+def register_reembed(commands: argparse._SubParsersAction) -> None:
+    reembed = commands.add_parser(
+        "reembed", help="re-embed the whole library with another model (LOUPE_MODEL/LOUPE_PRETRAINED or "
+                        "--model/--pretrained), then swap it in; resumable")
+    reembed.add_argument("--model", default=None, help="open_clip architecture (default: LOUPE_MODEL)")
+    reembed.add_argument("--pretrained", default=None,
+                         help="pretrained tag, checkpoint path or none (default: LOUPE_PRETRAINED)")
+    reembed.add_argument("--batch-size", type=positive_int, default=32, help="images per model batch (default 32)")
+    reembed.add_argument("--workers", type=non_negative_int, default=None, help="decoding processes (as for index)")
+    reembed.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
+    reembed.add_argument("--decode", choices=("auto", "pillow", "torchvision"), default="auto",
+                         help="JPEG decoding (as for index)")
+    reembed.add_argument("--allow-unreadable", action="store_true",
+                         help="swap even if some indexed files cannot be read now (they become failed)")
+    reembed.add_argument("--discard", action="store_true",
+                         help="drop a stopped re-embed's staged vectors instead (the index is untouched)")
+    reembed.add_argument("--no-progress", action="store_true", help="no progress bar")
+    reembed.add_argument("--json", action="store_true", help="print the summary as JSON")
+    reembed.set_defaults(handler=cmd_reembed)
+
+
+def cmd_reembed(settings: Settings, args, out: TextIO) -> int:
+    from indexer.reembed import Reembed, ReembedOptions, discard
+
+    library = open_library(settings)
+    if args.discard:
+        dropped = discard(library)
+        if args.json:
+            print_json({"discarded": dropped}, out)
+        else:
+            print(f"loupe: discarded {dropped} staged vectors; the index is unchanged", file=out)
+        return 0
+    settings = settings.with_overrides(model=args.model, pretrained=args.pretrained)
+    embedder = load_embedder(settings, args.device)
+    options = ReembedOptions(batch_size=args.batch_size, workers=args.workers, decode=args.decode,
+                             progress=not args.no_progress, allow_unreadable=args.allow_unreadable)
+    summary = Reembed(library, embedder, options).run()
+    if args.json:
+        print_json(summary.as_dict(), out)
+    else:
+        print(f"loupe: {summary.line()}", file=out)
+        if summary.discarded:
+            print(f"loupe: discarded {summary.discarded} vectors staged earlier for another model", file=out)
+        print(f"loupe: restart `loupe serve` with LOUPE_MODEL={summary.new_model.architecture} and "
+              f"LOUPE_PRETRAINED set to these weights; searches with the old model are refused", file=out)
     return 0

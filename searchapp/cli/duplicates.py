@@ -93,11 +93,7 @@ def _act(library, review, args, out: TextIO) -> int:
     with library.writer():
         library.sync_store()
         if args.quarantine:
-            from indexer.thumbnails import remove_thumbnail
-
             group, entries = review.quarantine(args.quarantine, keep=args.keep)
-            for entry in entries:
-                remove_thumbnail(library.settings.home, entry.image_id)
             body = {"group": group.id, "kept": args.keep or group.keep, "quarantined": [e.as_dict() for e in entries]}
             line = f"moved {len(entries)} pictures of group {group.id} to the quarantine (restore: loupe duplicates --restore {group.id})"
         elif args.restore:
