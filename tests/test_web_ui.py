@@ -126,10 +126,14 @@ def test_delete_removes_an_uploads_bytes_thumbnail_and_preview(library):
     stored = [p for p in (home / "uploads").iterdir() if p.suffix == ".png"]
     assert len(stored) == 1 and stored[0].read_bytes() == buf.getvalue()
     assert client.get(added["thumb_url"]).status_code == 200 and client.get(added["preview_url"]).status_code == 200
-    assert list(home.glob(f"thumbs/*/{added['id']}.jpg")) and list(home.glob(f"previews/*/{added['id']}-*.jpg"))
+    from indexer.images import content_hash
+    from indexer.thumbnails import thumbnail_path
+
+    thumb = thumbnail_path(home, content_hash(buf.getvalue()))  # thumbnails are keyed by the bytes' hash
+    assert thumb.exists() and list(home.glob(f"previews/*/{added['id']}-*.jpg"))
     assert client.delete(f"/api/images/{added['id']}").get_json() == {"removed": added["id"]}
     assert not stored[0].exists()
-    assert not list(home.glob(f"thumbs/*/{added['id']}.jpg")) and not list(home.glob(f"previews/*/{added['id']}-*.jpg"))
+    assert not thumb.exists() and not list(home.glob(f"previews/*/{added['id']}-*.jpg"))
     assert client.get(f"/api/images/{added['id']}").status_code == 404
 
 

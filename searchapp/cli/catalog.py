@@ -119,7 +119,7 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
         remove_thumbnail(settings.home, content_hash)
         remove_previews(settings.home, image_id)
         discard_upload(settings.home, path)
-    removed_paths = [path for _, path in removed]
+    removed_paths = [path for _, _, path in removed]
     if args.json:
         print_json({"removed": len(removed_paths), "paths": removed_paths}, out)
     else:
