@@ -204,6 +204,12 @@ class VectorStore:
             for row_s, row_i in zip(scores, ids)
         ]
 
+    def search_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's own answer for `queries`: (scores, ids) arrays, k columns at most len(self)."""
+        queries = _as_matrix(queries, self.dim)
+        with self._lock:
+            return self._searcher().search(queries, max(1, min(k, len(self))))
+
     def _searcher(self):
         if not self.use_gpu:
             return self._index

@@ -94,7 +94,14 @@ def _page_params() -> SearchQuery:
     offset = _int_param("offset", 0, 0, MAX_OFFSET)
     _relative_paths()  # checked before any work
     min_score = _float_param("min_score", None, -math.inf, math.inf)
-    return SearchQuery(k=k, offset=offset, min_score=min_score)
+    return replace(SearchQuery(k=k, offset=offset, min_score=min_score), rerank=_rerank_param())
+
+
+def _rerank_param() -> str:
+    """`rerank` = off (default) or diffusion (re-rank over the collection's graph)."""
+    from indexer.diffusion_rank import RERANK_MODES
+
+    return _choice_param("rerank", "off", RERANK_MODES)
 
 
 def _results(page, **extra) -> dict:

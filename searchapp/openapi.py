@@ -44,6 +44,9 @@ PAGE_PARAMS = [
      "description": "results scoring below it are left out before the page is cut; `total` then counts those "
                     "that reach it"},
     PATHS_PARAM,
+    {"name": "rerank", "in": "query", "schema": {"enum": ["off", "diffusion"], "default": "off"},
+     "description": "diffusion: re-rank the top results over the collection's similarity graph (copies stay "
+                    "first); a result the diffusion brought into the page says found_by: diffusion"},
 ]
 K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_K}
 OFFSET_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
@@ -77,6 +80,8 @@ SCHEMAS = {
             "height": NULLABLE_INT,
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
+            "found_by": {"type": "string", "description": "diffusion: brought into the page by rerank=diffusion; "
+                                                          "image searches also raw, restored or both"},
         },
     },
     "Results": {
@@ -101,8 +106,9 @@ SCHEMAS = {
                         "oneOf": [{"type": "null"},
                                   {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}],
                     },
-                    "found_by": {"enum": ["raw", "restored", "both"],
-                                 "description": "when a restoration stage ran: which query's ranking held it"},
+                    "found_by": {"enum": ["raw", "restored", "both", "diffusion"],
+                                 "description": "when a restoration stage ran: which query's ranking held it; "
+                                                "diffusion: brought into the page by rerank=diffusion"},
                     "verification": {
                         "description": "the geometric evidence (local features, RANSAC) that this result shows "
                                        "the query's picture; null when unverified",

@@ -298,8 +298,15 @@ class SearchService:
                     delta = retire_all(session, [record])
                 apply_delta(library, delta)
                 library.save_index()
+                self._follow_index(library)
             remove_thumbnail(self.settings.home, image_id)
             discard_upload(self.settings.home, path)
+
+    def _follow_index(self, library: Library) -> None:
+        """The kNN graph and the map after a removal (`indexer.collection_map`)."""
+        from indexer.collection_map import follow_index
+
+        follow_index(library, self._embedder)
 
     def start_indexing(self, paths: list[str]) -> int:
         """Start a bulk indexing job over `paths` (absolute, inside LOUPE_ALLOWED_ROOTS when set);

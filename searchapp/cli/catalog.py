@@ -89,6 +89,13 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     return 0
 
 
+def _follow_index(library) -> None:
+    """The kNN graph and the map after a removal (`indexer.collection_map`; no model needed)."""
+    from indexer.collection_map import follow_index
+
+    follow_index(library)
+
+
 def cmd_remove(settings: Settings, args, out: TextIO) -> int:
     from sqlalchemy import select
 
@@ -111,6 +118,7 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
             delta = retire_all(session, unique)
         apply_delta(library, delta)
         library.sync_store()
+        _follow_index(library)
     for image_id, path in removed:
         remove_thumbnail(settings.home, image_id)
         discard_upload(settings.home, path)
