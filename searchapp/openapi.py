@@ -47,6 +47,8 @@ PAGE_PARAMS = [
     {"name": "rerank", "in": "query", "schema": {"enum": ["off", "diffusion"], "default": "off"},
      "description": "diffusion: re-rank the top results over the collection's similarity graph (copies stay "
                     "first); a result the diffusion brought into the page says found_by: diffusion"},
+    {"name": "cluster", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 63},
+     "description": "a map cluster's id (GET /api/map): search inside that cluster only"},
 ]
 K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_K}
 OFFSET_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
@@ -194,6 +196,25 @@ SCHEMAS = {
                 },
             },
         ]
+    },
+    "Map": {
+        "type": "object",
+        "required": ["points", "clusters"],
+        "properties": {
+            "points": {"type": "array", "items": {
+                "type": "object", "required": ["id", "x", "y", "cluster"],
+                "properties": {"id": {"type": "integer"}, "x": {"type": "number"}, "y": {"type": "number"},
+                               "cluster": {"type": "integer"}}}},
+            "clusters": {"type": "array", "items": {
+                "type": "object", "required": ["id", "label", "size", "representatives"],
+                "properties": {"id": {"type": "integer"}, "label": {"type": "string"}, "size": {"type": "integer"},
+                               "representatives": {"type": "array", "items": {"type": "integer"}},
+                               "x": {"type": "number"}, "y": {"type": "number"}}}},
+            "total": {"type": "integer", "description": "points of the map (or of the cluster asked for)"},
+            "truncated": {"type": "boolean", "description": "true when `points` is a sample of them"},
+            "named": {"type": "boolean", "description": "clusters named by the model (trained weights), "
+                                                        "else numbered"},
+        },
     },
     "Health": {
         "type": "object",
@@ -395,6 +416,20 @@ def openapi_document() -> dict:
                                   "202": _json(_ref("GenerationJob"), "still running: poll Location"),
                                   **_errors(400, 401, 403, 404, 413), "429": RETRY_LATER,
                                   "503": GENERATE_UNAVAILABLE},
+                }
+            },
+            "/api/map": {
+                "get": {
+                    "parameters": [
+                        {"name": "cluster", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 63},
+                         "description": "only this cluster's points"},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 20000, "default": 5000},
+                         "description": "points at most: beyond it an even sample, the representatives first"},
+                    ],
+                    "security": READ,
+                    "responses": {"200": _json(_ref("Map"), "the map of the collection"),
+                                  **_errors(400, 401, 403, 404), "503": BUSY},
                 }
             },
             "/api/images": {

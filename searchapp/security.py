@@ -257,7 +257,7 @@ def _guard():
     try:
         demand(READ)
     except ApiError:
-        if endpoint == "pages.search_page":  # a person at the page: show the sign-in form
+        if endpoint in ("pages.search_page", "pages.map_page"):  # a person at a page: show the sign-in form
             return redirect(url_for("pages.login"))
         raise
     return None

@@ -194,3 +194,39 @@ def test_rerank_parameter_in_api_and_cli(collection):
     with pytest.raises(SystemExit) as refused:  # argparse: a one-line usage error, exit status 2
         run_cli(["search", "a cat", "--rerank", "sideways"], env)
     assert refused.value.code == 2
+
+
+# -- the map ---------------------------------------------------------------------------------------
+def test_map_api_shape_caps_and_cluster_search(collection, library):
+    from indexer.collection_map import load_map
+    from indexer.settings import Settings
+    from searchapp import create_app
+    from searchapp.settings import ServiceSettings
+
+    from helpers import check_schema
+
+    env, _ = collection
+    found = load_map(library)
+    assert found is not None and set(found.ids.tolist()) == set(library.store.ids().tolist())
+    assert not found.semantic and found.clusters[0].label == "Cluster 1"  # untrained weights: numbered
+    client = create_app({"TESTING": True, "LOUPE_SETTINGS": ServiceSettings(Settings.from_env(env))}).test_client()
+    body = check_schema(client.get("/api/map"), "/api/map")
+    assert len(body["points"]) == body["total"] == len(found) and not body["truncated"]
+    assert {tuple(sorted(p)) for p in body["points"]} == {("cluster", "id", "x", "y")}
+    assert all(0.0 <= p["x"] <= 1.0 and 0.0 <= p["y"] <= 1.0 for p in body["points"])
+    assert sum(c["size"] for c in body["clusters"]) == body["total"]
+    assert all(1 <= len(c["representatives"]) <= 4 and {"id", "label", "size"} <= set(c) for c in body["clusters"])
+    capped = client.get("/api/map?limit=3").get_json()
+    assert len(capped["points"]) == 3 and capped["truncated"] and capped["total"] == len(found)
+    for bad in ("limit=0", "limit=20001", "cluster=-1", "cluster=x"):
+        refused = client.get(f"/api/map?{bad}")
+        assert refused.status_code == 400 and refused.get_json()["error"] == "bad_parameter", bad
+    assert client.get("/api/map?cluster=63").status_code == 404
+    biggest = body["clusters"][0]
+    inside = client.get(f"/api/map?cluster={biggest['id']}").get_json()
+    members = {p["id"] for p in inside["points"]}
+    assert len(members) == biggest["size"] and all(p["cluster"] == biggest["id"] for p in inside["points"])
+    found_in = client.get(f"/api/search?q=a+photo&k=50&cluster={biggest['id']}").get_json()["results"]
+    assert {r["id"] for r in found_in} == members
+    assert client.get("/api/search?q=a+photo&cluster=63").status_code == 404
+    assert client.get("/map").status_code == 200 and b"map.js" in client.get("/map").data
