@@ -205,7 +205,7 @@ def tune(retrieval: Retrieval, queries: np.ndarray, pin: float, passes: int = 2)
 
 
 def retrieval_figures(args) -> dict:
-    transforms = QUICK_TRANSFORMS if args.quick else TRANSFORMS
+    transforms = QUICK_TRANSFORMS if args.quick else tuple(args.transforms.split(","))
     files = photo_files(args.photos, args.quick, args.limit)
     t0 = time.perf_counter()
     images, groups, sources, kinds = build_set(files, transforms, args.seed)
@@ -366,6 +366,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=None, help="a folder of photographs (bench/gather_photos.py)")
     parser.add_argument("--limit", type=int, default=0, help="at most this many photographs (0: all)")
+    parser.add_argument("--transforms", default=",".join(TRANSFORMS), help="bench.damage kinds made of each photograph")
     parser.add_argument("--model", default=os.environ.get("LOUPE_MODEL", "ViT-B-32"))
     parser.add_argument("--pretrained", default=os.environ.get("LOUPE_PRETRAINED", "none"))
     parser.add_argument("--home", default=DEFAULT_HOME)

@@ -23,7 +23,8 @@
   const fileUrl = (id) => `/images/${id}/file`;
 
   function size() {
-    return { w: canvas.clientWidth, h: canvas.clientHeight, base: Math.min(canvas.clientWidth, canvas.clientHeight) * 0.9 };
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    return { w, h, base: Math.max(100, Math.min(w, h) - 110) }; // room for the thumbnails at the edges
   }
   function toScreen(x, y) {
     const s = size().base * state.scale;
@@ -104,6 +105,8 @@
         state.drawn.push([p, sx, sy, 5]);
       }
     }
+    canvas.dataset.mode = thumbs ? "thumbnails" : "dots"; // what is drawn (read by the browser test)
+    canvas.dataset.first = state.drawn.length ? `${state.drawn[0][1]},${state.drawn[0][2]},${state.drawn[0][0].id}` : "";
     if (!thumbs) {
       ctx.font = "600 13px system-ui, sans-serif"; ctx.textAlign = "center";
       for (const c of state.clusters) {

@@ -230,3 +230,69 @@ def test_map_api_shape_caps_and_cluster_search(collection, library):
     assert {r["id"] for r in found_in} == members
     assert client.get("/api/search?q=a+photo&cluster=63").status_code == 404
     assert client.get("/map").status_code == 200 and b"map.js" in client.get("/map").data
+
+
+@pytest.mark.slow
+def test_map_page_in_a_browser(collection, tmp_path):
+    """The map in Chromium: clusters listed and outlined, thumbnails drawn, a cluster chosen and
+    searched inside, a picture opened by a click. Saves map.png (and to $LOUPE_ARTIFACTS)."""
+    import os
+    import shutil
+    import threading
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not shutil.which(CHROMIUM) and not os.path.exists(CHROMIUM):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+    from waitress.server import create_server
+
+    from indexer.settings import Settings
+    from searchapp import create_app
+    from searchapp.settings import ServiceSettings
+
+    env, _ = collection
+    app = create_app({"LOUPE_SETTINGS": ServiceSettings(Settings.from_env(env))})
+    server = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.effective_port}"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            context = browser.new_context(viewport={"width": 1200, "height": 760}, bypass_csp=True)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            page.goto(base + "/")
+            page.click("#map-link")
+            page.wait_for_selector("body[data-map-ready='true']")
+            clusters = page.locator("#cluster-list button")
+            assert clusters.count() >= 2 and "Cluster 1" in clusters.first.inner_text()
+            assert page.get_attribute("#map-canvas", "data-mode") == "thumbnails"  # 24 pictures: all shown
+            page.wait_for_timeout(1500)  # thumbnails arrive and are drawn
+            shot = tmp_path / "map.png"
+            page.screenshot(path=str(shot))
+            for folder in filter(None, (os.environ.get("LOUPE_ARTIFACTS"), os.environ.get("LOUPE_MAP_SCREENSHOT_DIR"))):
+                os.makedirs(folder, exist_ok=True)
+                shutil.copy(shot, os.path.join(folder, "map.png"))
+            clusters.first.click()
+            page.wait_for_selector("#cluster-detail:not([hidden]) #cluster-reps img")
+            page.fill("#cluster-q", "a photo")
+            page.click("#cluster-search button")
+            page.wait_for_selector("#cluster-results a")
+            page.mouse.wheel(0, 400)  # zoom (24 pictures: thumbnails at every zoom; dots from a few hundred on)
+            page.click("#zoom-reset")
+            x, y, picture = page.get_attribute("#map-canvas", "data-first").split(",")
+            box = page.locator("#map-canvas").bounding_box()
+            page.mouse.click(box["x"] + float(x), box["y"] + float(y))  # chooses the picture's cluster
+            with context.expect_page() as opened:
+                x, y, picture = page.get_attribute("#map-canvas", "data-first").split(",")
+                page.mouse.click(box["x"] + float(x), box["y"] + float(y))  # opens a picture
+            opened.value.wait_for_load_state()
+            assert "/file" in opened.value.url
+            assert not errors, errors
+            browser.close()
+    finally:
+        server.close()
+        thread.join(timeout=5)
