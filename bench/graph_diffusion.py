@@ -45,13 +45,13 @@ from indexer.graph import (KnnGraph, build_graph, flat_searcher, ivf_searcher, n
 TRANSFORMS = ("crop70", "crop40", "jpeg10", "blur3", "rotate10", "mirror", "text", "framed", "noise35")
 QUICK_TRANSFORMS = ("crop70", "jpeg10", "mirror", "text")
 GRID = {  # the values coordinate ascent tries for each parameter
-    "k": (10, 20, 30, 50),
-    "power": (1.0, 3.0),
+    "k": (5, 10, 20, 30, 50),
+    "power": (1.0, 3.0, 5.0),
     "mutual": (True, False),
-    "alpha": (0.5, 0.8, 0.9, 0.99),
-    "truncation": (50, 100, 200),
-    "seeds": (1, 3, 5, 10),
-    "fusion": (0.3, 0.5, 0.7, 0.9),
+    "alpha": (0.3, 0.5, 0.7, 0.8, 0.9, 0.99),
+    "truncation": (50, 100, 200, 400),
+    "seeds": (1, 3, 5, 10, 20),
+    "fusion": (0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
 }
 TOP = 100  # mAP@100
 
@@ -129,7 +129,7 @@ def query_metrics(ranked: np.ndarray, relevant: np.ndarray) -> tuple[float, floa
 class Retrieval:
     """Every picture's direct ranking (itself left out), computed once, and the graph at k=50."""
 
-    def __init__(self, vectors: np.ndarray, groups: np.ndarray, depth: int = 200):
+    def __init__(self, vectors: np.ndarray, groups: np.ndarray, depth: int = 400):
         self.vectors, self.groups = vectors, groups
         self.ids = np.arange(len(vectors), dtype=np.int64)
         searcher = flat_searcher(vectors, self.ids)
@@ -207,13 +207,22 @@ def tune(retrieval: Retrieval, queries: np.ndarray, pin: float, passes: int = 2)
 def retrieval_figures(args) -> dict:
     transforms = QUICK_TRANSFORMS if args.quick else tuple(args.transforms.split(","))
     files = photo_files(args.photos, args.quick, args.limit)
-    t0 = time.perf_counter()
-    images, groups, sources, kinds = build_set(files, transforms, args.seed)
-    print(f"set: {len(files)} photographs in {len(np.unique(groups))} groups, {len(images)} pictures "
-          f"({len(transforms)} transformed versions each) in {time.perf_counter() - t0:.0f} s", flush=True)
-    t0 = time.perf_counter()
-    vectors = embed(images, args.model, args.pretrained, args.home)
-    print(f"embedded in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.cache and args.cache.exists():  # the same set embedded before (same arguments)
+        with np.load(args.cache) as saved:
+            vectors, groups, sources = saved["vectors"], saved["groups"], saved["sources"]
+            kinds = [str(k) for k in saved["kinds"]]
+        images = [None] * len(vectors)
+        print(f"set: {len(vectors)} pictures embedded earlier, from {args.cache}", flush=True)
+    else:
+        t0 = time.perf_counter()
+        images, groups, sources, kinds = build_set(files, transforms, args.seed)
+        print(f"set: {len(files)} photographs in {len(np.unique(groups))} groups, {len(images)} pictures "
+              f"({len(transforms)} transformed versions each) in {time.perf_counter() - t0:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        vectors = embed(images, args.model, args.pretrained, args.home)
+        print(f"embedded in {time.perf_counter() - t0:.0f} s", flush=True)
+        if args.cache:
+            np.savez(args.cache, vectors=vectors, groups=groups, sources=sources, kinds=np.array(kinds))
     retrieval = Retrieval(vectors, groups)
     pin = calibrated_pin(vectors, retrieval.direct)
     rng = np.random.default_rng(args.seed)
@@ -371,9 +380,10 @@ def main() -> int:
     parser.add_argument("--pretrained", default=os.environ.get("LOUPE_PRETRAINED", "none"))
     parser.add_argument("--home", default=DEFAULT_HOME)
     parser.add_argument("--tune-queries", type=int, default=800, help="tuning queries at most (sampled)")
-    parser.add_argument("--scale", type=int, default=100_000, help="synthetic pictures for the query cost")
+    parser.add_argument("--scale", type=int, default=100_000, help="synthetic pictures for the query cost (0: skip)")
     parser.add_argument("--big", type=int, default=1_000_000, help="synthetic pictures for the build cost (0: skip)")
     parser.add_argument("--big-rows", type=int, default=50_000, help="rows whose kNN is timed at --big")
+    parser.add_argument("--cache", type=Path, default=None, help="keep the set's vectors here and reuse them")
     parser.add_argument("--quick", action="store_true", help="CI smoke: scikit-image photos, small sizes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -383,8 +393,9 @@ def main() -> int:
     figures = {"retrieval": retrieval_figures(args)}
     tuned = figures["retrieval"]["tuned"]
     params = DiffusionParams(**{n: v for n, v in tuned.items() if n != "k"})
-    figures["scale"] = cost_at(args.scale, None, 200, params, tuned["k"], with_map=True)
-    print(f"at {args.scale} synthetic pictures: {figures['scale']}", flush=True)
+    if args.scale:
+        figures["scale"] = cost_at(args.scale, None, 200, params, tuned["k"], with_map=True)
+        print(f"at {args.scale} synthetic pictures: {figures['scale']}", flush=True)
     if args.big:
         figures["big"] = cost_at(args.big, args.big_rows, 0, params, tuned["k"])
         print(f"at {args.big} synthetic pictures: {figures['big']}", flush=True)
