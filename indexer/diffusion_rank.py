@@ -5,7 +5,9 @@ best direct candidates (Iscen et al., CVPR 2017: solve (I - alpha S) f = y by co
 gradient, S the symmetrically normalised affinity of the subgraph, y the seeds' similarities
 raised to `seed_power`). The diffusion score and the direct score are fused (`fusion`: the
 diffusion's weight, both scaled to [0, 1] over the candidates); results that reach the copy
-cut-off keep their places at the top, the rest are ordered by the fused score.
+cut-off keep their places at the top, and so does the direct best result (`keep_first`: a copy
+too damaged to reach the cut-off is still most often the best); the rest are ordered by the
+fused score.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class DiffusionParams:
     seeds: int = 5  # top direct results that seed it
     seed_power: float = 3.0
     fusion: float = 0.5  # weight of the diffusion score against the direct one
+    keep_first: bool = True  # the direct best result stays first (a copy below the cut-off, too)
     iterations: int = 30  # conjugate-gradient steps at most
     tolerance: float = 1e-6
 
@@ -86,7 +89,7 @@ def diffusion_order(graph: KnnGraph, ids: np.ndarray, direct: np.ndarray, pin_sc
     if n < 2:
         return np.arange(n)
     pinned = int(np.sum(direct >= pin_score)) if pin_score is not None else 0
-    pinned = min(pinned, n)  # direct is best first, so the pinned are a prefix
+    pinned = min(max(pinned, int(params.keep_first)), n)  # direct is best first: the pinned are a prefix
     if pinned == n:
         return np.arange(n)
     f = diffusion_scores(graph, ids, direct, params)

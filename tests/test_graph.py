@@ -85,7 +85,7 @@ def test_diffusion_ranks_a_manifold_neighbour_above_a_direct_but_disconnected_on
     graph = chain_graph()
     ids = np.array([1, 2, 5, 3, 4])  # direct order: 5 (disconnected from the query's) beats 3 and 4
     direct = np.array([0.9, 0.6, 0.55, 0.5, 0.45])
-    params = DiffusionParams(seeds=1, fusion=0.7, alpha=0.9)
+    params = DiffusionParams(seeds=1, fusion=0.7, alpha=0.9, keep_first=False)
     order = ids[diffusion_order(graph, ids, direct, params=params)]
     assert list(order).index(3) < list(order).index(5) and list(order).index(4) < list(order).index(5)
     off = ids[diffusion_order(graph, ids, direct, params=replace(params, fusion=0.0))]
@@ -98,6 +98,10 @@ def test_copies_stay_first():
     direct = np.array([0.99, 0.97, 0.7, 0.6, 0.5])
     order = ids[diffusion_order(graph, ids, direct, pin_score=0.95, params=DiffusionParams(seeds=3, fusion=1.0))]
     assert list(order[:2]) == [5, 6]
+    # Below the cut-off, the direct best result still stays first (keep_first).
+    ids, direct = np.array([5, 1, 2, 3]), np.array([0.8, 0.7, 0.6, 0.5])
+    order = ids[diffusion_order(graph, ids, direct, pin_score=0.95, params=DiffusionParams(seeds=3, fusion=1.0))]
+    assert order[0] == 5
 
 
 # -- in the library, the jobs, the API and the CLI -------------------------------------------------
