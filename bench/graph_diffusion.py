@@ -45,7 +45,7 @@ from indexer.graph import (KnnGraph, build_graph, flat_searcher, ivf_searcher, n
 TRANSFORMS = ("crop70", "crop40", "jpeg10", "blur3", "rotate10", "mirror", "text", "framed", "noise35")
 QUICK_TRANSFORMS = ("crop70", "jpeg10", "mirror", "text")
 GRID = {  # the values coordinate ascent tries for each parameter
-    "k": (5, 10, 20, 30, 50),
+    "neighbours": (5, 10, 20, 30),  # at most the graph's k (indexer.graph.GRAPH_K)
     "power": (1.0, 3.0, 5.0),
     "mutual": (True, False),
     "alpha": (0.3, 0.5, 0.7, 0.8, 0.9, 0.99),
@@ -134,29 +134,22 @@ class Retrieval:
         self.ids = np.arange(len(vectors), dtype=np.int64)
         searcher = flat_searcher(vectors, self.ids)
         self.direct_ids, self.direct = neighbour_rows(searcher, self.ids, vectors, depth)
-        self.full = build_graph(self.ids, vectors, k=max(GRID["k"]))
-        self._graphs: dict[int, KnnGraph] = {}
+        self.graph = build_graph(self.ids, vectors, k=max(GRID["neighbours"]))  # params.neighbours of it are used
 
-    def graph(self, k: int) -> KnnGraph:
-        if k not in self._graphs:  # rows are best first: the first k columns are the k-graph
-            self._graphs[k] = KnnGraph(self.full.ids, self.full.neighbours[:, :k].copy(),
-                                       self.full.sims[:, :k].copy(), k)
-        return self._graphs[k]
-
-    def ranking(self, q: int, params: DiffusionParams | None, k: int, pin: float) -> np.ndarray:
+    def ranking(self, q: int, params: DiffusionParams | None, pin: float) -> np.ndarray:
         if params is None:
             return self.direct_ids[q]
         t = params.truncation
         ids, direct = self.direct_ids[q, :t], self.direct[q, :t].astype(np.float64)
-        order = diffusion_order(self.graph(k), ids, direct, pin_score=pin, params=params)
+        order = diffusion_order(self.graph, ids, direct, pin_score=pin, params=params)
         return np.concatenate([ids[order], self.direct_ids[q, t:]])
 
-    def metrics(self, queries: np.ndarray, params: DiffusionParams | None, k: int, pin: float) -> np.ndarray:
+    def metrics(self, queries: np.ndarray, params: DiffusionParams | None, pin: float) -> np.ndarray:
         rows = []
         for q in queries:
             relevant = self.groups == self.groups[q]
             relevant[q] = False
-            rows.append(query_metrics(self.ranking(q, params, k, pin), relevant))
+            rows.append(query_metrics(self.ranking(q, params, pin), relevant))
         return np.array(rows)
 
 
@@ -180,13 +173,12 @@ def bootstrap(per_query: np.ndarray, query_groups: np.ndarray, resamples: int = 
     return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
-def tune(retrieval: Retrieval, queries: np.ndarray, pin: float, passes: int = 2) -> tuple[DiffusionParams, int, float]:
-    """Coordinate ascent on mean AP@100 over `queries`; returns (params, k, its mAP)."""
-    state = {"k": 30, **{name: getattr(DiffusionParams(), name) for name in GRID if name != "k"}}
+def tune(retrieval: Retrieval, queries: np.ndarray, pin: float, passes: int = 2) -> tuple[DiffusionParams, float]:
+    """Coordinate ascent on mean AP@100 over `queries`, from the defaults; returns (params, its mAP)."""
+    state = {name: getattr(DiffusionParams(), name) for name in GRID}
 
     def score(values: dict) -> float:
-        params = DiffusionParams(**{n: v for n, v in values.items() if n != "k"})
-        return float(np.nanmean(retrieval.metrics(queries, params, values["k"], pin)[:, 0]))
+        return float(np.nanmean(retrieval.metrics(queries, DiffusionParams(**values), pin)[:, 0]))
 
     best = score(state)
     for _ in range(passes):
@@ -201,7 +193,7 @@ def tune(retrieval: Retrieval, queries: np.ndarray, pin: float, passes: int = 2)
                     best, state, improved = got, trial, True
         if not improved:
             break
-    return DiffusionParams(**{n: v for n, v in state.items() if n != "k"}), state["k"], best
+    return DiffusionParams(**state), best
 
 
 def retrieval_figures(args) -> dict:
@@ -233,15 +225,17 @@ def retrieval_figures(args) -> dict:
     if args.tune_queries and len(tune_q) > args.tune_queries:
         tune_q = np.sort(rng.choice(tune_q, size=args.tune_queries, replace=False))
     t0 = time.perf_counter()
-    params, k, tuned_map = tune(retrieval, tune_q, pin, passes=1 if args.quick else 2)
+    params, tuned_map = tune(retrieval, tune_q, pin, passes=1 if args.quick else 2)
     print(f"tuned on {len(tune_q)} queries of {len(tune_groups)} groups in {time.perf_counter() - t0:.0f} s: "
-          f"k={k} {asdict(params)} (mAP@100 {tuned_map:.4f} on the tuning half)", flush=True)
-    off = retrieval.metrics(report_q, None, k, pin)
-    on = retrieval.metrics(report_q, params, k, pin)
+          f"{asdict(params)} (mAP@100 {tuned_map:.4f} on the tuning half)", flush=True)
+    off = retrieval.metrics(report_q, None, pin)
+    on = retrieval.metrics(report_q, params, pin)
+    default_on = retrieval.metrics(report_q, DiffusionParams(), pin)
     qg = groups[report_q]
     figures = {"pictures": len(images), "groups": int(len(uniq)), "photographs": len(files),
                "report_queries": int(len(report_q)), "copy_cutoff": round(float(pin), 4),
-               "tuned": {"k": k, **asdict(params)}}
+               "tuned": asdict(params),
+               "defaults_mAP@100": round(float(np.nanmean(default_on[:, 0])), 4)}
     for i, name in enumerate(("mAP@100", "recall@10", "recall@1")):
         figures[name] = {"off": round(float(np.nanmean(off[:, i])), 4), "diffusion": round(float(np.nanmean(on[:, i])), 4),
                          "difference": round(float(np.nanmean(on[:, i] - off[:, i])), 4),
@@ -251,8 +245,8 @@ def retrieval_figures(args) -> dict:
               f"difference {figures[name]['difference']:+.4f} {figures[name]['difference_95']}", flush=True)
     # Copy queries: a transformed version whose own original is in the collection; its top-1 must stay a copy.
     copy_rows = np.array([kinds[q] != "clean" for q in report_q])
-    top_off = np.array([sources[retrieval.ranking(q, None, k, pin)[0]] == sources[q] for q in report_q[copy_rows]])
-    top_on = np.array([sources[retrieval.ranking(q, params, k, pin)[0]] == sources[q] for q in report_q[copy_rows]])
+    top_off = np.array([sources[retrieval.ranking(q, None, pin)[0]] == sources[q] for q in report_q[copy_rows]])
+    top_on = np.array([sources[retrieval.ranking(q, params, pin)[0]] == sources[q] for q in report_q[copy_rows]])
     figures["copy_recall@1"] = {"queries": int(copy_rows.sum()), "off": round(float(top_off.mean()), 4),
                                 "diffusion": round(float(top_on.mean()), 4),
                                 "lost": int((top_off & ~top_on).sum()), "gained": int((~top_off & top_on).sum())}
@@ -392,12 +386,13 @@ def main() -> int:
     header = print_header("graph_diffusion", args, model=clip_model_label(args.model, args.pretrained))
     figures = {"retrieval": retrieval_figures(args)}
     tuned = figures["retrieval"]["tuned"]
-    params = DiffusionParams(**{n: v for n, v in tuned.items() if n != "k"})
+    params = DiffusionParams(**tuned)
+    k = 30  # the graph's (indexer.graph.GRAPH_K); the diffusion uses params.neighbours of each row
     if args.scale:
-        figures["scale"] = cost_at(args.scale, None, 200, params, tuned["k"], with_map=True)
+        figures["scale"] = cost_at(args.scale, None, 200, params, k, with_map=True)
         print(f"at {args.scale} synthetic pictures: {figures['scale']}", flush=True)
     if args.big:
-        figures["big"] = cost_at(args.big, args.big_rows, 0, params, tuned["k"])
+        figures["big"] = cost_at(args.big, args.big_rows, 0, params, k)
         print(f"at {args.big} synthetic pictures: {figures['big']}", flush=True)
     print_result("graph_diffusion", figures, header)
     return 0

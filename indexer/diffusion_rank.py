@@ -26,6 +26,7 @@ class DiffusionParams:
     """The diffusion's knobs (defaults tuned by bench/graph_diffusion.py, see docs/graph.md)."""
 
     alpha: float = 0.9  # how far the diffusion spreads (0: not at all)
+    neighbours: int = 30  # each picture's graph neighbours used (at most the graph's k)
     power: float = 3.0  # affinity = similarity ** power
     mutual: bool = True  # keep an edge only when both pictures hold it (else either)
     truncation: int = 200  # direct candidates the diffusion runs on
@@ -63,7 +64,7 @@ def conjugate_gradient(matrix: np.ndarray, b: np.ndarray, iterations: int, toler
 def diffusion_scores(graph: KnnGraph, ids: np.ndarray, direct: np.ndarray,
                      params: DiffusionParams = DEFAULT_DIFFUSION) -> np.ndarray:
     """The diffusion score of each of `ids` (ordered best direct first, `direct` their scores)."""
-    w = affinity_submatrix(graph, ids, params.power, params.mutual).astype(np.float64)
+    w = affinity_submatrix(graph, ids, params.power, params.mutual, params.neighbours).astype(np.float64)
     degree = w.sum(axis=1)
     scale = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-30)), 0.0)
     s = w * scale[:, None] * scale[None, :]

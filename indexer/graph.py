@@ -213,10 +213,11 @@ def _offer(graph: KnnGraph, add_ids: np.ndarray, wide: np.ndarray, wide_sims: np
 
 
 # -- affinities -------------------------------------------------------------------------------
-def affinity_submatrix(graph: KnnGraph, ids: np.ndarray, power: float, mutual: bool) -> np.ndarray:
+def affinity_submatrix(graph: KnnGraph, ids: np.ndarray, power: float, mutual: bool,
+                       neighbours: int | None = None) -> np.ndarray:
     """The dense affinity matrix among `ids` (all in the graph or not: absent ones have no
-    edges): similarity^power on kNN edges, mutual (both rows hold the edge: the smaller weight)
-    or symmetrised (either row: the larger)."""
+    edges): similarity^power on the edges to each row's first `neighbours` (default all k),
+    mutual (both rows hold the edge: the smaller weight) or symmetrised (either: the larger)."""
     ids = np.asarray(ids, np.int64)
     n = len(ids)
     dense = np.zeros((n, n), np.float32)
@@ -224,8 +225,9 @@ def affinity_submatrix(graph: KnnGraph, ids: np.ndarray, power: float, mutual: b
     present = np.flatnonzero(rows >= 0)
     if not len(present):
         return dense
-    nb = graph.neighbours[rows[present]]
-    ws = np.maximum(graph.sims[rows[present]], 0.0) ** power
+    width = graph.k if neighbours is None else max(1, min(neighbours, graph.k))
+    nb = graph.neighbours[rows[present], :width]
+    ws = np.maximum(graph.sims[rows[present], :width], 0.0) ** power
     order = np.argsort(ids)
     sorted_ids = ids[order]
     at = np.searchsorted(sorted_ids, nb.ravel())
