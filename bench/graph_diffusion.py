@@ -378,15 +378,18 @@ def main() -> int:
     parser.add_argument("--big", type=int, default=1_000_000, help="synthetic pictures for the build cost (0: skip)")
     parser.add_argument("--big-rows", type=int, default=50_000, help="rows whose kNN is timed at --big")
     parser.add_argument("--cache", type=Path, default=None, help="keep the set's vectors here and reuse them")
+    parser.add_argument("--cost-only", action="store_true", help="only the cost part (the default parameters)")
     parser.add_argument("--quick", action="store_true", help="CI smoke: scikit-image photos, small sizes")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
         args.scale, args.big, args.tune_queries = min(args.scale, 20_000), 0, 200
     header = print_header("graph_diffusion", args, model=clip_model_label(args.model, args.pretrained))
-    figures = {"retrieval": retrieval_figures(args)}
-    tuned = figures["retrieval"]["tuned"]
-    params = DiffusionParams(**tuned)
+    figures = {}
+    params = DiffusionParams()
+    if not args.cost_only:
+        figures["retrieval"] = retrieval_figures(args)
+        params = DiffusionParams(**figures["retrieval"]["tuned"])
     k = 30  # the graph's (indexer.graph.GRAPH_K); the diffusion uses params.neighbours of each row
     if args.scale:
         figures["scale"] = cost_at(args.scale, None, 200, params, k, with_map=True)
