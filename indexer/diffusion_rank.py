@@ -23,16 +23,17 @@ RERANK_MODES = ("off", "diffusion")
 
 @dataclass(frozen=True)
 class DiffusionParams:
-    """The diffusion's knobs (defaults tuned by bench/graph_diffusion.py, see docs/graph.md)."""
+    """The diffusion's knobs. The defaults are those bench/graph_diffusion.py tuned on real
+    photographs embedded with untrained weights (docs/graph.md); re-tune with trained weights."""
 
-    alpha: float = 0.9  # how far the diffusion spreads (0: not at all)
-    neighbours: int = 30  # each picture's graph neighbours used (at most the graph's k)
-    power: float = 3.0  # affinity = similarity ** power
-    mutual: bool = True  # keep an edge only when both pictures hold it (else either)
+    alpha: float = 0.5  # how far the diffusion spreads (0: not at all)
+    neighbours: int = 5  # each picture's graph neighbours used (at most the graph's k)
+    power: float = 5.0  # affinity = similarity ** power
+    mutual: bool = False  # keep an edge only when both pictures hold it (else either)
     truncation: int = 200  # direct candidates the diffusion runs on
-    seeds: int = 5  # top direct results that seed it
+    seeds: int = 1  # top direct results that seed it
     seed_power: float = 3.0
-    fusion: float = 0.5  # weight of the diffusion score against the direct one
+    fusion: float = 0.9  # weight of the diffusion score against the direct one
     keep_first: bool = True  # the direct best result stays first (a copy below the cut-off, too)
     iterations: int = 30  # conjugate-gradient steps at most
     tolerance: float = 1e-6
