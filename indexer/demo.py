@@ -86,4 +86,7 @@ def run_demo(settings: Settings, out: TextIO, progress: bool = True) -> Settings
     print(f"  image {probe.name}: {names}", file=out)
     pretrained = "" if demo.pretrained == settings.pretrained else f"LOUPE_PRETRAINED={demo.pretrained} "
     print(f'loupe demo: search it yourself with  LOUPE_HOME={demo.home} {pretrained}loupe search "a cat"', file=out)
+    # The demo keeps its own home: a plain `loupe serve` shows LOUPE_HOME's library, not this one.
+    print(f"loupe demo: this library lives in {demo.home}; serve it later with  LOUPE_HOME={demo.home} "
+          f"{pretrained}loupe serve", file=out)
     return demo

@@ -73,3 +73,10 @@ class DecodeBusyError(LoupeError):
 
     code = "busy"
     retry_after = 5
+
+
+class QuarantineConflictError(LoupeError):
+    """A duplicates action that cannot be done as things are: a restore whose original path is
+    taken again, a group that changed, a burst group asked to be quarantined."""
+
+    code = "conflict"

@@ -295,7 +295,7 @@ class Library:
     def update_graph(self) -> GraphUpdate:
         """Bring the kNN graph to the images index (after a job or a removal) and save it."""
         store = self.store
-        return self.graph.update(store.ids(), lambda: store.search_arrays,
+        return self.graph.update(store.ids(), lambda: store.neighbours,
                                  lambda ids: self.stored_vectors_of(np.asarray(ids).tolist()))
 
     def _rank(self, query: np.ndarray, want: int, regions: bool, exclude: set[int],
@@ -538,6 +538,35 @@ class Library:
         for chunk_ids, chunk_vectors in self.images.stored_vectors(list(ids)):
             found.update(zip(chunk_ids.tolist(), chunk_vectors))
         return np.stack([found[i] for i in ids]) if ids else np.zeros((0, self._dim() or 0), np.float32)
+
+    def near_pairs(self, min_score: float, max_neighbours: int, nprobe: int | None = None,
+                   chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair of indexed pictures whose whole-picture vectors score at least `min_score`,
+        each picture keeping its `max_neighbours` best: a range search capped at that many
+        neighbours (FAISS k-nearest-neighbour search of each stored vector against the images
+        index, cut at `min_score`), so that a dense region of the collection cannot make it
+        quadratic. Returns (first ids, second ids, scores), first < second, each pair once.
+        `nprobe` overrides an inverted file's probes for this search."""
+        store = self.store
+        firsts, seconds, scores = [], [], []
+        for ids, vectors in self.images.stored_vectors():
+            for at in range(0, len(ids), chunk):
+                part = ids[at : at + chunk]
+                found_scores, found_ids = store.neighbours(vectors[at : at + chunk], max_neighbours + 1, nprobe)
+                keep = (found_ids >= 0) & (found_ids != part[:, None]) & (found_scores >= min_score)
+                rows = np.broadcast_to(part[:, None], found_ids.shape)[keep]
+                firsts.append(np.minimum(rows, found_ids[keep]))
+                seconds.append(np.maximum(rows, found_ids[keep]))
+                scores.append(found_scores[keep])
+        if not firsts:
+            empty = np.zeros(0, np.int64)
+            return empty, empty.copy(), np.zeros(0, np.float32)
+        a, b, s = np.concatenate(firsts), np.concatenate(seconds), np.concatenate(scores).astype(np.float32)
+        order = np.lexsort((-s, b, a))
+        a, b, s = a[order], b[order], s[order]
+        first = np.ones(len(a), bool)
+        first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+        return a[first], b[first], s[first]
 
     # -- the catalogued files ---------------------------------------------------------------------
     def roots_of(self, image_ids: Sequence[int]) -> dict[int, list[str]]:

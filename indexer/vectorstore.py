@@ -204,11 +204,19 @@ class VectorStore:
             for row_s, row_i in zip(scores, ids)
         ]
 
-    def search_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS's own answer for `queries`: (scores, ids) arrays, k columns at most len(self)."""
+    def neighbours(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The `k` best (scores, ids) of each query row as arrays (id -1: none), for bulk passes
+        over the whole index; `nprobe` overrides an inverted file's probes on the CPU index."""
+        import faiss
+
         queries = _as_matrix(queries, self.dim)
         with self._lock:
-            return self._searcher().search(queries, max(1, min(k, len(self))))
+            k = min(k, len(self))
+            if k <= 0:
+                return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+            if nprobe is not None and not self.use_gpu and faiss.try_extract_index_ivf(self._index) is not None:
+                return self._index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=int(nprobe)))
+            return self._searcher().search(queries, k)
 
     def _searcher(self):
         if not self.use_gpu:

@@ -59,9 +59,31 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     rules = security.AccessPolicy.create(app.config["LOUPE_SETTINGS"], app.config["LOUPE_SERVE_HOST"])
     services.init_app(app, Urls.of_app(app))
+    _observe(app)  # before the access rules, so a refused request is timed and logged too
     errors.init_app(app)
     security.init_app(app, rules)
     app.register_blueprint(api.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(pages.bp)
+    _serve_under_prefix(app, getattr(app.config["LOUPE_SETTINGS"], "url_prefix", None))
     return app
+
+
+def _serve_under_prefix(app: Flask, prefix: str | None) -> None:
+    """Under `LOUPE_URL_PREFIX`: requests under the prefix have it as their script root, and
+    URLs built outside a request (a generation's pictures) start with it too."""
+    if not prefix:
+        return
+    from .prefix import PrefixMiddleware
+
+    app.config["LOUPE_URL_PREFIX"] = prefix
+    app.wsgi_app = PrefixMiddleware(app.wsgi_app, prefix)
+
+
+def _observe(app: Flask) -> None:
+    """The access log and the Prometheus metrics (`/metrics`) of `app`."""
+    from . import access_log, metrics
+    from .services import EXTENSION
+
+    access_log.init_app(app)
+    metrics.init_app(app, app.extensions[EXTENSION])

@@ -20,7 +20,7 @@ from .restoration.pipeline import RestorationReport
 from .restoration.stages import COSTLY_STAGES
 from .restoration.stages import MODES as RESTORE_MODES
 from .routing import MAX_ID, parse_id
-from .security import WRITE, demand, require_token
+from .security import WRITE, can_read, demand, require_token
 from .services import service
 from .urls import Urls
 
@@ -136,11 +136,16 @@ def _make_relative(items: list[dict]) -> None:
     roots = service().indexed_roots([item["id"] for item in items])
     for item in items:
         item["path"] = relative_to_root(item["path"], roots.get(item["id"], []))
+        if "folder" in item:  # an image's metadata: its folder is never absolute either
+            item["folder"] = str(Path(item["path"]).parent)
 
 
 @bp.get("/health")
 def health():
-    return jsonify(service().health())
+    """Liveness and readiness: 200 when every check is ok, 503 (same body) when degraded, so a
+    proxy or monitor needs only the status code."""
+    body = service().health(detailed=can_read())  # paths and errors only for callers who may read
+    return jsonify(body), 200 if body["status"] == "ok" else 503
 
 
 @bp.get("/search")
@@ -151,12 +156,17 @@ def search_text():
     if len(text) > MAX_TEXT:
         raise ApiError(400, "bad_parameter", f"the search text is longer than {MAX_TEXT} characters")
     query = _page_params()
+    terms = _parsed_q(text, image=False)
+    if not terms.plain:  # weights, negatives or several terms: the combined query's vector
+        return jsonify(_results(_terms_page(terms, query), combined=terms.as_dict()))
     return jsonify(_results(service().search_text(text, query)))
 
 
 @bp.post("/search/image")
 def search_image():
     query = _page_params()
+    if _given("q"):  # words with the picture: a combined query, not a copy check
+        return _search_image_with_words(query)
     restore = _choice_param("restore", "auto", RESTORE_MODES)
     if restore in COSTLY_STAGES:  # diffusion runs or large models: as costly as a write
         demand(WRITE)
@@ -178,6 +188,67 @@ def search_image():
         page = service().search_image_id(parse_id(image_id), query)
         restoration = {**RestorationReport(restore).as_dict(), "note": "an indexed picture is searched by its stored vector"}
     return jsonify(_results(page, restoration=restoration))
+
+
+def _parsed_q(text: str, image: bool):
+    """The terms of search text `text` (`indexer.combine`); bad syntax is a 400 naming q."""
+    from indexer.combine import QuerySyntaxError, parse_terms
+
+    try:
+        return parse_terms(text, image=image)
+    except QuerySyntaxError as err:
+        raise ApiError(400, "bad_parameter", f"q: {err}") from None
+
+
+def _terms_page(terms, query: SearchQuery, image: bytes | int | None = None):
+    """The service's page for combined query `terms`; terms that cancel out are a 400 naming q."""
+    from indexer.combine import QuerySyntaxError
+
+    try:
+        return service().search_terms(terms, query, image=image)
+    except QuerySyntaxError as err:
+        raise ApiError(400, "bad_parameter", f"q: {err}") from None
+
+
+def _search_image_with_words(query: SearchQuery):
+    """POST /api/search/image with `q`: the picture (upload or image_id) and the words as one
+    combined query. It looks for similar pictures, not copies: no restoration, no verification,
+    whole pictures, every result `similar`; asking for a restoration stage or for verification
+    with it is a 400."""
+    from indexer.combine import COMBINED_NOTE
+
+    def text(raw) -> str:
+        if not isinstance(raw, str):
+            raise ApiError(400, "bad_parameter", f"q must be a string, not {raw!r}")
+        if not raw.strip(TEXT_BLANKS):
+            raise ApiError(400, "bad_parameter", "q is empty: give words to combine with the picture, or leave q out")
+        if len(raw) > MAX_TEXT:
+            raise ApiError(400, "bad_parameter", f"q is longer than {MAX_TEXT} characters")
+        return raw
+
+    terms = _parsed_q(_param("q", parse=text), image=True)
+    restore = _choice_param("restore", "auto", RESTORE_MODES)
+    if restore not in ("auto", "off"):
+        raise ApiError(400, "bad_parameter", f"restore={restore} cannot be combined with q: a combined query is "
+                                             "not restored (leave restore out, or send auto or off)")
+    if _choice_param("verify", None, VERIFY_MODES) == "on":
+        raise ApiError(400, "bad_parameter", "verify=on cannot be combined with q: a combined query looks for "
+                                             "similar pictures, not copies (leave verify out, or send off)")
+    _choice_param("regions", "on", REGION_MODES)  # checked; a combined query matches whole pictures
+    upload = request.files.get("image")
+    if upload is not None:
+        data = upload.read()
+        if not data:
+            raise ApiError(400, "bad_image", "the uploaded image is empty")
+        image = data
+    else:
+        image_id = _param("image_id")
+        if image_id is None:
+            raise ApiError(400, "missing_image", "send a multipart 'image' file or JSON {\"image_id\": N}")
+        image = parse_id(image_id)
+    page = _terms_page(terms, query, image)
+    restoration = {**RestorationReport(restore).as_dict(), "note": COMBINED_NOTE}
+    return jsonify(_results(page, restoration=restoration, combined=terms.as_dict(image=True)))
 
 
 @bp.post("/generate")
@@ -351,3 +422,91 @@ def _image_json(image_id: int) -> dict:
     if facts is None:
         raise ApiError(404, "not_found", f"no image with id {image_id}")
     return {**facts, **Urls().image(image_id)}
+
+
+# -- the duplicates review ------------------------------------------------------------------------
+DUPLICATE_KINDS = ("duplicate", "burst")
+DUPLICATES_DEFAULT_LIMIT, DUPLICATES_MAX_LIMIT = 20, 100
+DUPLICATES_MAX_OFFSET = 10**7 - 1  # cursors carry at most 7 digits
+GROUP_ID_CHARS = frozenset("0123456789abcdef")
+
+
+def _duplicates_cursor(raw) -> int:
+    """The offset a `cursor` (a page's `next`: `o` and a number; empty: the first page) stands for."""
+    text = str(raw)
+    if text == "":
+        return 0
+    if not (2 <= len(text) <= 8 and text[0] == "o" and text[1:].isdigit() and text[1:].isascii()):
+        raise ApiError(400, "bad_parameter", "cursor is not one this server gave (pass back a page's next)")
+    return int(text[1:])
+
+
+def _duplicates_next(offset: int | None) -> str | None:
+    return None if offset is None or offset > DUPLICATES_MAX_OFFSET else f"o{offset}"
+
+
+def _group_id(group_id: str) -> str:
+    if len(group_id) != 16 or not set(group_id) <= GROUP_ID_CHARS:
+        raise ApiError(404, "not_found", f"no duplicates group {group_id!r}")
+    return group_id
+
+
+@bp.get("/duplicates")
+def duplicates():
+    """Groups of duplicate pictures and bursts, a page at a time (`next` → `cursor`)."""
+    kind = _choice_param("kind", None, DUPLICATE_KINDS)
+    limit = _int_param("limit", DUPLICATES_DEFAULT_LIMIT, 1, DUPLICATES_MAX_LIMIT)
+    offset = _param("cursor", 0, _duplicates_cursor)
+    dismissed = _choice_param("dismissed", "off", ("on", "off")) == "on"
+    relative = _relative_paths()
+    page = service().duplicate_groups(kind, offset, limit, dismissed)
+    urls = Urls()
+    groups = []
+    for group in page.groups:
+        body = group.as_dict()
+        body["images"] = [{**image, **urls.image(image["id"])} for image in body["images"]]
+        if relative:
+            _make_relative(body["images"])
+        groups.append(body)
+    return jsonify(groups=groups, next=_duplicates_next(page.next_offset), total=page.total)
+
+
+@bp.post("/duplicates/<group_id>/quarantine")
+@require_token
+def quarantine_group(group_id: str):
+    """Move every picture of the group but the one kept (the suggestion, or `keep`) to the quarantine."""
+    group_id = _group_id(group_id)
+    if request.is_json and request.get_data() and not isinstance(request.get_json(silent=True), dict):
+        raise ApiError(400, "bad_parameter", 'send JSON {"keep": ID} or no body')
+    keep = _param("keep", None, lambda raw: parse_id(raw, "keep"))
+    return jsonify(service().duplicates_action("quarantine", group_id, keep=keep))
+
+
+@bp.post("/duplicates/<group_id>/restore")
+@require_token
+def restore_group(group_id: str):
+    """Put back every quarantined picture of the group."""
+    return jsonify(service().duplicates_action("restore", _group_id(group_id)))
+
+
+@bp.post("/duplicates/<group_id>/dismiss")
+@require_token
+def dismiss_group(group_id: str):
+    return jsonify(service().duplicates_action("dismiss", _group_id(group_id)))
+
+
+@bp.post("/duplicates/<group_id>/undismiss")
+@require_token
+def undismiss_group(group_id: str):
+    return jsonify(service().duplicates_action("undismiss", _group_id(group_id)))
+
+
+@bp.get("/quarantine")
+def quarantine_list():
+    return jsonify(entries=service().quarantined())
+
+
+@bp.post("/quarantine/<id:entry_id>/restore")
+@require_token
+def restore_entry(entry_id: int):
+    return jsonify(service().duplicates_action("restore", entry_id=entry_id))

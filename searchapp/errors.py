@@ -30,6 +30,7 @@ STATUS_OF = {
     loupe_errors.FileChangedError: 404,
     loupe_errors.ModelMismatchError: 409,
     loupe_errors.JobLockedError: 409,
+    loupe_errors.QuarantineConflictError: 409,
     loupe_errors.WeightsUnavailableError: 503,
     loupe_errors.DatabaseError: 503,
     GeneratorUnavailable: 503,

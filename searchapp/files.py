@@ -12,6 +12,7 @@ from werkzeug.wsgi import wrap_file
 from indexer.catalog import ImageStatus
 from indexer.errors import FileChangedError, FileMissingError, ImageReadError
 from indexer.images import DecodeLimits, read_open_file
+from indexer.previews import PREVIEW_SIZE
 from indexer.thumbnails import THUMB_SIZE
 
 from .errors import ApiError
@@ -21,11 +22,11 @@ bp = Blueprint("files", __name__)
 
 MIMETYPES = {
     "JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
-    "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff",
+    "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff", "HEIF": "image/heif",
 }
 # The download name's suffix comes from the decoded format, never from the stored name.
 SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
-            "TIFF": ".tif"}
+            "TIFF": ".tif", "HEIF": ".heic"}
 ONE_DAY = 24 * 3600
 # Pictures are private: a shared cache (a proxy) must never keep them for another user.
 FILE_CACHE = f"private, max-age={ONE_DAY}"
@@ -80,6 +81,27 @@ def image_thumb(image_id: int):
     response = send_file(thumb, mimetype="image/jpeg", conditional=True, max_age=30 * ONE_DAY)
     response.headers["Cache-Control"] = THUMB_CACHE
     response.headers["Content-Disposition"] = f'inline; filename="{image_id}-{THUMB_SIZE}.jpg"'
+    return response
+
+
+@bp.get("/images/<id:image_id>/preview")
+def image_preview(image_id: int):
+    """The picture at most PREVIEW_SIZE px a side as a JPEG (the detail view's; any indexed
+    format, TIFF included), cached on disk like thumbnails and checked against its original likewise."""
+    record = _catalogued(image_id)
+    with _open(record) as fh:
+        def read() -> bytes:
+            return read_open_file(fh, DecodeLimits()).data
+
+        try:
+            preview = service().preview(record, read)
+        except ImageReadError as err:
+            raise ApiError(404, "bad_image", f"cannot make a preview of image {image_id}: {err}") from err
+    # Cached a day like originals, not for good: a catalog rebuilt from scratch can give the id
+    # to another picture (the file cache on disk is keyed by content, a browser's by URL).
+    response = send_file(preview, mimetype="image/jpeg", conditional=True, max_age=ONE_DAY)
+    response.headers["Cache-Control"] = FILE_CACHE
+    response.headers["Content-Disposition"] = f'inline; filename="{image_id}-{PREVIEW_SIZE}.jpg"'
     return response
 
 

@@ -52,7 +52,7 @@ class IndexingJobs:
 
     def _options(self, calibrate: bool = True) -> IndexOptions:
         # Decoding stays in-process: forking decode workers from a multi-threaded server is unsafe.
-        return IndexOptions(workers=0, progress=False, calibrate=calibrate)
+        return IndexOptions(workers=0, decode_threads=job_decode_threads(), progress=False, calibrate=calibrate)
 
     @contextmanager
     def writer(self) -> Iterator[None]:
@@ -114,6 +114,19 @@ class IndexingJobs:
             err = outcome.get("error")
             raise err if isinstance(err, LoupeError) else LoupeError(f"the job did not start: {err}")
         return outcome["id"]
+
+
+def job_decode_threads(cores: int | None = None, slots: int | None = None) -> int:
+    """Decode threads of a job this server runs: what `loupe index` uses on the CPU (one per
+    core torch uses), bounded so that one of the process's decode slots
+    (MAX_CONCURRENT_DECODES) stays free for uploads and thumbnails while a job runs."""
+    import torch
+
+    from indexer.images import decode_slots
+
+    cores = torch.get_num_threads() if cores is None else cores
+    slots = decode_slots().slots if slots is None else slots
+    return max(1, min(cores, slots - 1))
 
 
 class BackgroundCalibration:

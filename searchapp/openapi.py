@@ -63,6 +63,20 @@ BEARER = [{"bearer": []}, {"session": []}]
 # Reads need a token only when LOUPE_READ_TOKEN is set (or the server is bound beyond loopback).
 READ = [{"bearer": []}, {"session": []}, {}]
 NULLABLE_INT = {"type": ["integer", "null"]}
+# What indexer.metadata records of a picture (searchapp.services.metadata_facts); null until read.
+IMAGE_METADATA_PROPERTIES = {
+    "taken_at": {"type": ["string", "null"], "format": "date-time",
+                 "description": "when the picture was taken (ISO 8601), in its own UTC offset when known"},
+    "taken_source": {"enum": ["exif", "file", None], "description": "EXIF DateTimeOriginal, or the file's time"},
+    "taken_offset_min": {"type": ["integer", "null"], "description": "the EXIF offset from UTC in minutes"},
+    "camera": {"type": ["object", "null"], "required": ["make", "model"],
+               "properties": {"make": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]}}},
+    "orientation": {"type": ["integer", "null"], "minimum": 1, "maximum": 8},
+    "has_gps": {"type": ["boolean", "null"], "description": "the picture records a position"},
+    "folder": {"type": ["string", "null"], "description": "the absolute folder holding the file"},
+    "gps": {"type": "object", "required": ["lat", "lon"], "description": "present only with LOUPE_KEEP_GPS",
+            "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}}},
+}
 NULLABLE_STR = {"type": ["string", "null"]}
 
 SCHEMAS = {
@@ -82,6 +96,7 @@ SCHEMAS = {
             "height": NULLABLE_INT,
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
+            "preview_url": {"type": "string"},
             "found_by": {"type": "string", "description": "diffusion: brought into the page by rerank=diffusion; "
                                                           "image searches also raw, restored or both"},
         },
@@ -218,10 +233,12 @@ SCHEMAS = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "images", "model", "index", "device"],
+        "required": ["status", "images", "model", "index", "device", "checks"],
         "properties": {
-            "status": {"const": "ok"},
-            "images": {"type": "integer"},
+            "status": {"enum": ["ok", "degraded"],
+                       "description": "ok when every check is ok (HTTP 200); degraded otherwise (HTTP 503)"},
+            "images": {"type": ["integer", "null"], "description": "indexed pictures; null when the catalog "
+                                                                   "cannot be read"},
             "model": {
                 "type": "object",
                 "required": ["architecture", "pretrained", "semantic"],
@@ -248,11 +265,30 @@ SCHEMAS = {
                 },
             },
             "device": {"type": "string"},
+            "checks": {
+                "type": "object",
+                "required": ["database", "index", "model", "disk"],
+                "description": "readiness, each part with its state and the reason in words",
+                "properties": {name: _ref("Check") for name in ("database", "index", "model", "disk")},
+            },
+        },
+    },
+    "Check": {
+        "type": "object",
+        "required": ["state", "reason"],
+        "properties": {
+            "state": {"enum": ["ok", "degraded"]},
+            "reason": {"type": "string", "description": "why, in words, naming no server path or error text"},
+            "detail": {"type": "string", "description": "paths and error text, only for callers who may read"},
+            "loaded": {"type": "boolean", "description": "index, model: loaded in this process"},
+            "free_bytes": {"type": "integer", "description": "disk: free bytes under LOUPE_HOME"},
+            "min_free_bytes": {"type": "integer", "description": "disk: the threshold (LOUPE_MIN_FREE_MB)"},
         },
     },
     "Image": {
         "type": "object",
-        "required": ["id", "path", "status", "width", "height", "thumb_url", "file_url"],
+        "required": ["id", "path", "status", "width", "height", "thumb_url", "file_url",
+                     *(name for name in IMAGE_METADATA_PROPERTIES if name != "gps")],
         "properties": {
             "id": {"type": "integer"},
             "path": {"type": "string"},
@@ -268,6 +304,10 @@ SCHEMAS = {
             "indexed_at": NULLABLE_STR,
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
+            **IMAGE_METADATA_PROPERTIES,
+
+
+            "preview_url": {"type": "string"},
         },
     },
     "Job": {
@@ -318,6 +358,101 @@ SCHEMAS["GenerationJob"] = {
     },
 }
 
+SCHEMAS["DuplicateImage"] = {
+    "type": "object", "required": ["id", "path", "score", "width", "height", "thumb_url", "file_url", "evidence"],
+    "description": "a search result (Result) with what ties it to its group",
+    "properties": {
+        **SCHEMAS["Result"]["properties"],
+        "size_bytes": {"type": "integer"}, "content_hash": NULLABLE_STR, "taken_at": NULLABLE_STR,
+        "camera": NULLABLE_STR, "inliers": NULLABLE_INT,
+        "evidence": {"enum": ["centre", "exact", "verified", "pixels", "score"],
+                     "description": "what ties it to the group: the centre itself, the same bytes, geometric "
+                                    "verification, thumbnails alike (too few keypoints to verify), or the "
+                                    "embedding's cut-off alone (verification off)"},
+    },
+}
+SCHEMAS["DuplicateGroup"] = {
+    "type": "object", "required": ["id", "kind", "images", "keep", "reason"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "stable while its pictures are"},
+        "kind": {"enum": ["duplicate", "burst"],
+                 "description": "burst: one camera, seconds apart; shown, never suggested for removal"},
+        "images": {"type": "array", "minItems": 2, "items": _ref("DuplicateImage")},
+        "keep": {"type": "integer", "description": "the picture to keep: most pixels, then earliest taken, then "
+                                                   "shortest path"},
+        "reason": {"type": "string"},
+    },
+}
+SCHEMAS["DuplicateGroups"] = {
+    "type": "object", "required": ["groups", "next"],
+    "properties": {"groups": {"type": "array", "items": _ref("DuplicateGroup")}, "next": NULLABLE_STR,
+                   "total": {"type": "integer"}},
+}
+SCHEMAS["QuarantineEntry"] = {
+    "type": "object", "required": ["id", "image_id", "original_path", "stored_path"],
+    "properties": {"id": {"type": "integer"}, "group": NULLABLE_STR, "image_id": {"type": "integer"},
+                   "kept_id": NULLABLE_INT, "original_path": {"type": "string"}, "stored_path": {"type": "string"},
+                   "moved_at": {"type": "string"}},
+}
+GROUP_PARAM = {"name": "group_id", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
+RESTORED = _json({"type": "object", "required": ["restored"], "properties": {"restored": {
+    "type": "array", "items": {"type": "object", "required": ["id", "image_id", "original_path"], "properties": {
+        **SCHEMAS["QuarantineEntry"]["properties"],
+        "image_id": {"type": "integer", "description": "the picture's new catalog id"}}}}}},
+    "the files are back at their paths and in the catalog")
+DISMISSED = _json({"type": "object", "required": ["group", "dismissed"],
+                   "properties": {"group": {"type": "string"}, "dismissed": {"type": "boolean"}}}, "remembered")
+
+
+def duplicates_paths() -> dict:
+    """The duplicates review's entries of the document."""
+    write = {"security": BEARER, "parameters": [GROUP_PARAM]}
+    return {
+        "/api/duplicates": {"get": {
+            "parameters": [
+                {"name": "kind", "in": "query", "schema": {"enum": ["duplicate", "burst"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+                                                              "default": 20}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^(o[0-9]{1,7})?$"},
+                 "description": "a page's `next`, for the page after it (empty: the first page)"},
+                {"name": "dismissed", "in": "query", "schema": {"enum": ["on", "off"], "default": "off"},
+                 "description": "on: include the groups dismissed before"},
+                PATHS_PARAM],
+            "security": READ,
+            "description": "groups of the same picture (exact copies and verified near-duplicates) and of burst "
+                           "shots, duplicates first, largest first; computed on the first call after the catalog "
+                           "changed (seconds for a large library; 503 busy while another request computes them)",
+            "responses": {"200": _json(_ref("DuplicateGroups"), "one page of groups"),
+                          **_errors(400, 401, 403), "503": BUSY}}},
+        "/api/duplicates/{group_id}/quarantine": {"post": {
+            **write,
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"keep": ID_SCHEMA}}}}},
+            "description": "moves every picture of the group but the one kept (the suggestion, or `keep`) to "
+                           "LOUPE_HOME/quarantine and out of the catalog; refused for burst groups (409) and for "
+                           "files outside the folders they were indexed from (403)",
+            "responses": {"200": _json({"type": "object", "required": ["group", "kept", "quarantined"], "properties": {
+                "group": {"type": "string"}, "kept": {"type": "integer"},
+                "quarantined": {"type": "array", "items": _ref("QuarantineEntry")}}}, "moved"),
+                **_errors(400, 401, 403, 404, 409), "503": BUSY}}},
+        "/api/duplicates/{group_id}/restore": {"post": {
+            **write, "responses": {"200": RESTORED, **_errors(401, 403, 404, 409)}}},
+        "/api/duplicates/{group_id}/dismiss": {"post": {
+            **write, "responses": {"200": DISMISSED, **_errors(401, 403, 404, 409)}}},
+        "/api/duplicates/{group_id}/undismiss": {"post": {
+            **write, "responses": {"200": DISMISSED, **_errors(401, 403, 404, 409)}}},
+        "/api/quarantine": {"get": {"security": READ, "responses": {
+            "200": _json({"type": "object", "required": ["entries"], "properties": {
+                "entries": {"type": "array", "items": _ref("QuarantineEntry")}}}, "newest first"),
+            **_errors(401, 403)}}},
+        "/api/quarantine/{entry_id}/restore": {"post": {
+            "security": BEARER, "parameters": [{"name": "entry_id", "in": "path", "required": True,
+                                                "schema": ID_SCHEMA}],
+            "responses": {"200": RESTORED, **_errors(401, 403, 404, 409)}}},
+    }
+
+
 GENERATE_FIELDS = {
     "n": {"type": "integer", "minimum": 1, "maximum": 8, "default": 4},
     "strength": {"type": "number", "minimum": 0.05, "maximum": 1, "default": 0.6,
@@ -329,6 +464,21 @@ GENERATE_FIELDS = {
                             "server waits at most 5 s whatever is asked (poll Location)"},
 }
 
+Q_FIELD = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": f"[^{BLANKS_PATTERN}]",
+           "description": "words to combine with the picture (docs/queries.md): `at night`, `-people`, `2:beach`; "
+                          "a combined query looks for similar pictures, not copies (no restoration, no "
+                          "verification: `restore` may only be auto or off, `verify` only off)"}
+SCHEMAS["Combined"] = {
+    "type": "object", "required": ["terms"],
+    "description": "how the search text was read (present when it used the syntax, or came with a picture)",
+    "properties": {
+        "terms": {"type": "array", "items": {"type": "object", "required": ["text", "weight"], "properties": {
+            "text": {"type": "string"}, "weight": {"type": "number", "description": "negative: subtracted"}}}},
+        "image_weight": {"type": "number", "description": "the picture's weight in the sum"},
+    },
+}
+SCHEMAS["Results"]["properties"]["combined"] = _ref("Combined")
+
 IMAGE_BODY = {
     "multipart/form-data": {
         "schema": {
@@ -338,6 +488,7 @@ IMAGE_BODY = {
                 "k": K_SCHEMA,
                 "offset": OFFSET_SCHEMA,
                 "restore": {"enum": list(MODES)},
+                "q": Q_FIELD,
             },
         }
     },
@@ -345,7 +496,7 @@ IMAGE_BODY = {
         "schema": {
             "type": "object",
             "required": ["image_id"],
-            "properties": {"image_id": ID_SCHEMA, "k": K_SCHEMA, "offset": OFFSET_SCHEMA},
+            "properties": {"image_id": ID_SCHEMA, "k": K_SCHEMA, "offset": OFFSET_SCHEMA, "q": Q_FIELD},
         }
     },
 }
@@ -370,10 +521,22 @@ def openapi_document() -> dict:
             },
         },
         "paths": {
-            "/api/health": {"get": {"responses": {"200": _json(_ref("Health"), "service state")}}},
+            "/api/health": {"get": {
+                "description": "liveness and readiness: the database answers, the index is on disk and loads, "
+                               "the model is loaded or its weights are on disk, LOUPE_HOME has LOUPE_MIN_FREE_MB free",
+                "responses": {"200": _json(_ref("Health"), "ready: every check is ok"),
+                              "503": _json(_ref("Health"), "degraded: `checks` say which part and why")}}},
+            "/metrics": {"get": {
+                "description": "Prometheus metrics (text exposition format). With LOUPE_METRICS_TOKEN set it needs "
+                               "that token (or the read or API token); otherwise it follows the read rule",
+                "security": READ,
+                "responses": {"200": {"description": "the metrics", "content": {"text/plain": {
+                                  "schema": {"type": "string"}}}},
+                              **_errors(400, 401, 403)}}},
             "/api/search": {
                 "get": {
-                    "parameters": [{"name": "q", "in": "query", "required": True, "description": "the search text",
+                    "parameters": [{"name": "q", "in": "query", "required": True, "description": "the search text; `+`, `-` and `2:` at a word's start "
+                                    "combine weighted terms (docs/queries.md): `beach 2:sunset -people`",
                                     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT,
                                                "pattern": f"[^{BLANKS_PATTERN}]"}},
                                    *PAGE_PARAMS],
@@ -493,6 +656,15 @@ def openapi_document() -> dict:
             "/images/{image_id}/thumb": {
                 "get": {"parameters": [ID_PARAM], "security": READ,
                         "responses": {"200": {"description": "a JPEG thumbnail"}, **_errors(401, 403, 404)}}
+            },
+            **duplicates_paths(),
+
+
+            "/images/{image_id}/preview": {
+                "get": {"parameters": [ID_PARAM], "security": READ,
+                        "description": "the picture at most 1600 px a side as a JPEG (any indexed format), for "
+                                       "viewing; the original bytes are /images/{image_id}/file",
+                        "responses": {"200": {"description": "a JPEG preview"}, **_errors(401, 403, 404)}}
             },
         },
     }

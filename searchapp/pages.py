@@ -3,12 +3,20 @@ token into a session cookie, for browsers (whose image tags cannot send a bearer
 
 from __future__ import annotations
 
-from flask import Blueprint, redirect, render_template, request, url_for
+import re
+from pathlib import Path
+
+from flask import Blueprint, redirect, render_template, request, send_from_directory, url_for
+
+from .errors import ApiError
 
 from .security import SESSION_COOKIE, SESSION_DAYS, WRITE, grant, policy
 from .services import service
 
 bp = Blueprint("pages", __name__)
+
+DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
+DOC_NAME = re.compile(r"[a-z0-9][a-z0-9-]*\.md")
 
 
 @bp.get("/")
@@ -18,7 +26,25 @@ def search_page():
               "signed_in": held.by_cookie and held.role is not None,
               "can_write": not rules.writes_protected or held.role == WRITE}
     return render_template("search.html", health=service().health(), access=access,
-                           running_job=service().indexing_jobs.running_id)
+                           running_job=service().indexing_jobs.running_id,
+                           can_generate=access["can_write"] and service().generator_configured())
+
+
+@bp.get("/docs/<name>")
+def doc(name: str):
+    """One of Loupe's guides (docs/*.md) as plain text: the page links here instead of giving
+    command-line instructions. Readable by whoever may read the collection."""
+    if not DOC_NAME.fullmatch(name) or not (DOCS_DIR / name).is_file():
+        raise ApiError(404, "not_found", f"no guide named {name!r}")
+    return send_from_directory(DOCS_DIR, name, mimetype="text/plain", max_age=3600)
+
+
+@bp.get("/duplicates")
+def duplicates_page():
+    """The duplicates review (driven by static/duplicates.js over /api/duplicates)."""
+    rules, held = policy(), grant()
+    can_write = not rules.writes_protected or held.role == WRITE
+    return render_template("duplicates.html", can_write=can_write)
 
 
 @bp.get("/map")

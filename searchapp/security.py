@@ -32,6 +32,7 @@ SAME_ORIGIN_FETCH = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values 
 PUBLIC_ENDPOINTS = frozenset({"api.health", "api.openapi", "static", "pages.login", "pages.login_submit",
                               "pages.logout"})
 EXTENSION = "loupe_access"
+METRICS_ENDPOINT = "metrics.metrics"  # searchapp.metrics.ENDPOINT: its own rule (demand_metrics)
 READ, WRITE = "read", "write"
 
 
@@ -58,6 +59,7 @@ class AccessPolicy:
     read_token: str | None = field(default=None, repr=False)
     trusted_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS
     insecure: bool = False  # served beyond loopback without any token, by explicit choice
+    metrics_token: str | None = field(default=None, repr=False)  # LOUPE_METRICS_TOKEN: reads /metrics only
 
     @classmethod
     def create(cls, settings, bind_host: str | None = None) -> "AccessPolicy":
@@ -69,7 +71,8 @@ class AccessPolicy:
         read_token = settings.read_token or (None if loopback else settings.api_token)
         names = LOOPBACK_HOSTS + tuple(settings.trusted_hosts)
         hosts = names if loopback or settings.trusted_hosts else None
-        return cls(settings.api_token, read_token, hosts, insecure=not loopback and not settings.api_token)
+        return cls(settings.api_token, read_token, hosts, insecure=not loopback and not settings.api_token,
+                   metrics_token=getattr(settings, "metrics_token", None))
 
     @property
     def reads_protected(self) -> bool:
@@ -227,6 +230,26 @@ def demand(role: str) -> None:
         raise _cross_site()
 
 
+def demand_metrics() -> None:
+    """`/metrics`: with LOUPE_METRICS_TOKEN set, that token as a bearer header (or any token that
+    may read: the read or API token); without it, the read rule. A scraper then needs no token
+    that could read the pictures."""
+    rules = policy()
+    if rules.metrics_token is None:
+        demand(READ)
+        return
+    header = request.headers.get("Authorization") or ""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), rules.metrics_token.encode()):
+        return
+    held = grant()
+    if held.role is not None:
+        return
+    if held.header_error is not None:
+        raise held.header_error
+    raise _unauthorized("/metrics needs 'Authorization: Bearer <LOUPE_METRICS_TOKEN>'")
+
+
 def require_token(view):
     """Refuse the request unless it carries the API token (when one is configured), as
     `Authorization: Bearer <LOUPE_API_TOKEN>` or a signed-in session. Compared in constant time."""
@@ -237,6 +260,15 @@ def require_token(view):
         return view(*args, **kwargs)
 
     return wrapped
+
+
+def can_read() -> bool:
+    """Whether this request may read the collection (without raising)."""
+    try:
+        demand(READ)
+    except ApiError:
+        return False
+    return True
 
 
 def can_write() -> bool:
@@ -254,10 +286,13 @@ def _guard():
     endpoint = request.endpoint
     if endpoint is None or endpoint in PUBLIC_ENDPOINTS:
         return None  # unknown URLs answer 404 below
+    if endpoint == METRICS_ENDPOINT:
+        demand_metrics()
+        return None
     try:
         demand(READ)
     except ApiError:
-        if endpoint in ("pages.search_page", "pages.map_page"):  # a person at a page: show the sign-in form
+        if endpoint in ("pages.search_page", "pages.duplicates_page", "pages.map_page"):  # a person at a page: the sign-in form
             return redirect(url_for("pages.login"))
         raise
     return None

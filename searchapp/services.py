@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from flask import Flask, current_app
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 EXTENSION = "loupe"
 DECODE_WAIT_SECONDS = 30.0  # how long an upload waits for a decode slot before 503 busy
+DUPLICATES_WAIT_SECONDS = 30.0  # how long a request waits for another computing the duplicates
 
 
 class ModelThread:
@@ -74,6 +75,12 @@ class ModelThread:
                 raise Busy(f"the model did not get to this request within {wait:g} s; try again shortly",
                            retry_after=self._retry_after()) from None
             return future.result()  # running: it finishes
+
+    @property
+    def pending(self) -> int:
+        """Model calls waiting or running now (the queue depth `/metrics` reports)."""
+        with self._lock:
+            return self._pending
 
     def _done(self, _future) -> None:
         with self._lock:
@@ -129,6 +136,10 @@ class SearchService:
         self.indexing_jobs = IndexingJobs(self)
         self._generations = None
         self._restorers = None
+        self._duplicates_lock = threading.Lock()  # one computation of the duplicates groups at a time
+        self._model_error: str | None = None  # why the last model load failed (readiness)
+        # Called with (search kind, {step: milliseconds}) after each search (`searchapp.metrics`).
+        self.observe_steps: Callable[[str, dict[str, float]], None] | None = None
 
     # -- lazily loaded parts -----------------------------------------------------------------
     @property
@@ -140,11 +151,22 @@ class SearchService:
         return self._library
 
     @property
+    def loaded_parts(self) -> tuple[Library | None, object | None]:
+        """(library, generation jobs) as far as something loaded them already: `/metrics` reads
+        them without loading anything."""
+        return self._library, self._generations
+
+    @property
     def embedder(self) -> "ConfinedEmbedder":
         if self._embedder is None:
             with self._init_lock:
                 if self._embedder is None:
-                    loaded = self.model_thread.call(load_embedder, self.settings, deadline=None)
+                    try:
+                        loaded = self.model_thread.call(load_embedder, self.settings, deadline=None)
+                    except Exception as err:
+                        self._model_error = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                        raise
+                    self._model_error = None
                     self._embedder = ConfinedEmbedder(loaded, self.model_thread)
         return self._embedder
 
@@ -216,7 +238,32 @@ class SearchService:
         library = self.searchable_library()
         t0 = time.perf_counter()
         vector = self.embedder.encode_texts([text])
-        return library.search(vector, replace(query, regions=False, verify=None), started=t0)
+        t1 = time.perf_counter()
+        page = library.search(vector, replace(query, regions=False, verify=None), started=t0)
+        self._observe("text", {"embed": (t1 - t0) * 1000, "knn+join": (time.perf_counter() - t1) * 1000})
+        return page
+
+    def _observe(self, kind: str, steps: dict[str, float]) -> None:
+        """Report a search's step times to `observe_steps` (metrics), if anything listens."""
+        if self.observe_steps is not None:
+            self.observe_steps(kind, steps)
+
+    def search_terms(self, terms, query: SearchQuery, image: bytes | int | None = None) -> SearchPage:
+        """`query`'s page for combined query `terms` (`indexer.combine.TermQuery`), alone or with
+        a picture: uploaded bytes, or an indexed image's id (its stored vector; the image itself
+        left out). Every model call (the picture, then all the terms in one batch) runs on the
+        model thread; whole pictures, no restoration, no verification (`combine.combined_search`)."""
+        from indexer.combine import combined_search, picture_vector
+
+        library = self.searchable_library()
+        t0 = time.perf_counter()
+        vector = None
+        if isinstance(image, bytes):
+            vector = picture_vector(library, self.embedder, image, self.upload_limits)
+        elif image is not None:
+            vector = library.vector_of(image)
+            query = replace(query, exclude=(*query.exclude, image))
+        return combined_search(library, self.embedder, terms, query, vector, started=t0)
 
     def verify_options(self, verify: bool | None = None):
         """The verification settings of an image search (None: verification off); `verify`
@@ -233,8 +280,12 @@ class SearchService:
         from .restoration.pipeline import restored_lookup
 
         library = self.searchable_library()
-        return restored_lookup(library, self.embedder, data, query, mode=restore,
-                               restorers=self.restorers if restore != "off" else None, limits=self.upload_limits)
+        steps: dict[str, float] = {}
+        found = restored_lookup(library, self.embedder, data, query, mode=restore,
+                                restorers=self.restorers if restore != "off" else None, limits=self.upload_limits,
+                                timings=steps)
+        self._observe("image", steps)
+        return found
 
     def search_image_id(self, image_id: int, query: SearchQuery) -> SearchPage:
         """More like an indexed image (its stored vector), the image itself left out; verified
@@ -285,6 +336,7 @@ class SearchService:
 
     def remove_image(self, image_id: int) -> None:
         """Remove an image from the catalog and index; an upload's own file goes too."""
+        from indexer.previews import remove_previews
         from indexer.uploads import discard_upload
         from indexer.writer import apply_delta, retire_all
 
@@ -300,6 +352,7 @@ class SearchService:
                 library.save_index()
                 self._follow_index(library)
             remove_thumbnail(self.settings.home, image_id)
+            remove_previews(self.settings.home, image_id)
             discard_upload(self.settings.home, path)
 
     def collection_map(self, cluster: int | None, limit: int) -> dict:
@@ -370,6 +423,12 @@ class SearchService:
         """The cached thumbnail of an image, made from the bytes `read()` gives if needed."""
         return ensure_thumbnail(self.settings.home, image_id, read)
 
+    def preview(self, served: "ServedFile", read) -> Path:
+        """The cached bounded-size preview of an image (`indexer.previews`), made from `read()` if needed."""
+        from indexer.previews import ensure_preview
+
+        return ensure_preview(self.settings.home, served.id, served.content_hash or "unhashed", read)
+
     def indexed_roots(self, image_ids: list[int]) -> dict[int, list[str]]:
         """Each image's indexed roots (the folders its job indexed)."""
         return self.library.roots_of(image_ids)
@@ -379,18 +438,94 @@ class SearchService:
             job = session.get(JobRecord, job_id)
         return None if job is None else IndexingJobReport.of(job)
 
-    def health(self) -> dict:
+    # -- the duplicates review (indexer.review) -----------------------------------------------------
+    def _review(self):
+        from indexer.duplicates import DuplicateOptions
+        from indexer.review import DuplicatesReview
+
+        return DuplicatesReview(self.library, DuplicateOptions(verify=self.settings.verify))
+
+    def duplicate_groups(self, kind: str | None, offset: int, limit: int, dismissed: bool):
+        """A page of the library's duplicate and burst groups (`indexer.review.GroupPage`),
+        computed on the first call after the catalog changed (one computation at a time: a
+        request that waits past DUPLICATES_WAIT_SECONDS gets 503 busy)."""
+        from indexer.review import GroupPage
+
         library = self.library
-        identity = library.stored_identity()
-        index = library.store.describe() if identity is not None else {"type": None, "vectors": 0}
+        if library.stored_identity() is None:
+            return GroupPage((), 0, None, {})
+        if not self.write_lock.locked():
+            with self._init_lock:
+                library.refresh()
+        if not self._duplicates_lock.acquire(timeout=DUPLICATES_WAIT_SECONDS):
+            raise Busy("the duplicates are being computed; try again shortly", retry_after=10)
+        try:
+            return self._review().page(kind, offset, limit, dismissed)
+        finally:
+            self._duplicates_lock.release()
+
+    def duplicates_action(self, action: str, group_id: str | None = None, keep: int | None = None,
+                          entry_id: int | None = None) -> dict:
+        """quarantine, restore (a group's or one entry's), dismiss or undismiss, under the
+        writer locks; the JSON answer."""
+        with self.indexing_jobs.writer():
+            library = self.library
+            with library.writer(), self._duplicates_lock:
+                library.sync_store()
+                review = self._review()
+                if action == "quarantine":
+                    group, entries = review.quarantine(group_id, keep)
+                    for entry in entries:
+                        remove_thumbnail(self.settings.home, entry.image_id)
+                    return {"group": group.id, "kept": keep or group.keep,
+                            "quarantined": [e.as_dict() for e in entries]}
+                if action == "restore":
+                    restored = review.restore(entry_ids=[entry_id] if entry_id is not None else None,
+                                              group_id=group_id)
+                    return {"restored": [{**r.entry.as_dict(), "image_id": r.image_id} for r in restored]}
+                if action == "dismiss":
+                    return {"group": review.dismiss(group_id).id, "dismissed": True}
+                review.undismiss(group_id)
+                return {"group": group_id, "dismissed": False}
+
+    def quarantined(self) -> list[dict]:
+        """What is in the quarantine, newest first."""
+        return [e.as_dict() for e in self._review().quarantined()]
+
+    def health(self, detailed: bool = True) -> dict:
+        """The service's state and its readiness (`searchapp.readiness`): `status` is `ok` when
+        the database, index, model and disk checks all pass, else `degraded`; `images` is null
+        when the catalog cannot be read; `detailed`: each check's `detail` (paths, errors) too.
+        Cheap: nothing is loaded but the catalog and the index."""
+        from .readiness import Readiness, check_database, check_disk, check_index, check_model
+
+        database, library = check_database(lambda: self.library)
+        counts = identity = None
+        if library is not None:
+            try:
+                counts = library.counts()
+                identity = library.stored_identity()
+            except Exception as err:  # the catalog went away between the two queries
+                failure = err
+                database, library = check_database(lambda: _raise(failure))
+        index_check = check_index(library, counts)
+        usable = identity is not None and (index_check.ok or library.images.loaded)  # a missing file is not rebuilt here
+        index = library.store.describe() if usable else {"type": None, "vectors": 0}
         index["faiss"] = faiss_build()
         model = identity.as_dict() if identity else configured_model(self.settings.model, self.settings.pretrained)
+        readiness = Readiness({
+            "database": database,
+            "index": index_check,
+            "model": check_model(self.settings, self._embedder is not None, self._model_error),
+            "disk": check_disk(self.settings.home, int(self.service_settings.min_free_mb * 2**20)),
+        })
         return {
-            "status": "ok",
-            "images": library.counts()["indexed"],
+            "status": readiness.status,
+            "images": None if counts is None else counts["indexed"],
             "model": model,
             "index": index,
             "device": resolve_device(self.settings.device),
+            "checks": readiness.as_dict(detailed),
         }
 
 
@@ -404,10 +539,12 @@ class ServedFile:
     size_bytes: int
     mtime_ns: int
     path: str = field(repr=False)
+    content_hash: str | None = None
 
     @classmethod
     def of(cls, record: ImageRecord) -> "ServedFile":
-        return cls(record.id, record.status, record.format, record.size_bytes, record.mtime_ns, record.path)
+        return cls(record.id, record.status, record.format, record.size_bytes, record.mtime_ns, record.path,
+                   record.content_hash)
 
 
 def catalog_facts(record: ImageRecord) -> dict:
@@ -425,7 +562,42 @@ def catalog_facts(record: ImageRecord) -> dict:
         "error": record.error,
         "missing": record.missing_since is not None,
         "indexed_at": record.indexed_at.isoformat() if record.indexed_at else None,
+        **metadata_facts(record),
     }
+
+
+def metadata_facts(record: ImageRecord) -> dict:
+    """What the library knows of a picture besides its pixels (indexer.metadata): `taken_at`
+    (ISO 8601, in the picture's own UTC offset when EXIF gave one, else in UTC), where it came
+    from (`taken_source`: "exif" or "file"; null until read), the offset in minutes or null,
+    the camera or null, EXIF orientation, whether it records a position, its folder, and `gps`
+    only when the coordinates are stored (LOUPE_KEEP_GPS)."""
+    from datetime import timedelta, timezone
+
+    from indexer.metadata import as_utc
+
+    taken = as_utc(record.taken_at)
+    if taken is not None and record.taken_offset_min is not None:
+        taken = taken.astimezone(timezone(timedelta(minutes=record.taken_offset_min)))
+    camera = None
+    if record.camera_make or record.camera_model:
+        camera = {"make": record.camera_make, "model": record.camera_model}
+    facts = {
+        "taken_at": taken.isoformat() if taken is not None else None,
+        "taken_source": record.taken_source,
+        "taken_offset_min": record.taken_offset_min,
+        "camera": camera,
+        "orientation": record.orientation,
+        "has_gps": record.has_gps,
+        "folder": record.folder,
+    }
+    if record.gps_lat is not None and record.gps_lon is not None:
+        facts["gps"] = {"lat": record.gps_lat, "lon": record.gps_lon}
+    return facts
+
+
+def _raise(err: Exception):
+    raise err
 
 
 def init_app(app: Flask, urls: "Urls") -> None:

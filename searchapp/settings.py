@@ -5,6 +5,7 @@ environment when a command starts (never at import)."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -12,6 +13,8 @@ from indexer.errors import ConfigError
 from indexer.settings import Settings
 
 from .restoration.stages import parse_policy
+
+_URL_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,11 @@ class ServiceSettings:
     generated_ttl_hours: float = 168.0  # LOUPE_GENERATED_TTL_HOURS: how long generated pictures are kept
     generated_quota_mb: float = 1024.0  # LOUPE_GENERATED_QUOTA_MB: disk space generated pictures may take
     restore: RestoreSettings = RestoreSettings()
+    url_prefix: str | None = None  # LOUPE_URL_PREFIX: the sub-path a reverse proxy serves Loupe under (/photos)
+    # LOUPE_MIN_FREE_MB: /api/health is degraded below this much free space under LOUPE_HOME (0: never)
+    min_free_mb: float = 1024.0
+    # LOUPE_METRICS_TOKEN: when set, /metrics needs it (or a token that may read); else /metrics follows the read rule
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, core: Settings | None = None) -> "ServiceSettings":
@@ -69,7 +77,24 @@ class ServiceSettings:
             read_token=env.get("LOUPE_READ_TOKEN") or None,
             trusted_hosts=tuple(h.strip().lower() for h in (env.get("LOUPE_TRUSTED_HOSTS") or "").split(",")
                                 if h.strip()),
+            url_prefix=parse_url_prefix(env.get("LOUPE_URL_PREFIX")),
+            min_free_mb=_non_negative(env, "LOUPE_MIN_FREE_MB", "1024", "megabytes"),
+            metrics_token=env.get("LOUPE_METRICS_TOKEN") or None,
         )
+
+
+def parse_url_prefix(text: str | None) -> str | None:
+    """`LOUPE_URL_PREFIX`: a path such as `/photos` (a trailing `/` is dropped; empty or `/`: None),
+    else a ConfigError naming the variable."""
+    value = (text or "").strip().rstrip("/")
+    if not value:
+        return None
+    segments = value.split("/")
+    if not value.startswith("/") or any(not part or part in (".", "..") or not _URL_SEGMENT.fullmatch(part)
+                                        for part in segments[1:]):
+        raise ConfigError(f"LOUPE_URL_PREFIX={text!r} is not a path such as /photos (letters, digits, '-', '_', "
+                          "'.', '~' between slashes)")
+    return value
 
 
 def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> float:
@@ -81,4 +106,16 @@ def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> flo
         value = -1.0
     if not value > 0:  # also refuses nan
         raise ConfigError(f"{name}={text!r} is not a positive number of {unit}")
+    return value
+
+
+def _non_negative(env: Mapping[str, str], name: str, default: str, unit: str) -> float:
+    """The number `env[name]` (or `default`), 0 or more, else a ConfigError naming the variable."""
+    text = (env.get(name) or default).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise ConfigError(f"{name}={text!r} is not a number of {unit}, 0 or more")
     return value

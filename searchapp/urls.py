@@ -11,6 +11,7 @@ from indexer.library import SearchPage, SearchResult
 
 IMAGE_THUMB = "files.image_thumb"
 IMAGE_FILE = "files.image_file"
+IMAGE_PREVIEW = "files.image_preview"
 GENERATED_IMAGE = "files.generated_image"
 RESULT_HEAD = ("id", "path", "score", "width", "height")  # a result's URLs come after these keys
 
@@ -24,8 +25,10 @@ class Urls:
 
     @classmethod
     def of_app(cls, app: Flask) -> "Urls":
-        """The app's URLs outside any request (for background threads): paths from its root."""
-        return cls(lambda endpoint, **values: app.url_map.bind("localhost").build(endpoint, values))
+        """The app's URLs outside any request (for background threads): paths from its root
+        (under `LOUPE_URL_PREFIX` when set)."""
+        return cls(lambda endpoint, **values: app.url_map.bind(
+            "localhost", script_name=app.config.get("LOUPE_URL_PREFIX") or "/").build(endpoint, values))
 
     @classmethod
     def offline(cls) -> "Urls":
@@ -41,7 +44,8 @@ class Urls:
 
     def image(self, image_id: int) -> dict[str, str]:
         return {"thumb_url": self._build(IMAGE_THUMB, image_id=image_id),
-                "file_url": self._build(IMAGE_FILE, image_id=image_id)}
+                "file_url": self._build(IMAGE_FILE, image_id=image_id),
+                "preview_url": self._build(IMAGE_PREVIEW, image_id=image_id)}
 
     def generated(self, job_id: str, name: str) -> str:
         return self._build(GENERATED_IMAGE, job_id=job_id, name=name)

@@ -25,6 +25,18 @@
   // Generating and adding pictures need the API token when the server has one: without a
   // session that may write, those buttons are not offered (the footer links to the sign-in).
   const CAN_WRITE = document.body.dataset.canWrite !== "false";
+  // "Generate similar" needs the token and a generator: without either it is not offered.
+  const CAN_GENERATE = CAN_WRITE && document.body.dataset.canGenerate === "true";
+  // Where the app is served from ("/", or the sub-path a reverse proxy serves it under,
+  // LOUPE_URL_PREFIX): every URL the page builds itself goes through apiUrl().
+  const ROOT = document.body.dataset.root || "/";
+  const PLACEHOLDER = document.body.dataset.placeholder || apiUrl("static/missing.svg");
+  // Errors whose server message is written for the command line: the page's own words instead.
+  const PAGE_MESSAGES = {
+    not_indexed: "Nothing is indexed yet: the guides (linked at the bottom of the page) say how to add pictures.",
+    model_mismatch: "This server's model does not match the index: the guides (linked below) say how to change models.",
+    weights_unavailable: "The model's weights are not available on this server: see the guides linked below.",
+  };
   const POLL_MS = 400;
   const MATCH_LABELS = { exact: "Exact copy", "near-duplicate": "Near-duplicate" };
   const STAGE_NAMES = {
@@ -45,12 +57,38 @@
   let genRun = 0; // bumps on every generation started or closed, so old polls stop
   let genJob = null;
 
+  // A URL of this app from its path ("api/search" or "/api/search"), under ROOT; a URL the
+  // server built (it already starts with ROOT) or an absolute one is left as it is.
+  function apiUrl(path) {
+    if (/^[a-z]+:/i.test(path) || (ROOT !== "/" && path.startsWith(ROOT))) return path;
+    return ROOT + path.replace(/^\/+/, "");
+  }
+
   // Every API call says it comes from this page: the server refuses requests that change
   // something unless they come from its own origin, and a cross-site form cannot set a header.
   function api(url, init = {}) {
     const headers = new Headers(init.headers || {});
     headers.set("X-Loupe-Request", "1");
-    return window.fetch(url, { ...init, headers, credentials: "same-origin" });
+    return window.fetch(apiUrl(url), { ...init, headers, credentials: "same-origin" });
+  }
+
+  // A picture whose file cannot be served (moved, changed, unreadable) shows a placeholder
+  // instead of a broken image; an element reused for another picture clears the mark on load.
+  function withPlaceholder(img) {
+    const placeholder = new URL(PLACEHOLDER, document.baseURI).href;
+    img.addEventListener("error", () => {
+      if (!img.getAttribute("src") || img.src === placeholder) return;
+      img.classList.add("missing");
+      img.title = "This picture's file is not available (moved, changed or unreadable)";
+      img.src = placeholder;
+    });
+    img.addEventListener("load", () => {
+      if (img.src !== placeholder && img.classList.contains("missing")) {
+        img.classList.remove("missing");
+        img.removeAttribute("title");
+      }
+    });
+    return img;
   }
 
   function setState(text, kind = "") {
@@ -65,7 +103,7 @@
   async function errorMessage(response) {
     try {
       const body = await response.json();
-      return body.message || body.error || response.statusText;
+      return PAGE_MESSAGES[body.error] || body.message || body.error || response.statusText;
     } catch (_) {
       return `${response.status} ${response.statusText}`;
     }
@@ -73,6 +111,8 @@
 
   function request(q, from) {
     const params = new URLSearchParams({ k: PAGE, offset: from });
+    if (!from) showTerms(null); // until the answer says how the words were read
+    if (q.kind === "combined") return requestCombined(q, params);
     if (q.kind === "text") {
       params.set("q", q.text);
       return api(`/api/search?${params}`, { signal: controller.signal });
@@ -125,6 +165,7 @@
       total = page.total;
       if (offset === 0 && query.kind !== "text") showVerdict(page);
       if (offset === 0 && query.kind === "upload") showRestoration(page.restoration);
+      if (offset === 0) showTerms(page.combined || null);
       render(page.results, offset === 0);
       offset += page.results.length;
       const more = page.results.length === PAGE && offset < total;
@@ -145,7 +186,7 @@
 
   // What an image search found: a copy of the picture, or plainly none.
   function showVerdict(page) {
-    if (!page || typeof page.copy_found !== "boolean" || !page.results.length) {
+    if (!page || page.combined || typeof page.copy_found !== "boolean" || !page.results.length) {
       els.verdict.hidden = true;
       return;
     }
@@ -187,7 +228,7 @@
   // A thumbnail; when a region of the picture matched, the whole picture is shown (letterboxed)
   // with that region outlined.
   function thumbnail(result) {
-    const img = document.createElement("img");
+    const img = withPlaceholder(document.createElement("img"));
     img.src = result.thumb_url;
     img.alt = baseName(result.path);
     img.loading = "lazy";
@@ -250,7 +291,7 @@
     els.compareQuery.src = queryImage.src;
     const svg = outlineSvg(result);
     const image = document.createElementNS(SVG, "image");
-    image.setAttribute("href", result.file_url);
+    image.setAttribute("href", result.preview_url || result.file_url);
     image.setAttribute("width", result.width);
     image.setAttribute("height", result.height);
     const [p0, p1, , p3] = result.verification.outline;
@@ -326,7 +367,7 @@
   }
 
   function showQueryPanel(src, title, meta, canGenerate = false) {
-    els.generateFromQuery.hidden = !(canGenerate && CAN_WRITE);
+    els.generateFromQuery.hidden = !(canGenerate && CAN_GENERATE);
     els.queryImage.src = src;
     els.queryTitle.textContent = title;
     els.queryMeta.textContent = meta;
@@ -334,7 +375,8 @@
   }
 
   function clearQueryPanel() {
-    if (query && query.kind === "upload") URL.revokeObjectURL(query.url);
+    const photo = photoOf(query);
+    if (photo && photo.kind === "upload") URL.revokeObjectURL(photo.url);
     showRestoration(null);
     els.query.hidden = true;
     els.queryImage.removeAttribute("src");
@@ -386,7 +428,7 @@
     }
     const image = await response.json();
     els.detailTitle.textContent = baseName(image.path);
-    els.detailImage.src = image.file_url;
+    els.detailImage.src = image.preview_url || image.file_url; // a bounded JPEG: the original is a link
     els.detailImage.alt = baseName(image.path);
     els.openOriginal.href = image.file_url;
     const facts = [
@@ -410,6 +452,54 @@
     els.moreLike.focus();
   }
 
+  // -- a photo and words together (combined queries: docs/queries.md) --------------------------
+  // The photo (an upload, or "more like this") stays until Clear; words typed while it is shown
+  // search with it ("at night", "-people", "2:beach"); emptying the words searches the photo
+  // alone again (the copy check). Without a photo, words are a text search as before.
+  function photoOf(q) {
+    if (!q) return null;
+    if (q.kind === "combined") return q.base;
+    return q.kind === "upload" || q.kind === "similar" ? q : null;
+  }
+
+  function requestCombined(q, params) {
+    if (q.base.kind === "upload") {
+      const form = new FormData();
+      form.append("image", q.base.file, q.base.file.name || "pasted-image");
+      form.append("q", q.text);
+      return api(`/api/search/image?${params}`, { method: "POST", body: form, signal: controller.signal });
+    }
+    return api(`/api/search/image?${params}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ image_id: q.base.id, q: q.text }),
+      signal: controller.signal,
+    });
+  }
+
+  function searchWords(text) {
+    const photo = photoOf(query);
+    if (!photo) return searchText(text);
+    const trimmed = text.trim();
+    els.queryMeta.textContent = trimmed ? `this picture with “${trimmed}”: similar pictures, not copies`
+      : photo.kind === "upload" ? "searching for this picture" : "pictures similar to this one";
+    run(trimmed ? { kind: "combined", base: photo, text: trimmed } : photo);
+  }
+
+  // How the server read the words: "sunset ×2 · not people", after the photo when there is one.
+  function showTerms(combined) {
+    const terms = $("terms");
+    if (!terms) return;
+    terms.hidden = !combined;
+    if (!combined) return;
+    const words = combined.terms.map((t) => {
+      const times = Math.abs(t.weight) === 1 ? "" : ` ×${Math.abs(t.weight)}`;
+      return `${t.weight < 0 ? "not " : ""}${t.text}${times}`;
+    });
+    if (combined.image_weight !== undefined) words.unshift("this photo");
+    terms.textContent = `Searching for: ${words.join(" · ")}`;
+  }
+
   // -- generate similar ----------------------------------------------------------------------
   function generateFromDetail() {
     els.detail.close();
@@ -421,11 +511,12 @@
   }
 
   function generateFromQuery() {
-    if (!query || query.kind !== "upload") return;
+    const photo = photoOf(query);
+    if (!photo || photo.kind !== "upload") return;
     const form = new FormData();
-    form.append("image", query.file, query.file.name || "pasted-image");
+    form.append("image", photo.file, photo.file.name || "pasted-image");
     for (const [key, value] of Object.entries({ ...GENERATE, wait: 0 })) form.append(key, String(value));
-    generate({ method: "POST", body: form }, query.file.name || "your picture");
+    generate({ method: "POST", body: form }, photo.file.name || "your picture");
   }
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -504,7 +595,7 @@
         link.dataset.id = result.id;
         link.title = `${baseName(result.path)} · ${result.score.toFixed(3)}`;
         link.setAttribute("aria-label", `${baseName(result.path)}, score ${result.score.toFixed(3)}`);
-        const thumb = document.createElement("img");
+        const thumb = withPlaceholder(document.createElement("img"));
         thumb.src = result.thumb_url;
         thumb.alt = "";
         thumb.loading = "lazy";
@@ -578,11 +669,11 @@
   els.form.addEventListener("submit", (event) => {
     event.preventDefault();
     clearTimeout(debounce);
-    searchText(els.q.value);
+    searchWords(els.q.value);
   });
   els.q.addEventListener("input", () => {
     clearTimeout(debounce);
-    debounce = setTimeout(() => searchText(els.q.value), 250);
+    debounce = setTimeout(() => searchWords(els.q.value), 250);
   });
   const pickFile = () => els.file.click();
   els.pick.addEventListener("click", pickFile);
@@ -652,7 +743,9 @@
     if (event.target === els.detail) els.detail.close(); // a click on the backdrop
   });
 
-  els.generate.hidden = !CAN_WRITE;
+  els.generate.hidden = !CAN_GENERATE;
+  withPlaceholder(els.detailImage);
+  withPlaceholder(els.queryImage);
   if ($("index-job")) watchIndexJob($("index-job"));
 
   const initial = new URL(window.location).searchParams.get("q");

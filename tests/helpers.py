@@ -55,7 +55,8 @@ def start_server(env: dict[str, str], config, port: int, *args: str):
     import time
     import urllib.request
 
-    proc = subprocess.Popen(loupe_argv(config, "serve", "--port", port, "--threads", "4", *args),
+    # -q: no access log, whose lines would fill the stderr pipe that is read only on failure.
+    proc = subprocess.Popen(loupe_argv(config, "serve", "--port", port, "--threads", "4", "-q", *args),
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

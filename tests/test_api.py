@@ -385,6 +385,7 @@ def test_openapi_document_is_valid_and_served(client):
         Draft202012Validator.check_schema(schema)
     app_rules = {rule.rule for rule in client.application.url_map.iter_rules() if rule.rule.startswith("/api/")}
     documented = {p.replace("{image_id}", "<id:image_id>").replace("{job_id}", job).replace("{number}", "<int:number>")
+                  .replace("{group_id}", "<group_id>").replace("{entry_id}", "<id:entry_id>")
                   for p in doc["paths"] for job in ("<id:job_id>", "<job_id>")}
     assert app_rules - {"/api/openapi.json"} <= documented
 

@@ -220,18 +220,17 @@ def _open_first_result(page, text="coffee"):
     page.wait_for_function("document.getElementById('detail-title').textContent !== 'Loading…'")
 
 
-def test_generate_similar_without_a_generator_says_how_to_get_one(page):
+def test_generate_similar_is_not_offered_without_a_generator(page, photos):
     _open_first_result(page)
-    page.click("#generate-similar")
-    page.wait_for_selector("#generation:not([hidden])")
-    page.wait_for_function("document.getElementById('gen-status').textContent.includes('loupe train-generator')")
-    assert "error" in page.get_attribute("#gen-status", "class")
-    assert page.is_hidden("#gen-cancel") and page.is_hidden("#detail")
+    assert page.is_hidden("#generate-similar")
+    page.click("#detail-close")
+    page.set_input_files("#file", str(next(photos.rglob("rocket-0.*"))))
+    page.wait_for_selector("#results .card")
+    assert page.is_visible("#clear-query") and page.is_hidden("#generate-from-query")
 
 
-@pytest.fixture
-def generator(settings, page):
-    """A tiny generator trained for a few seconds on the indexed photographs (the server loads it
+def train_tiny_generator(settings):
+    """A tiny generator trained for a few steps on the indexed photographs (a server loads it
     with its first generation job)."""
     from indexer.factory import open_library
     from searchapp.diffusion.training import TrainOptions, load_pictures, train
@@ -243,6 +242,13 @@ def generator(settings, page):
     config = UNetConfig(sample_size=16, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
     train(settings.home / "generator", load_pictures(paths, 16, 50), config,
           TrainOptions(budget_seconds=3600, max_steps=8, batch_size=4, progress=False))
+
+
+@pytest.fixture
+def generator(settings, page):
+    """The page, reloaded once a tiny generator is trained (it offers "Generate similar" then)."""
+    train_tiny_generator(settings)
+    page.reload()
     return page
 
 
@@ -472,3 +478,146 @@ def test_a_verified_crop_shows_its_outline_verdict_and_compare_view(page, photos
     outline = page.locator("#compare-match polygon").bounding_box()
     assert abs(warped["x"] - outline["x"]) < 4 and abs(warped["width"] - outline["width"]) < 5  # the stroke: 3 px
     page.screenshot(path=str(tmp_path / "compare.png"))
+
+
+def test_a_photo_and_words_search_together(page, photos):
+    """A photo, then words: one combined search (similar pictures, no copy verdict); emptying the
+    words searches the photo alone again (#18)."""
+    original = next(photos.rglob("rocket-0.*"))
+    page.set_input_files("#file", str(original))
+    page.wait_for_selector("#verdict.found")
+    assert page.is_visible("#words-hint")
+    with page.expect_response(lambda r: "/api/search/image" in r.url) as answered:
+        page.fill("#q", "at night -people")
+    assert answered.value.json()["combined"]["terms"] == [{"text": "at night", "weight": 1.0},
+                                                          {"text": "people", "weight": -1.0}]
+    page.wait_for_selector("#terms:not([hidden])")
+    assert page.inner_text("#terms") == "Searching for: this photo · at night · not people"
+    page.wait_for_selector("#results .card")
+    assert page.is_hidden("#verdict") and page.is_visible("#query")
+    assert page.locator("#results .card").count() == 24 and page.locator("#results .badge").count() == 0
+    assert "at night" in page.inner_text("#query-meta")
+    page.fill("#q", "")
+    page.wait_for_selector("#verdict.found")
+    assert page.is_hidden("#terms")
+
+
+def test_duplicates_page_quarantine_and_restore(page, server, photos, tmp_path):
+    page.click("#duplicates-link")
+    page.wait_for_selector(".dups-group")
+    assert page.locator(".dups-group").count() >= 6  # 8 photographs with their crops (a few crops missed)
+    first = page.locator(".dups-group").first
+    assert first.locator(".dups-pic.keep").count() == 1
+    paths = [p.inner_text() for p in first.locator(".dups-pic:not(.keep) .path").all()]
+    first.locator("button.quarantine").click()
+    page.wait_for_selector(".dups-group.done button.restore")
+    assert "to the quarantine" in page.inner_text("#dups-status")
+    page.wait_for_selector("#dups-quarantine li")
+    assert not any(os.path.exists(p) for p in paths)
+    page.wait_for_function("Array.from(document.querySelectorAll('.dups-pic img')).slice(0, 4).every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(tmp_path / "duplicates.png"))
+    first.locator("button.restore").click()
+    page.wait_for_function("document.getElementById('dups-status').textContent.startsWith('Restored')"
+                           " || document.querySelectorAll('#dups-quarantine li').length === 0")
+    page.wait_for_function("document.getElementById('dups-quarantine').hidden")
+    assert all(os.path.exists(p) for p in paths)
+
+
+# -- behind a reverse proxy, and for web users (#22) -------------------------------------------------------
+
+
+@pytest.fixture
+def prefixed_server(env, photos, settings):
+    """`loupe serve` with LOUPE_URL_PREFIX=/photos, as behind a proxy that passes /photos/… on;
+    the photographs indexed include a 1800 px TIFF (browsers do not show TIFF)."""
+    from dataclasses import replace
+
+    from PIL import Image
+    from waitress.server import create_server
+
+    from searchapp import create_app
+
+    with Image.open(next(photos.rglob("astronaut-0.*"))) as img:
+        img.convert("RGB").resize((1800, 1800)).save(photos / "big.tif")
+    run_json(["index", str(photos), "--no-progress"], env)
+    service = replace(ServiceSettings.from_env(env, core=settings), url_prefix="/photos")
+    server = create_server(create_app({"LOUPE_SETTINGS": service}), host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.effective_port}/photos/"
+    server.close()
+    thread.join(timeout=5)
+
+
+def _open_card(page, name):
+    page.locator("#results .card", has=page.locator(".name", has_text=name)).click()
+    page.wait_for_selector("#detail[open]")
+    page.wait_for_function(f"document.getElementById('detail-title').textContent === {name!r}")
+
+
+def test_under_a_sub_path_with_a_missing_file_and_a_tiff(browser, prefixed_server, photos):
+    """Every request stays under the prefix; a picture whose file is gone shows a placeholder;
+    the detail view shows the bounded preview (of a TIFF original too), the original is a link."""
+    gone = next(photos.rglob("coins-0.*"))
+    gone.unlink()
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+    page = context.new_page()
+    errors, outside = [], []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("request", lambda r: outside.append(r.url)
+            if r.url.startswith("http") and not r.url.startswith(prefixed_server) else None)
+    try:
+        page.goto(prefixed_server)
+        page.fill("#q", "coins on a table")
+        page.wait_for_selector("#results .card")
+        page.evaluate("document.getElementById('more-button').click()")  # all 25 pictures
+        page.wait_for_function("document.querySelectorAll('#results .card').length === 25")
+        page.wait_for_function("Array.from(document.querySelectorAll('#results img')).every("
+                               "i => i.complete && i.naturalWidth > 0)")
+        missing = page.locator("#results img.missing")
+        assert missing.count() == 1 and missing.get_attribute("alt") == gone.name
+        assert missing.evaluate("i => i.src.endsWith('/photos/static/missing.svg')")
+
+        _open_card(page, gone.name)
+        page.wait_for_function("document.getElementById('detail-image').classList.contains('missing')")
+        page.click("#detail-close")
+
+        _open_card(page, "big.tif")
+        page.wait_for_function("document.getElementById('detail-image').complete && "
+                               "document.getElementById('detail-image').naturalWidth === 1600")
+        assert not page.eval_on_selector("#detail-image", "i => i.classList.contains('missing')")
+        src = page.get_attribute("#detail-image", "src")
+        assert src.startswith("/photos/images/") and src.endswith("/preview")
+        assert page.get_attribute("#open-original", "href").endswith("/file")
+        page.click("#detail-close")
+
+        original = next(photos.rglob("rocket-0.*"))  # an upload search (a POST) under the prefix too
+        page.set_input_files("#file", str(original))
+        page.wait_for_function(f"document.querySelector('#results .card .name')?.textContent === {original.name!r}")
+    finally:
+        context.close()
+    assert not errors, errors
+    assert not outside, outside
+
+
+def test_a_signed_in_writer_adds_a_generated_picture(browser, guarded_server, settings):
+    """With tokens set, a session signed in with the API token may add a generated picture."""
+    train_tiny_generator(settings)
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    try:
+        page.goto(guarded_server)
+        page.fill("#token", "browser-write-token")
+        page.click("#login-form button")
+        page.wait_for_selector("#q")
+        _open_first_result(page)
+        page.click("#generate-similar")
+        _wait_for_variations(page, 4)
+        add = page.locator("#gen-grid .add-generated").first
+        add.click()
+        page.wait_for_function("document.querySelector('#gen-grid .add-generated').textContent.startsWith('Added (id')")
+    finally:
+        context.close()
+    assert not errors, errors

@@ -29,7 +29,7 @@ def test_migrations_match_the_models(database_url):
     names = set(inspect(engine).get_table_names())
     assert {"images", "image_regions", "jobs", "index_info", "alembic_version"} <= names
     current, head = current_and_head(engine)
-    assert current == head == "0005"
+    assert current == head == "0006"
     engine.dispose()
 
 
@@ -51,7 +51,7 @@ def test_sqlite_default_is_migrated_automatically(tmp_path):
     settings = Settings.from_env({"LOUPE_HOME": str(tmp_path / "home")})
     sessions = open_database(settings)
     engine = sessions.kw["bind"]
-    assert current_and_head(engine)[0] == "0005"
+    assert current_and_head(engine)[0] == "0006"
     engine.dispose()
 
 

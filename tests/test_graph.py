@@ -134,7 +134,7 @@ def test_jobs_build_the_graph_and_removal_reconciles_it(collection, library, tmp
     assert neighbour_sets(graph) == brute_force(graph.ids, vectors, k)
     # A removal (CLI) drops the picture from the graph and from every row that held it.
     gone = int(graph.ids[0])
-    code, _, err = run_cli(["remove", str(gone)], env)
+    code, _, err = run_cli(["remove", f"id:{gone}"], env)
     assert code == 0, err
     after = library.graph.graph  # reloaded: another process saved it
     assert gone not in set(after.ids.tolist()) and not np.isin(after.neighbours, [gone]).any()

@@ -134,11 +134,11 @@ def test_remove_by_id_and_folder(env, photos):
     run_json(["index", str(photos), "--no-progress"], env)
     settings = Settings.from_env(env)
     some_id = min(r.id for r in catalog_rows(settings))
-    assert run_json(["remove", str(some_id)], env)["removed"] == 1
+    assert run_json(["remove", f"id:{some_id}"], env)["removed"] == 1
     assert run_json(["remove", str(photos / "b")], env)["removed"] == 12
     assert len(assert_index_matches_catalog(settings)) == 11
-    code, _, err = run_cli(["remove", "999999"], env)
-    assert code == 1 and "nothing indexed matches 999999" in err
+    code, _, err = run_cli(["remove", "id:999999"], env)
+    assert code == 1 and "nothing indexed matches id:999999" in err
     assert len(assert_index_matches_catalog(settings)) == 11
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def register(commands: argparse._SubParsersAction) -> None:
     index = commands.add_parser("index", help="index image files and folders (recursive, incremental, resumable)")
-    index.add_argument("paths", nargs="+", metavar="PATH")
+    index.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)")
     index.add_argument("--batch-size", type=positive_int, default=32, help="images per model batch (default 32)")
     index.add_argument("--workers", type=non_negative_int, default=None,
                        help="decoding processes (default: on CUDA cores - 1; on the CPU, decoding "
@@ -31,21 +31,26 @@ def register(commands: argparse._SubParsersAction) -> None:
                             "device: nvJPEG on CUDA, with Pillow for other files), auto (torchvision on CUDA)")
     index.add_argument("--ray", metavar="ADDRESS", default=None,
                        help="read and embed on a Ray cluster: auto (the running cluster, else a local "
-                            "Ray) or a Ray address; needs the ray extra")
+                            "Ray) or a Ray address; needs the ray extra (default: off, a local job)")
     index.add_argument("--ray-embedders", type=positive_int, default=None, metavar="N",
                        help="with --ray: model actors (default: one per GPU, else one per node's CPUs)")
     index.add_argument("--no-progress", action="store_true", help="no progress bar")
     index.add_argument("--json", action="store_true", help="print the summary as JSON")
     index.set_defaults(handler=cmd_index)
 
-    remove = commands.add_parser("remove", help="remove images (by path, folder or id) from the index and catalog")
-    remove.add_argument("targets", nargs="*", metavar="PATH|ID")
+    remove = commands.add_parser("remove", help="remove images (by path, folder or id:N) from the index and catalog")
+    remove.add_argument("targets", nargs="*", metavar="PATH|id:N",
+                        help="a file or folder (every picture indexed under it), or id:N for image id N; a bare "
+                             "number is a path only when that path exists (else write id:N)")
     remove.add_argument("--missing", action="store_true", help="also remove every image whose file has vanished")
-    remove.add_argument("--json", action="store_true")
+    remove.add_argument("--dry-run", action="store_true", help="list what would be removed; change nothing")
+    remove.add_argument("--json", action="store_true", help="print what was removed as JSON")
     remove.set_defaults(handler=cmd_remove)
 
     status = commands.add_parser("status", help="counts, model identity, index type, device, database")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
+    status.add_argument("--failures", action="store_true",
+                        help="list every file that failed to index, with its error (with --json: as JSON)")
     status.set_defaults(handler=cmd_status)
 
     db = commands.add_parser("db", help="database maintenance")
@@ -85,7 +90,7 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
         if summary.missing:
             print(f"loupe: {summary.missing} indexed files have vanished; `loupe remove --missing` removes them", file=out)
     if summary.files_seen == 0:
-        raise NotIndexedError(f"no image files (JPEG, PNG, WebP, GIF, BMP, TIFF) under {' '.join(args.paths)}")
+        raise NotIndexedError(f"no image files (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC) under {' '.join(args.paths)}")
     return 0
 
 
@@ -97,23 +102,20 @@ def _follow_index(library) -> None:
 
 
 def cmd_remove(settings: Settings, args, out: TextIO) -> int:
-    from sqlalchemy import select
-
-    from indexer.catalog import ImageRecord
+    from indexer.previews import remove_previews
     from indexer.thumbnails import remove_thumbnail
     from indexer.uploads import discard_upload
     from indexer.writer import apply_delta, retire_all
 
     if not args.targets and not args.missing:
-        raise ConfigError("name the images to remove (PATH or ID), or use --missing")
+        raise ConfigError("name the images to remove (PATH or id:N), or use --missing")
     library = open_library(settings)
+    if args.dry_run:
+        return _print_dry_run(library, args, out)
     with library.writer():
         library.sync_store()
         with library.sessions.begin() as session:
-            records = _resolve_targets(session, args.targets)
-            if args.missing:
-                records += session.scalars(select(ImageRecord).where(ImageRecord.missing_since.is_not(None))).all()
-            unique = list({r.id: r for r in records}.values())
+            unique = _targets_and_missing(session, args)
             removed = [(r.id, r.path) for r in unique]
             delta = retire_all(session, unique)
         apply_delta(library, delta)
@@ -121,6 +123,7 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
         _follow_index(library)
     for image_id, path in removed:
         remove_thumbnail(settings.home, image_id)
+        remove_previews(settings.home, image_id)
         discard_upload(settings.home, path)
     removed_paths = [path for _, path in removed]
     if args.json:
@@ -130,16 +133,57 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
     return 0
 
 
+def _targets_and_missing(session, args) -> list[ImageRecord]:
+    """The rows `loupe remove` names (its targets, and the vanished files with --missing), once each."""
+    from sqlalchemy import select
+
+    from indexer.catalog import ImageRecord
+
+    records = _resolve_targets(session, args.targets)
+    if args.missing:
+        records += session.scalars(select(ImageRecord).where(ImageRecord.missing_since.is_not(None))).all()
+    return list({r.id: r for r in records}.values())
+
+
+def _print_dry_run(library, args, out: TextIO) -> int:
+    """`loupe remove --dry-run`: what would be removed (id and path of each), nothing changed."""
+    with library.sessions() as session:
+        rows = [(r.id, r.path) for r in _targets_and_missing(session, args)]
+    if args.json:
+        print_json({"dry_run": True, "removed": 0, "would_remove": len(rows),
+                    "images": [{"id": i, "path": p} for i, p in rows], "paths": [p for _, p in rows]}, out)
+        return 0
+    for image_id, path in rows:
+        print(f"would remove: id:{image_id}  {path}", file=out)
+    print(f"loupe: dry run: {len(rows)} images would be removed; nothing was changed", file=out)
+    return 0
+
+
+def target_id(target: str) -> int | None:
+    """The image id `target` names (`id:N`), None for a path; a bare number that is not an
+    existing path is an error that says to write id:N (ids used to be given bare)."""
+    if target.lower().startswith("id:"):
+        number = target[3:].strip()
+        if not number.isdigit() or int(number) < 1:
+            raise ConfigError(f"{target!r} is not an image id: write id:N with N a positive whole number")
+        return int(number)
+    if target.isdigit() and not os.path.lexists(target):
+        raise ConfigError(f"{target!r} is not an existing path; to remove image id {target}, write id:{target} "
+                          f"(a path that no longer exists: write it as ./{target})")
+    return None
+
+
 def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
-    """Rows for each target (id, file path or folder); any target matching nothing is an error."""
+    """Rows for each target (id:N, file path or folder); any target matching nothing is an error."""
     from sqlalchemy import select
 
     from indexer.catalog import ImageRecord
 
     found: list[ImageRecord] = []
     for target in targets:
-        if target.isdigit():
-            rows = session.scalars(select(ImageRecord).where(ImageRecord.id == int(target))).all()
+        image_id = target_id(target)
+        if image_id is not None:
+            rows = session.scalars(select(ImageRecord).where(ImageRecord.id == image_id)).all()
         else:
             path = os.path.abspath(target)
             prefix = path.rstrip(os.sep) + os.sep
@@ -155,11 +199,13 @@ def _resolve_targets(session, targets: list[str]) -> list[ImageRecord]:
 
 
 def cmd_status(settings: Settings, args, out: TextIO) -> int:
-    from indexer.embedder import resolve_device
+    from indexer.embedder import configured_model, resolve_device
     from indexer.job_report import IndexingJobReport
     from indexer.vectorstore import faiss_build
 
     library = open_library(settings)
+    if args.failures:
+        return _print_failures(library, args, out)
     stored = library.stored_identity()
     store = library.store
     job = library.last_job()
@@ -170,6 +216,8 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         "model": {
             "configured": {"architecture": settings.model, "pretrained": settings.pretrained},
             "index": stored.as_dict() if stored else None,
+            # true: a published pretrained tag; false: untrained (none); "unknown": a checkpoint file
+            "semantic": stored.semantic if stored else configured_model(settings.model, settings.pretrained)["semantic"],
         },
         "index": {**store.describe(), "path": str(settings.index_path), "faiss": faiss_build()},
         "regions": {**library.regions.store.describe(), "path": str(settings.regions_path),
@@ -214,6 +262,27 @@ def cmd_status(settings: Settings, args, out: TextIO) -> int:
         print(f"last job: #{job.id} {job.state}, {job.added} added, {job.failed} failed, {job.seconds:.1f} s", file=out)
     for failure in report["failures"]:
         print(f"failed:   {failure['path']}: {failure['error']}", file=out)
+    if counts["failed"] > len(report["failures"]):
+        print(f"failed:   ... {counts['failed']} in all: `loupe status --failures` lists every one", file=out)
+    return 0
+
+
+def _print_failures(library, args, out: TextIO) -> int:
+    """`loupe status --failures`: every file that failed to index, with its error, by id."""
+    from sqlalchemy import select
+
+    from indexer.catalog import ImageRecord, ImageStatus
+
+    with library.sessions() as session:
+        rows = session.execute(select(ImageRecord.id, ImageRecord.path, ImageRecord.error)
+                               .where(ImageRecord.status == ImageStatus.FAILED).order_by(ImageRecord.id)).all()
+    failures = [{"id": row.id, "path": row.path, "error": row.error or ""} for row in rows]
+    if args.json:
+        print_json({"failed": len(failures), "failures": failures}, out)
+        return 0
+    for failure in failures:
+        print(f"{failure['path']}: {failure['error']}", file=out)
+    print(f"loupe: {len(failures)} files failed to index", file=out)
     return 0
 
 

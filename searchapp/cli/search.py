@@ -9,10 +9,10 @@ from typing import TextIO
 
 from indexer.errors import ConfigError, NotIndexedError
 from indexer.factory import load_embedder, open_library
-from indexer.query import MAX_K, SearchQuery
+from indexer.query import MAX_K, MAX_OFFSET, SearchQuery
 
 from ..settings import ServiceSettings
-from .arguments import non_negative_int, positive_int
+from .arguments import bounded_int
 from .output import print_json
 
 
@@ -20,15 +20,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     from ..restoration.stages import MODES
 
     search = commands.add_parser("search", help="search by text or by image")
-    search.add_argument("text", nargs="?", metavar="TEXT")
-    search.add_argument("--image", type=Path, metavar="FILE", help="search with this picture instead of text")
-    search.add_argument("-k", type=positive_int, default=10, help=f"number of results (default 10, max {MAX_K})")
-    search.add_argument("--offset", type=non_negative_int, default=0)
+    search.add_argument("text", nargs="?", metavar="TEXT",
+                        help="words; `beach 2:sunset -people` weights and subtracts terms (docs/queries.md)")
+    search.add_argument("--image", type=Path, metavar="FILE",
+                        help="search with this picture (with TEXT too: the picture and the words combined)")
+    search.add_argument("-k", type=bounded_int(1, MAX_K), default=10,
+                        help=f"number of results, 1 to {MAX_K} (default 10; more is an error)")
+    search.add_argument("--offset", type=bounded_int(0, MAX_OFFSET), default=0,
+                        help=f"results to skip before the first one shown, 0 to {MAX_OFFSET} (default 0)")
     search.add_argument("--no-regions", action="store_true",
                         help="with --image: match whole pictures only, not their regions")
     search.add_argument("--verify", choices=("on", "off"), default=None,
                         help="with --image: verify the top results with local features (default LOUPE_VERIFY: on)")
-    search.add_argument("--device", default=None)
+    search.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
     search.add_argument("--json", action="store_true", help="print results as JSON")
     search.add_argument("--restore", choices=MODES, default="auto",
                         help="with --image: reconstruct a damaged query first (default auto: the stages that "
@@ -47,16 +51,19 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
     # LOUPE_RESTORE_AUTO already stopped the settings).
     settings = service.core
     restorers = Restorers(service.restore, settings.home, resolve_device(args.device or settings.device))
-    if (args.text is None) == (args.image is None):
-        raise ConfigError("give either TEXT or --image FILE")
+    if args.text is None and args.image is None:
+        raise ConfigError("give TEXT, --image FILE, or both")
     if args.text is not None and not args.text.strip():
         raise ConfigError("the search text is empty")
-    k = min(args.k, MAX_K)
+    terms = _search_terms(args)  # None: a plain text, or a picture alone
+    k = args.k  # 1 to MAX_K: the parser refuses anything else (never clamped)
     library = open_library(settings)
     if library.stored_identity() is None:
         raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
     embedder = load_embedder(settings, args.device)
     library.bind_model(embedder.identity)
+    if terms is not None:
+        return _search_combined(library, embedder, terms, args, SearchQuery(k=k, offset=args.offset), out)
     restoration = None
     if args.image is not None:
         from indexer.images import DecodeLimits, read_file
@@ -97,6 +104,54 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
         if result.verification is not None:
             print(f"      verified: {result.verification.describe()} ({_verification_facts(result.verification)})",
                   file=out)
+    return 0
+
+
+def _search_terms(args):
+    """The combined query TEXT asks for (`indexer.combine`): None for a plain text alone or a
+    picture alone (the searches they always were). A combined query with a picture is never
+    restored or verified, so naming a stage or --verify on with it is an error."""
+    from indexer.combine import parse_terms
+
+    if args.text is None:
+        return None
+    terms = parse_terms(args.text, image=args.image is not None)
+    if args.image is None:
+        return None if terms.plain else terms
+    if args.restore not in ("auto", "off"):
+        raise ConfigError(f"--restore {args.restore} cannot be combined with TEXT: a picture with words is not restored")
+    if args.verify == "on":
+        raise ConfigError("--verify on cannot be combined with TEXT: a picture with words looks for similar "
+                          "pictures, not copies")
+    return terms
+
+
+def _search_combined(library, embedder, terms, args, query: SearchQuery, out: TextIO) -> int:
+    """`loupe search` of a combined query: the words' terms, with the --image picture when given."""
+    from indexer.combine import combined_search, picture_vector
+    from indexer.images import DecodeLimits, read_file
+
+    t0 = time.perf_counter()
+    image_vector = None
+    if args.image is not None:
+        image_vector = picture_vector(library, embedder, read_file(Path(args.image), DecodeLimits()).data,
+                                      DecodeLimits())
+    page = combined_search(library, embedder, terms, query, image_vector, started=t0)
+    combined = terms.as_dict(image=image_vector is not None)
+    if args.json:
+        from ..urls import Urls
+
+        print_json({**Urls.offline().page_json(page), "combined": combined}, out)
+        return 0
+    picture = f" + the picture ({combined['image_weight']:+g})" if image_vector is not None else ""
+    print(f"query: {terms.describe()}{picture}", file=out)
+    if embedder.identity.caveat():
+        print(f"note: {embedder.identity.caveat()}", file=out)
+    if not page.results:
+        print("no results", file=out)
+    for rank, result in enumerate(page.results, start=args.offset + 1):
+        print(f"{rank:4d}  {result.score:7.4f}  {result.path}  ({result.width}x{result.height}, id {result.id})",
+              file=out)
     return 0
 
 

@@ -20,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=cmd_serve, service_settings=True)
 
     demo = commands.add_parser("demo", help="index the bundled sample photographs, run sample searches and serve them")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar while indexing the samples")
     _add_serve_options(demo)
     demo.add_argument("--no-serve", action="store_true", help="index and search the samples, then exit")
     demo.set_defaults(handler=cmd_demo, service_settings=True)
@@ -54,6 +54,7 @@ def cmd_serve(settings: ServiceSettings, args, out: TextIO) -> int:
 
     insecure = getattr(args, "insecure_no_token", False)
     check_exposure(settings, args.host, insecure)
+    _enable_access_log(quiet=getattr(args, "quiet", False))
     app = create_app({"LOUPE_SETTINGS": settings, "LOUPE_SERVE_HOST": args.host})
     rules = AccessPolicy.create(settings, args.host)
     print(f"loupe: serving {settings.core.home} on http://{args.host}:{args.port}/", file=out, flush=True)
@@ -71,6 +72,15 @@ def cmd_serve(settings: ServiceSettings, args, out: TextIO) -> int:
     serve(app, host=args.host, port=args.port, threads=args.threads, channel_timeout=60,
           max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 1024 * 1024, ident="loupe")
     return 0
+
+
+def _enable_access_log(quiet: bool) -> None:
+    """One line per request on stderr (`searchapp.access_log`), unless -q."""
+    import logging
+
+    from ..access_log import LOGGER
+
+    logging.getLogger(LOGGER).setLevel(logging.ERROR if quiet else logging.INFO)
 
 
 def cmd_demo(settings: ServiceSettings, args, out: TextIO) -> int:

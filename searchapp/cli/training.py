@@ -49,10 +49,10 @@ def _add_training_options(parser: argparse.ArgumentParser, restarted: str) -> No
     parser.add_argument("--restart", action="store_true", help=f"discard {restarted} and start over")
     parser.add_argument("--steps", type=int, default=None,
                         help="stop each model after this many training steps in this run, within the time budget "
-                             "(seeded: the same steps give the same model)")
+                             "(seeded: the same steps give the same model) (default: no limit but the time)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: LOUPE_DEVICE)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def cmd_train_generator(settings: Settings, args, out: TextIO) -> int:
