@@ -10,6 +10,7 @@ the index is reconciled with the catalog when it is loaded. The job times its st
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -29,6 +30,8 @@ from .library import Library
 from .reader import ImageFileDataset, ReadItem, read_batches
 from .timing import StageClock
 from .writer import BatchWriter, store_counts
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ class IndexJob:
             self.library.sync_store()
             if self.options.calibrate and self.library.needs_calibration():
                 self.library.calibrate()
+            self._follow_index()
             seconds = time.perf_counter() - started
             self._finish(JobState.FINISHED, seconds)
         return JobSummary(job_id=self.job_id, seconds=seconds, stages=self.clock.as_dict(), **self.counts)
@@ -244,6 +248,16 @@ class IndexJob:
     def _embed(self, items: list[ReadItem]) -> dict[str, Embedded]:
         with self.clock.stage("embed"):
             return embed_items(self.embedder, items, self.options.batch_size)
+
+    def _follow_index(self) -> None:
+        """Bring the kNN graph and the map to the index (`indexer.collection_map.follow_index`);
+        they are caches: a failure is logged and the next job tries again."""
+        from .collection_map import follow_index
+
+        try:
+            follow_index(self.library, self.embedder)
+        except Exception:  # the job's pictures are indexed and saved either way
+            log.exception("the collection graph was not updated")
 
     def _start_job(self, roots: Sequence[Path]) -> None:
         with self.library.sessions.begin() as session:

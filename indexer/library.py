@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from .catalog import ImageRecord, ImageStatus, IndexInfo, JobRecord, RegionRecord, utcnow
 from .database import open_database
 from .embedder import ModelIdentity
+from .diffusion_rank import DEFAULT_DIFFUSION, diffusion_order
+from .graph import GraphMirror, GraphUpdate
 from .errors import FileChangedError, ModelMismatchError, NotIndexedError
 from .images import DecodeLimits, decode_image
 from .matching import (
@@ -135,6 +137,8 @@ class Library:
                                   mmap=settings.index_mmap, stamp=self._stamp)
         self.regions = IndexMirror(settings.regions_path, sessions, RegionRecord.id, RegionRecord.embedding,
                                    dim=self._dim, mmap=settings.index_mmap, stamp=self._stamp)
+        self.graph = GraphMirror(settings.index_path.with_name("graph.npz"))  # the kNN graph (indexer.graph)
+        self.diffusion = DEFAULT_DIFFUSION  # rerank=diffusion's parameters (indexer.diffusion_rank)
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -282,7 +286,11 @@ class Library:
         it, before paging; `total` is then how many reach it (counted down to MAX_DEPTH).
         """
         t0 = started if started is not None else time.perf_counter()
-        ranked, total = self._ranked(vector, query)
+        brought: set[int] = set()  # results the diffusion brought into the page
+        if query.rerank == "diffusion":
+            ranked, total, brought = self._diffused(vector, query)
+        else:
+            ranked, total = self._ranked(vector, query)
         ranked = ranked[query.offset : query.offset + query.k]
         ids = [image_id for image_id, _, _ in ranked]
         with self.sessions() as session:
@@ -295,7 +303,8 @@ class Library:
             }
         results = tuple(
             SearchResult(image_id, rows[image_id].path, score, rows[image_id].width, rows[image_id].height,
-                         region=box, content_hash=rows[image_id].content_hash)
+                         region=box, content_hash=rows[image_id].content_hash,
+                         found_by="diffusion" if image_id in brought else None)
             for image_id, score, box in ranked
             if image_id in rows
         )
@@ -315,6 +324,29 @@ class Library:
                 break
             depth = min(depth * 2, MAX_DEPTH)
         return _ordered(best, query.depth), len(best)
+
+    def _diffused(self, vector: np.ndarray, query: SearchQuery) -> tuple[list[tuple[int, float, Box | None]], int, set[int]]:
+        """The ranking re-ordered by diffusion over the graph (`indexer.diffusion_rank`): the
+        direct ranking's top `truncation` candidates are re-ranked, copies (scoring at least the
+        near-duplicate cut-off) staying first; also the ids the direct ranking had not placed
+        within the page's depth. Without a graph, the direct ranking."""
+        params = self.diffusion
+        pool, total = self._ranked(vector, replace(query, k=max(query.depth, params.truncation), offset=0))
+        graph = self.graph.graph
+        if graph is None or len(pool) < 2:
+            return pool[: query.depth], total, set()
+        ids = np.array([image_id for image_id, _, _ in pool], np.int64)
+        direct = np.array([score for _, score, _ in pool], np.float64)
+        order = diffusion_order(graph, ids, direct, pin_score=self.calibration().match.whole, params=params)
+        ranked = [pool[i] for i in order[: query.depth]]
+        direct_top = {image_id for image_id, _, _ in pool[: query.depth]}
+        return ranked, total, {image_id for image_id, _, _ in ranked if image_id not in direct_top}
+
+    def update_graph(self) -> GraphUpdate:
+        """Bring the kNN graph to the images index (after a job or a removal) and save it."""
+        store = self.store
+        return self.graph.update(store.ids(), lambda: store.neighbours,
+                                 lambda ids: self.stored_vectors_of(np.asarray(ids).tolist()))
 
     def _rank(self, query: np.ndarray, want: int, regions: bool, exclude: set[int],
               whole: bool = True) -> list[tuple[int, float, Box | None]]:

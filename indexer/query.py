@@ -39,6 +39,7 @@ class SearchQuery:
     min_score: float | None = None
     verify: "VerifyOptions | None" = None
     filters: tuple = ()  # reserved for catalog filters; nothing reads it yet
+    rerank: str = "off"  # "diffusion": re-rank over the collection's graph (indexer.diffusion_rank)
 
     def __post_init__(self) -> None:
         if self.k < 1:  # the page bounds a client may ask for (MAX_K, MAX_OFFSET) are checked where it asks

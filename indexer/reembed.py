@@ -142,6 +142,9 @@ class Reembed:
                 pictures = swap(self.library, self.target, lost)
                 if self.options.calibrate:
                     self.library.calibrate()
+                from .collection_map import follow_index
+
+                follow_index(self.library, self.embedder)  # the graph and the map, from the new vectors
         from .thumbnails import remove_legacy_thumbnails
 
         remove_legacy_thumbnails(self.library.settings.home)
@@ -281,8 +284,12 @@ def swap(library: Library, target: ModelIdentity, lost: Sequence[Unreadable] = (
     """Make the staged vectors the catalog's (see the module's docstring); `lost` pictures
     become failed rows. Callers hold the write lock and have staged every other indexed
     picture. Returns the number of indexed pictures."""
+    from .collection_map import map_path
+
     settings = library.settings
-    _drop_index_files([settings.index_path, settings.regions_path])
+    # The kNN graph and the map were computed from the old model's vectors: dropped with the
+    # index files (searches re-rank without a graph until `follow_index` rebuilds it).
+    _drop_index_files([settings.index_path, settings.regions_path, library.graph.path, map_path(library)])
     with library.sessions.begin() as session:
         pictures = _commit_swap(session, target, lost)
     library.forget()

@@ -94,7 +94,28 @@ def _page_params() -> SearchQuery:
     offset = _int_param("offset", 0, 0, MAX_OFFSET)
     _relative_paths()  # checked before any work
     min_score = _float_param("min_score", None, -math.inf, math.inf)
-    return SearchQuery(k=k, offset=offset, min_score=min_score)
+    query = replace(SearchQuery(k=k, offset=offset, min_score=min_score), rerank=_rerank_param())
+    return _in_cluster(query)
+
+
+def _in_cluster(query: SearchQuery) -> SearchQuery:
+    """`cluster` = a map cluster's id: search inside it (the pictures outside it are excluded)."""
+    from indexer.collection_map import MAX_CLUSTERS
+
+    cluster = _int_param("cluster", None, 0, MAX_CLUSTERS - 1)
+    if cluster is None:
+        return query
+    try:
+        return replace(query, exclude=(*query.exclude, *service().outside_cluster(cluster)))
+    except KeyError:
+        raise ApiError(404, "not_found", f"no map cluster {cluster} (see GET /api/map)") from None
+
+
+def _rerank_param() -> str:
+    """`rerank` = off (default) or diffusion (re-rank over the collection's graph)."""
+    from indexer.diffusion_rank import RERANK_MODES
+
+    return _choice_param("rerank", "off", RERANK_MODES)
 
 
 def _results(page, **extra) -> dict:
@@ -368,6 +389,19 @@ def start_job():
 @bp.get("/jobs/<id:job_id>")
 def indexing_job_status(job_id: int):
     return jsonify(_indexing_job(job_id).as_dict())
+
+
+@bp.get("/map")
+def collection_map():
+    """The map of the collection: points (x, y in [0, 1], cluster) and clusters (GET /api/map)."""
+    from indexer.collection_map import DEFAULT_MAP_POINTS, MAX_CLUSTERS, MAX_MAP_POINTS
+
+    cluster = _int_param("cluster", None, 0, MAX_CLUSTERS - 1)
+    limit = _int_param("limit", DEFAULT_MAP_POINTS, 1, MAX_MAP_POINTS)
+    try:
+        return jsonify(service().collection_map(cluster, limit))
+    except KeyError:
+        raise ApiError(404, "not_found", f"no map cluster {cluster}") from None
 
 
 @bp.get("/openapi.json")

@@ -44,6 +44,11 @@ PAGE_PARAMS = [
      "description": "results scoring below it are left out before the page is cut; `total` then counts those "
                     "that reach it"},
     PATHS_PARAM,
+    {"name": "rerank", "in": "query", "schema": {"enum": ["off", "diffusion"], "default": "off"},
+     "description": "diffusion: re-rank the top results over the collection's similarity graph (copies stay "
+                    "first); a result the diffusion brought into the page says found_by: diffusion"},
+    {"name": "cluster", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 63},
+     "description": "a map cluster's id (GET /api/map): search inside that cluster only"},
 ]
 K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_K}
 OFFSET_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
@@ -92,6 +97,8 @@ SCHEMAS = {
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
             "preview_url": {"type": "string"},
+            "found_by": {"type": "string", "description": "diffusion: brought into the page by rerank=diffusion; "
+                                                          "image searches also raw, restored or both"},
         },
     },
     "Results": {
@@ -116,8 +123,9 @@ SCHEMAS = {
                         "oneOf": [{"type": "null"},
                                   {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}],
                     },
-                    "found_by": {"enum": ["raw", "restored", "both"],
-                                 "description": "when a restoration stage ran: which query's ranking held it"},
+                    "found_by": {"enum": ["raw", "restored", "both", "diffusion"],
+                                 "description": "when a restoration stage ran: which query's ranking held it; "
+                                                "diffusion: brought into the page by rerank=diffusion"},
                     "verification": {
                         "description": "the geometric evidence (local features, RANSAC) that this result shows "
                                        "the query's picture; null when unverified",
@@ -203,6 +211,25 @@ SCHEMAS = {
                 },
             },
         ]
+    },
+    "Map": {
+        "type": "object",
+        "required": ["points", "clusters"],
+        "properties": {
+            "points": {"type": "array", "items": {
+                "type": "object", "required": ["id", "x", "y", "cluster"],
+                "properties": {"id": {"type": "integer"}, "x": {"type": "number"}, "y": {"type": "number"},
+                               "cluster": {"type": "integer"}}}},
+            "clusters": {"type": "array", "items": {
+                "type": "object", "required": ["id", "label", "size", "representatives"],
+                "properties": {"id": {"type": "integer"}, "label": {"type": "string"}, "size": {"type": "integer"},
+                               "representatives": {"type": "array", "items": {"type": "integer"}},
+                               "x": {"type": "number"}, "y": {"type": "number"}}}},
+            "total": {"type": "integer", "description": "points of the map (or of the cluster asked for)"},
+            "truncated": {"type": "boolean", "description": "true when `points` is a sample of them"},
+            "named": {"type": "boolean", "description": "clusters named by the model (trained weights), "
+                                                        "else numbered"},
+        },
     },
     "Health": {
         "type": "object",
@@ -552,6 +579,20 @@ def openapi_document() -> dict:
                                   "202": _json(_ref("GenerationJob"), "still running: poll Location"),
                                   **_errors(400, 401, 403, 404, 413), "429": RETRY_LATER,
                                   "503": GENERATE_UNAVAILABLE},
+                }
+            },
+            "/api/map": {
+                "get": {
+                    "parameters": [
+                        {"name": "cluster", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 63},
+                         "description": "only this cluster's points"},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 20000, "default": 5000},
+                         "description": "points at most: beyond it an even sample, the representatives first"},
+                    ],
+                    "security": READ,
+                    "responses": {"200": _json(_ref("Map"), "the map of the collection"),
+                                  **_errors(400, 401, 403, 404), "503": BUSY},
                 }
             },
             "/api/images": {

@@ -47,6 +47,12 @@ def duplicates_page():
     return render_template("duplicates.html", can_write=can_write)
 
 
+@bp.get("/map")
+def map_page():
+    """The map of the collection (driven by static/map.js over GET /api/map)."""
+    return render_template("map.html", health=service().health())
+
+
 @bp.get("/login")
 def login():
     return render_template("login.html", error=None, tokens=policy().reads_protected or policy().writes_protected)

@@ -292,7 +292,7 @@ def _guard():
     try:
         demand(READ)
     except ApiError:
-        if endpoint in ("pages.search_page", "pages.duplicates_page"):  # a person at a page: the sign-in form
+        if endpoint in ("pages.search_page", "pages.duplicates_page", "pages.map_page"):  # a person at a page: the sign-in form
             return redirect(url_for("pages.login"))
         raise
     return None

@@ -96,6 +96,13 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
     return 0
 
 
+def _follow_index(library) -> None:
+    """The kNN graph and the map after a removal (`indexer.collection_map`; no model needed)."""
+    from indexer.collection_map import follow_index
+
+    follow_index(library)
+
+
 def cmd_remove(settings: Settings, args, out: TextIO) -> int:
     from indexer.previews import remove_previews
     from indexer.thumbnails import remove_thumbnail
@@ -115,6 +122,7 @@ def cmd_remove(settings: Settings, args, out: TextIO) -> int:
             delta = retire_all(session, unique)
         apply_delta(library, delta)
         library.sync_store()
+        _follow_index(library)
     for image_id, content_hash, path in removed:
         remove_thumbnail(settings.home, content_hash)
         remove_previews(settings.home, image_id)

@@ -37,6 +37,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--restore", choices=MODES, default="auto",
                         help="with --image: reconstruct a damaged query first (default auto: the stages that "
                              "help for what is detected; off; or one stage by name)")
+    search.add_argument("--rerank", choices=("off", "diffusion"), default="off",
+                        help="diffusion: re-rank over the collection's similarity graph (default off)")
     search.set_defaults(handler=cmd_search, service_settings=True)
 
 
@@ -70,12 +72,13 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
         data = read_file(Path(args.image), DecodeLimits()).data
         wanted = settings.verify if args.verify is None else args.verify == "on"
         verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
-        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify)
+        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify, rerank=args.rerank)
         page, report = restored_lookup(library, embedder, data, query, mode=args.restore, restorers=restorers)
         restoration = {**report.as_dict(), "reconstruction": None}
     else:
         t0 = time.perf_counter()
-        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset), started=t0)
+        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset, rerank=args.rerank),
+                              started=t0)
     if args.json:
         from ..urls import Urls  # the web URLs of each result, as the API gives them
 

@@ -88,4 +88,6 @@ def cmd_demo(settings: ServiceSettings, args, out: TextIO) -> int:
     from indexer.demo import run_demo
 
     demo = run_demo(settings.core, out, progress=not args.no_progress)
+    if not args.no_serve:
+        print(f"loupe demo: the map of the collection: http://{args.host}:{args.port}/map", file=out, flush=True)
     return 0 if args.no_serve else cmd_serve(replace(settings, core=demo), args, out)
