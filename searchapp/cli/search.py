@@ -33,7 +33,36 @@ def register(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--restore", choices=MODES, default="auto",
                         help="with --image: reconstruct a damaged query first (default auto: the stages that "
                              "help for what is detected; off; or one stage by name)")
+    add_library_options(search)
     search.set_defaults(handler=cmd_search, service_settings=True)
+
+
+def add_library_options(parser: argparse.ArgumentParser) -> None:
+    """The filters, sort and cursor of a search (`indexer.filters`; docs/library.md)."""
+    group = parser.add_argument_group("filters and order")
+    group.add_argument("--folder", action="append", metavar="PATH",
+                       help="only pictures in this folder or below it (repeat for several)")
+    group.add_argument("--taken-after", metavar="DATE", help="taken on or after this ISO date or datetime")
+    group.add_argument("--taken-before", metavar="DATE", help="taken on or before this ISO date or datetime")
+    group.add_argument("--format", action="append", metavar="FORMAT", help="jpeg, png, heic... (repeat for several)")
+    group.add_argument("--min-width", metavar="PIXELS")
+    group.add_argument("--min-height", metavar="PIXELS")
+    group.add_argument("--camera", action="append", metavar="TEXT",
+                       help='a case-insensitive part of the camera\'s "make model" (repeat for several)')
+    group.add_argument("--sort", default="relevance", metavar="ORDER",
+                       help="relevance (default), taken (oldest first), -taken (newest first: write --sort=-taken), size (largest first)")
+    group.add_argument("--cursor", metavar="CURSOR", help="continue after the page whose --json gave this `next`")
+
+
+def library_query(args) -> dict:
+    """The filters, sort and cursor the options ask for, as SearchQuery fields (a QueryError,
+    naming the parameter, for a bad one)."""
+    from indexer.filters import parse_filter, parse_sort
+
+    given = {"folder": args.folder or [], "taken_after": [args.taken_after], "taken_before": [args.taken_before],
+             "format": args.format or [], "min_width": [args.min_width], "min_height": [args.min_height],
+             "camera": args.camera or []}
+    return {"filters": parse_filter(given), "sort": parse_sort(args.sort), "cursor": args.cursor}
 
 
 def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
@@ -50,6 +79,7 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
     if args.text is not None and not args.text.strip():
         raise ConfigError("the search text is empty")
     k = min(args.k, MAX_K)
+    wanted = library_query(args)  # refused before any work
     library = open_library(settings)
     if library.stored_identity() is None:
         raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
@@ -63,12 +93,13 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
         data = read_file(Path(args.image), DecodeLimits()).data
         wanted = settings.verify if args.verify is None else args.verify == "on"
         verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
-        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify)
+        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify, **wanted)
         page, report = restored_lookup(library, embedder, data, query, mode=args.restore, restorers=restorers)
         restoration = {**report.as_dict(), "reconstruction": None}
     else:
         t0 = time.perf_counter()
-        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset), started=t0)
+        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset, **wanted),
+                              started=t0)
     if args.json:
         from ..urls import Urls  # the web URLs of each result, as the API gives them
 
