@@ -11,10 +11,12 @@ Semantics (docs/library.md says the same):
 - `taken_after`, `taken_before`: ISO dates (`2023`, `2023-07`, `2023-07-14`) or datetimes
   (`2023-07-14T18:30`, with `Z` or an offset; without one, UTC, which is how a picture's EXIF
   time without an offset is stored). Both bounds are inclusive: a date bound includes the
-  whole year, month or day it names. Pictures with no date taken are left out by either.
+  whole year, month or day it names. Pictures with no date taken are left out by either; a
+  range that ends before it starts matches nothing.
 - `format`: the file format, case-insensitive (`jpeg`, `jpg`, `png`, `heic`...). Several: any.
 - `min_width`, `min_height`: the picture's stored pixel size, at least this.
-- `camera`: a case-insensitive substring of "make model" (`iphone`, `canon eos`). Several: any.
+- `camera`: a case-insensitive substring of "make model" (`iphone`, `canon eos`); runs of
+  blanks count as one space, and a blank value filters nothing. Several: any.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ FORMAT_ALIASES = {"JPG": "JPEG", "JPE": "JPEG", "TIF": "TIFF", "HEIC": "HEIF", "
 _FORMAT = re.compile(r"^[A-Za-z0-9]{1,16}$")
 _YEAR = re.compile(r"^\d{4}$")
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+_LEAP_SECOND = re.compile(r"(T\d{2}:\d{2}:)60")
+_FIRST = datetime.min.replace(tzinfo=timezone.utc)
+_LAST = datetime.max.replace(tzinfo=timezone.utc)
 
 
 class QueryError(LoupeError, ValueError):
@@ -120,8 +125,6 @@ def parse_filter(values: Mapping[str, Sequence]) -> LibraryFilter:
     after, before = single("taken_after"), single("taken_before")
     taken_after = parse_when("taken_after", after, end=False) if after is not None else None
     taken_before = parse_when("taken_before", before, end=True) if before is not None else None
-    if taken_after is not None and taken_before is not None and taken_before < taken_after:
-        raise QueryError("taken_before", f"taken_before ({before}) is earlier than taken_after ({after})")
     width, height = single("min_width"), single("min_height")
     return LibraryFilter(
         folders=tuple(dict.fromkeys(parse_folder(v) for v in given("folder"))),
@@ -130,7 +133,7 @@ def parse_filter(values: Mapping[str, Sequence]) -> LibraryFilter:
         formats=tuple(dict.fromkeys(f for v in given("format") for f in parse_formats(str(v)))),
         min_width=parse_dimension("min_width", width) if width is not None else None,
         min_height=parse_dimension("min_height", height) if height is not None else None,
-        cameras=tuple(dict.fromkeys(parse_camera(v) for v in given("camera"))),
+        cameras=tuple(dict.fromkeys(c for c in (parse_camera(v) for v in given("camera")) if c)),
     )
 
 
@@ -175,37 +178,45 @@ def parse_dimension(name: str, raw) -> int:
 
 
 def parse_camera(raw) -> str:
-    text = " ".join(str(raw).split()).lower()
-    if not text:
-        raise QueryError("camera", "camera must not be blank")
-    return text
+    """Lower case, runs of blanks as one space ("": blank, which filters nothing)."""
+    return " ".join(str(raw).split()).lower()
 
 
 def parse_when(name: str, raw, end: bool) -> datetime:
     """An ISO date or datetime as a UTC instant; a date (year, month or day) names its first
-    instant, or with `end` its last (so both bounds include the day named)."""
-    text = str(raw).strip()
+    instant, or with `end` its last (so both bounds include the day named). Instants beyond
+    what Python holds are clamped to its first or last."""
+    text = str(raw).strip().upper()  # RFC 3339 allows a lower-case t and z
+    if text.startswith("0000"):  # year 0 (RFC 3339 allows it; Python does not): the start of time
+        return _FIRST
     try:
         if _YEAR.match(text):
-            start, following = date(int(text), 1, 1), date(int(text) + 1, 1, 1)
+            start, following = date(int(text), 1, 1), (int(text) + 1, 1, 1)
         elif _MONTH.match(text):
             year, month = (int(p) for p in _MONTH.match(text).groups())
             start = date(year, month, 1)
-            following = date(year + (month == 12), month % 12 + 1, 1)
+            following = (year + (month == 12), month % 12 + 1, 1)
         elif len(text) == 10:
             start = date.fromisoformat(text)
-            following = start + timedelta(days=1)
+            following = None
         else:
-            moment = datetime.fromisoformat(text)
+            moment = datetime.fromisoformat(_LEAP_SECOND.sub(r"\g<1>59", text))
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=timezone.utc)
-            return moment.astimezone(timezone.utc)
-    except (ValueError, OverflowError):
+            try:
+                return moment.astimezone(timezone.utc)
+            except OverflowError:
+                return _LAST if moment.year > 1 else _FIRST
+    except ValueError:
         raise QueryError(name, f"{name} must be an ISO date (2023-07-14, 2023-07 or 2023) or datetime "
                                f"(2023-07-14T18:30:00Z), not {raw!r}") from None
-    day = following if end else start
-    moment = datetime.combine(day, time(0), tzinfo=timezone.utc)
-    return moment - timedelta(microseconds=1) if end else moment
+    if not end:
+        return datetime.combine(start, time(0), tzinfo=timezone.utc)
+    try:
+        after = date(*following) if following is not None else start + timedelta(days=1)
+    except (ValueError, OverflowError):  # the end of year 9999
+        return _LAST
+    return datetime.combine(after, time(0), tzinfo=timezone.utc) - timedelta(microseconds=1)
 
 
 def check_names(names: Iterable[str], known: Iterable[str]) -> None:

@@ -423,7 +423,9 @@ class IdSelection:
 
     @classmethod
     def of(cls, ids) -> "IdSelection":
-        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):  # already ascending and unique: kept
+            ids = np.unique(ids)
         bits = np.zeros(int(ids[-1]) + 1 if len(ids) else 1, dtype=bool)
         bits[ids] = True
         return cls(ids, np.packbits(bits, bitorder="little"))

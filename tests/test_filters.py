@@ -31,19 +31,19 @@ def test_dates_are_inclusive_and_read_as_utc_without_an_offset():
     assert parse_when("taken_after", "2023", end=False) == datetime(2023, 1, 1, tzinfo=timezone.utc)
     assert parse_when("taken_after", "2023-07-14T20:00:00+02:00", end=False) == datetime(2023, 7, 14, 18,
                                                                                          tzinfo=timezone.utc)
-    assert parse_when("taken_after", "2023-07-14T18:00Z", end=False).hour == 18
+    assert parse_when("taken_after", "2023-07-14t18:00:60z", end=False).second == 59  # RFC 3339: t, z, leap
+    assert parse_when("taken_before", "9999", end=True).year == 9999  # the last instant Python holds
+    assert parse_when("taken_before", "0001-01-01T00:00:00+05:00", end=True).year == 1
 
 
 @pytest.mark.parametrize("values, param", [
     ({"taken_after": ["yesterday"]}, "taken_after"),
     ({"taken_before": ["2023-13-01"]}, "taken_before"),
-    ({"taken_after": ["2023-08-01"], "taken_before": ["2023-07-01"]}, "taken_before"),
     ({"min_width": ["wide"]}, "min_width"),
     ({"min_height": ["1.5"]}, "min_height"),
     ({"min_width": ["0"]}, "min_width"),
     ({"folder": ["photos/2023"]}, "folder"),
     ({"format": ["jp eg"]}, "format"),
-    ({"camera": ["   "]}, "camera"),
 ])
 def test_bad_filter_values_name_their_parameter(values, param):
     with pytest.raises(QueryError) as err:
@@ -59,6 +59,7 @@ def test_filter_values_are_normalised():
     assert wanted.formats == ("JPEG", "PNG", "HEIF")
     assert wanted.cameras == ("iphone 12",) and (wanted.min_width, wanted.min_height) == (640, 480)
     assert not parse_filter({}).active and wanted.active
+    assert not parse_filter({"camera": ["  "]}).active  # a blank camera filters nothing
 
 
 def test_unknown_filter_like_names_are_refused_and_others_left_alone():
@@ -103,6 +104,7 @@ def test_table_filters_by_each_column(table):
     assert ids(taken_before="2023-07-01") == [5, 7]  # a date bound includes its whole day
     assert ids(taken_after="2023-07-02", taken_before="2023-08") == [2]
     assert ids(folder="/p", camera="apple", min_width=1000, format="jpeg") == [5]
+    assert ids(taken_after="2024", taken_before="2023") == []  # an empty range matches nothing
 
 
 def test_table_sort_orders_put_unknown_keys_last(table):
