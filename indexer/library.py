@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 # Region hits fetched per wanted result: an image's regions often fill several top places.
 REGION_FANOUT = 4
+SELECTIONS_KEPT = 8  # filters whose id sets a library keeps (see `Library.selection`)
 SQL_CHUNK = 1000  # ids per IN (...) list: SQLite and PostgreSQL cap the parameters of one statement
 
 
@@ -140,6 +141,7 @@ class Library:
         self.regions = IndexMirror(settings.regions_path, sessions, RegionRecord.id, RegionRecord.embedding,
                                    dim=self._dim, mmap=settings.index_mmap)
         self._tables: dict[str, tuple] = {}  # "images"/"regions" → (generation, table) (see `table`)
+        self._selections: dict[tuple[str, str], IdSelection] = {}  # (generation, filter) → ids (`selection`)
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -392,10 +394,21 @@ class Library:
         return held[1]
 
     def selection(self, filters: "LibraryFilter") -> IdSelection | None:
-        """The ids of the indexed pictures passing `filters` (None: no filter, every picture)."""
+        """The ids of the indexed pictures passing `filters` (None: no filter, every picture);
+        the last few are kept for the generation (the next page, or the next query with the same
+        filters, reuses them)."""
         if not filters.active:
             return None
-        return IdSelection.of(self.table().select(filters))
+        generation = self.generation()
+        key = (generation, filters.key())
+        held = self._selections.get(key)
+        if held is None:
+            held = IdSelection.of(self.table(generation).select(filters))
+            self._selections = {k: v for k, v in self._selections.items() if k[0] == generation}
+            while len(self._selections) >= SELECTIONS_KEPT:
+                self._selections.pop(next(iter(self._selections)))
+            self._selections[key] = held
+        return held
 
     def region_selection(self, images: IdSelection | None) -> IdSelection | None:
         """The regions of the pictures in `images` (None: every region)."""

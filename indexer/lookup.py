@@ -202,7 +202,7 @@ class CandidateVerifier:
         if self.verified or embedder is None or not self.options.mirror_search or not len(self.query):
             return
         vector = embedder.encode_batch([embedder.prepare(mirrored_image(self.decoded.image))])
-        found = self.library.search(vector, replace(query, k=self.options.candidates, offset=0)).results
+        found = self.library.search(vector, replace(query, k=self.options.candidates, offset=0, sort="relevance", cursor=None)).results
         self.propose(found, "mirrored", flipped=True)
         self.report.mirror_searched = True
 

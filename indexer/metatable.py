@@ -173,8 +173,8 @@ def _under(folder: str, prefix: str) -> bool:
 
 
 def _coded_in(codes: np.ndarray, wanted: list[int]) -> np.ndarray:
-    if not wanted:
-        return np.zeros(len(codes), dtype=bool)
-    lookup = np.zeros(max(wanted) + 2, dtype=bool)  # index -1 (unknown) lands on the last, False
-    lookup[wanted] = True
-    return lookup[np.where((codes >= 0) & (codes <= max(wanted)), codes, -1)]
+    """Whether each code is one of `wanted` (one gather: code -1, unknown, reads the table's
+    last entry, which is never wanted)."""
+    lookup = np.zeros(int(codes.max(initial=-1)) + 2, dtype=bool)
+    lookup[[w for w in wanted if w < len(lookup) - 1]] = True
+    return lookup[codes]
