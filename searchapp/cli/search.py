@@ -79,7 +79,7 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
     if args.text is not None and not args.text.strip():
         raise ConfigError("the search text is empty")
     k = min(args.k, MAX_K)
-    wanted = library_query(args)  # refused before any work
+    narrowing = library_query(args)  # refused before any work
     library = open_library(settings)
     if library.stored_identity() is None:
         raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
@@ -93,12 +93,12 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
         data = read_file(Path(args.image), DecodeLimits()).data
         wanted = settings.verify if args.verify is None else args.verify == "on"
         verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
-        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify, **wanted)
+        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify, **narrowing)
         page, report = restored_lookup(library, embedder, data, query, mode=args.restore, restorers=restorers)
         restoration = {**report.as_dict(), "reconstruction": None}
     else:
         t0 = time.perf_counter()
-        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset, **wanted),
+        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset, **narrowing),
                               started=t0)
     if args.json:
         from ..urls import Urls  # the web URLs of each result, as the API gives them
