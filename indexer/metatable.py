@@ -53,34 +53,22 @@ class MetadataTable:
         """A table from rows of (id, folder, taken_at, format, width, height, camera make,
         camera model, size_bytes), in any order."""
         rows = sorted(rows, key=lambda r: r[0])
-        codes: dict[str, dict] = {"folder": {}, "format": {}, "camera": {}}
-
-        def code(kind: str, value: str | None) -> int:
-            if value is None or value == "":
-                return -1
-            return codes[kind].setdefault(value, len(codes[kind]))
-
-        n = len(rows)
-        ids = np.empty(n, np.int64)
-        folder = np.empty(n, np.int32)
-        taken = np.empty(n, np.int64)
-        width = np.empty(n, np.int32)
-        height = np.empty(n, np.int32)
-        size = np.empty(n, np.int64)
-        fmt = np.empty(n, np.int16)
-        camera = np.empty(n, np.int32)
-        for i, (id_, folder_, taken_at, format_, w, h, make, model, size_bytes) in enumerate(rows):
-            ids[i] = id_
-            folder[i] = code("folder", folder_)
-            taken[i] = TAKEN_NONE if taken_at is None else micros(taken_at)
-            width[i] = -1 if w is None else w
-            height[i] = -1 if h is None else h
-            size[i] = -1 if size_bytes is None else size_bytes
-            fmt[i] = code("format", format_.upper() if format_ else None)
-            name = " ".join(" ".join(p for p in (make, model) if p).split()).lower()
-            camera[i] = code("camera", name or None)
-        return cls(ids, folder, tuple(codes["folder"]), taken, width, height, size, fmt, tuple(codes["format"]),
-                   camera, tuple(codes["camera"]))
+        if not rows:
+            empty = np.zeros(0, np.int64)
+            return cls(empty, empty.astype(np.int32), (), empty, empty.astype(np.int32), empty.astype(np.int32),
+                       empty, empty.astype(np.int16), (), empty.astype(np.int32), ())
+        ids, folders, taken, formats, widths, heights, makes, models, sizes = zip(*rows)
+        folder, folder_names = _codes(folders)
+        fmt, format_names = _codes([f.upper() if f else None for f in formats])
+        pair, pairs = _codes(list(zip(makes, models)))  # few distinct cameras: name each once
+        names = [" ".join(" ".join(p for p in both if p).split()).lower() or None for both in pairs]
+        name_code, camera_names = _codes(names)
+        camera = np.append(name_code, -1)[pair]  # pair code -1 (none) reads the appended -1
+        return cls(np.array(ids, np.int64), folder, folder_names, _micros_column(taken),
+                   np.array([-1 if w is None else w for w in widths], np.int32),
+                   np.array([-1 if h is None else h for h in heights], np.int32),
+                   np.array([-1 if b is None else b for b in sizes], np.int64),
+                   fmt.astype(np.int16), format_names, camera, camera_names)
 
     @classmethod
     def load(cls, session) -> "MetadataTable":
@@ -165,6 +153,26 @@ class MetadataTable:
                 if parent in below:
                     below[parent] += count
         return sorted((f, own[f], below[f]) for f in own)
+
+
+def _codes(values: Sequence) -> tuple[np.ndarray, tuple]:
+    """Each value's code (its index among the distinct values, in order of appearance; -1:
+    None or empty)."""
+    seen: dict = {}
+    codes = np.array([-1 if v is None or v == "" else seen.setdefault(v, len(seen)) for v in values], np.int32)
+    return codes, tuple(seen)
+
+
+def _micros_column(values: Sequence[datetime | None]) -> np.ndarray:
+    """Datetimes (naive ones read as UTC) as microseconds since the epoch; TAKEN_NONE for None."""
+    utc = timezone.utc
+    seconds = np.array([np.nan if v is None else (v if v.tzinfo else v.replace(tzinfo=utc)).timestamp()
+                        for v in values], dtype=np.float64)
+    known = ~np.isnan(seconds)
+    # Whole seconds and microseconds apart, so that no instant loses a microsecond to rounding.
+    whole = np.floor(np.where(known, seconds, 0))
+    micro = np.round((np.where(known, seconds, 0) - whole) * 1_000_000)
+    return np.where(known, whole.astype(np.int64) * 1_000_000 + micro.astype(np.int64), TAKEN_NONE)
 
 
 def _under(folder: str, prefix: str) -> bool:
