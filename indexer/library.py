@@ -142,6 +142,7 @@ class Library:
                                    dim=self._dim, mmap=settings.index_mmap)
         self._tables: dict[str, tuple] = {}  # "images"/"regions" → (generation, table) (see `table`)
         self._selections: dict[tuple[str, str], IdSelection] = {}  # (generation, filter) → ids (`selection`)
+        self._region_selections: dict[int, tuple[IdSelection, IdSelection]] = {}  # id(images) → (images, regions)
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -414,8 +415,19 @@ class Library:
         """The regions of the pictures in `images` (None: every region)."""
         if images is None:
             return None
+        held = self._region_selections.get(id(images))
+        if held is not None and held[0] is images:
+            return held[1]
         region_ids, owners = self._region_table()
-        return IdSelection.of(region_ids[np.isin(owners, images.ids)])
+        member = np.unpackbits(images.bitmap, bitorder="little").astype(bool)
+        inside = owners < len(member)
+        keep = np.zeros(len(owners), dtype=bool)
+        keep[inside] = member[owners[inside]]
+        regions = IdSelection.of(region_ids[keep])
+        while len(self._region_selections) >= SELECTIONS_KEPT:
+            self._region_selections.pop(next(iter(self._region_selections)))
+        self._region_selections[id(images)] = (images, regions)
+        return regions
 
     def sorted_by(self, items: Sequence, sort: str, id_of: Callable[[object], int]) -> list:
         """`items` (best first) listed by `sort` (see `MetadataTable.order`); relevance keeps them."""
