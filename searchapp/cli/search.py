@@ -125,6 +125,8 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
         if result.verification is not None:
             print(f"      verified: {result.verification.describe()} ({_verification_facts(result.verification)})",
                   file=out)
+    if page.next:
+        print(f"more: add --cursor {page.next}", file=out)
     return 0
 
 
