@@ -85,7 +85,7 @@ def run_size(n: int, dim: int, queries_n: int, seed: int) -> list[dict]:
     table = synthetic_table(n, seed + 1)
     print(f"\n{n:,} vectors × {dim}: {store.spec.factory}, nprobe {store.spec.nprobe} "
           f"(built with the vectors in {build_s:.0f} s)")
-    print(f"{'filter':>6} {'selected':>9} {'nprobe':>7} {'recall@10':>9} {'p50 ms':>7} {'p99 ms':>7} "
+    print(f"{'filter':>6} {'selected':>9} {'probes':>7} {'recall@10':>9} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'select ms':>9}")
     rows = []
     ivf = faiss.try_extract_index_ivf(store._index)
@@ -107,7 +107,10 @@ def run_size(n: int, dim: int, queries_n: int, seed: int) -> list[dict]:
             found.append(search_selected(store, q, K, selection)[0])
             search_only.append((time.perf_counter() - start) * 1000)
         recall = float(np.mean([len({h.id for h in row} & set(t.tolist())) / K for row, t in zip(found, truth)]))
-        nprobe = filtered_nprobe(store.spec.nprobe, ivf.nlist, len(chosen) / n) if ivf is not None else None
+        from indexer import vectorstore
+
+        exact = ivf is not None and len(chosen) <= vectorstore.EXACT_SELECTION and "vectors" in selection.cache
+        nprobe = "exact" if exact or ivf is None else filtered_nprobe(store.spec.nprobe, ivf.nlist, len(chosen) / n)
         row = {"size": n, "filter": name, "selected": int(len(chosen)), "nprobe": nprobe, "recall@10": recall,
                "p50_ms": float(np.percentile(search_only, 50)), "p99_ms": float(np.percentile(search_only, 99)),
                "select_ms": float(np.median(selecting)), "index": store.spec.factory}

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 # Region hits fetched per wanted result: an image's regions often fill several top places.
 REGION_FANOUT = 4
-SELECTIONS_KEPT = 8  # filters whose id sets a library keeps (see `Library.selection`)
+SELECTIONS_KEPT = 4  # filters whose id sets (and, when small, vectors: 32 MB at most each) a library keeps
 SQL_CHUNK = 1000  # ids per IN (...) list: SQLite and PostgreSQL cap the parameters of one statement
 
 

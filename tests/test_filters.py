@@ -122,11 +122,19 @@ def test_folder_counts_include_subfolders(table):
 
 
 # -- FAISS restricted to a selection -------------------------------------------------------------------
-@pytest.mark.parametrize("factory", ["Flat", "IVF64,Flat"])
-def test_selected_search_matches_exact_filtered_search(factory):
+@pytest.mark.parametrize("factory, exact_up_to", [("Flat", None), ("IVF64,Flat", None), ("IVF64,Flat", 0),
+                                                  ("IVF64,SQ8", None)],
+                         ids=["flat", "ivf-exact-selection", "ivf-probes", "ivf-sq8-probes"])
+def test_selected_search_matches_exact_filtered_search(factory, exact_up_to, monkeypatch):
+    """Small selections of an IVF,Flat index are scored exactly; larger ones (here: every one,
+    with EXACT_SELECTION 0) and other codecs probe nprobe/√fraction lists."""
     import faiss
 
+    from indexer import vectorstore
     from indexer.vectorstore import IdSelection, IndexSpec, VectorStore
+
+    if exact_up_to is not None:
+        monkeypatch.setattr(vectorstore, "EXACT_SELECTION", exact_up_to)
 
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((6_000, 16)).astype(np.float32)
