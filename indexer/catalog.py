@@ -9,7 +9,7 @@ the catalog by comparing id sets.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import numpy as np
 from sqlalchemy import (
@@ -24,6 +24,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
@@ -41,6 +42,29 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator):
+    """A tz-aware instant stored as UTC, read back tz-aware (UTC) on every database. SQLite keeps
+    datetimes as text without an offset: without this, an aware value would be stored, and
+    compared in filters, as its wall time in whatever offset it carried."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day)  # a date: its start, in UTC
+        # naive values are taken as UTC already
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -92,7 +116,7 @@ class ImageRecord(Base):
     # When the picture was taken, as a UTC instant: EXIF DateTimeOriginal (with OffsetTimeOriginal
     # when present, else read as UTC) or, without it, the file's modification time. `taken_source`
     # says which ("exif" or "file"); `taken_offset_min` is the EXIF offset in minutes, when given.
-    taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    taken_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), index=True)
     taken_source: Mapped[str | None] = mapped_column(String(8))
     taken_offset_min: Mapped[int | None] = mapped_column(SmallInteger)
     camera_make: Mapped[str | None] = mapped_column(String(64))

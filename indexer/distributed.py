@@ -39,6 +39,7 @@ from .embed import Embedded, embed_pictures
 from .jobs import IndexJob
 from .reader import ImageFileDataset, ReadItem
 from .library import Library
+from .metadata import PictureMetadata
 from .regions import Box, RegionSpec
 
 log = logging.getLogger(__name__)
@@ -124,12 +125,14 @@ class ReaderSettings:
     limits: DecodeLimits
     input_size: int
     regions: RegionSpec
+    keep_gps: bool = False  # LOUPE_KEEP_GPS, as the driver read it
 
 
 # -- the stages (run on workers) ---------------------------------------------------------------
 def read_stage(batch: dict, reader: ReaderSettings) -> dict:
     """Decode a batch of paths into columns: catalog facts, model pixels, region crops."""
-    dataset = ImageFileDataset(list(batch["path"]), reader.prepare, reader.limits, reader.input_size, reader.regions)
+    dataset = ImageFileDataset(list(batch["path"]), reader.prepare, reader.limits, reader.input_size, reader.regions,
+                               keep_gps=reader.keep_gps)
     items = [dataset[i] for i in range(len(dataset))]
     width, height = reader.prepare.input_size
     blank = np.zeros((height, width, 3), dtype=np.uint8)
@@ -181,7 +184,8 @@ def _assigned_cpus() -> int:
         return 0
 
 
-FACT_COLUMNS = ("path", "size", "mtime_ns", "sha256", "width", "height", "format", "error", "boxes", "features")
+FACT_COLUMNS = ("path", "size", "mtime_ns", "sha256", "width", "height", "format", "error", "boxes", "features",
+                "metadata")
 
 
 def _fact_columns(items: list[ReadItem]) -> dict:
@@ -197,6 +201,9 @@ def _fact_columns(items: list[ReadItem]) -> dict:
         "boxes": _ragged([np.array([[b.x, b.y, b.w, b.h] for b in item.regions], np.int64).reshape(-1, 4)
                           for item in items]),
         "features": np.array([item.features or b"" for item in items], dtype=object),
+        # indexer.metadata as JSON text ("" when none): a flat column Ray can carry
+        "metadata": np.array([json.dumps(item.metadata.as_dict()) if item.metadata else "" for item in items],
+                             dtype=object),
     }
 
 
@@ -227,6 +234,7 @@ def part_from_rows(rows: list[dict]) -> Part:
             sha256=row["sha256"] or None, width=int(row["width"]) or None, height=int(row["height"]) or None,
             format=row["format"] or None, error=row["error"] or None, regions=boxes if not row["error"] else (),
             features=bytes(row["features"]) or None if "features" in row else None,
+            metadata=PictureMetadata.from_dict(json.loads(row["metadata"])) if row.get("metadata") else None,
         )
         items.append(item)
         if item.error is None:
@@ -239,9 +247,11 @@ def part_from_rows(rows: list[dict]) -> Part:
 
 def write_part(path: Path, part: Part, identity: ModelIdentity, regions: RegionSpec) -> None:
     """Save `part` atomically (`indexer.atomic`)."""
-    facts = [{**{k: v for k, v in asdict(item).items() if k not in ("pixels", "region_pixels", "regions", "features")},
+    skip = ("pixels", "region_pixels", "regions", "features", "metadata")
+    facts = [{**{k: v for k, v in asdict(item).items() if k not in skip},
               "regions": [[b.x, b.y, b.w, b.h] for b in item.regions],
-              "features": base64.b64encode(item.features).decode() if item.features else None}
+              "features": base64.b64encode(item.features).decode() if item.features else None,
+              "metadata": item.metadata.as_dict() if item.metadata else None}
              for item in part.items]
     hashes = sorted(part.vectors)
     whole = np.stack([part.vectors[h].whole for h in hashes]) if hashes else np.zeros((0, identity.embed_dim), np.float32)
@@ -276,7 +286,9 @@ def read_part(path: Path, identity: ModelIdentity, regions: RegionSpec) -> Part 
         vectors[sha] = Embedded(whole[i], region[at : at + counts[i]], float(noise[i]))
         at += counts[i]
     items = [ReadItem(**{**facts, "regions": tuple(Box(*b) for b in facts["regions"]),
-                         "features": base64.b64decode(facts["features"]) if facts.get("features") else None})
+                         "features": base64.b64decode(facts["features"]) if facts.get("features") else None,
+                         # parts written before metadata was recorded have none: backfilled later
+                         "metadata": PictureMetadata.from_dict(facts.get("metadata"))})
              for facts in header["files"]]
     return Part(items, vectors)
 
@@ -355,7 +367,8 @@ class RayIngest:
 
         embedder, options = job.embedder, job.options
         recipe = EmbedderRecipe.of(embedder, _worker_device(embedder.device))
-        reader = ReaderSettings(embedder.prepare, options.limits, embedder.image_size, job.library.region_spec)
+        reader = ReaderSettings(embedder.prepare, options.limits, embedder.image_size, job.library.region_spec,
+                                keep_gps=job.library.settings.keep_gps)
         batch = options.batch_size
         actors, cpus, gpus = embedder_resources(ray.cluster_resources(), self.ray_options, recipe.spec.device)
         blocks = max(1, min(4096, math.ceil(len(todo) / batch)))

@@ -7,7 +7,7 @@ import io
 import os
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
 from typing import BinaryIO, Iterable, Iterator
@@ -17,8 +17,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DecodeBusyError, ImageReadError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+                            ".heic", ".heif"})
 _PIL_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # MPO files open as JPEG
+HEIF_FORMAT = "HEIF"  # phone photos (HEIC/HEIF), through pillow-heif when it is installed
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of a picture's display orientation (1-8)
 TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
@@ -109,6 +111,47 @@ class DecodedImage:
     height: int
     format: str
     sha256: str
+    exif: Image.Exif | None = field(default=None, compare=False, repr=False)  # parsed from the header
+    original_orientation: int | None = None  # HEIF: the orientation libheif applied (EXIF then says 1)
+
+
+_heif_lock = threading.Lock()
+_heif_registered: bool | None = None  # None: not tried yet
+
+
+def register_heif() -> bool:
+    """Teach Pillow to open HEIC/HEIF (pillow-heif), once per process, on the first decode
+    rather than at import. Thumbnails, depth and auxiliary images inside the file are not
+    decoded (only the primary picture is), and libheif's own security limits stay on. False
+    when pillow-heif is not installed: such files are then refused as unsupported."""
+    global _heif_registered
+    if _heif_registered is None:
+        with _heif_lock:
+            if _heif_registered is None:
+                try:
+                    import pillow_heif
+                except ImportError:
+                    _heif_registered = False
+                else:
+                    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+                    _heif_registered = True
+    return _heif_registered
+
+
+def pillow_formats() -> tuple[str, ...]:
+    """The Pillow formats Loupe opens (HEIF once `register_heif` has registered it)."""
+    return _PIL_FORMATS + ((HEIF_FORMAT,) if register_heif() else ())
+
+
+def open_header(source: bytes | BinaryIO) -> Image.Image:
+    """Open image bytes or an open file lazily: Pillow parses the header (size, mode, EXIF) and
+    decodes no pixel (from a file, a JPEG's markers before its first scan are all it reads).
+    Raises what `Image.open` raises (UnidentifiedImageError, DecompressionBombError, OSError...)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on corrupt EXIF
+        fp = io.BytesIO(source) if isinstance(source, bytes) else source
+        return Image.open(fp, formats=pillow_formats())
 
 
 def iter_image_files(paths: Iterable[Path], exclude: Path | None = None,
@@ -231,6 +274,28 @@ def read_file(path: Path, limits: DecodeLimits) -> FileBytes:
         return read_open_file(fh, limits)
 
 
+def open_regular_file(path: Path, limits: DecodeLimits) -> tuple[BinaryIO, os.stat_result]:
+    """The open file at `path` and its stat, with `read_file`'s checks (a regular file, opened
+    without blocking, within the size cap, not empty) but nothing read: for header-only reads."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise ImageReadError(f"cannot read file: {err.strerror or err}") from err
+    fh = os.fdopen(fd, "rb")
+    try:
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
+            raise ImageReadError(NOT_REGULAR)
+        if stat.st_size > limits.max_file_bytes:
+            raise ImageReadError(f"file is {stat.st_size} bytes, over the {limits.max_file_bytes}-byte cap")
+        if stat.st_size == 0:
+            raise ImageReadError("file is empty")
+    except BaseException:
+        fh.close()
+        raise
+    return fh, stat
+
+
 def read_open_file(fh: BinaryIO, limits: DecodeLimits) -> FileBytes:
     """The bytes of an open file (see `read_file`)."""
     try:
@@ -267,7 +332,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
             # warning is redundant (its hard error, at 2x MAX_IMAGE_PIXELS, still applies).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on corrupt EXIF: broken input is expected
-            img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+            img = Image.open(io.BytesIO(data), formats=pillow_formats())
             fmt = img.format or "unknown"
             width, height = img.size
             if width <= 0 or height <= 0:
@@ -276,6 +341,8 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
                 raise ImageReadError(
                     f"image is {width}x{height} pixels, over the {limits.max_pixels}-pixel cap"
                 )
+            exif = _exif_or_none(img)
+            original_orientation = img.info.get("original_orientation")
             orientation = _exif_orientation(img)
             if orientation in TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
@@ -303,12 +370,13 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits(), draft_size:
     except Image.DecompressionBombError as err:
         raise ImageReadError(f"refused as a decompression bomb: {err}") from err
     except UnidentifiedImageError as err:
-        raise ImageReadError("not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF)") from err
+        raise ImageReadError("not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC)") from err
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
         raise ImageReadError(f"corrupt or truncated image: {err}") from err
     except Exception as err:  # Pillow plugins raise assorted errors on hostile input
         raise ImageReadError(f"cannot decode image: {type(err).__name__}: {err}") from err
-    return DecodedImage(image=rgb, width=width, height=height, format=fmt, sha256=content_hash(data))
+    return DecodedImage(image=rgb, width=width, height=height, format=fmt, sha256=content_hash(data),
+                        exif=exif, original_orientation=original_orientation)
 
 
 def load_image_file(path: Path, limits: DecodeLimits = DecodeLimits(), draft_size: int | None = None) -> DecodedImage:
@@ -361,6 +429,13 @@ def _high_depth_to_rgb(img: Image.Image) -> Image.Image:
             rows = np.asarray(img.crop((0, top, img.width, bottom)), dtype=np.float32)
             plane[top:bottom] = np.clip(np.rint((rows - np.float32(lo)) * scale), 0, 255)
     return Image.frombuffer("L", (img.width, img.height), plane, "raw", "L", 0, 1).convert("RGB")
+
+
+def _exif_or_none(img: Image.Image) -> Image.Exif | None:
+    try:
+        return img.getexif()
+    except Exception:  # broken EXIF blocks are ignored, not fatal
+        return None
 
 
 def _exif_orientation(img: Image.Image) -> int | None:

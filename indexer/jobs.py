@@ -63,6 +63,7 @@ class JobSummary:
     missing: int
     seconds: float
     features_added: int = 0  # unchanged pictures whose local features were computed (backfill)
+    metadata_added: int = 0  # unchanged pictures whose metadata was read (backfill, indexer.metadata)
     # Seconds the job spent in each stage (`indexer.timing.STAGES`: read, embed, write), summed
     # over its batches; the rest of `seconds` is planning, saving and calibrating.
     stages: dict[str, float] = field(default_factory=dict)
@@ -78,6 +79,7 @@ class JobSummary:
             f"{self.unchanged} unchanged, {self.failed} failed, {self.missing} missing "
             f"in {self.seconds:.1f} s ({rate:.1f} images/s)"
             + (f"; local features added to {self.features_added} unchanged" if self.features_added else "")
+            + (f"; metadata read for {self.metadata_added} unchanged" if self.metadata_added else "")
         )
 
     def as_dict(self) -> dict:
@@ -167,7 +169,7 @@ class LocalIngest:
     def run(self, todo: list[str], job: "IndexJob") -> None:
         dataset = ImageFileDataset(
             todo, job.embedder.prepare, job.options.limits, job.embedder.image_size,
-            regions=job.library.region_spec,
+            regions=job.library.region_spec, keep_gps=job.library.settings.keep_gps,
         )
         options = job.options
         batches = read_batches(dataset, options.batch_size, job.embedder.device, options.decode, options.workers)
@@ -187,7 +189,7 @@ class IndexJob:
         self.ingest = ingest or LocalIngest()
         self._cancelled = cancelled or (lambda: False)  # asked between batches
         self.counts = dict(added=0, changed=0, duplicates=0, unchanged=0, failed=0, missing=0, files_seen=0,
-                           features_added=0)
+                           features_added=0, metadata_added=0)
         self.clock = StageClock()
         self.job_id: int | None = None
         self._writer: BatchWriter | None = None
@@ -277,6 +279,7 @@ class IndexJob:
         with self._bar:
             self.ingest.run(plan.todo, self)
         self._backfill_features(roots)
+        self._backfill_metadata(roots)
 
     def _backfill_features(self, roots: Sequence[Path]) -> None:
         """Compute the local features that indexed pictures under `roots` lack (indexed before
@@ -297,6 +300,45 @@ class IndexJob:
                 chunk = rows[start : start + size]
                 blobs = list(pool.map(reader.read_features, [row.path for row in chunk]))
                 self._writer.add_features([(row.id, blob) for row, blob in zip(chunk, blobs)])
+                self._checkpoint()
+
+    def _backfill_metadata(self, roots: Sequence[Path]) -> None:
+        """Read the metadata (indexer.metadata) of pictures under `roots` indexed before it was
+        recorded, from their headers (no pixel decoded, nothing embedded), in batches. Failed
+        rows only get their folder: their file is read again when it changes. LOUPE_KEEP_GPS is
+        followed both ways: on, pictures with a position but no stored coordinates are read
+        again; off, coordinates stored under `roots` are erased."""
+        from sqlalchemy import and_, or_
+
+        keep_gps = self.library.settings.keep_gps
+        wanted = or_(ImageRecord.metadata_version.is_(None), ImageRecord.gps_lat.is_not(None))
+        if keep_gps:
+            wanted = or_(ImageRecord.metadata_version.is_(None),
+                         and_(ImageRecord.has_gps.is_(True), ImageRecord.gps_lat.is_(None)))
+        with self.library.sessions() as session:
+            query = select(ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.metadata_version).where(
+                wanted, ImageRecord.missing_since.is_(None),
+                or_(ImageRecord.status != ImageStatus.FAILED, ImageRecord.folder.is_(None)))
+            rows = [row for row in session.execute(query.order_by(ImageRecord.id)) if _under(row.path, roots)]
+        if not keep_gps:
+            self._writer.forget_gps([row.id for row in rows if row.metadata_version is not None])
+            rows = [row for row in rows if row.metadata_version is None]
+        if not rows:
+            return
+        reader = ImageFileDataset([], self.embedder.prepare, self.options.limits, self.embedder.image_size,
+                                  keep_gps=keep_gps)
+
+        def read(row):
+            return None if row.status == ImageStatus.FAILED else reader.read_metadata(row.path)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        size = max(self.options.batch_size, 256)  # header reads are cheap: fewer, larger transactions
+        with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="loupe-metadata") as pool:
+            for start in range(0, len(rows), size):
+                chunk = rows[start : start + size]
+                found = list(pool.map(read, chunk))
+                self._writer.add_metadata([(row.id, row.path, meta) for row, meta in zip(chunk, found)])
                 self._checkpoint()
 
     def _plan(self, roots: Sequence[Path]) -> Plan:

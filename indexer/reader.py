@@ -35,7 +35,8 @@ from PIL import Image
 from . import features as local_features
 from .errors import ImageReadError, LoupeError
 from .images import (EXIF_ORIENTATION, TRANSPOSED_ORIENTATIONS, DecodeLimits, content_hash, decode_image,
-                     read_file)
+                     open_header, open_regular_file, read_file)
+from .metadata import PictureMetadata, exif_of, metadata_of_image, read_metadata
 from .regions import Box, RegionSpec, region_boxes
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,16 @@ class ReadItem:
     regions: tuple[Box, ...] = ()  # in the original's pixels
     region_pixels: np.ndarray | None = None  # the regions' model inputs, (R, H, W, 3) uint8
     features: bytes | None = None  # the picture's local features (indexer.features blob)
+    metadata: PictureMetadata | None = None  # date taken, camera... (indexer.metadata), from the header
 
 
 class ImageFileDataset:
     """Map-style dataset: index → ReadItem (decode errors become items, never exceptions)."""
 
     def __init__(self, paths: Sequence[str], prepare: Callable, limits: DecodeLimits, input_size: int,
-                 regions: RegionSpec = RegionSpec(scales=())):
+                 regions: RegionSpec = RegionSpec(scales=()), keep_gps: bool = False):
         self.paths = list(paths)
+        self.keep_gps = keep_gps  # LOUPE_KEEP_GPS: record coordinates, not only whether there are any
         self.prepare = prepare
         self.limits = limits
         self.regions = regions
@@ -106,7 +109,22 @@ class ImageFileDataset:
         return ReadItem(
             path, raw.size, raw.mtime_ns, decoded.sha256, decoded.width, decoded.height, decoded.format, pixels,
             regions=boxes, region_pixels=region_pixels, features=features,
+            metadata=read_metadata(decoded.exif, raw.mtime_ns, self.keep_gps, decoded.original_orientation),
         )
+
+    def read_metadata(self, path: str) -> PictureMetadata | None:
+        """The metadata of the file at `path` from its header alone (a JPEG's pixels are neither
+        read nor decoded); None when the file cannot be opened now (it is looked at again next
+        run). A header Pillow cannot parse gives the file-time metadata, as for no EXIF."""
+        try:
+            fh, stat = open_regular_file(Path(path), self.limits)
+        except ImageReadError:
+            return None
+        with fh:
+            try:
+                return metadata_of_image(open_header(fh), stat.st_mtime_ns, self.keep_gps)
+            except Exception:  # unparsable now, though it was indexed: filed by its file time
+                return read_metadata(None, stat.st_mtime_ns, self.keep_gps)
 
     def read_features(self, path: str) -> bytes | None:
         """The local features of the file at `path` (None when it cannot be read now)."""
@@ -237,6 +255,7 @@ class JpegFile:
     width: int  # after EXIF orientation
     height: int
     features: bytes | None = None  # local features, from the CPU path's Pillow decode
+    metadata: PictureMetadata | None = None  # from the header, as the CPU path reads it
 
 
 def jpeg_looks_complete(data: bytes) -> bool:
@@ -294,7 +313,10 @@ class DeviceJpegReader:
                 header = Image.open(io.BytesIO(raw.data))
                 fmt = header.format
                 width, height = header.size
-                orientation = header.getexif().get(EXIF_ORIENTATION) if fmt == "JPEG" else None
+                exif = exif_of(header)  # None when broken: the CPU path copes the same way
+                orientation = exif.get(EXIF_ORIENTATION) if fmt == "JPEG" and exif is not None else None
+                metadata = read_metadata(exif, raw.mtime_ns, self.cpu_reader.keep_gps,
+                                         header.info.get("original_orientation"))
         except (ImageReadError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
             return self.cpu_reader.read(path)  # the CPU path words the error the same way as always
         if (fmt != "JPEG" or header.mode not in ("RGB", "L") or width * height > self.limits.max_pixels
@@ -306,7 +328,8 @@ class DeviceJpegReader:
             features = picture_features(decode_image(raw.data, self.limits, self.cpu_reader.draft_size))
         except Exception:  # the CPU path words the error the same way as always
             return self.cpu_reader.read(path)
-        return JpegFile(path, raw.data, raw.size, raw.mtime_ns, content_hash(raw.data), width, height, features)
+        return JpegFile(path, raw.data, raw.size, raw.mtime_ns, content_hash(raw.data), width, height, features,
+                        metadata)
 
     # -- device side -------------------------------------------------------------------------
     def decode(self, loaded: Sequence[JpegFile | ReadItem]) -> list[ReadItem]:
@@ -347,7 +370,7 @@ class DeviceJpegReader:
             region_pixels = torch.stack([self._resize(c) for c in crops])
         return ReadItem(
             f.path, f.size, f.mtime_ns, f.sha256, f.width, f.height, "JPEG", self._resize(picture),
-            regions=boxes, region_pixels=region_pixels, features=f.features,
+            regions=boxes, region_pixels=region_pixels, features=f.features, metadata=f.metadata,
         )
 
     def _resize(self, chw):

@@ -36,6 +36,7 @@ class Settings:
     index_mmap: str = "auto"  # map index files instead of reading them: auto, on, off
     verify: bool = True  # LOUPE_VERIFY: geometric verification of image searches by default
     verify_candidates: int = 30  # LOUPE_VERIFY_CANDIDATES: top results verified per image search
+    keep_gps: bool = False  # LOUPE_KEEP_GPS: record pictures' GPS coordinates, not only whether they have some
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -59,6 +60,7 @@ class Settings:
             regions=RegionSpec.parse(env.get("LOUPE_REGIONS"), env.get("LOUPE_REGION_PENALTY")),
             verify=_on_off(env, "LOUPE_VERIFY"),
             verify_candidates=_whole_number(env, "LOUPE_VERIFY_CANDIDATES", "30", 1, 200),
+            keep_gps=parse_switch(env, "LOUPE_KEEP_GPS", default=False),
         )
 
     def with_overrides(self, **changes) -> "Settings":
@@ -122,6 +124,20 @@ def _on_off(env: Mapping[str, str], name: str, default: str = "on") -> bool:
     if text not in ("on", "off"):
         raise ConfigError(f"{name}={text!r} is not on or off")
     return text == "on"
+
+
+_SWITCH = {"on": True, "1": True, "true": True, "off": False, "0": False, "false": False}
+
+
+def parse_switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A yes/no variable: on/off, 1/0, true/false (any case); unset or empty gives
+    `default`; anything else is a ConfigError naming the variable."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    if text.lower() not in _SWITCH:
+        raise ConfigError(f"{name}={text!r} is not one of on, off, 1, 0, true, false")
+    return _SWITCH[text.lower()]
 
 
 def _whole_number(env: Mapping[str, str], name: str, default: str, low: int, high: int) -> int:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from .catalog import ImageRecord, ImageStatus, JobRecord, RegionRecord
 from .embed import Embedded
 from .library import Library
+from .metadata import PictureMetadata, folder_of
 from .reader import ReadItem
 
 # The embed stage as the writer calls it: read items whose content is not indexed yet ▸ their vectors by hash.
@@ -155,6 +156,7 @@ class BatchWriter:
                 old = existing.get(item.path)
                 if item.path in unchanged:
                     old.size_bytes, old.mtime_ns, old.missing_since = item.size, item.mtime_ns, None
+                    _set_metadata(old, item.metadata)  # the file time may have changed
                     self.counts["unchanged"] += 1
                 else:
                     delta.merge(self._replace(session, item, old, canonical, vectors))
@@ -169,6 +171,23 @@ class BatchWriter:
                     session.execute(update(ImageRecord).where(ImageRecord.id == image_id)
                                     .values(local_features=blob))
                     self.counts["features_added"] += 1
+
+    def add_metadata(self, found: Sequence[tuple[int, str, PictureMetadata | None]]) -> None:
+        """Store the metadata of rows indexed before it was recorded (image id, path, metadata;
+        None: the file could not be read now, only its folder is stored)."""
+        with self.library.sessions.begin() as session:
+            for image_id, path, metadata in found:
+                values = {"folder": folder_of(path), **(metadata.columns() if metadata is not None else {})}
+                session.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(**values))
+                if metadata is not None:
+                    self.counts["metadata_added"] += 1
+
+    def forget_gps(self, image_ids: Sequence[int]) -> None:
+        """Erase the stored coordinates of these rows (LOUPE_KEEP_GPS turned off); `has_gps` stays."""
+        with self.library.sessions.begin() as session:
+            for start in range(0, len(image_ids), 1000):
+                chunk = list(image_ids[start : start + 1000])
+                session.execute(update(ImageRecord).where(ImageRecord.id.in_(chunk)).values(gps_lat=None, gps_lon=None))
 
     def _replace(self, session: Session, item: ReadItem, old: ImageRecord | None,
                  canonical: dict[str, ImageRecord], vectors: dict[str, Embedded]) -> IndexDelta:
@@ -186,7 +205,9 @@ class BatchWriter:
             width=item.width,
             height=item.height,
             format=item.format,
+            folder=folder_of(item.path),
         )
+        _set_metadata(record, item.metadata)
         source = canonical.get(item.sha256) if item.sha256 else None
         if item.error is not None:
             record.status, record.error = ImageStatus.FAILED, item.error
@@ -215,6 +236,14 @@ class BatchWriter:
                 for region, vector in zip(regions, embedded.regions):
                     delta.add_region(region.id, vector)
         return delta
+
+
+def _set_metadata(record: ImageRecord, metadata: PictureMetadata | None) -> None:
+    """Copy `metadata` (indexer.metadata) onto `record`; None leaves the row as it is."""
+    record.folder = folder_of(record.path)
+    if metadata is not None:
+        for name, value in metadata.columns().items():
+            setattr(record, name, value)
 
 
 def _finite_or_none(value: float) -> float | None:

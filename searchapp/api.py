@@ -167,6 +167,8 @@ def _make_relative(items: list[dict]) -> None:
     roots = service().indexed_roots([item["id"] for item in items])
     for item in items:
         item["path"] = relative_to_root(item["path"], roots.get(item["id"], []))
+        if "folder" in item:  # an image's metadata: its folder is never absolute either
+            item["folder"] = str(Path(item["path"]).parent)
 
 
 @bp.get("/health")

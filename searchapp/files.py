@@ -21,11 +21,11 @@ bp = Blueprint("files", __name__)
 
 MIMETYPES = {
     "JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
-    "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff",
+    "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff", "HEIF": "image/heif",
 }
 # The download name's suffix comes from the decoded format, never from the stored name.
 SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
-            "TIFF": ".tif"}
+            "TIFF": ".tif", "HEIF": ".heic"}
 ONE_DAY = 24 * 3600
 # Pictures are private: a shared cache (a proxy) must never keep them for another user.
 FILE_CACHE = f"private, max-age={ONE_DAY}"

@@ -101,6 +101,20 @@ BEARER = [{"bearer": []}, {"session": []}]
 # Reads need a token only when LOUPE_READ_TOKEN is set (or the server is bound beyond loopback).
 READ = [{"bearer": []}, {"session": []}, {}]
 NULLABLE_INT = {"type": ["integer", "null"]}
+# What indexer.metadata records of a picture (searchapp.services.metadata_facts); null until read.
+IMAGE_METADATA_PROPERTIES = {
+    "taken_at": {"type": ["string", "null"], "format": "date-time",
+                 "description": "when the picture was taken (ISO 8601), in its own UTC offset when known"},
+    "taken_source": {"enum": ["exif", "file", None], "description": "EXIF DateTimeOriginal, or the file's time"},
+    "taken_offset_min": {"type": ["integer", "null"], "description": "the EXIF offset from UTC in minutes"},
+    "camera": {"type": ["object", "null"], "required": ["make", "model"],
+               "properties": {"make": {"type": ["string", "null"]}, "model": {"type": ["string", "null"]}}},
+    "orientation": {"type": ["integer", "null"], "minimum": 1, "maximum": 8},
+    "has_gps": {"type": ["boolean", "null"], "description": "the picture records a position"},
+    "folder": {"type": ["string", "null"], "description": "the absolute folder holding the file"},
+    "gps": {"type": "object", "required": ["lat", "lon"], "description": "present only with LOUPE_KEEP_GPS",
+            "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}}},
+}
 NULLABLE_STR = {"type": ["string", "null"]}
 
 SCHEMAS = {
@@ -273,7 +287,8 @@ SCHEMAS = {
     },
     "Image": {
         "type": "object",
-        "required": ["id", "path", "status", "width", "height", "thumb_url", "file_url"],
+        "required": ["id", "path", "status", "width", "height", "thumb_url", "file_url",
+                     *(name for name in IMAGE_METADATA_PROPERTIES if name != "gps")],
         "properties": {
             "id": {"type": "integer"},
             "path": {"type": "string"},
@@ -289,6 +304,7 @@ SCHEMAS = {
             "indexed_at": NULLABLE_STR,
             "thumb_url": {"type": "string"},
             "file_url": {"type": "string"},
+            **IMAGE_METADATA_PROPERTIES,
         },
     },
     "Job": {

@@ -411,7 +411,38 @@ def catalog_facts(record: ImageRecord) -> dict:
         "error": record.error,
         "missing": record.missing_since is not None,
         "indexed_at": record.indexed_at.isoformat() if record.indexed_at else None,
+        **metadata_facts(record),
     }
+
+
+def metadata_facts(record: ImageRecord) -> dict:
+    """What the library knows of a picture besides its pixels (indexer.metadata): `taken_at`
+    (ISO 8601, in the picture's own UTC offset when EXIF gave one, else in UTC), where it came
+    from (`taken_source`: "exif" or "file"; null until read), the offset in minutes or null,
+    the camera or null, EXIF orientation, whether it records a position, its folder, and `gps`
+    only when the coordinates are stored (LOUPE_KEEP_GPS)."""
+    from datetime import timedelta, timezone
+
+    from indexer.metadata import as_utc
+
+    taken = as_utc(record.taken_at)
+    if taken is not None and record.taken_offset_min is not None:
+        taken = taken.astimezone(timezone(timedelta(minutes=record.taken_offset_min)))
+    camera = None
+    if record.camera_make or record.camera_model:
+        camera = {"make": record.camera_make, "model": record.camera_model}
+    facts = {
+        "taken_at": taken.isoformat() if taken is not None else None,
+        "taken_source": record.taken_source,
+        "taken_offset_min": record.taken_offset_min,
+        "camera": camera,
+        "orientation": record.orientation,
+        "has_gps": record.has_gps,
+        "folder": record.folder,
+    }
+    if record.gps_lat is not None and record.gps_lon is not None:
+        facts["gps"] = {"lat": record.gps_lat, "lon": record.gps_lon}
+    return facts
 
 
 def init_app(app: Flask, urls: "Urls") -> None:

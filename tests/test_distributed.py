@@ -61,6 +61,10 @@ def _index(env, photos, ray_options=None, batch_size=4):
 
 def _catalog(env):
     from indexer.catalog import ImageRecord, RegionRecord
+
+    METADATA_COLUMNS = (  # recorded by the read stage on the workers, as by the local job (#18)
+        ImageRecord.folder, ImageRecord.taken_at, ImageRecord.taken_source, ImageRecord.camera_make,
+        ImageRecord.orientation, ImageRecord.has_gps, ImageRecord.metadata_version)
     from indexer.database import make_engine
 
     engine = make_engine(Settings.from_env(env).database_url)
@@ -69,7 +73,7 @@ def _catalog(env):
             images = conn.execute(select(
                 ImageRecord.id, ImageRecord.path, ImageRecord.status, ImageRecord.duplicate_of,
                 ImageRecord.content_hash, ImageRecord.width, ImageRecord.height, ImageRecord.error,
-                ImageRecord.noise_level, ImageRecord.local_features, ImageRecord.embedding)
+                ImageRecord.noise_level, ImageRecord.local_features, *METADATA_COLUMNS, ImageRecord.embedding)
                 .order_by(ImageRecord.id)).all()
             regions = conn.execute(select(
                 RegionRecord.id, RegionRecord.image_id, RegionRecord.x, RegionRecord.y, RegionRecord.w,

@@ -85,7 +85,7 @@ def cmd_index(settings: Settings, args, out: TextIO) -> int:
         if summary.missing:
             print(f"loupe: {summary.missing} indexed files have vanished; `loupe remove --missing` removes them", file=out)
     if summary.files_seen == 0:
-        raise NotIndexedError(f"no image files (JPEG, PNG, WebP, GIF, BMP, TIFF) under {' '.join(args.paths)}")
+        raise NotIndexedError(f"no image files (JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC) under {' '.join(args.paths)}")
     return 0
 
 
