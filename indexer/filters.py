@@ -108,9 +108,10 @@ def parse_filter(values: Mapping[str, Sequence]) -> LibraryFilter:
     """The filter that `values` (parameter name → the values given, strings or numbers) asks
     for; names other than FILTER_NAMES are not looked at (see `check_names`)."""
     def given(name: str) -> list:
-        found = [v for v in values.get(name, ()) if v is not None and v != ""]
-        if len(found) > MAX_FILTER_VALUES:
-            raise QueryError(name, f"{name} is given {len(found)} times; at most {MAX_FILTER_VALUES}")
+        raw = list(values.get(name, ()))
+        if len(raw) > MAX_FILTER_VALUES:  # blank values count: the limit is on what was sent
+            raise QueryError(name, f"{name} is given {len(raw)} times; at most {MAX_FILTER_VALUES}")
+        found = [v for v in raw if v is not None and v != ""]
         for value in found:
             if not isinstance(value, (str, int)) or isinstance(value, bool):
                 raise QueryError(name, f"{name} must be a string, not {value!r}")
