@@ -10,6 +10,7 @@ source of truth; each index file is a cache of the vectors the catalog stores (s
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from contextlib import contextmanager
 import logging
@@ -48,21 +49,24 @@ from .matching import (
 )
 from .mirror import IndexMirror
 from .noise import DEFAULT_PROFILE, NoiseProfile
-from .query import MAX_DEPTH, SCORE_DIGITS, SearchQuery
+from .query import MAX_DEPTH, MAX_OFFSET, SCORE_DIGITS, SearchQuery
 from .regions import Box, RegionSpec
 from .settings import Settings
-from .vectorstore import VectorStore
+from .vectorstore import IdSelection, VectorStore
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .features import LocalFeatures
+    from .filters import LibraryFilter
+    from .metatable import MetadataTable
     from .verify import Verification, VerifyReport
 
 log = logging.getLogger(__name__)
 
 # Region hits fetched per wanted result: an image's regions often fill several top places.
 REGION_FANOUT = 4
+SELECTIONS_KEPT = 4  # filters whose id sets (and, when small, vectors: 32 MB at most each) a library keeps
 SQL_CHUNK = 1000  # ids per IN (...) list: SQLite and PostgreSQL cap the parameters of one statement
 
 
@@ -104,11 +108,12 @@ class SearchPage:
     took_ms: float
     copy_found: bool | None = None  # image searches: whether a result is the query's picture
     verify: dict | None = None  # image searches: what verification did (None: not asked)
+    next: str | None = None  # the cursor of the next page (None: this is the last)
 
     def as_dict(self, result_json: Callable[[SearchResult], dict] = SearchResult.as_dict) -> dict:
         """The page's JSON; `result_json` serialises each result (searchapp adds URLs)."""
         body = {"results": [result_json(r) for r in self.results], "total": self.total,
-                "took_ms": round(self.took_ms, 2)}
+                "took_ms": round(self.took_ms, 2), "next": self.next}
         if self.copy_found is not None:
             body["copy_found"] = self.copy_found
         if self.verify is not None:
@@ -139,6 +144,9 @@ class Library:
                                    dim=self._dim, mmap=settings.index_mmap, stamp=self._stamp)
         self.graph = GraphMirror(settings.index_path.with_name("graph.npz"))  # the kNN graph (indexer.graph)
         self.diffusion = DEFAULT_DIFFUSION  # rerank=diffusion's parameters (indexer.diffusion_rank)
+        self._tables: dict[str, tuple] = {}  # "images"/"regions" → (generation, table) (see `table`)
+        self._selections: dict[tuple[str, str], IdSelection] = {}  # (generation, filter) → ids (`selection`)
+        self._region_selections: dict[int, tuple[IdSelection, IdSelection]] = {}  # id(images) → (images, regions)
 
     @classmethod
     def open(cls, settings: Settings) -> "Library":
@@ -286,8 +294,9 @@ class Library:
         it, before paging; `total` is then how many reach it (counted down to MAX_DEPTH).
         """
         t0 = started if started is not None else time.perf_counter()
+        query = self.resume(vector, query)
         brought: set[int] = set()  # results the diffusion brought into the page
-        if query.rerank == "diffusion":
+        if query.rerank == "diffusion" and query.by_relevance:
             ranked, total, brought = self._diffused(vector, query)
         else:
             ranked, total = self._ranked(vector, query)
@@ -308,21 +317,23 @@ class Library:
             for image_id, score, box in ranked
             if image_id in rows
         )
-        return SearchPage(results, total=total, took_ms=(time.perf_counter() - t0) * 1000)
+        return SearchPage(results, total=total, took_ms=(time.perf_counter() - t0) * 1000,
+                          next=self.next_cursor(vector, query, len(results), total))
 
     def _ranked(self, vector: np.ndarray, query: SearchQuery) -> tuple[list[tuple[int, float, Box | None]], int]:
         """The ranked results down to `query`'s page and how many results there are: the images
         not excluded or, with min_score, those reaching it (the ranking deepens until every one
         reaching it is found, or MAX_DEPTH)."""
         exclude = set(query.exclude)
+        selection = self.selection(query.filters)
+        if not query.by_relevance:
+            ranked = self.sorted_by(self._pool(vector, query, exclude, selection), query.sort, lambda item: item[0])
+            return ranked, len(ranked)
         if query.min_score is None:
-            return self._rank(vector, query.depth, query.regions, exclude), max(len(self.store) - len(exclude), 0)
-        depth = query.depth
-        while True:
-            best, complete = self._best(vector, depth, query.regions, exclude, admits=query.admits)
-            if complete or depth >= MAX_DEPTH:
-                break
-            depth = min(depth * 2, MAX_DEPTH)
+            count = len(self.store) if selection is None else len(selection)
+            hidden = len(exclude) if selection is None else int(np.isin(list(exclude), selection.ids).sum())
+            return self._rank(vector, query.depth, query.regions, exclude, selection=selection), max(count - hidden, 0)
+        best = self._admitted(vector, query, query.depth, exclude, selection)
         return _ordered(best, query.depth), len(best)
 
     def _diffused(self, vector: np.ndarray, query: SearchQuery) -> tuple[list[tuple[int, float, Box | None]], int, set[int]]:
@@ -348,22 +359,43 @@ class Library:
         return self.graph.update(store.ids(), lambda: store.neighbours,
                                  lambda ids: self.stored_vectors_of(np.asarray(ids).tolist()))
 
+    def _admitted(self, vector: np.ndarray, query: SearchQuery, depth: int, exclude: set[int],
+                  selection: IdSelection | None) -> dict[int, tuple[float, Box | None]]:
+        """Every result reaching `query.min_score` (fetching deeper from `depth` until all are
+        found, or MAX_DEPTH)."""
+        while True:
+            best, complete = self._best(vector, depth, query.regions, exclude, admits=query.admits,
+                                        selection=selection)
+            if complete or depth >= MAX_DEPTH:
+                return best
+            depth = min(depth * 2, MAX_DEPTH)
+
+    def _pool(self, vector: np.ndarray, query: SearchQuery, exclude: set[int],
+              selection: IdSelection | None) -> list[tuple[int, float, Box | None]]:
+        """A sorted listing's pool, by relevance: the `query.pool_depth` most relevant matches,
+        or with min_score every match reaching it."""
+        if query.min_score is None:
+            return self._rank(vector, query.pool_depth, query.regions, exclude, selection=selection)
+        return _ordered(self._admitted(vector, query, query.depth, exclude, selection), query.pool_depth)
+
     def _rank(self, query: np.ndarray, want: int, regions: bool, exclude: set[int],
-              whole: bool = True) -> list[tuple[int, float, Box | None]]:
+              whole: bool = True, selection: IdSelection | None = None) -> list[tuple[int, float, Box | None]]:
         """(image id, score, matching region or None), best first, at most `want` of them;
-        `whole=False` ranks by regions alone."""
-        return _ordered(self._best(query, want, regions, exclude, whole)[0], want)
+        `whole=False` ranks by regions alone; `selection`: among those images only."""
+        return _ordered(self._best(query, want, regions, exclude, whole, selection=selection)[0], want)
 
     def _best(self, query: np.ndarray, want: int, regions: bool, exclude: set[int], whole: bool = True,
-              admits: Callable[[float], bool] | None = None) -> tuple[dict[int, tuple[float, Box | None]], bool]:
+              admits: Callable[[float], bool] | None = None,
+              selection: IdSelection | None = None) -> tuple[dict[int, tuple[float, Box | None]], bool]:
         """Each image's best score (and region) among the hits fetched for `want` results, those
         `admits` refuses left out; and whether that is every image it admits (False: fetching
-        deeper may find more)."""
+        deeper may find more). With `selection`, only its images are searched (FAISS skips
+        the others: `vectorstore.search_selected`), their regions included."""
         fetch = want + len(exclude)
         best: dict[int, tuple[float, Box | None]] = {}
         complete = True
         if whole:
-            hits = self.store.search(query, fetch)[0]
+            hits = self.store.search(query, fetch, selection)[0]
             complete = _exhausted(hits, fetch, admits, 0.0)
             best = {hit.id: (hit.score, None) for hit in hits
                     if hit.id not in exclude and (admits is None or admits(hit.score))}
@@ -372,7 +404,7 @@ class Library:
             penalty = self.region_spec.penalty
             hidden = self._region_count(exclude)  # excluded images' own regions can fill the top places
             asked = fetch * REGION_FANOUT + hidden
-            hits = region_store.search(query, asked)[0]
+            hits = region_store.search(query, asked, self.region_selection(selection))[0]
             complete = complete and _exhausted(hits, asked, admits, penalty)
             owners = self._region_owners([hit.id for hit in hits])
             for hit in hits:
@@ -407,6 +439,118 @@ class Library:
                 ).all()
                 owners.update({r.id: (r.image_id, Box(r.x, r.y, r.w, r.h)) for r in rows})
         return owners
+
+    # -- filters, sort orders and cursors -----------------------------------------------------
+    def generation(self) -> str:
+        """A token that changes whenever what a search sees may have changed: either index
+        (reloaded, saved or written to) or the catalog's latest job (a job that only
+        backfilled metadata changes no vector). Cursors and the metadata table are bound to it."""
+        with self.sessions() as session:
+            job = session.execute(select(JobRecord.id, JobRecord.state, JobRecord.finished_at)
+                                  .order_by(JobRecord.id.desc()).limit(1)).first()
+        parts = (self.images.generation(), self.regions.generation(), tuple(job) if job else None)
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+    def table(self, generation: str | None = None) -> "MetadataTable":
+        """The indexed pictures' metadata as columns (`indexer.metatable`), loaded from the
+        catalog once per index generation."""
+        from .metatable import MetadataTable
+
+        return self._cached("images", generation, MetadataTable.load)
+
+    def _region_table(self, generation: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(region ids, their images' ids), loaded once per index generation."""
+        def load(session):
+            rows = session.execute(select(RegionRecord.id, RegionRecord.image_id)).all()
+            pairs = np.array(rows, dtype=np.int64).reshape(-1, 2)
+            return pairs[:, 0], pairs[:, 1]
+
+        return self._cached("regions", generation, load)
+
+    def _cached(self, name: str, generation: str | None, load: Callable):
+        generation = generation or self.generation()
+        held = self._tables.get(name)
+        if held is None or held[0] != generation:
+            with self.sessions() as session:
+                held = (generation, load(session))
+            self._tables[name] = held
+        return held[1]
+
+    def selection(self, filters: "LibraryFilter") -> IdSelection | None:
+        """The ids of the indexed pictures passing `filters` (None: no filter, every picture);
+        the last few are kept for the generation (the next page, or the next query with the same
+        filters, reuses them)."""
+        if not filters.active:
+            return None
+        generation = self.generation()
+        key = (generation, filters.key())
+        held = self._selections.get(key)
+        if held is None:
+            held = IdSelection.of(self.table(generation).select(filters))
+            self._selections = {k: v for k, v in self._selections.items() if k[0] == generation}
+            while len(self._selections) >= SELECTIONS_KEPT:
+                self._selections.pop(next(iter(self._selections)))
+            self._selections[key] = held
+        return held
+
+    def region_selection(self, images: IdSelection | None) -> IdSelection | None:
+        """The regions of the pictures in `images` (None: every region)."""
+        if images is None:
+            return None
+        held = self._region_selections.get(id(images))
+        if held is not None and held[0] is images:
+            return held[1]
+        region_ids, owners = self._region_table()
+        member = np.unpackbits(images.bitmap, bitorder="little").astype(bool)
+        inside = owners < len(member)
+        keep = np.zeros(len(owners), dtype=bool)
+        keep[inside] = member[owners[inside]]
+        regions = IdSelection.of(region_ids[keep])
+        while len(self._region_selections) >= SELECTIONS_KEPT:
+            self._region_selections.pop(next(iter(self._region_selections)))
+        self._region_selections[id(images)] = (images, regions)
+        return regions
+
+    def sorted_by(self, items: Sequence, sort: str, id_of: Callable[[object], int]) -> list:
+        """`items` (best first) listed by `sort` (see `MetadataTable.order`); relevance keeps them."""
+        items = list(items)
+        if sort == "relevance" or not items:
+            return items
+        return [items[i] for i in self.table().order([id_of(item) for item in items], sort)]
+
+    def sorted_results(self, results: Sequence[SearchResult], sort: str) -> tuple[SearchResult, ...]:
+        return tuple(self.sorted_by(results, sort, lambda r: r.id))
+
+    def resume(self, vector: np.ndarray, query: SearchQuery) -> SearchQuery:
+        """`query` with its cursor turned into the offset it stands for (`indexer.cursor`); a
+        cursor of another search, or of the index before it changed, raises CursorError."""
+        from .cursor import CursorError, decode
+
+        if query.cursor is None:
+            return query
+        position = decode(query.cursor, self._binding(vector, query))
+        if position > MAX_OFFSET:
+            raise CursorError(f"cursor points past the deepest page ({MAX_OFFSET} results)")
+        return replace(query, offset=position, cursor=None)
+
+    def next_cursor(self, vector: np.ndarray, query: SearchQuery, shown: int, total: int) -> str | None:
+        """The cursor of the page after `query`'s (which showed `shown` of `total`), or None."""
+        from .cursor import encode
+
+        after = query.offset + shown
+        if shown == 0 or after >= total or after > MAX_OFFSET:
+            return None
+        return encode(after, self._binding(vector, query))
+
+    def _binding(self, vector: np.ndarray, query: SearchQuery) -> str:
+        from .cursor import binding
+
+        return binding(vector, query.fingerprint(), self.generation())
+
+    def folders(self) -> list[tuple[str, int, int]]:
+        """(folder, pictures directly in it, pictures in it and below) for each folder holding
+        indexed pictures, by path."""
+        return self.table().folder_counts()
 
     def label(self, page: SearchPage, cutoff: MatchCutoff, query_sha256: str | None,
               query_pixels: Callable[[], "Image.Image"] | None = None,

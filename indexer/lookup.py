@@ -69,6 +69,7 @@ class ImageLookup:
         pixels = embedder.prepare(decoded.image)
         vector = embedder.encode_batch([pixels])
         clock.lap("embed")
+        query = library.resume(vector, query)  # a cursor becomes its offset (or is refused)
         return cls(library, embedder, data, query, limits, clock, calibration, decoded, pixels, vector)
 
     def search(self, extra: int = 0) -> SearchPage:
@@ -101,7 +102,10 @@ class ImageLookup:
             report = self.verifier.report
             results = rank_verified(results, report, self.decoded.sha256)
             self.clock.lap("rank")
-        page = SearchPage(self.query.cut(results), total=self.raw.total, took_ms=0.0)
+        results = self.library.sorted_results(results, self.query.sort)  # relevance: as ranked
+        total = self.query.listed(self.raw.total)
+        page = SearchPage(self.query.cut(results), total=total, took_ms=0.0)
+        page = replace(page, next=self.library.next_cursor(self.vector, self.query, len(page.results), total))
         page = self.library.label(page, self.calibration.match, self.decoded.sha256,
                                   lambda: decode_image(self.data, self.limits).image,
                                   (self.decoded.width, self.decoded.height), verified=report)
@@ -198,7 +202,7 @@ class CandidateVerifier:
         if self.verified or embedder is None or not self.options.mirror_search or not len(self.query):
             return
         vector = embedder.encode_batch([embedder.prepare(mirrored_image(self.decoded.image))])
-        found = self.library.search(vector, replace(query, k=self.options.candidates, offset=0)).results
+        found = self.library.search(vector, replace(query, k=self.options.candidates, offset=0, sort="relevance", cursor=None)).results
         self.propose(found, "mirrored", flipped=True)
         self.report.mirror_searched = True
 

@@ -73,6 +73,13 @@ class IndexMirror:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
+    def generation(self) -> tuple:
+        """What identifies the index's contents: the file it was loaded from or saved to (or,
+        not loaded yet, the file as it is now) and the writes made since, in this process."""
+        if self._store is None:
+            return (self._file_stat(), 0)
+        return (self._file_seen, self._store.changes)
+
     def refresh(self) -> bool:
         """Reload if another process saved a newer file; the new index is loaded and
         reconciled before it replaces the old one. True if it reloaded."""

@@ -4,8 +4,10 @@ the benchmarks build, and that `Library.search` and the reverse lookups take. Th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
+
+from .filters import RELEVANCE, SORT_POOL, SORTS, LibraryFilter, QueryError
 
 if TYPE_CHECKING:
     from .verify import VerifyOptions
@@ -29,8 +31,11 @@ class SearchQuery:
     its regions); `exclude`: image ids left out; `min_score`: results scoring below it (as
     reported, at SCORE_DIGITS decimals) are left out before paging, so a page is full while more
     results reach it and `total` counts only those; `verify`: geometric verification of an
-    image query's top candidates (None: off; text queries ignore it). `filters` is reserved
-    for catalog filters (folder, date) and is empty today."""
+    image query's top candidates (None: off; text queries ignore it). `filters`: the catalog
+    filters a result must pass (folder, date taken, format, size, camera; `indexer.filters`);
+    `sort`: `relevance`, or a listing of the most relevant matches ordered by `taken`, `-taken`
+    or `size` (see `pool_depth`); `cursor`: an opaque position from a previous page's `next`
+    (`indexer.cursor`), resolved into `offset` by `Library.resume`."""
 
     k: int = DEFAULT_K
     offset: int = 0
@@ -38,7 +43,9 @@ class SearchQuery:
     exclude: tuple[int, ...] = ()
     min_score: float | None = None
     verify: "VerifyOptions | None" = None
-    filters: tuple = ()  # reserved for catalog filters; nothing reads it yet
+    filters: LibraryFilter = field(default_factory=LibraryFilter)
+    sort: str = RELEVANCE
+    cursor: str | None = None
     rerank: str = "off"  # "diffusion": re-rank over the collection's graph (indexer.diffusion_rank)
 
     def __post_init__(self) -> None:
@@ -47,6 +54,28 @@ class SearchQuery:
         if self.offset < 0:
             raise ValueError(f"offset must not be negative, not {self.offset}")
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.sort not in SORTS:
+            raise QueryError("sort", f"sort must be one of {', '.join(SORTS)}, not {self.sort!r}")
+
+    @property
+    def by_relevance(self) -> bool:
+        return self.sort == RELEVANCE
+
+    @property
+    def pool_depth(self) -> int:
+        """How many of the most relevant matches a sorted listing orders: every one reaching
+        `min_score` (down to MAX_DEPTH) when it is given, else the SORT_POOL most relevant."""
+        return MAX_DEPTH if self.min_score is not None else SORT_POOL
+
+    def fingerprint(self) -> str:
+        """What the ranking depends on besides the query vector (cursors bind to it)."""
+        return "|".join((self.filters.key(), self.sort, repr(self.min_score), str(self.regions),
+                         ",".join(map(str, sorted(self.exclude))), str(self.verify is not None), self.rerank))
+
+    def listed(self, total: int) -> int:
+        """How many results the listing holds, of `total` ranked matches (a sort other than
+        relevance lists at most `pool_depth` of them)."""
+        return total if self.by_relevance else min(total, self.pool_depth)
 
     @property
     def depth(self) -> int:
@@ -56,10 +85,12 @@ class SearchQuery:
     def candidates(self, extra: int = 0) -> "SearchQuery":
         """The query for the ranked pool a page is cut from: its depth (plus `extra`), and at
         least the candidates verification looks at, from the first result."""
-        depth = self.depth + extra
+        depth = self.depth + extra if self.by_relevance else self.pool_depth
         if self.verify is not None:
             depth = max(depth, self.verify.candidates)
-        return replace(self, k=depth, offset=0)
+        # A sorted listing's pool is fetched by relevance (verification looks at the most
+        # relevant) and ordered by its key when the page is cut (`Library.sorted_results`).
+        return replace(self, k=depth, offset=0, sort=RELEVANCE, cursor=None)
 
     def admits(self, score: float) -> bool:
         """Whether a result scoring `score` reaches `min_score` (always, without one)."""

@@ -94,7 +94,7 @@ def _page_params() -> SearchQuery:
     offset = _int_param("offset", 0, 0, MAX_OFFSET)
     _relative_paths()  # checked before any work
     min_score = _float_param("min_score", None, -math.inf, math.inf)
-    query = replace(SearchQuery(k=k, offset=offset, min_score=min_score), rerank=_rerank_param())
+    query = SearchQuery(k=k, offset=offset, min_score=min_score, rerank=_rerank_param(), **_library_params())
     return _in_cluster(query)
 
 
@@ -116,6 +116,58 @@ def _rerank_param() -> str:
     from indexer.diffusion_rank import RERANK_MODES
 
     return _choice_param("rerank", "off", RERANK_MODES)
+
+
+# Every parameter the search endpoints read: `indexer.filters.check_names` refuses a filter-like
+# name that is none of these (a typo would otherwise leave the search silently unfiltered).
+SEARCH_PARAMS = ("q", "k", "offset", "min_score", "paths", "restore", "regions", "verify", "image_id", "image",
+                 "sort", "cursor", "rerank", "cluster")
+MAX_FOLDERS_PAGE = 500
+
+
+def _values(name: str) -> list:
+    """Every value of a repeatable parameter (a JSON body may give a list)."""
+    values = []
+    for value in _given(name):
+        values.extend(value if isinstance(value, list) else [value])
+    return values
+
+
+def _param_names() -> set[str]:
+    body = request.get_json(silent=True) if request.is_json else None
+    return set(request.args) | set(request.form) | set(body if isinstance(body, dict) else ())
+
+
+def _library_params() -> dict:
+    """A search's filters, sort and cursor (`indexer.filters`), checked before any work; a bad
+    one is a 400 `bad_parameter` naming it (a `QueryError`)."""
+    from indexer.cursor import MAX_CURSOR
+    from indexer.filters import FILTER_NAMES, check_names, parse_filter, parse_sort
+
+    check_names(_param_names(), SEARCH_PARAMS + FILTER_NAMES)
+    filters = parse_filter({name: _values(name) for name in FILTER_NAMES})
+
+    def cursor(raw) -> str:
+        if not isinstance(raw, str) or not 0 < len(raw) <= MAX_CURSOR:
+            raise ApiError(400, "bad_parameter", "cursor must be the `next` of a previous page, as it was given")
+        return raw
+
+    return {"filters": filters, "sort": _param("sort", "relevance", parse_sort), "cursor": _param("cursor", None, cursor)}
+
+
+@bp.get("/folders")
+def folders():
+    """The folders holding indexed pictures, by path, with their counts (for the folder
+    picker): `q` keeps those whose path contains it (case-insensitive); `limit`, `offset` page."""
+    text = (request.args.get("q") or "").strip().lower()
+    if len(text) > MAX_TEXT:
+        raise ApiError(400, "bad_parameter", f"q is longer than {MAX_TEXT} characters")
+    limit = _int_param("limit", 100, 1, MAX_FOLDERS_PAGE)
+    offset = _int_param("offset", 0, 0, MAX_OFFSET)
+    found = [f for f in service().folders() if text in f[0].lower()]
+    page = found[offset : offset + limit]
+    return jsonify(folders=[{"path": path, "count": below, "direct": direct} for path, direct, below in page],
+                   total=len(found), next=offset + limit if offset + limit < len(found) else None)
 
 
 def _results(page, **extra) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from indexer.cursor import MAX_CURSOR
+from indexer.filters import MAX_DIMENSION, MAX_FILTER_TEXT, MAX_FILTER_VALUES, SORT_POOL, SORTS
 from indexer.query import DEFAULT_K, MAX_K, MAX_OFFSET, MAX_TEXT, TEXT_BLANKS
 
 from .restoration.stages import CONDITIONS, COSTLY_STAGES, MODES, STAGES
@@ -50,6 +52,47 @@ PAGE_PARAMS = [
     {"name": "cluster", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 63},
      "description": "a map cluster's id (GET /api/map): search inside that cluster only"},
 ]
+# Filters, sort and cursor (#18; indexer.filters and docs/library.md say what each matches).
+FOLDER_SCHEMA = {"type": "string", "pattern": "^/[^\\x00]*$", "maxLength": MAX_FILTER_TEXT}
+WHEN_SCHEMA = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
+FORMAT_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9]{1,16}$"}
+DIMENSION_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_DIMENSION}
+CAMERA_SCHEMA = {"type": "string", "maxLength": MAX_FILTER_TEXT}
+SORT_SCHEMA = {"enum": list(SORTS), "default": "relevance"}
+CURSOR_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_CURSOR}
+FILTER_DOCS = {
+    "folder": "only pictures in this folder or below it (whole path components); repeat for several (any)",
+    "taken_after": "taken on or after this ISO date or datetime (inclusive: a date includes its whole day; "
+                   "without an offset, UTC); pictures with no date taken are left out",
+    "taken_before": "taken on or before this ISO date or datetime (inclusive: a date includes its whole day)",
+    "format": "the file format, case-insensitive (jpeg, jpg, png, heic...); repeat for several (any)",
+    "min_width": "at least this many pixels wide",
+    "min_height": "at least this many pixels high",
+    "camera": "a case-insensitive part of the camera's \"make model\" (iphone, canon eos); repeat for several (any)",
+    "sort": f"relevance (best first), or the {SORT_POOL} most relevant matches (with min_score: every match "
+            "reaching it) ordered by taken (oldest first), -taken (newest first) or size (most pixels first); "
+            "pictures without the key come last",
+    "cursor": "the `next` of the previous page, as given: continues after its last result; refused (400 "
+              "naming cursor) with another query or once the index changed",
+}
+LIBRARY_FIELDS = {
+    "folder": FOLDER_SCHEMA, "taken_after": WHEN_SCHEMA, "taken_before": WHEN_SCHEMA, "format": FORMAT_SCHEMA,
+    "min_width": DIMENSION_SCHEMA, "min_height": DIMENSION_SCHEMA, "camera": CAMERA_SCHEMA, "sort": SORT_SCHEMA,
+    "cursor": CURSOR_SCHEMA,
+}
+REPEATABLE = ("folder", "format", "camera")
+LIBRARY_PARAMS = [
+    {"name": name, "in": "query", "description": FILTER_DOCS[name],
+     "schema": {"type": "array", "items": schema, "maxItems": MAX_FILTER_VALUES} if name in REPEATABLE else schema,
+     **({"style": "form", "explode": True} if name in REPEATABLE else {})}
+    for name, schema in LIBRARY_FIELDS.items()
+]
+# In a JSON body a repeatable filter is a string or a list of them.
+LIBRARY_BODY_FIELDS = {
+    name: {"anyOf": [schema, {"type": "array", "items": schema, "maxItems": MAX_FILTER_VALUES}],
+           "description": FILTER_DOCS[name]} if name in REPEATABLE else {**schema, "description": FILTER_DOCS[name]}
+    for name, schema in LIBRARY_FIELDS.items()
+}
 K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_K}
 OFFSET_SCHEMA = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET}
 ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}  # searchapp.routing.MAX_ID
@@ -106,8 +149,13 @@ SCHEMAS = {
         "required": ["results", "total", "took_ms"],
         "properties": {
             "results": {"type": "array", "items": _ref("Result")},
-            "total": {"type": "integer"},
+            "total": {"type": "integer", "description": "how many results the listing holds: the pictures "
+                                                       "matching the filters (with min_score, those reaching "
+                                                       f"it; a sort other than relevance lists at most "
+                                                       f"{SORT_POOL})"},
             "took_ms": {"type": "number"},
+            "next": {"type": ["string", "null"], "description": "pass it back as `cursor` for the next page; "
+                                                                "null on the last"},
         },
     },
     "ImageResult": {
@@ -332,6 +380,21 @@ SCHEMAS = {
     },
 }
 
+SCHEMAS["Folders"] = {
+    "type": "object",
+    "required": ["folders", "total", "next"],
+    "properties": {
+        "folders": {"type": "array", "items": {
+            "type": "object", "required": ["path", "count", "direct"],
+            "properties": {"path": {"type": "string"},
+                           "count": {"type": "integer", "description": "pictures in it and below it (what "
+                                                                      "folder=path matches)"},
+                           "direct": {"type": "integer", "description": "pictures directly in it"}}}},
+        "total": {"type": "integer", "description": "folders matching q"},
+        "next": {"type": ["integer", "null"], "description": "the offset of the next page (null: last)"},
+    },
+}
+
 SCHEMAS["GenerationJob"] = {
     "type": "object",
     "required": ["id", "kind", "state", "progress", "parameters", "source", "backend", "images", "error"],
@@ -489,6 +552,7 @@ IMAGE_BODY = {
                 "offset": OFFSET_SCHEMA,
                 "restore": {"enum": list(MODES)},
                 "q": Q_FIELD,
+                **{name: {**schema, "description": FILTER_DOCS[name]} for name, schema in LIBRARY_FIELDS.items()},
             },
         }
     },
@@ -496,7 +560,7 @@ IMAGE_BODY = {
         "schema": {
             "type": "object",
             "required": ["image_id"],
-            "properties": {"image_id": ID_SCHEMA, "k": K_SCHEMA, "offset": OFFSET_SCHEMA, "q": Q_FIELD},
+            "properties": {"image_id": ID_SCHEMA, "k": K_SCHEMA, "offset": OFFSET_SCHEMA, "q": Q_FIELD, **LIBRARY_BODY_FIELDS},
         }
     },
 }
@@ -539,7 +603,7 @@ def openapi_document() -> dict:
                                     "combine weighted terms (docs/queries.md): `beach 2:sunset -people`",
                                     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT,
                                                "pattern": f"[^{BLANKS_PATTERN}]"}},
-                                   *PAGE_PARAMS],
+                                   *PAGE_PARAMS, *LIBRARY_PARAMS],
                     "security": READ,
                     "responses": {"200": _json(_ref("Results"), "best first"), **_errors(400, 401, 403, 404, 409),
                                   "503": BUSY},
@@ -549,6 +613,7 @@ def openapi_document() -> dict:
                 "post": {
                     "parameters": [
                         *PAGE_PARAMS,
+                        *LIBRARY_PARAMS,
                         {"name": "restore", "in": "query", "schema": {"enum": list(MODES), "default": "auto"},
                          "description": "auto: the stages that help for what is detected; off; or one stage "
                                         f"({', '.join(sorted(COSTLY_STAGES))} need the API token when one is set)"},
@@ -562,6 +627,21 @@ def openapi_document() -> dict:
                     "security": READ,
                     "responses": {"200": _json(_ref("ImageResults"), "best first"),
                                   **_errors(400, 401, 403, 404, 409, 413), "503": IMAGE_SEARCH_UNAVAILABLE},
+                }
+            },
+            "/api/folders": {
+                "get": {
+                    "description": "the folders holding indexed pictures, by path, for the folder picker",
+                    "parameters": [
+                        {"name": "q", "in": "query", "description": "keep folders whose path contains this "
+                                                                   "(case-insensitive)",
+                         "schema": {"type": "string", "maxLength": MAX_TEXT}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                    "maximum": 500, "default": 100}},
+                        {"name": "offset", "in": "query", "schema": OFFSET_SCHEMA},
+                    ],
+                    "security": READ,
+                    "responses": {"200": _json(_ref("Folders"), "by path"), **_errors(400, 401, 403), "503": BUSY},
                 }
             },
             "/api/generate": {

@@ -298,7 +298,7 @@ class SearchService:
         vector = library.vector_of(image_id)
         record = library.image(image_id)
         options = query.verify
-        query = replace(query, exclude=(*query.exclude, image_id))
+        query = library.resume(vector, replace(query, exclude=(*query.exclude, image_id)))
         page = library.search(vector, query.candidates(), started=t0)
         report, summary = None, {"mode": "off"}
         features = library.features_of([record.duplicate_of or image_id]).get(record.duplicate_of or image_id)
@@ -308,11 +308,24 @@ class SearchService:
             summary = report.as_dict(calibration.inliers.inliers, options.candidates)
         elif options is not None:
             summary = {"mode": "on", "note": "this picture has no local features yet (run loupe index)"}
-        page = replace(page, results=query.cut(page.results))
+        total = query.listed(page.total)
+        page = replace(page, results=query.cut(library.sorted_results(page.results, query.sort)), total=total)
+        page = replace(page, next=library.next_cursor(vector, query, len(page.results), total))
         page = library.label(page, calibration.match, record.content_hash,
                              lambda: decode_image(library.read_image_bytes(image_id)).image,
                              (record.width, record.height), verified=report)
         return replace(page, took_ms=(time.perf_counter() - t0) * 1000, verify=summary)
+
+    def folders(self) -> list[tuple[str, int, int]]:
+        """(folder, pictures directly in it, pictures in it and below) for each folder holding
+        indexed pictures (no model needed)."""
+        library = self.library
+        if library.stored_identity() is None:
+            return []
+        if not self.write_lock.locked():
+            with self._init_lock:
+                library.refresh()
+        return library.folders()
 
     # -- writes ----------------------------------------------------------------------------------
     def add_upload(self, data: bytes, filename: str) -> int:

@@ -56,6 +56,12 @@
   let debounce = null;
   let genRun = 0; // bumps on every generation started or closed, so old polls stop
   let genJob = null;
+  let nextCursor = null; // the `next` of the last page loaded: the following page continues after it
+  // The filters and order every search carries (the filter bar; docs/library.md).
+  const library = { folder: [], taken_after: "", taken_before: "", format: "", min_width: "", camera: "",
+                    sort: "relevance" };
+  const ORDER_TEXT = { relevance: "best match first", "-taken": "newest first", taken: "oldest first",
+                       size: "largest first" };
 
   // A URL of this app from its path ("api/search" or "/api/search"), under ROOT; a URL the
   // server built (it already starts with ROOT) or an absolute one is left as it is.
@@ -111,6 +117,7 @@
 
   function request(q, from) {
     const params = new URLSearchParams({ k: PAGE, offset: from });
+    libraryParams(params, from);
     if (!from) showTerms(null); // until the answer says how the words were read
     if (q.kind === "combined") return requestCombined(q, params);
     if (q.kind === "text") {
@@ -137,6 +144,7 @@
     query = q;
     offset = 0;
     total = 0;
+    nextCursor = null;
     els.results.replaceChildren();
     shown = new Map();
     els.more.hidden = true;
@@ -163,17 +171,18 @@
       const page = await response.json();
       if (mine !== generation) return;
       total = page.total;
+      nextCursor = page.next || null;
       if (offset === 0 && query.kind !== "text") showVerdict(page);
       if (offset === 0 && query.kind === "upload") showRestoration(page.restoration);
       if (offset === 0) showTerms(page.combined || null);
       render(page.results, offset === 0);
       offset += page.results.length;
-      const more = page.results.length === PAGE && offset < total;
+      const more = Boolean(page.next);
       els.more.hidden = !more;
       if (offset === 0) {
         setState(query.kind === "text" ? `No pictures match “${query.text}”.` : "No similar pictures found.");
       } else {
-        setState(`Showing ${offset} of ${total} pictures, best match first (${Math.round(page.took_ms)} ms).`);
+        setState(`Showing ${offset} of ${total} pictures, ${orderText()} (${Math.round(page.took_ms)} ms).`);
       }
     } catch (err) {
       if (err.name !== "AbortError" && mine === generation) {
@@ -182,6 +191,132 @@
     } finally {
       if (mine === generation) loading = false;
     }
+  }
+
+  // -- filters, order and cursor ------------------------------------------------------------------
+  // Adds the filter bar's filters and order to a search's parameters; a later page continues
+  // from the previous page's cursor rather than an offset.
+  function libraryParams(params, from) {
+    library.folder.forEach((folder) => params.append("folder", folder));
+    ["taken_after", "taken_before", "format", "min_width", "camera"].forEach((name) => {
+      if (library[name]) params.set(name, library[name]);
+    });
+    if (library.sort !== "relevance") params.set("sort", library.sort);
+    if (from > 0 && nextCursor) {
+      params.delete("offset");
+      params.set("cursor", nextCursor);
+    }
+  }
+
+  function orderText() {
+    return ORDER_TEXT[library.sort] || "best match first";
+  }
+
+  function rerun() {
+    if (query) run(query);
+  }
+
+  // Each active filter as a chip; its × removes it.
+  function renderChips() {
+    const chips = [];
+    const chip = (text, remove) => {
+      const item = document.createElement("li");
+      item.className = "chip";
+      item.textContent = text;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "chip-remove";
+      button.setAttribute("aria-label", `Remove filter: ${text}`);
+      button.textContent = "×";
+      button.addEventListener("click", () => { remove(); syncFilterInputs(); renderChips(); rerun(); });
+      item.append(button);
+      chips.push(item);
+    };
+    library.folder.forEach((folder) => chip(`in ${folder}`, () => {
+      library.folder = library.folder.filter((f) => f !== folder);
+    }));
+    if (library.taken_after) chip(`from ${library.taken_after}`, () => { library.taken_after = ""; });
+    if (library.taken_before) chip(`to ${library.taken_before}`, () => { library.taken_before = ""; });
+    if (library.format) chip(`format ${library.format.toUpperCase()}`, () => { library.format = ""; });
+    if (library.min_width) chip(`at least ${library.min_width} px wide`, () => { library.min_width = ""; });
+    if (library.camera) chip(`camera “${library.camera}”`, () => { library.camera = ""; });
+    $("chips").replaceChildren(...chips);
+  }
+
+  function syncFilterInputs() {
+    $("taken-after").value = library.taken_after;
+    $("taken-before").value = library.taken_before;
+    $("format-filter").value = library.format;
+    $("min-width").value = library.min_width;
+    $("camera-filter").value = library.camera;
+    $("sort").value = library.sort;
+  }
+
+  // The folder picker: the indexed folders (GET /api/folders), narrowed as one types.
+  async function loadFolders() {
+    const params = new URLSearchParams({ limit: 50 });
+    const text = $("folder-q").value.trim();
+    if (text) params.set("q", text);
+    const list = $("folder-list");
+    try {
+      const response = await api(`/api/folders?${params}`);
+      if (!response.ok) {
+        list.replaceChildren(Object.assign(document.createElement("li"), { textContent: await errorMessage(response) }));
+        return;
+      }
+      const body = await response.json();
+      list.replaceChildren(...body.folders.map((folder) => {
+        const item = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "folder-choice";
+        button.dataset.path = folder.path;
+        button.textContent = `${folder.path} (${folder.count})`;
+        button.addEventListener("click", () => {
+          if (!library.folder.includes(folder.path)) library.folder.push(folder.path);
+          toggleFolderPicker(false);
+          renderChips();
+          rerun();
+        });
+        item.append(button);
+        return item;
+      }));
+      if (!body.folders.length) list.replaceChildren(Object.assign(document.createElement("li"), { textContent: "No folder matches." }));
+    } catch (_) {
+      list.replaceChildren(Object.assign(document.createElement("li"), { textContent: "Folders could not be loaded." }));
+    }
+  }
+
+  function toggleFolderPicker(open) {
+    $("folder-picker").hidden = !open;
+    $("folder-button").setAttribute("aria-expanded", String(open));
+    if (open) {
+      loadFolders();
+      $("folder-q").focus();
+    }
+  }
+
+  function setupFilters() {
+    const bind = (id, name, event = "change") => $(id).addEventListener(event, () => {
+      library[name] = $(id).value.trim();
+      renderChips();
+      rerun();
+    });
+    bind("taken-after", "taken_after");
+    bind("taken-before", "taken_before");
+    bind("format-filter", "format");
+    bind("min-width", "min_width");
+    bind("camera-filter", "camera");
+    bind("sort", "sort");
+    $("folder-button").addEventListener("click", () => toggleFolderPicker($("folder-picker").hidden));
+    let folderDebounce = null;
+    $("folder-q").addEventListener("input", () => {
+      clearTimeout(folderDebounce);
+      folderDebounce = setTimeout(loadFolders, 200);
+    });
+    $("folder-q").addEventListener("keydown", (event) => {
+      if (event.key === "Escape") toggleFolderPicker(false);
+    });
   }
 
   // What an image search found: a copy of the picture, or plainly none.
@@ -746,6 +881,7 @@
   els.generate.hidden = !CAN_GENERATE;
   withPlaceholder(els.detailImage);
   withPlaceholder(els.queryImage);
+  setupFilters();
   if ($("index-job")) watchIndexJob($("index-job"));
 
   const initial = new URL(window.location).searchParams.get("q");

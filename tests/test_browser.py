@@ -621,3 +621,59 @@ def test_a_signed_in_writer_adds_a_generated_picture(browser, guarded_server, se
     finally:
         context.close()
     assert not errors, errors
+
+
+@pytest.fixture
+def more_photos(photos):
+    """8 more pictures (seeded noise) in photos/c, so that a search has a second page."""
+    import numpy as np
+    from PIL import Image
+
+    folder = photos / "c"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"noise-{i}.png")
+    return photos
+
+
+def test_filter_chips_folder_picker_sort_and_infinite_scroll(more_photos, page, settings):
+    """#18: the folder picker lists the indexed folders, choosing one adds a chip and filters
+    the results; the sort menu reorders; scrolling loads the next page with the cursor."""
+    from pathlib import Path
+
+    from sqlalchemy import select, update
+
+    from indexer.catalog import ImageRecord
+    from indexer.database import open_database
+
+    sessions = open_database(settings)  # the metadata columns, until the indexer records them
+    with sessions.begin() as session:
+        for row in session.execute(select(ImageRecord.id, ImageRecord.path)).all():
+            session.execute(update(ImageRecord).where(ImageRecord.id == row.id).values(folder=str(Path(row.path).parent)))
+    sessions.kw["bind"].dispose()
+    cursors = []
+    page.on("request", lambda r: cursors.append("cursor=" in r.url) if "/api/search" in r.url else None)
+
+    page.fill("#q", "a photograph")
+    page.wait_for_selector("#results .card")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # the next page loads as it comes into view
+    page.wait_for_function("document.querySelectorAll('#results .card').length === 32")
+    assert any(cursors)  # the second page was asked for with the first page's cursor
+    ids = page.eval_on_selector_all("#results .card", "cards => cards.map(c => c.dataset.id)")
+    assert len(set(ids)) == 32
+
+    page.click("#folder-button")
+    page.wait_for_function("document.querySelectorAll('#folder-list .folder-choice').length === 3")
+    page.fill("#folder-q", "nested")
+    page.wait_for_function("document.querySelectorAll('#folder-list .folder-choice').length === 1")
+    page.click("#folder-list .folder-choice")
+    page.wait_for_function("document.querySelectorAll('#results .card').length === 12")
+    assert "in " in page.inner_text("#chips") and "nested" in page.inner_text("#chips")
+    assert "Showing 12 of 12" in page.inner_text("#state")
+
+    page.select_option("#sort", "size")
+    page.wait_for_function("document.querySelector('#state').textContent.includes('largest first')")
+    page.click("#chips .chip-remove")
+    page.wait_for_function("document.querySelectorAll('#results .card').length === 24")
+    assert page.locator("#chips .chip").count() == 0

@@ -39,7 +39,36 @@ def register(commands: argparse._SubParsersAction) -> None:
                              "help for what is detected; off; or one stage by name)")
     search.add_argument("--rerank", choices=("off", "diffusion"), default="off",
                         help="diffusion: re-rank over the collection's similarity graph (default off)")
+    add_library_options(search)
     search.set_defaults(handler=cmd_search, service_settings=True)
+
+
+def add_library_options(parser: argparse.ArgumentParser) -> None:
+    """The filters, sort and cursor of a search (`indexer.filters`; docs/library.md)."""
+    group = parser.add_argument_group("filters and order")
+    group.add_argument("--folder", action="append", metavar="PATH",
+                       help="only pictures in this folder or below it (repeat for several)")
+    group.add_argument("--taken-after", metavar="DATE", help="taken on or after this ISO date or datetime")
+    group.add_argument("--taken-before", metavar="DATE", help="taken on or before this ISO date or datetime")
+    group.add_argument("--format", action="append", metavar="FORMAT", help="jpeg, png, heic... (repeat for several)")
+    group.add_argument("--min-width", metavar="PIXELS")
+    group.add_argument("--min-height", metavar="PIXELS")
+    group.add_argument("--camera", action="append", metavar="TEXT",
+                       help='a case-insensitive part of the camera\'s "make model" (repeat for several)')
+    group.add_argument("--sort", default="relevance", metavar="ORDER",
+                       help="relevance (default), taken (oldest first), -taken (newest first: write --sort=-taken), size (largest first)")
+    group.add_argument("--cursor", metavar="CURSOR", help="continue after the page whose --json gave this `next`")
+
+
+def library_query(args) -> dict:
+    """The filters, sort and cursor the options ask for, as SearchQuery fields (a QueryError,
+    naming the parameter, for a bad one)."""
+    from indexer.filters import parse_filter, parse_sort
+
+    given = {"folder": args.folder or [], "taken_after": [args.taken_after], "taken_before": [args.taken_before],
+             "format": args.format or [], "min_width": [args.min_width], "min_height": [args.min_height],
+             "camera": args.camera or []}
+    return {"filters": parse_filter(given), "sort": parse_sort(args.sort), "cursor": args.cursor}
 
 
 def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
@@ -57,6 +86,7 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
         raise ConfigError("the search text is empty")
     terms = _search_terms(args)  # None: a plain text, or a picture alone
     k = args.k  # 1 to MAX_K: the parser refuses anything else (never clamped)
+    narrowing = library_query(args)  # refused before any work
     library = open_library(settings)
     if library.stored_identity() is None:
         raise NotIndexedError("nothing is indexed yet: run `loupe index PATH` first")
@@ -72,12 +102,13 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
         data = read_file(Path(args.image), DecodeLimits()).data
         wanted = settings.verify if args.verify is None else args.verify == "on"
         verify = VerifyOptions(candidates=settings.verify_candidates) if wanted else None
-        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify, rerank=args.rerank)
+        query = SearchQuery(k=k, offset=args.offset, regions=not args.no_regions, verify=verify, rerank=args.rerank,
+                            **narrowing)
         page, report = restored_lookup(library, embedder, data, query, mode=args.restore, restorers=restorers)
         restoration = {**report.as_dict(), "reconstruction": None}
     else:
         t0 = time.perf_counter()
-        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset, rerank=args.rerank),
+        page = library.search(embedder.encode_texts([args.text]), SearchQuery(k=k, offset=args.offset, rerank=args.rerank, **narrowing),
                               started=t0)
     if args.json:
         from ..urls import Urls  # the web URLs of each result, as the API gives them
@@ -104,6 +135,8 @@ def cmd_search(service: ServiceSettings, args, out: TextIO) -> int:
         if result.verification is not None:
             print(f"      verified: {result.verification.describe()} ({_verification_facts(result.verification)})",
                   file=out)
+    if page.next:
+        print(f"more: add --cursor {page.next}", file=out)
     return 0
 
 
