@@ -276,7 +276,11 @@ class VectorStore:
             self._own_memory()
             self._gpu_index = None
             self.changes += 1
-            return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+            gone = _internal_labels(self._index, ids)
+            removed = int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
+            if gone is not None and len(gone):
+                _relabel_inverted_lists(self._index, gone)
+            return removed
 
     def _own_memory(self) -> None:
         """Before a write: refuse it on a read-only store; copy a mapped index into memory
@@ -576,3 +580,34 @@ def _exact_top(queries: np.ndarray, k: int, held: tuple) -> tuple[np.ndarray, np
         scores[:, :take] = best
         found[:, :take] = np.where(rows >= 0, ids[np.maximum(rows, 0)], -1)
     return scores, found
+
+
+# -- removals from an id-mapped IVF index ------------------------------------------------------------
+# `IndexIDMap2.remove_ids` compacts its id map (label i → external id) as if the wrapped index
+# renumbered its vectors 0..n-1 the way a flat index does. An IVF index does not: its inverted
+# lists keep each vector's old label, so after a removal every label above a removed one would
+# name the wrong external id (and the last ones none). The lists are relabelled to match.
+def _internal_labels(index, ids: np.ndarray) -> np.ndarray | None:
+    """The sorted internal labels of `ids` in an IDMap2 over an IVF index (None for other types)."""
+    import faiss
+
+    if not isinstance(index, faiss.IndexIDMap2) or faiss.try_extract_index_ivf(index.index) is None:
+        return None
+    id_map = faiss.vector_to_array(index.id_map)
+    return np.flatnonzero(np.isin(id_map, ids)).astype(np.int64)
+
+
+def _relabel_inverted_lists(index, gone: np.ndarray) -> None:
+    """After `gone` labels left an IDMap2-wrapped IVF index, give every remaining vector the label
+    its external id now has in the compacted id map: its old label less the removed ones below it."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index.index)
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(invlists, faiss.ArrayInvertedLists):
+        raise ValueError(f"cannot remove from an IVF index whose lists are {type(invlists).__name__}; rebuild it")
+    for list_no in range(ivf.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            labels = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)  # a view: written in place
+            labels -= np.searchsorted(gone, labels)

@@ -470,3 +470,22 @@ def test_shards_merged_on_disk_search_like_one_index_built_in_memory(tmp_path, c
         store.add(np.array([1], np.int64), vectors[:1])
     with pytest.raises(ValueError, match="IVF"):
         write_trained(IndexSpec("Flat"), vectors[:100], tmp_path / "flat.faiss")
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,SQ8"])
+def test_removing_from_an_ivf_index_keeps_every_other_id_right(factory):
+    """IndexIDMap2 compacts its id map on removal while IVF lists keep their labels: without
+    relabelling, every vector above a removed one came back under another picture's id."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((1200, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1000, 2200)
+    store = VectorStore.build(ids, vectors, IndexSpec(factory, nprobe=16), target_recall=None)
+    gone = [1000, 1001, 1500, 2199]
+    assert store.remove(gone + [99999]) == len(gone)
+    store.add(np.array([5000, 5001]), vectors[[2, 3]] * 0.999)
+    kept = [i for i in range(len(ids)) if ids[i] not in gone]
+    hits = store.search(vectors[kept], 1)
+    assert [h[0].id for h in hits] == [int(ids[i]) for i in kept]
+    assert sorted(store.ids().tolist()) == sorted(set(ids.tolist()) - set(gone) | {5000, 5001})
+    assert {h.id for h in store.search(vectors[[2]], 2)[0]} == {1002, 5000}
