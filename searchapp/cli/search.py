@@ -51,8 +51,8 @@ def add_library_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--taken-after", metavar="DATE", help="taken on or after this ISO date or datetime")
     group.add_argument("--taken-before", metavar="DATE", help="taken on or before this ISO date or datetime")
     group.add_argument("--format", action="append", metavar="FORMAT", help="jpeg, png, heic... (repeat for several)")
-    group.add_argument("--min-width", metavar="PIXELS")
-    group.add_argument("--min-height", metavar="PIXELS")
+    group.add_argument("--min-width", metavar="PIXELS", help="only pictures at least this wide")
+    group.add_argument("--min-height", metavar="PIXELS", help="only pictures at least this high")
     group.add_argument("--camera", action="append", metavar="TEXT",
                        help='a case-insensitive part of the camera\'s "make model" (repeat for several)')
     group.add_argument("--sort", default="relevance", metavar="ORDER",
