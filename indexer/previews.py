@@ -8,41 +8,15 @@ gives the id to another picture asks for another name."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Callable
 
-from .atomic import atomic_path
-from .images import DecodeLimits, decode_image
+from .images import DecodeLimits
+from .thumbnails import ensure_scaled_jpeg
 
 PREVIEW_SIZE = 1600
 FOLDER = "previews"
 _HASH_CHARS = 16
-_LOCK_STRIPES = 64
-
-
-class _StripedLocks:
-    """One lock per image id (striped), so a burst of requests for one new preview decodes its
-    original once."""
-
-    def __init__(self, stripes: int = _LOCK_STRIPES):
-        self._locks = [threading.Lock() for _ in range(stripes)]
-
-    def __call__(self, image_id: int) -> threading.Lock:
-        return self._locks[image_id % len(self._locks)]
-
-
-_locks: _StripedLocks | None = None
-_locks_made = threading.Lock()
-
-
-def _lock_for(image_id: int) -> threading.Lock:
-    global _locks
-    if _locks is None:
-        with _locks_made:
-            if _locks is None:
-                _locks = _StripedLocks()
-    return _locks(image_id)
 
 
 def preview_path(home: Path, image_id: int, content_hash: str) -> Path:
@@ -53,19 +27,8 @@ def preview_path(home: Path, image_id: int, content_hash: str) -> Path:
 def ensure_preview(home: Path, image_id: int, content_hash: str, read: Callable[[], bytes],
                    limits: DecodeLimits = DecodeLimits(), size: int = PREVIEW_SIZE) -> Path:
     """The cached preview of the image (at most `size` px a side, EXIF orientation applied,
-    JPEG), made from the bytes `read()` gives if needed, under the id's lock; written to a
-    temporary file and renamed (`indexer.atomic`)."""
-    path = preview_path(home, image_id, content_hash)
-    if path.exists():
-        return path
-    with _lock_for(image_id):
-        if path.exists():  # made while this request waited
-            return path
-        image = decode_image(read(), limits, draft_size=size).image
-        image.thumbnail((size, size))
-        with atomic_path(path) as tmp:
-            image.save(tmp, format="JPEG", quality=85, optimize=True)
-    return path
+    JPEG), made from the bytes `read()` gives if needed (`thumbnails.ensure_scaled_jpeg`)."""
+    return ensure_scaled_jpeg(preview_path(home, image_id, content_hash), image_id, size, read, limits)
 
 
 def remove_previews(home: Path, image_id: int) -> None:

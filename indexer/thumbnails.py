@@ -24,28 +24,46 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LEGACY_SHARD = re.compile(r"[0-9]{3}")  # the old id-keyed cache: thumbs/NNN/<id>.jpg
 
 
-class _KeyLocks:
-    """One lock per content hash (striped: hashes share `stripes` locks), so that a burst of
-    requests for one new thumbnail decodes its original once, not once per request."""
+class _StripedLocks:
+    """Locks shared by stripes of keys, so that a burst of requests for one new cached picture
+    decodes its original once, not once per request."""
 
     def __init__(self, stripes: int = _LOCK_STRIPES):
         self._locks = [threading.Lock() for _ in range(stripes)]
 
-    def __call__(self, key: str) -> threading.Lock:
-        return self._locks[int(key[:8], 16) % len(self._locks)]
+    def __call__(self, key: int) -> threading.Lock:
+        return self._locks[key % len(self._locks)]
 
 
-_locks: _KeyLocks | None = None
+_locks: _StripedLocks | None = None
 _locks_made = threading.Lock()
 
 
-def _lock_for(key: str) -> threading.Lock:
+def _lock_for(key: int) -> threading.Lock:
     global _locks
     if _locks is None:
         with _locks_made:
             if _locks is None:
-                _locks = _KeyLocks()
+                _locks = _StripedLocks()
     return _locks(key)
+
+
+def ensure_scaled_jpeg(path: Path, lock_key: int, size: int, read: Callable[[], bytes],
+                       limits: DecodeLimits = DecodeLimits()) -> Path:
+    """`path`, a JPEG of the picture at most `size` px a side (EXIF orientation applied), made
+    from the bytes `read()` gives if it is not there yet, under `lock_key`'s lock. Written to a
+    temporary file and renamed, so concurrent readers never see half a file. Thumbnails and
+    previews (`indexer.previews`) are both made here."""
+    if path.exists():
+        return path
+    with _lock_for(lock_key):
+        if path.exists():  # made while this request waited
+            return path
+        image = decode_image(read(), limits, draft_size=size).image
+        image.thumbnail((size, size))
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="JPEG", quality=85, optimize=True)
+    return path
 
 
 def thumbnail_path(home: Path, content_hash: str) -> Path:
@@ -60,21 +78,9 @@ def ensure_thumbnail(home: Path, content_hash: str, read: Callable[[], bytes],
                      limits: DecodeLimits = DecodeLimits()) -> Path:
     """The cached thumbnail of the picture whose bytes hash to `content_hash` (at most
     THUMB_SIZE px a side, JPEG), made from the bytes `read()` gives if needed, under the hash's
-    lock. The caller gives the checked catalogued file of a row with that hash.
-
-    Written to a temporary file and renamed, so concurrent readers never see half a file.
-    """
-    path = thumbnail_path(home, content_hash)
-    if path.exists():
-        return path
-    with _lock_for(content_hash):
-        if path.exists():  # made while this request waited
-            return path
-        image = decode_image(read(), limits, draft_size=THUMB_SIZE).image
-        image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-        with atomic_path(path) as tmp:
-            image.save(tmp, format="JPEG", quality=85, optimize=True)
-    return path
+    lock. The caller gives the checked catalogued file of a row with that hash."""
+    return ensure_scaled_jpeg(thumbnail_path(home, content_hash), int(content_hash[:8], 16), THUMB_SIZE,
+                              read, limits)
 
 
 def remove_thumbnail(home: Path, content_hash: str | None) -> None:
