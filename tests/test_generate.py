@@ -119,7 +119,10 @@ def test_generate_from_an_indexed_image_with_neighbours(client):
     assert again["id"] != job["id"]
     assert all(np.array_equal(a, _png(client, b["url"])) for a, b in zip(first, again["images"]))
     other = client.post("/api/generate", json={**body, "seed": 8, "n": 1}).get_json()
-    assert np.array_equal(_png(client, other["images"][0]["url"]), first[1])  # picture i depends on seed + i
+    # Picture i depends on seed + i. Not bit for bit: the model ran on a batch of 3 then of 1, and
+    # torch's CPU kernels may sum in another order for another batch size (a level here and there).
+    alone = _png(client, other["images"][0]["url"]).astype(int)
+    assert np.abs(alone - first[1]).max() <= 2 and np.abs(alone - first[1]).mean() < 0.1
     moved = client.post("/api/generate", json={**body, "seed": 100, "n": 1}).get_json()
     assert not np.array_equal(_png(client, moved["images"][0]["url"]), first[0])
 
