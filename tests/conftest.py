@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -128,10 +129,32 @@ def write_photo_folder(root: Path, photo_arrays: dict[str, np.ndarray]) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def photo_template(tmp_path_factory, photo_arrays) -> Path:
+    """The test photographs, written once per session (`photos` copies them)."""
+    return write_photo_folder(tmp_path_factory.mktemp("photo-template") / "photos", photo_arrays)
+
+
 @pytest.fixture
-def photos(tmp_path, photo_arrays) -> Path:
-    """A folder of real photographs: 8 originals and 2 crops of each (24 files), in 2 subfolders."""
-    return write_photo_folder(tmp_path / "photos", photo_arrays)
+def photos(tmp_path, photo_template) -> Path:
+    """A folder of real photographs: 8 originals and 2 crops of each (24 files), in 2 subfolders.
+    A copy of the session's set: the same bytes and modification times in every test."""
+    return Path(shutil.copytree(photo_template, tmp_path / "photos"))
+
+
+@pytest.fixture(scope="session")
+def indexed_template(tmp_path_factory, tiny_model_config, models_dir, photo_template):
+    from indexed_template import IndexedTemplate
+
+    return IndexedTemplate.build(tmp_path_factory.mktemp("indexed-template"), models_dir, photo_template)
+
+
+@pytest.fixture
+def index_photos(indexed_template):
+    """`index_photos(env, photos)`: what `loupe index PHOTOS --json` leaves in a fresh home, copied
+    from one real run per session when env and photographs are the standard ones, else run
+    (`tests/indexed_template.py`). For tests whose subject is not indexing."""
+    return indexed_template.restore
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from searchapp.settings import ServiceSettings
 
 
 @pytest.fixture
-def indexed(env, photos):
-    run_json(["index", str(photos), "--no-progress"], env)
+def indexed(env, photos, index_photos):
+    index_photos(env, photos)
     return env
 
 

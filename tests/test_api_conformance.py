@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port, run_json, start_server
+from helpers import free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +26,10 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.fixture
-def served(env, photos, tiny_model_config, tmp_path):
+def served(env, photos, tiny_model_config, tmp_path, index_photos):
     """`loupe serve` with a write token over the indexed test photographs; jobs over HTTP may
     only index a fresh temporary folder."""
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     port = free_port()

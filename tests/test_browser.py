@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from helpers import gradient_png, run_json
+from helpers import gradient_png
 from searchapp.settings import ServiceSettings
 
 CHROMIUM = os.environ.get("LOUPE_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -37,7 +37,7 @@ def browser():
 
 
 @pytest.fixture
-def server(env, photos, settings, tmp_path):
+def server(env, photos, settings, tmp_path, index_photos):
     """`loupe serve`'s WSGI server (waitress) on an ephemeral loopback port (jobs over HTTP may
     index the test's folder)."""
     from dataclasses import replace
@@ -46,7 +46,7 @@ def server(env, photos, settings, tmp_path):
 
     from searchapp import create_app
 
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     # auto's CUDA default (pixel denoising of noisy queries), so that the page's reconstruction
     # can be tested on a CPU, whose default runs no stage.
     service = ServiceSettings.from_env(env, core=replace(settings, allowed_roots=(tmp_path,)))
@@ -350,13 +350,13 @@ def test_a_noisy_upload_shows_what_was_detected_and_its_reconstruction(restorer,
 
 
 @pytest.fixture
-def guarded_server(env, photos, settings):
+def guarded_server(env, photos, settings, index_photos):
     """`loupe serve` with a read token and an API token: the page asks for one first."""
     from waitress.server import create_server
 
     from searchapp import create_app
 
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     guarded = ServiceSettings(settings, api_token="browser-write-token", read_token="browser-read-token")
     server = create_server(create_app({"LOUPE_SETTINGS": guarded}), host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -527,7 +527,7 @@ def test_duplicates_page_quarantine_and_restore(page, server, photos, tmp_path):
 
 
 @pytest.fixture
-def prefixed_server(env, photos, settings):
+def prefixed_server(env, photos, settings, index_photos):
     """`loupe serve` with LOUPE_URL_PREFIX=/photos, as behind a proxy that passes /photos/… on;
     the photographs indexed include a 1800 px TIFF (browsers do not show TIFF)."""
     from dataclasses import replace
@@ -539,7 +539,7 @@ def prefixed_server(env, photos, settings):
 
     with Image.open(next(photos.rglob("astronaut-0.*"))) as img:
         img.convert("RGB").resize((1800, 1800)).save(photos / "big.tif")
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     service = replace(ServiceSettings.from_env(env, core=settings), url_prefix="/photos")
     server = create_server(create_app({"LOUPE_SETTINGS": service}), host="127.0.0.1", port=0, threads=4)
     thread = threading.Thread(target=server.run, daemon=True)

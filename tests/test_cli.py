@@ -35,16 +35,16 @@ def test_search_before_indexing_says_what_to_do(env):
     assert code == 1 and "loupe index" in _one_line_error(err)
 
 
-def test_search_needs_text_or_image(env, photos):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_search_needs_text_or_image(env, photos, index_photos):
+    index_photos(env, photos)
     for args in (["search"], ["search", "a cat", "--image", "x.jpg"], ["search", "  "]):
         code, _, err = run_cli(args, env)
         assert code == 1, args
         _one_line_error(err)
 
 
-def test_search_with_unreadable_image_fails_cleanly(env, photos, tmp_path):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_search_with_unreadable_image_fails_cleanly(env, photos, tmp_path, index_photos):
+    index_photos(env, photos)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     code, _, err = run_cli(["search", "--image", str(broken)], env)
@@ -54,8 +54,8 @@ def test_search_with_unreadable_image_fails_cleanly(env, photos, tmp_path):
     _one_line_error(err)
 
 
-def test_human_search_output_lists_paths(env, photos):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_human_search_output_lists_paths(env, photos, index_photos):
+    index_photos(env, photos)
     target = next(photos.rglob("chelsea-0.*"))
     code, out, _ = run_cli(["search", "--image", str(target), "-k", "2"], env)
     assert code == 0
@@ -113,8 +113,8 @@ def test_checkpoint_file_weights_are_identified_by_hash(env, photos, embedder, t
     assert code == 0 and "cannot tell whether they are trained" in out and "not semantic" not in out
 
 
-def test_status_reports_counts_model_index_device_database(env, photos):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_status_reports_counts_model_index_device_database(env, photos, index_photos):
+    index_photos(env, photos)
     status = run_json(["status"], env)
     assert status["images"] == {"indexed": 24, "duplicate": 0, "failed": 0, "missing": 0}
     assert status["model"]["index"]["architecture"] == env["LOUPE_MODEL"]
@@ -128,10 +128,10 @@ def test_status_reports_counts_model_index_device_database(env, photos):
     assert "results are not semantic" in out
 
 
-def test_status_names_the_faiss_build(env, photos):
+def test_status_names_the_faiss_build(env, photos, index_photos):
     import faiss
 
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     build = run_json(["status"], env)["index"]["faiss"]
     assert build == {"version": faiss.__version__, "gpu_build": False, "gpus": 0}  # faiss-cpu here
     code, out, _ = run_cli(["status"], env)

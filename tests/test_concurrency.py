@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_index_matches_catalog, loupe_argv, run_cli, run_json
+from helpers import assert_index_matches_catalog, loupe_argv, run_cli
 from indexer.settings import Settings
 from searchapp import create_app
 from searchapp.settings import ServiceSettings
@@ -30,10 +30,10 @@ def _png(seed: int) -> bytes:
 
 
 def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, settings, photo_arrays, tmp_path,
-                                                                tiny_model_config):
+                                                                tiny_model_config, index_photos):
     from dataclasses import replace
 
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     # Jobs over HTTP may index only inside LOUPE_ALLOWED_ROOTS: here, the test's folder.
     service = ServiceSettings(replace(settings, allowed_roots=(tmp_path,)))
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": service}).test_client()
@@ -42,13 +42,14 @@ def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, sett
     bulk.mkdir()
     rng = np.random.default_rng(1)
     arrays = list(photo_arrays.values())
-    for i in range(120):
+    bulk_count, later_count = 60, 10
+    for i in range(bulk_count):
         pixels = arrays[i % len(arrays)][::3, ::3]
         noisy = np.clip(pixels.astype(int) + rng.integers(-30, 30, pixels.shape), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(bulk / f"b{i:03d}.jpg")
     later = tmp_path / "later"
     later.mkdir()
-    for i in range(10):
+    for i in range(later_count):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(later / f"l{i}.png")
 
     stop = threading.Event()
@@ -78,7 +79,7 @@ def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, sett
                                env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
         assert other.returncode == 0, other.stderr
         deadline = time.monotonic() + 30
-        while (not seen or seen[-1][1] < 154) and time.monotonic() < deadline:
+        while (not seen or seen[-1][1] < 24 + bulk_count + later_count) and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         stop.set()
@@ -86,10 +87,11 @@ def test_searches_answered_during_a_bulk_job_and_an_index_swap(env, photos, sett
             t.join()
     assert not errors, errors[:3]
     totals = [total for _, total in seen]
+    everything = 24 + bulk_count + later_count
     assert len(totals) > 20
     assert min(totals) >= 24, "a search saw a half-loaded index"
-    assert any(24 < t < 144 for t in totals), "no search was answered while the job was adding pictures"
-    assert max(totals) == 154
+    assert any(24 < t < 24 + bulk_count for t in totals), "no search was answered while the job was adding pictures"
+    assert max(totals) == everything
     assert_index_matches_catalog(settings)
 
 
@@ -135,7 +137,7 @@ def test_concurrent_adds_and_removes_on_postgres(env, postgres_url):
     assert upload["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photos, monkeypatch):
+def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photos, monkeypatch, index_photos):
     """A library that outgrows the exact index is rebuilt as IVF (images and regions) while
     other threads search it: the new index is built aside and swapped in whole. Each search's
     start and end are recorded, so the test shows searches answered during the rebuild."""
@@ -144,7 +146,7 @@ def test_searches_continue_while_the_index_is_rebuilt_as_another_type(env, photo
     from indexer.query import SearchQuery
     from indexer.vectorstore import VectorStore, choose_index_spec
 
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     library = Library.open(Settings.from_env(env))
     queries = [library.vector_of(i) for i in sorted(library.store.ids().tolist())[:6]]
     assert library.store.spec.factory == "Flat"

@@ -61,8 +61,8 @@ def test_sigkill_during_index_saves_never_leaves_a_torn_file(tmp_path):
     assert path.exists()
 
 
-def test_index_is_rebuilt_from_the_catalog_when_its_file_is_lost(env, photos, settings):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_index_is_rebuilt_from_the_catalog_when_its_file_is_lost(env, photos, settings, index_photos):
+    index_photos(env, photos)
     settings.index_path.unlink()
     (settings.index_path.parent / ".index.faiss.123.456.tmp").write_bytes(b"half a file")
     status = run_json(["status"], env)
@@ -108,8 +108,8 @@ def _library_agrees_with_catalog(settings) -> set[int]:
         library.close()
 
 
-def test_sigkill_server_during_adds_and_removes(env, photos, settings, tiny_model_config):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_sigkill_server_during_adds_and_removes(env, photos, settings, tiny_model_config, index_photos):
+    index_photos(env, photos)
     kill_rng = random.Random(5)
     acknowledged: set[int] = set()  # ids whose add the server confirmed and that were not removed
     adds_per_round: list[int] = []

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 
-from helpers import assert_index_matches_catalog, current_rss_mb, full_run, run_json
+from helpers import assert_index_matches_catalog, current_rss_mb, full_run
 from hostile_images import hostile_images, mutate, valid_images
 from searchapp import create_app
 from searchapp.settings import ServiceSettings
@@ -59,8 +59,8 @@ def build(case) -> tuple[bytes, dict]:
 
 
 @pytest.fixture
-def fuzz_client(env, photos, settings):
-    run_json(["index", str(photos), "--no-progress"], env)
+def fuzz_client(env, photos, settings, index_photos):
+    index_photos(env, photos)
     app = create_app({"TESTING": True, "LOUPE_SETTINGS": ServiceSettings(settings),
                       "MAX_CONTENT_LENGTH": 2 * 1024 * 1024, "MAX_UPLOAD_PIXELS": 4_000_000})
     return app.test_client()

@@ -27,8 +27,8 @@ TRAIN_STEPS = 8
 
 
 @pytest.fixture
-def indexed(env, photos):
-    run_json(["index", str(photos), "--no-progress"], env)
+def indexed(env, photos, index_photos):
+    index_photos(env, photos)
     return env
 
 

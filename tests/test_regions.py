@@ -112,9 +112,9 @@ def test_regions_off_stores_none(env, photos):
     assert catalog_regions(Settings.from_env(env)) == []
 
 
-def test_a_crop_is_found_through_its_region(env, photos, tmp_path):
+def test_a_crop_is_found_through_its_region(env, photos, tmp_path, index_photos):
     """A crop that is one of a photo's regions finds the photo first, and says where."""
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     original = next(photos.rglob("coffee-0.*"))
     with Image.open(original) as img:
         picture = img.convert("RGB")
@@ -137,11 +137,11 @@ def test_a_crop_is_found_through_its_region(env, photos, tmp_path):
     assert whole_only["results"][0]["score"] < first["score"]
 
 
-def test_removing_an_image_removes_its_regions_and_a_duplicate_inherits_them(env, photos, tmp_path):
+def test_removing_an_image_removes_its_regions_and_a_duplicate_inherits_them(env, photos, tmp_path, index_photos):
     original = next(photos.rglob("astronaut-0.*"))
     copy = photos / f"copy-of-astronaut{original.suffix}"
     copy.write_bytes(original.read_bytes())
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     settings = Settings.from_env(env)
     from indexer.library import Library
 
@@ -162,8 +162,8 @@ def test_removing_an_image_removes_its_regions_and_a_duplicate_inherits_them(env
     assert_index_matches_catalog(settings)
 
 
-def test_lost_regions_file_is_rebuilt_from_the_catalog(env, photos):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_lost_regions_file_is_rebuilt_from_the_catalog(env, photos, index_photos):
+    index_photos(env, photos)
     settings = Settings.from_env(env)
     settings.regions_path.unlink()
     code, out, err = run_cli(["search", "--image", str(next(photos.rglob("camera-0.*"))), "--json"], env)
@@ -175,8 +175,8 @@ def test_lost_regions_file_is_rebuilt_from_the_catalog(env, photos):
     library.close()
 
 
-def test_png_upload_of_the_same_pixels_is_exact(env, photos, tmp_path):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_png_upload_of_the_same_pixels_is_exact(env, photos, tmp_path, index_photos):
+    index_photos(env, photos)
     original = next(p for p in photos.rglob("*-0.png"))
     with Image.open(original) as img:
         buf = io.BytesIO()

@@ -367,8 +367,8 @@ def test_each_stage_by_name(restorable, stage):
 
 
 @pytest.mark.slow
-def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settings):
-    run_json(["index", str(photos), "--no-progress"], env)
+def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settings, index_photos):
+    index_photos(env, photos)
     settings = ServiceSettings.from_env(env, core=settings)
     settings = replace(settings, restore=replace(settings.restore, auto=(("noise", ("pixel",)),)))  # auto's CUDA default
     client = create_app({"TESTING": True, "LOUPE_SETTINGS": settings}).test_client()
@@ -383,10 +383,10 @@ def test_unavailable_stages_fail_clearly_and_auto_skips_them(env, photos, settin
 
 
 @pytest.mark.slow
-def test_outpaint_stage_with_a_configured_pipeline(env, photos, tmp_path):
+def test_outpaint_stage_with_a_configured_pipeline(env, photos, tmp_path, index_photos):
     from bench.random_models import TINY, save_random_pipeline
 
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     pipeline = save_random_pipeline(tmp_path / "inpaint", TINY, inpainting=True)
     settings = ServiceSettings.from_env({**env, "LOUPE_OUTPAINT_MODEL": str(pipeline),
                                          "LOUPE_RESTORE_AUTO": "crop:outpaint"})
@@ -429,9 +429,9 @@ def test_noise_levels_are_recorded_at_index_time(env, photos, settings):
 
 
 @pytest.mark.slow
-def test_a_configured_model_that_fails_to_load_is_skipped_by_auto(env, photos, tmp_path):
+def test_a_configured_model_that_fails_to_load_is_skipped_by_auto(env, photos, tmp_path, index_photos):
 
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     (tmp_path / "broken").mkdir()
     settings = ServiceSettings.from_env({**env, "LOUPE_RESTORE_MODEL": str(tmp_path / "broken"),
                                   "LOUPE_RESTORE_AUTO": "noise:pixel"})

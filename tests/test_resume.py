@@ -19,14 +19,19 @@ from indexer.settings import Settings
 
 pytestmark = pytest.mark.slow
 
+# Kill points (after this many committed pictures): 60 in the default run, also 1 and 150 in the
+# full run, which needs a folder twice as big to still be mid-job at 150.
+KILL_POINTS = [1, 60, 150] if full_run() else [60]
+PHOTOS = 300 if full_run() else 120
+
 @pytest.fixture
 def many_photos(tmp_path, photo_arrays):
-    """300 distinct photographic JPEGs (random crops of real photographs)."""
+    """PHOTOS distinct photographic JPEGs (random crops of real photographs)."""
     folder = tmp_path / "many"
     folder.mkdir()
     rng = np.random.default_rng(7)
     arrays = list(photo_arrays.values())
-    for i in range(300):
+    for i in range(PHOTOS):
         pixels = arrays[i % len(arrays)]
         h, w = pixels.shape[:2]
         ch, cw = int(h * rng.uniform(0.4, 0.9)), int(w * rng.uniform(0.4, 0.9))
@@ -79,7 +84,7 @@ def _start(env, config, folder, tmp_path):
     )
 
 
-@pytest.mark.parametrize("kill_after", [1, 60, 150] if full_run() else [60])
+@pytest.mark.parametrize("kill_after", KILL_POINTS)
 def test_sigkill_mid_job_then_rerun_completes_without_duplicates(env, tiny_model_config, many_photos, tmp_path, kill_after):
     settings = Settings.from_env(env)
     proc = _start(env, tiny_model_config, many_photos, tmp_path)
@@ -91,7 +96,7 @@ def test_sigkill_mid_job_then_rerun_completes_without_duplicates(env, tiny_model
     proc.wait()
     _assert_no_process_mentions(str(many_photos))  # its decode workers died with it
     before = _committed(settings)
-    assert kill_after <= before < 300
+    assert kill_after <= before < PHOTOS
 
     # A reader opening the library now sees the catalog's vectors, even those the index file lacks.
     status = run_json(["status"], env)
@@ -104,8 +109,8 @@ def test_sigkill_mid_job_then_rerun_completes_without_duplicates(env, tiny_model
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
     assert summary["unchanged"] == before  # committed work is not redone
-    assert summary["added"] == 300 - before
-    assert len(assert_index_matches_catalog(settings)) == 300
+    assert summary["added"] == PHOTOS - before
+    assert len(assert_index_matches_catalog(settings)) == PHOTOS
 
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:

@@ -34,9 +34,9 @@ def shared(tmp_path_factory, tiny_model_config, models_dir, photo_arrays):
 
 
 @pytest.fixture
-def indexed(env, photos, settings):
+def indexed(env, photos, settings, index_photos):
     """A home of its own with the photographs indexed, for tests that change it."""
-    run_json(["index", str(photos), "--no-progress"], env)
+    index_photos(env, photos)
     return settings
 
 
