@@ -119,14 +119,15 @@ def test_purify_keeps_shape_and_leaves_clean_pictures_alone():
 
 @pytest.mark.slow
 def test_trained_denoiser_removes_noise(tmp_path):
-    """A tiny denoiser trained for 200 steps (seconds; a step count, not a time budget, so a busy
+    """A tiny denoiser trained for 120 steps (seconds; a step count, not a time budget, so a busy
     machine trains the same model) on smooth pictures already brings a noisy one closer to the
-    clean picture, one-shot and with DDIM steps."""
+    clean picture, one-shot and with DDIM steps (measured: 0.53 and 0.45 of the error left at
+    120 steps, 0.43 and 0.32 at 200)."""
     from searchapp.diffusion.training import TrainOptions, train
 
     pictures = np.stack([smooth_picture(24, seed) for seed in range(16)])
     train(tmp_path / "pixel", pictures, TINY_UNET,
-          TrainOptions(budget_seconds=3600, max_steps=200, batch_size=16, max_timestep=300, progress=False,
+          TrainOptions(budget_seconds=3600, max_steps=120, batch_size=16, max_timestep=300, progress=False,
                        learning_rate=1e-3, ema_decay=0.9))
     restorer = load_pixel_restorer(str(tmp_path / "pixel"), tmp_path, "cpu")
     clean = smooth_picture(48, seed=99)
