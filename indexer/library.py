@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from contextlib import contextmanager
 import logging
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence
@@ -145,6 +146,7 @@ class Library:
         self.graph = GraphMirror(settings.index_path.with_name("graph.npz"))  # the kNN graph (indexer.graph)
         self.diffusion = DEFAULT_DIFFUSION  # rerank=diffusion's parameters (indexer.diffusion_rank)
         self._tables: dict[str, tuple] = {}  # "images"/"regions" → (generation, table) (see `table`)
+        self._pinned = threading.local()  # .generation: this thread's search's (see `one_generation`)
         self._selections: dict[tuple[str, str], IdSelection] = {}  # (generation, filter) → ids (`selection`)
         self._region_selections: dict[int, tuple[IdSelection, IdSelection]] = {}  # id(images) → (images, regions)
 
@@ -293,7 +295,10 @@ class Library:
         Images in `query.exclude` are left out, and with `query.min_score` those scoring below
         it, before paging; `total` is then how many reach it (counted down to MAX_DEPTH).
         """
-        t0 = started if started is not None else time.perf_counter()
+        with self.one_generation():
+            return self._search(vector, query, started if started is not None else time.perf_counter())
+
+    def _search(self, vector: np.ndarray, query: SearchQuery, t0: float) -> SearchPage:
         query = self.resume(vector, query)
         brought: set[int] = set()  # results the diffusion brought into the page
         if query.rerank == "diffusion" and query.by_relevance:
@@ -444,7 +449,27 @@ class Library:
     def generation(self) -> str:
         """A token that changes whenever what a search sees may have changed: either index
         (reloaded, saved or written to) or the catalog's latest job (a job that only
-        backfilled metadata changes no vector). Cursors and the metadata table are bound to it."""
+        backfilled metadata changes no vector). Cursors and the metadata table are bound to it.
+        Inside `one_generation`, the token this thread's search started from."""
+        pinned = getattr(self._pinned, "generation", None)
+        return pinned if pinned is not None else self._read_generation()
+
+    @contextmanager
+    def one_generation(self) -> Iterator[str]:
+        """Within it, this thread reads `generation()` once: a search's cursor, filter selection
+        and metadata table all bind to the state it started from, and the catalog is asked once
+        instead of once per step. Nested uses keep the outer one's."""
+        held = getattr(self._pinned, "generation", None)
+        if held is not None:
+            yield held
+            return
+        self._pinned.generation = self._read_generation()
+        try:
+            yield self._pinned.generation
+        finally:
+            self._pinned.generation = None
+
+    def _read_generation(self) -> str:
         with self.sessions() as session:
             job = session.execute(select(JobRecord.id, JobRecord.state, JobRecord.finished_at)
                                   .order_by(JobRecord.id.desc()).limit(1)).first()

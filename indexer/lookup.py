@@ -122,10 +122,11 @@ def reverse_lookup(library: Library, embedder, data: bytes, query: SearchQuery,
     """`query`'s page of the indexed pictures nearest to the picture in `data`, labelled exact /
     near-duplicate / similar. With `query.verify`, the top candidates are verified geometrically
     and verified copies rank first; `timings`, when given, receives each step's milliseconds."""
-    lookup = ImageLookup.embed(library, embedder, data, query, limits, timings)
-    lookup.search()
-    lookup.verify()
-    return lookup.page()
+    with library.one_generation():  # the cursor read and the one written bind to one state
+        lookup = ImageLookup.embed(library, embedder, data, query, limits, timings)
+        lookup.search()
+        lookup.verify()
+        return lookup.page()
 
 
 class CandidateVerifier:

@@ -290,9 +290,13 @@ class SearchService:
     def search_image_id(self, image_id: int, query: SearchQuery) -> SearchPage:
         """More like an indexed image (its stored vector), the image itself left out; verified
         (`query.verify`) with its stored local features."""
+        library = self.searchable_library()
+        with library.one_generation():  # the cursor read and the one written bind to one state
+            return self._more_like(library, image_id, query)
+
+    def _more_like(self, library: Library, image_id: int, query: SearchQuery) -> SearchPage:
         from indexer.lookup import rank_verified, verify_stored
 
-        library = self.searchable_library()
         t0 = time.perf_counter()
         calibration = library.calibration()
         vector = library.vector_of(image_id)

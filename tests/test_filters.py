@@ -384,6 +384,22 @@ def test_cli_search_with_filters_prints_next(library_env, facts):
     assert code != 0 and "taken_after" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_page_reads_the_index_generation_once(client, library_env, monkeypatch):
+    """A filtered search with a cursor binds its cursor, selection and next cursor to one state:
+    the catalog's latest job is read once per search, not once per step."""
+    from indexer.library import Library
+
+    params = {"k": 5, "folder": str(library_env[1])}
+    first = search(client, **params)
+    reads = []
+    real = Library._read_generation
+    monkeypatch.setattr(Library, "_read_generation", lambda self: reads.append(1) or real(self))
+    second = search(client, cursor=first["next"], **params)
+    assert second["results"] and second["next"] and len(reads) == 1
+    image = client.post("/api/search/image", json={"image_id": first["results"][0]["id"], **params})
+    assert image.status_code == 200 and len(reads) == 2
+
+
 def test_cursor_is_refused_once_the_index_changed(client, library_env):
     """Last: it adds a picture to the module's library."""
     from helpers import gradient_png

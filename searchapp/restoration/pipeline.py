@@ -152,13 +152,14 @@ def restored_lookup(library: Library, embedder, data: bytes, query: SearchQuery,
         raise ConfigError(f"restore must be one of {', '.join(MODES)}, not {mode!r}")
     if mode != "off" and restorers is None:
         raise ConfigError("restoration needs the stage models (Restorers)")
-    lookup = ImageLookup.embed(library, embedder, data, query, limits, timings)
-    raw = lookup.search(extra=FUSION_EXTRA)
-    lookup.verify()
-    report = RestorationReport(mode)
-    if mode != "off":
-        report = _restore(lookup, raw, mode, restorers)
-    page = lookup.page()
+    with library.one_generation():  # the cursor read and the one written bind to one state
+        lookup = ImageLookup.embed(library, embedder, data, query, limits, timings)
+        raw = lookup.search(extra=FUSION_EXTRA)
+        lookup.verify()
+        report = RestorationReport(mode)
+        if mode != "off":
+            report = _restore(lookup, raw, mode, restorers)
+        page = lookup.page()
     restoring = sum(v for name, v in lookup.clock.times.items() if name not in LOOKUP_STEPS)
     return page, replace(report, ms=restoring)
 
