@@ -12,7 +12,9 @@ from indexer.settings import Settings
 
 ray = pytest.importorskip("ray")
 
-pytestmark = pytest.mark.slow
+# One worker runs them all, one after another: two local Ray instances at once (pytest-xdist
+# sharing the module out) starve a 2-core machine, and a run saw each Ray job take 5 minutes.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture(scope="module")
