@@ -70,6 +70,7 @@ class LibraryFilter:
     min_width: int | None = None
     min_height: int | None = None
     cameras: tuple[str, ...] = ()  # lower-case substrings of "make model"
+    cluster: int | None = None  # a cluster of the collection's map (`indexer.collection_map`)
 
     @property
     def active(self) -> bool:
@@ -82,7 +83,7 @@ class LibraryFilter:
 
         return "|".join((",".join(sorted(self.folders)), when(self.taken_after), when(self.taken_before),
                          ",".join(sorted(self.formats)), str(self.min_width or ""), str(self.min_height or ""),
-                         ",".join(sorted(self.cameras))))
+                         ",".join(sorted(self.cameras)), "" if self.cluster is None else str(self.cluster)))
 
     def as_dict(self) -> dict:
         """The filter as the API's parameter names (given conditions only)."""
@@ -101,6 +102,8 @@ class LibraryFilter:
             body["min_height"] = self.min_height
         if self.cameras:
             body["camera"] = list(self.cameras)
+        if self.cluster is not None:
+            body["cluster"] = self.cluster
         return body
 
 

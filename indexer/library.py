@@ -58,6 +58,7 @@ from .vectorstore import IdSelection, VectorStore
 if TYPE_CHECKING:
     from PIL import Image
 
+    from .collection_map import CollectionMap
     from .features import LocalFeatures
     from .filters import LibraryFilter
     from .metatable import MetadataTable
@@ -146,8 +147,9 @@ class Library:
         self.graph = GraphMirror(settings.index_path.with_name("graph.npz"))  # the kNN graph (indexer.graph)
         self.diffusion = DEFAULT_DIFFUSION  # rerank=diffusion's parameters (indexer.diffusion_rank)
         self._tables: dict[str, tuple] = {}  # "images"/"regions" → (generation, table) (see `table`)
+        self._map: tuple[int, "CollectionMap | None"] | None = None  # (file stamp, map) (`collection_map`)
         self._pinned = threading.local()  # .generation: this thread's search's (see `one_generation`)
-        self._selections: dict[tuple[str, str], IdSelection] = {}  # (generation, filter) → ids (`selection`)
+        self._selections: dict[tuple, IdSelection] = {}  # (generation, filter, map stamp) → ids (`selection`)
         self._region_selections: dict[int, tuple[IdSelection, IdSelection]] = {}  # id(images) → (images, regions)
 
     @classmethod
@@ -508,15 +510,40 @@ class Library:
         if not filters.active:
             return None
         generation = self.generation()
-        key = (generation, filters.key())
+        members = None if filters.cluster is None else self.cluster_members(filters.cluster)
+        key = (generation, filters.key(), None if members is None else self._map[0])
         held = self._selections.get(key)
         if held is None:
-            held = IdSelection.of(self.table(generation).select(filters))
+            ids = self.table(generation).select(filters)
+            if members is not None:
+                ids = np.intersect1d(ids, members, assume_unique=True)
+            held = IdSelection.of(ids)
             self._selections = {k: v for k, v in self._selections.items() if k[0] == generation}
             while len(self._selections) >= SELECTIONS_KEPT:
                 self._selections.pop(next(iter(self._selections)))
             self._selections[key] = held
         return held
+
+    def collection_map(self) -> "CollectionMap | None":
+        """The collection's map as saved (`indexer.collection_map`; None before one is made),
+        read again when its file changes."""
+        from .collection_map import load_map, map_path
+
+        try:
+            stamp = map_path(self).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        held = self._map
+        if held is None or held[0] != stamp:
+            held = self._map = (stamp, load_map(self))
+        return held[1]
+
+    def cluster_members(self, cluster: int) -> np.ndarray:
+        """The ids in map cluster `cluster` (ascending); KeyError: the map has no such cluster."""
+        found = self.collection_map()
+        if found is None or not 0 <= cluster < len(found.clusters):
+            raise KeyError(cluster)
+        return np.sort(found.members(cluster))
 
     def region_selection(self, images: IdSelection | None) -> IdSelection | None:
         """The regions of the pictures in `images` (None: every region)."""

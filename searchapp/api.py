@@ -99,16 +99,17 @@ def _page_params() -> SearchQuery:
 
 
 def _in_cluster(query: SearchQuery) -> SearchQuery:
-    """`cluster` = a map cluster's id: search inside it (the pictures outside it are excluded)."""
+    """`cluster` = a map cluster's id: search inside it (a filter, as a folder is)."""
     from indexer.collection_map import MAX_CLUSTERS
 
     cluster = _int_param("cluster", None, 0, MAX_CLUSTERS - 1)
     if cluster is None:
         return query
     try:
-        return replace(query, exclude=(*query.exclude, *service().outside_cluster(cluster)))
+        service().library.cluster_members(cluster)
     except KeyError:
         raise ApiError(404, "not_found", f"no map cluster {cluster} (see GET /api/map)") from None
+    return replace(query, filters=replace(query.filters, cluster=cluster))
 
 
 def _rerank_param() -> str:

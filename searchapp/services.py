@@ -374,23 +374,10 @@ class SearchService:
 
     def collection_map(self, cluster: int | None, limit: int) -> dict:
         """The map of the collection (`indexer.collection_map.map_body`); KeyError: no such cluster."""
-        from indexer.collection_map import load_map, map_body
+        from indexer.collection_map import map_body
 
         library = self.library
-        return map_body(load_map(library), library.store.ids(), cluster, limit)
-
-    def outside_cluster(self, cluster: int) -> tuple[int, ...]:
-        """The ids of the indexed pictures outside map cluster `cluster` (a search's `exclude`
-        for "search inside this cluster"); KeyError: no such cluster."""
-        import numpy as np
-
-        from indexer.collection_map import load_map
-
-        library = self.library
-        found = load_map(library)
-        if found is None or not 0 <= cluster < len(found.clusters):
-            raise KeyError(cluster)
-        return tuple(np.setdiff1d(library.store.ids(), found.members(cluster)).tolist())
+        return map_body(library.collection_map(), library.store.ids(), cluster, limit)
 
     def _follow_index(self, library: Library) -> None:
         """The kNN graph and the map after a removal (`indexer.collection_map`)."""

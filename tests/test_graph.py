@@ -233,6 +233,19 @@ def test_map_api_shape_caps_and_cluster_search(collection, library):
     found_in = client.get(f"/api/search?q=a+photo&k=50&cluster={biggest['id']}").get_json()["results"]
     assert {r["id"] for r in found_in} == members
     assert client.get("/api/search?q=a+photo&cluster=63").status_code == 404
+    # A cluster is a filter: counted, paged by cursor (bound to it), with other filters and in
+    # more-like-this.
+    first = client.get(f"/api/search?q=a+photo&k=2&cluster={biggest['id']}").get_json()
+    assert first["total"] == biggest["size"] > 2 and first["next"]
+    after = client.get(f"/api/search?q=a+photo&k=2&cluster={biggest['id']}&cursor={first['next']}").get_json()
+    paged = [r["id"] for r in first["results"] + after["results"]]
+    assert len(set(paged)) == 4 and set(paged) <= members
+    other = body["clusters"][1]["id"]
+    assert client.get(f"/api/search?q=a+photo&k=2&cluster={other}&cursor={first['next']}").status_code == 400
+    assert client.get(f"/api/search?q=a+photo&cluster={biggest['id']}&format=nothing").get_json()["total"] == 0
+    seed = min(members)
+    alike = client.post(f"/api/search/image?cluster={biggest['id']}", json={"image_id": seed, "k": 50}).get_json()
+    assert {r["id"] for r in alike["results"]} == members - {seed}
     assert client.get("/map").status_code == 200 and b"map.js" in client.get("/map").data
 
 
