@@ -15,6 +15,7 @@ from indexer.settings import Settings
 from .restoration.stages import parse_policy
 
 _URL_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+MAX_TRUSTED_PROXIES = 8  # LOUPE_TRUSTED_PROXIES beyond this is surely a mistake
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class ServiceSettings:
     min_free_mb: float = 1024.0
     # LOUPE_METRICS_TOKEN: when set, /metrics needs it (or a token that may read); else /metrics follows the read rule
     metrics_token: str | None = field(default=None, repr=False)
+    # LOUPE_TRUSTED_PROXIES: reverse proxies in front of Loupe; the access log then names the client
+    # that X-Forwarded-For says the outermost of them saw (0: the peer's address)
+    trusted_proxies: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, core: Settings | None = None) -> "ServiceSettings":
@@ -80,6 +84,7 @@ class ServiceSettings:
             url_prefix=parse_url_prefix(env.get("LOUPE_URL_PREFIX")),
             min_free_mb=_non_negative(env, "LOUPE_MIN_FREE_MB", "1024", "megabytes"),
             metrics_token=env.get("LOUPE_METRICS_TOKEN") or None,
+            trusted_proxies=_count(env, "LOUPE_TRUSTED_PROXIES", MAX_TRUSTED_PROXIES),
         )
 
 
@@ -107,6 +112,14 @@ def _positive(env: Mapping[str, str], name: str, default: str, unit: str) -> flo
     if not value > 0:  # also refuses nan
         raise ConfigError(f"{name}={text!r} is not a positive number of {unit}")
     return value
+
+
+def _count(env: Mapping[str, str], name: str, most: int) -> int:
+    """The whole number `env[name]` from 0 to `most` (unset: 0), else a ConfigError naming it."""
+    text = (env.get(name) or "0").strip()
+    if not text.isdigit() or int(text) > most:
+        raise ConfigError(f"{name}={text!r} is not a whole number from 0 to {most}")
+    return int(text)
 
 
 def _non_negative(env: Mapping[str, str], name: str, default: str, unit: str) -> float:

@@ -182,6 +182,33 @@ def test_access_log_line_has_no_token_and_no_query(service, caplog):
         assert secret not in text
 
 
+def test_access_log_behind_trusted_proxies_names_the_client(service, indexed_env, caplog):
+    """LOUPE_TRUSTED_PROXIES=N: the client is X-Forwarded-For's N-th entry from the right (what the
+    outermost trusted proxy saw); a spoofed entry further left, junk, or too few entries are not taken."""
+    from indexer.errors import ConfigError
+
+    behind_one = make_app(replace(service, trusted_proxies=1)).test_client()
+    behind_two = make_app(replace(service, trusted_proxies=2)).test_client()
+    direct = make_app(service).test_client()
+    asked = [
+        (behind_one, "203.0.113.9, 198.51.100.7"),  # a client-supplied first entry, then what nginx saw
+        (behind_two, "203.0.113.9, 198.51.100.7, 10.0.0.2"),
+        (behind_one, "not-an-address"),
+        (behind_two, "198.51.100.7"),  # fewer entries than proxies
+        (direct, "198.51.100.7"),  # no proxies trusted: the header is ignored
+        (behind_one, '2001:db8::1'),
+    ]
+    with caplog.at_level(logging.INFO, logger="loupe.access"):
+        for client, forwarded in asked:
+            client.get("/api/health", headers={"X-Forwarded-For": forwarded})
+    clients = [r.getMessage().split(" ", 1)[0] for r in caplog.records if r.name == "loupe.access"]
+    assert clients == ["198.51.100.7", "198.51.100.7", "127.0.0.1", "127.0.0.1", "127.0.0.1", "2001:db8::1"]
+    assert ServiceSettings.from_env({**indexed_env, "LOUPE_TRUSTED_PROXIES": "2"}).trusted_proxies == 2
+    for bad in ("-1", "x", "1.5", "9"):
+        with pytest.raises(ConfigError, match="LOUPE_TRUSTED_PROXIES"):
+            ServiceSettings.from_env({**indexed_env, "LOUPE_TRUSTED_PROXIES": bad})
+
+
 # -- the command line -----------------------------------------------------------------------------
 def usage_error(args: list[str], env: dict, capsys) -> str:
     """`loupe ARGS` must stop with a usage error (exit 2); returns what it printed on stderr."""
