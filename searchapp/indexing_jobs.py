@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 from indexer.catalog import JobRecord, JobState
 from indexer.errors import JobLockedError, JobNotRunningError, LoupeError, NotIndexedError
-from indexer.jobs import IndexJob, IndexOptions
+from indexer.jobs import IndexJob, IndexOptions, JobSummary
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,17 @@ class IndexingJobs:
         """Index `paths` in this thread; returns the job id. The caller holds `writer()`, and asks
         `calibration` afterwards (the match cut-offs are recalibrated in the background)."""
         job = IndexJob(self.service.library, self.service.job_embedder, self._options(calibrate=False))
-        job.run(paths)
+        try:
+            self._observe(job.run(paths))
+        except BaseException:
+            self._observe(None)
+            raise
         return job.job_id
+
+    def _observe(self, summary: JobSummary | None) -> None:
+        """Report a job's end to the metrics (None: it failed), if anything listens."""
+        if self.service.observe_job is not None:
+            self.service.observe_job(summary)
 
     def start(self, paths: Sequence[Path], wait_seconds: float = 30.0) -> int:
         """Start a job in the background; returns its id once it is recorded."""
@@ -93,10 +102,12 @@ class IndexingJobs:
 
         def work() -> None:
             try:
-                IndexJob(library, embedder, self._options(), cancelled=flag.is_set).run(paths, on_started=on_started)
+                self._observe(IndexJob(library, embedder, self._options(), cancelled=flag.is_set)
+                              .run(paths, on_started=on_started))
             except BaseException as err:  # recorded on the job row; also unblocks the caller
                 outcome["error"] = err
                 log.warning("indexing job stopped: %s", err)
+                self._observe(None)
             finally:
                 with self._flags_lock:
                     self._cancel_flags.pop(outcome.get("id"), None)

@@ -9,6 +9,12 @@ share counters. What is exported:
 - `loupe_search_step_duration_seconds{kind, step}`: the steps each search times (an image
   search's decode, embed, knn+join, verify, rank, label and restoration stages; a text
   search's embed and knn+join);
+- `loupe_index_jobs_total{outcome}` (finished, failed), `loupe_index_job_pictures_total{result}`
+  (added, changed, duplicates, unchanged, failed, missing) and
+  `loupe_index_job_stage_seconds_total{stage}` (read, embed, write, and other: planning, saving,
+  calibrating): the indexing jobs this server ran (API jobs and uploads; not `loupe index` in
+  another process), as each ends: `rate(loupe_index_job_pictures_total{result="added"}[1h])` is
+  the indexing rate, the stage counters show where its time goes;
 - read at scrape time, without loading anything: `loupe_model_queue_depth` (model calls
   waiting or running), `loupe_index_images{status}` and `loupe_index_vectors{index}` (once the
   library is loaded), `loupe_jobs_running{kind}` (bulk indexing, generation).
@@ -25,6 +31,7 @@ EXTENSION = "loupe_metrics"
 ENDPOINT = "metrics.metrics"
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+JOB_RESULTS = ("added", "changed", "duplicates", "unchanged", "failed", "missing")  # JobSummary's counts
 
 bp = Blueprint("metrics", __name__)
 
@@ -44,6 +51,13 @@ class Metrics:
         self.steps = Histogram("loupe_search_step_duration_seconds",
                                "time of each step of a search (text or image), as the search times it",
                                ["kind", "step"], buckets=STEP_BUCKETS, registry=self.registry)
+        self.jobs = Counter("loupe_index_jobs", "indexing jobs this server ran, by how they ended", ["outcome"],
+                            registry=self.registry)
+        self.job_pictures = Counter("loupe_index_job_pictures", "pictures the indexing jobs this server ran "
+                                    "went through, by result", ["result"], registry=self.registry)
+        self.job_seconds = Counter("loupe_index_job_stage_seconds", "seconds the indexing jobs this server ran "
+                                   "spent in each stage (other: planning, saving, calibrating)", ["stage"],
+                                   registry=self.registry)
         self.registry.register(ServiceCollector(service))
 
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
@@ -53,6 +67,20 @@ class Metrics:
     def observe_steps(self, kind: str, steps_ms: dict[str, float]) -> None:
         for step, ms in steps_ms.items():
             self.steps.labels(kind, step).observe(ms / 1000)
+
+    def observe_job(self, summary) -> None:
+        """An indexing job ended: its `indexer.jobs.JobSummary`, or None when it failed."""
+        if summary is None:
+            self.jobs.labels("failed").inc()
+            return
+        self.jobs.labels("finished").inc()
+        for result in JOB_RESULTS:
+            self.job_pictures.labels(result).inc(getattr(summary, result))
+        staged = 0.0
+        for stage, seconds in summary.stages.items():
+            self.job_seconds.labels(stage).inc(seconds)
+            staged += seconds
+        self.job_seconds.labels("other").inc(max(summary.seconds - staged, 0.0))
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
@@ -116,6 +144,7 @@ def init_app(app: Flask, service) -> Metrics:
     found = Metrics(service)
     app.extensions[EXTENSION] = found
     service.observe_steps = found.observe_steps
+    service.observe_job = found.observe_job
     app.before_request(_started)
 
     @app.after_request

@@ -140,6 +140,8 @@ class SearchService:
         self._model_error: str | None = None  # why the last model load failed (readiness)
         # Called with (search kind, {step: milliseconds}) after each search (`searchapp.metrics`).
         self.observe_steps: Callable[[str, dict[str, float]], None] | None = None
+        # Each indexing job this server ran, as it ends: its summary, None when it failed (metrics)
+        self.observe_job: Callable[[object], None] | None = None
 
     # -- lazily loaded parts -----------------------------------------------------------------
     @property

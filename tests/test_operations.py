@@ -145,6 +145,31 @@ def test_metrics_count_requests_and_search_steps(client):
     assert metric(client, "loupe_http_requests_total", endpoint="/api/images/<id:image_id>", status="404") >= 1
 
 
+def test_metrics_count_the_indexing_jobs_this_server_ran(env, photos, tmp_path):
+    import time
+
+    client = make_app(ServiceSettings(replace(Settings.from_env(env), allowed_roots=(tmp_path,)))).test_client()
+
+    def run_job() -> None:
+        job = client.post("/api/jobs", json={"paths": [str(photos / "a")]}).get_json()
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/jobs/{job['id']}").get_json()["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    assert metric(client, "loupe_index_jobs_total", outcome="finished") is None  # nothing ran yet
+    run_job()
+    assert metric(client, "loupe_index_jobs_total", outcome="finished") == 1
+    assert metric(client, "loupe_index_job_pictures_total", result="added") == 12  # photos/a: 12 files
+    assert metric(client, "loupe_index_job_pictures_total", result="failed") == 0
+    stages = {stage: metric(client, "loupe_index_job_stage_seconds_total", stage=stage)
+              for stage in ("read", "embed", "write", "other")}
+    assert all(seconds > 0 for seconds in stages.values()), stages
+    run_job()  # nothing new: counted as unchanged
+    assert metric(client, "loupe_index_jobs_total", outcome="finished") == 2
+    assert metric(client, "loupe_index_job_pictures_total", result="unchanged") == 12
+    assert metric(client, "loupe_index_job_pictures_total", result="added") == 12
+
+
 def test_each_app_has_its_own_registry(service):
     first, second = make_app(service).test_client(), make_app(service).test_client()
     first.get("/api/health")
