@@ -12,23 +12,19 @@ centre, with untrained weights a number. Saved as `map.npz` beside the graph (at
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_write
 from .graph import GraphUpdate, KnnGraph, sparse_affinity
 from .library import Library
+from .map_file import CollectionMap, MapCluster, map_file
 
 log = logging.getLogger(__name__)
 
-MAP_VERSION = 1
 SPECTRAL_DIM = 16  # spectral coordinates kept per picture
 MAX_CLUSTERS = 64
 REPRESENTATIVES = 4
@@ -43,62 +39,6 @@ VOCABULARY = (
     "text", "a document", "a diagram", "a drawing", "a painting", "abstract shapes", "patterns", "textures",
     "coins", "a microscope image", "a medical image", "sports", "a concert", "a wedding", "toys", "clothes", "art",
 )
-
-
-@dataclass(frozen=True)
-class MapCluster:
-    id: int
-    label: str
-    size: int
-    representatives: tuple[int, ...]
-    x: float
-    y: float
-
-    def as_dict(self) -> dict:
-        return {"id": self.id, "label": self.label, "size": self.size,
-                "representatives": list(self.representatives), "x": round(self.x, 5), "y": round(self.y, 5)}
-
-
-@dataclass(frozen=True)
-class CollectionMap:
-    """Each picture's place (`xy` in [0, 1]) and cluster, and the clusters."""
-
-    ids: np.ndarray  # (n,) int64, ascending
-    xy: np.ndarray  # (n, 2) float32
-    cluster: np.ndarray  # (n,) int32: index into `clusters`
-    clusters: tuple[MapCluster, ...]
-    semantic: bool  # labels named by the model (else numbered)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def save(self, path: Path) -> None:
-        meta = json.dumps({"clusters": [c.as_dict() for c in self.clusters], "semantic": self.semantic})
-
-        def write(fh) -> None:
-            buffer = io.BytesIO()
-            np.savez(buffer, version=np.array(MAP_VERSION), ids=self.ids, xy=self.xy, cluster=self.cluster,
-                     meta=np.frombuffer(meta.encode(), np.uint8))
-            fh.write(buffer.getvalue())
-
-        atomic_write(path, write)
-
-    @classmethod
-    def load(cls, path: Path) -> "CollectionMap | None":
-        try:
-            with np.load(path) as data:
-                if int(data["version"]) != MAP_VERSION:
-                    return None
-                meta = json.loads(data["meta"].tobytes().decode())
-                clusters = tuple(MapCluster(c["id"], c["label"], c["size"], tuple(c["representatives"]), c["x"], c["y"])
-                                 for c in meta["clusters"])
-                return cls(data["ids"].astype(np.int64), data["xy"].astype(np.float32),
-                           data["cluster"].astype(np.int32), clusters, bool(meta["semantic"]))
-        except (OSError, KeyError, ValueError):
-            return None
-
-    def members(self, cluster_id: int) -> np.ndarray:
-        return self.ids[self.cluster == cluster_id]
 
 
 # -- computing it --------------------------------------------------------------------------------
@@ -236,7 +176,7 @@ def compute_map(graph: KnnGraph, vectors_of: Callable[[np.ndarray], np.ndarray],
 
 # -- kept up with the index ------------------------------------------------------------------------
 def map_path(library: Library) -> Path:
-    return library.settings.index_path.with_name("map.npz")
+    return map_file(library.settings.index_path)
 
 
 def load_map(library: Library) -> CollectionMap | None:

@@ -58,7 +58,7 @@ from .vectorstore import IdSelection, VectorStore
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .collection_map import CollectionMap
+    from .map_file import CollectionMap
     from .features import LocalFeatures
     from .filters import LibraryFilter
     from .metatable import MetadataTable
@@ -527,15 +527,16 @@ class Library:
     def collection_map(self) -> "CollectionMap | None":
         """The collection's map as saved (`indexer.collection_map`; None before one is made),
         read again when its file changes."""
-        from .collection_map import load_map, map_path
+        from .map_file import CollectionMap, map_file
 
+        path = map_file(self.settings.index_path)
         try:
-            stamp = map_path(self).stat().st_mtime_ns
+            stamp = path.stat().st_mtime_ns
         except FileNotFoundError:
             return None
         held = self._map
         if held is None or held[0] != stamp:
-            held = self._map = (stamp, load_map(self))
+            held = self._map = (stamp, CollectionMap.load(path))
         return held[1]
 
     def cluster_members(self, cluster: int) -> np.ndarray:
