@@ -58,7 +58,7 @@ def start_server(env: dict[str, str], config, port: int, *args: str):
     # -q: no access log, whose lines would fill the stderr pipe that is read only on failure.
     proc = subprocess.Popen(loupe_argv(config, "serve", "--port", port, "--threads", "4", "-q", *args),
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a loaded CI machine once took over 60 s to start one
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2):

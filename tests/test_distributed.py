@@ -14,9 +14,11 @@ from indexer.settings import Settings
 
 ray = pytest.importorskip("ray")
 
-# One worker runs them all, one after another: two local Ray instances at once (pytest-xdist
-# sharing the module out) starve a 2-core machine, and a run saw each Ray job take 5 minutes.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
+# `ray`: scripts/test runs these after the rest, in one process, alone. A local Ray instance
+# takes both cores of a 2-core machine: beside another pytest worker both crawled (three Ray jobs
+# took over 8 minutes, and a 7 s search test 2 minutes). Under plain `pytest -n 2` the group
+# keeps them on one worker at least.
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.xdist_group("ray")]
 
 
 @pytest.fixture(scope="module")
