@@ -180,8 +180,8 @@ def map_path(library: Library) -> Path:
 
 
 def load_map(library: Library) -> CollectionMap | None:
-    path = map_path(library)
-    return CollectionMap.load(path) if path.exists() else None
+    """The library's saved map (None before one is made), as `Library.collection_map` holds it."""
+    return library.collection_map()
 
 
 def _map_due(old: CollectionMap | None, graph: KnnGraph, can_name: bool) -> bool:

@@ -510,13 +510,13 @@ class Library:
         if not filters.active:
             return None
         generation = self.generation()
-        members = None if filters.cluster is None else self.cluster_members(filters.cluster)
-        key = (generation, filters.key(), None if members is None else self._map[0])
+        in_map = filters.cluster is not None and self.collection_map() is not None
+        key = (generation, filters.key(), self._map[0] if in_map else None)  # a new map: new members
         held = self._selections.get(key)
         if held is None:
             ids = self.table(generation).select(filters)
-            if members is not None:
-                ids = np.intersect1d(ids, members, assume_unique=True)
+            if filters.cluster is not None:  # KeyError when the map has no such cluster
+                ids = np.intersect1d(ids, self.cluster_members(filters.cluster), assume_unique=True)
             held = IdSelection.of(ids)
             self._selections = {k: v for k, v in self._selections.items() if k[0] == generation}
             while len(self._selections) >= SELECTIONS_KEPT:
